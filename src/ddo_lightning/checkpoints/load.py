@@ -1,0 +1,73 @@
+"""Weights for a denoiser from one of our checkpoints, checked against the network's architecture.
+
+Our checkpoints are Lightning ``.ckpt`` files holding tensors and plain containers only, so they load
+with ``torch.load(weights_only=True)``: nothing stored in them can execute on load.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+# Which weights of a training checkpoint make a denoiser, in order of preference:
+# a DDO run's reference is the best promoted model; an MLE run's EMA is its best estimate.
+WEIGHT_PREFIXES = ("reference.", "ema.model.", "net.", "target.")
+
+
+class ArchitectureMismatch(ValueError):
+    """The weights do not fit the network: names or shapes differ."""
+
+
+def _load(path: str) -> Mapping:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, ...: name the file and the cause
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+
+
+def denoiser_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The denoiser weights in a checkpoint: a Lightning checkpoint of ours (first prefix found among
+    ``WEIGHT_PREFIXES``) or a plain state dict (``{name: tensor}``)."""
+    obj = _load(path)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint or a state dict")
+    state = obj.get("state_dict", obj)
+    for prefix in WEIGHT_PREFIXES:
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return dict(state)
+    raise ValueError(f"{path} has no denoiser weights (looked for keys starting with {', '.join(WEIGHT_PREFIXES)})")
+
+
+def check_same_architecture(net: nn.Module, state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Raise :class:`ArchitectureMismatch` naming every differing parameter/buffer (up to 10 of each kind)."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: network {tuple(own[k].shape)} vs {what} {tuple(state[k].shape)}"
+              for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for title, items in (("missing in " + what, missing), ("not in the network", unexpected), ("shape differs", shapes)):
+            if items:
+                more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
+                parts.append(f"{title}: {', '.join(items[:10])}{more}")
+        raise ArchitectureMismatch(
+            f"the {what} does not match the network's architecture ({type(net).__name__}); "
+            + "; ".join(parts)
+        )
+
+
+def load_network_weights(net: nn.Module, path: str) -> nn.Module:
+    """Load the denoiser weights of ``path`` into ``net`` strictly (after a readable architecture check)."""
+    state = denoiser_state_dict(path)
+    check_same_architecture(net, state, what=f"checkpoint {path}")
+    net.load_state_dict(state, strict=True)
+    return net

@@ -1,0 +1,37 @@
+"""The ``ddo`` command: LightningCLI with the model and data chosen by class path in YAML.
+
+    ddo fit --config configs/toy2d_pretrain.yaml     # MLE pretraining (model: MLEModule)
+    ddo fit --config configs/toy2d.yaml              # DDO rounds (model: DDOModule + SelfPlay)
+    ddo validate --config configs/toy2d.yaml --ckpt_path outputs/demo/ddo/round-3.ckpt
+    ddo fit --help / --print_config
+
+Pretraining and DDO are the same subcommand with different presets: the preset's ``model.class_path``
+selects ``MLEModule`` or ``DDOModule``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+
+class DDOCLI(LightningCLI):
+    """LightningCLI with every option typed from the classes' signatures."""
+
+
+def main(args: list[str] | None = None) -> None:
+    DDOCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,107 @@
+"""Objectives: (target, reference, real, fake) → loss and statistics.
+
+An objective owns one model family's estimator (here: diffusion) and turns it into the DDO loss of
+``losses.py``; a new family (e.g. next-token models) adds an estimator and an objective, never a branch
+in the loss. Objectives are plain Python objects configured from YAML; they hold no parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .likelihood import diffusion_log_ratio
+from .losses import check_alpha_beta, ddo_loss, denoising_error, dsm_loss
+from .protocols import Denoiser, PairedBatch, Samples
+from .schedules import edm_weight, sample_log_normal_sigma
+
+
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    """loss: scalar to backpropagate (batch mean); per_sample: [B]; stats: detached scalars to log."""
+
+    loss: torch.Tensor
+    per_sample: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def check_pair(real: Samples, fake: Samples) -> None:
+    """Real and fake must pair 1:1: same batch size, sample shape and label width."""
+    if len(real) != len(fake):
+        raise ValueError(
+            f"the fake batch has {len(fake)} samples but the real batch has {len(real)}: "
+            "DDO pairs each real sample with one fake sample (make the fake source yield the real batch size)"
+        )
+    if real.x.shape[1:] != fake.x.shape[1:]:
+        raise ValueError(f"real samples have shape {tuple(real.x.shape[1:])}, fake {tuple(fake.x.shape[1:])}")
+    if real.labels.shape[1:] != fake.labels.shape[1:]:
+        raise ValueError(
+            f"real labels have width {tuple(real.labels.shape[1:])}, fake {tuple(fake.labels.shape[1:])}"
+        )
+
+
+class DiffusionDDO:
+    """DDO for diffusion models (paper Eq. 13–16, method.md §2).
+
+    Args:
+        alpha: weight of the fake term (α ≥ 0). Paper range [0.5, 50]; diffusion ablations 0.5–6.
+        beta: scale of the log-ratio inside the sigmoid (β > 0). Paper range [0.01, 0.1] for images,
+            whose log-ratios sum over thousands of dimensions; low-dimensional data wants larger β.
+        P_mean, P_std: ln σ ~ N(P_mean, P_std²) for the log-ratio estimate (EDM CIFAR-10: −1.2, 1.2).
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.05, P_mean: float = -1.2, P_std: float = 1.2):
+        check_alpha_beta(alpha, beta)
+        if not P_std > 0:
+            raise ValueError(f"P_std must be > 0, got {P_std}")
+        self.alpha, self.beta, self.P_mean, self.P_std = alpha, beta, P_mean, P_std
+
+    def __call__(
+        self, target: Denoiser, reference: Denoiser, batch: PairedBatch, generator: torch.Generator | None = None
+    ) -> ObjectiveOutput:
+        """One σ and ε per pair, shared by real and fake and by target and reference; one 2B forward
+        of the target (grad) and one of the reference (no grad)."""
+        real, fake = batch
+        check_pair(real, fake)
+        B, device = len(real), real.x.device
+        sigma = sample_log_normal_sigma(B, self.P_mean, self.P_std, generator=generator, device=device)
+        noise = torch.randn(real.x.shape, generator=generator, device=device, dtype=real.x.dtype)
+        est = diffusion_log_ratio(
+            target,
+            reference,
+            torch.cat([real.x, fake.x]),
+            torch.cat([real.labels, fake.labels]),
+            sigma.repeat(2),
+            noise.repeat((2,) + (1,) * (noise.ndim - 1)),
+        )
+        out = ddo_loss(est.delta[:B], est.delta[B:], self.alpha, self.beta)
+        stats = out.stats()
+        numel = real.x[0].numel()
+        # plain denoising loss of the target on real data (per dimension, like EDM's training loss):
+        # it blowing up means the round went too far (method.md §7)
+        stats["dsm_real"] = est.err_target[:B].detach().mean() / numel
+        stats["dsm_fake"] = est.err_target[B:].detach().mean() / numel
+        return ObjectiveOutput(out.loss.mean(), out.loss, stats)
+
+
+class DenoisingScoreMatching:
+    """EDM's MLE training loss (denoising score matching, EDM Eq. 2) used to pretrain references."""
+
+    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2):
+        if not P_std > 0:
+            raise ValueError(f"P_std must be > 0, got {P_std}")
+        self.P_mean, self.P_std = P_mean, P_std
+
+    def __call__(self, net: Denoiser, batch: Samples, generator: torch.Generator | None = None) -> ObjectiveOutput:
+        x, labels = batch
+        sigma = sample_log_normal_sigma(len(batch), self.P_mean, self.P_std, generator=generator, device=x.device)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        denoised = net(x + sigma.reshape(shape) * noise, sigma, labels)
+        per_sample = dsm_loss(denoised, x, edm_weight(sigma, net.sigma_data))
+        loss = per_sample.mean()
+        return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "dsm_real": loss.detach()})
+
+
+__all__ = ["DiffusionDDO", "DenoisingScoreMatching", "ObjectiveOutput", "check_pair", "denoising_error"]

@@ -1,0 +1,165 @@
+"""What the MLE and DDO Lightning modules share: a denoiser with an EMA, a sampler, fixed-seed
+evaluation, fp32 enforcement and the optimizer."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+from ..samplers import HeunSampler, mix_seed, seeded_normal
+from .ema import EMA
+from .fake_sources import balanced_labels
+
+# Lightning ≥ 2.2 warns when submodules are in eval mode at fit start; our frozen reference and EMA are
+# in eval mode on purpose (anchors.md §0.11).
+warnings.filterwarnings("ignore", message=r".*in eval mode at the start of training.*")
+
+REQUIRED_PRECISION = "32-true"
+
+
+def disable_dropout(net: nn.Module) -> int:
+    """Set p = 0 in every dropout layer (method.md §2: dropout off in target and reference).
+    Returns how many layers were changed."""
+    n = 0
+    for m in net.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p != 0:
+            m.p = 0.0
+            n += 1
+    return n
+
+
+class DenoiserModule(pl.LightningModule):
+    """Base class; subclasses define which network is trained and how.
+
+    Args:
+        lr: Adam learning rate (constant).
+        betas: Adam (β1, β2).
+        ema_halflife_kimg: EMA half-life in thousands of images.
+        ema_rampup_ratio: EDM's EMA ramp-up (None: off).
+        sampler: how samples are drawn for evaluation and fakes (EDM Heun, 18 steps by default).
+        evaluator: sample-quality metric computed by ``evaluate`` (e.g. MixtureMetrics); None: no evaluation.
+        num_eval_samples: samples per evaluation, with fixed seeds (class-balanced labels).
+        eval_batch_size: samples per sampler call during evaluation.
+        seed: base seed of the per-step noise (σ, ε) and of evaluation samples.
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        ema_halflife_kimg: float = 500.0,
+        ema_rampup_ratio: float | None = 0.05,
+        sampler: HeunSampler | None = None,
+        evaluator: Metric | None = None,
+        num_eval_samples: int = 5000,
+        eval_batch_size: int = 1000,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if num_eval_samples < 1 or eval_batch_size < 1:
+            raise ValueError("num_eval_samples and eval_batch_size must be >= 1")
+        self.lr, self.betas = lr, tuple(betas)
+        self.ema_halflife_kimg, self.ema_rampup_ratio = ema_halflife_kimg, ema_rampup_ratio
+        self.sampler = sampler if sampler is not None else HeunSampler()
+        self.evaluator = evaluator
+        self.num_eval_samples, self.eval_batch_size, self.seed = num_eval_samples, eval_batch_size, seed
+        self.sample_shape: tuple[int, ...] | None = None
+        self.label_dim = 0
+        self.register_buffer("images_seen", torch.zeros((), dtype=torch.int64))
+
+    # ---- the trained network: subclasses set self.ema and implement trained_network -------------
+    def trained_network(self) -> nn.Module:
+        raise NotImplementedError
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision)
+        if precision != REQUIRED_PRECISION:
+            raise ValueError(
+                f"ddo_lightning runs in full fp32: trainer.precision must be '{REQUIRED_PRECISION}', got "
+                f"'{precision}'. The DDO log-ratio is a small difference of two large sums and mixed precision "
+                "destroys it (method.md §2); set `trainer.precision: 32-true`."
+            )
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "sample_shape"):
+            raise TypeError("ddo_lightning modules need a DDODataModule (it tells the sample shape and labels)")
+        self.sample_shape, self.label_dim = tuple(dm.sample_shape), int(dm.label_dim)
+        if self.evaluator is not None and hasattr(self.evaluator, "connect"):
+            truth = getattr(dm, "ground_truth", None)
+            if truth is None:
+                raise ValueError(f"{type(self.evaluator).__name__} needs data with a known distribution")
+            self.evaluator.connect(truth)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.trained_network().parameters(), lr=self.lr, betas=self.betas)
+
+    def step_generator(self) -> torch.Generator:
+        """Noise for this step, seeded by (seed, rank, step): reproducible and resume-safe."""
+        gen = torch.Generator(device=self.device)
+        return gen.manual_seed(mix_seed(self.seed, self.global_rank, self.global_step))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        images = self._batch_images(batch) * self.trainer.world_size
+        self.images_seen += images
+        self.ema.update(self.trained_network(), images)
+        self.log("kimg", self.images_seen.float() / 1000)
+
+    @staticmethod
+    def _batch_images(batch: Any) -> int:
+        first = batch[0]
+        return len(first.x) if hasattr(first, "x") else len(first)
+
+    # ---- sampling and evaluation ------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, net: nn.Module, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Samples [N, *D] from ``net`` with noise seeded per sample (``seeded_normal``)."""
+        if self.sample_shape is None:
+            raise RuntimeError("sample() needs the data's sample shape: call it after trainer setup")
+        noise = seeded_normal(seeds, self.sample_shape, device=self.device)
+        return self.sampler(net, noise, labels.to(self.device))
+
+    @torch.no_grad()
+    def evaluate(self, net: nn.Module | None = None) -> dict[str, float]:
+        """Evaluator metrics of ``net`` (default: the EMA) on ``num_eval_samples`` fixed-seed samples,
+        sharded over ranks by index and gathered by the metric. Adds ``eval_seconds``."""
+        if self.evaluator is None:
+            return {}
+        net = self.ema.model if net is None else net
+        t0 = time.perf_counter()
+        self.evaluator.reset()
+        rank, world = self.global_rank, self.trainer.world_size if self._trainer else 1
+        idx = torch.arange(rank, self.num_eval_samples, world)
+        for start in range(0, len(idx), self.eval_batch_size):
+            chunk = idx[start : start + self.eval_batch_size]
+            seeds = torch.tensor([mix_seed(self.seed, int(i), 3) for i in chunk])
+            labels = balanced_labels(chunk, self.label_dim).to(self.device)
+            self.evaluator.update(self.sample(net, seeds, labels), labels)
+        metrics = {k: float(v) for k, v in self.evaluator.compute().items()}
+        metrics["eval_seconds"] = time.perf_counter() - t0
+        return metrics
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        for k, v in self.evaluate().items():
+            self.log(f"val/{k}", v, rank_zero_only=True)
+
+    test_step = validation_step
+
+
+def newest_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The most recent checkpoint file any callback of ``trainer`` has written, if any."""
+    paths = []
+    for cb in trainer.callbacks:
+        for attr in ("last_model_path", "best_model_path", "last_round_path"):
+            p = getattr(cb, attr, None)
+            if p and os.path.isfile(p):
+                paths.append(p)
+    return max(paths, key=os.path.getmtime) if paths else None

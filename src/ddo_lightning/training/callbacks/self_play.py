@@ -1,0 +1,212 @@
+"""SelfPlay: multi-round DDO (paper §3.3, method.md §5).
+
+Rounds are measured in real images. Within a round the EMA is evaluated every
+``eval_every_kimg``; the best evaluation (the round's starting weights included) is kept on disk. At the
+round boundary the best EMA weights become reference and target, the optimizer and EMA restart, the
+fakes are regenerated from the new reference, and ``round-N.ckpt`` is written atomically.
+The callback's state (round, images in the round, best score) is in every checkpoint, and so are the
+reference weights (they are part of the module), so a resumed run continues the same round with the
+same reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves a half-written ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class SelfPlay(pl.Callback):
+    """Rounds of DDO with best-checkpoint promotion.
+
+    Args:
+        rounds: number of rounds; training stops after the last promotion.
+        kimg_per_round: real images per round, in thousands (paper: 1500 for CIFAR-10).
+        eval_every_kimg: evaluate the EMA every this many kimg (the round's end is always evaluated).
+        monitor: the evaluator's metric that picks the best checkpoint (e.g. 'energy_distance', 'fid').
+        mode: 'min' if lower is better.
+        dirpath: where ``best.pt``, ``round-N.ckpt`` and ``summary.json`` go.
+    """
+
+    def __init__(
+        self,
+        rounds: int = 3,
+        kimg_per_round: float = 1500.0,
+        eval_every_kimg: float = 100.0,
+        monitor: str = "fid",
+        mode: Literal["min", "max"] = "min",
+        dirpath: str = "outputs/selfplay",
+    ):
+        if rounds < 1 or not kimg_per_round > 0 or not eval_every_kimg > 0:
+            raise ValueError("rounds, kimg_per_round and eval_every_kimg must be positive")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.rounds, self.monitor, self.mode, self.dirpath = rounds, monitor, mode, dirpath
+        self.images_per_round = int(kimg_per_round * 1000)
+        self.eval_every_images = int(eval_every_kimg * 1000)
+        # state (saved in every checkpoint)
+        self.round = 0
+        self.images_in_round = 0
+        self.best_score: float | None = None
+        self.best_images = 0  # images into the round at the best evaluation (0: the starting weights)
+        self.history: list[dict[str, Any]] = []  # one entry per evaluation
+        self.last_round_path: str | None = None
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.dirpath, "best.pt")
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("round", "images_in_round", "best_score", "best_images", "history", "last_round_path")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    # ---- hooks ---------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            for attr in ("promote", "refresh_fakes", "evaluate"):
+                if not hasattr(pl_module, attr):
+                    raise TypeError(f"SelfPlay needs a DDOModule; {type(pl_module).__name__} has no `{attr}`")
+            if getattr(pl_module, "evaluator", None) is None:
+                raise ValueError("SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`")
+            os.makedirs(self.dirpath, exist_ok=True)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        if self.round >= self.rounds:
+            raise ValueError(f"this run already finished its {self.rounds} rounds (resume with more `rounds`)")
+        pl_module.round_index = self.round
+        pl_module.refresh_fakes(self.round)
+        if self.best_score is None:  # a fresh start: the reference itself is the first candidate
+            self._evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        before = self.images_in_round
+        self.images_in_round += pl_module._batch_images(batch) * trainer.world_size
+        pl_module.log("round", float(self.round))
+        round_done = self.images_in_round >= self.images_per_round
+        if round_done or self.images_in_round // self.eval_every_images > before // self.eval_every_images:
+            self._evaluate(trainer, pl_module)
+        if round_done:
+            self._end_round(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._write_summary()
+            rank_zero_info(self.table())
+
+    # ---- evaluation and promotion --------------------------------------------------------------------
+    def _better(self, score: float) -> bool:
+        if self.best_score is None:
+            return True
+        if math.isnan(score):
+            return False
+        return score < self.best_score if self.mode == "min" else score > self.best_score
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = pl_module.evaluate()
+        if self.monitor not in metrics:
+            raise KeyError(f"SelfPlay monitors '{self.monitor}' but the evaluator returned {sorted(metrics)}")
+        score = metrics[self.monitor]
+        entry = {"round": self.round, "kimg_in_round": self.images_in_round / 1000,
+                 "kimg": int(pl_module.images_seen) / 1000, "metrics": metrics}
+        self.history.append(entry)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()} | {"round": self.round}, step=trainer.global_step)
+        if self._better(score):
+            self.best_score, self.best_images = score, self.images_in_round
+            if trainer.is_global_zero:
+                atomic_torch_save(pl_module.ema.model.state_dict(), self.best_path)
+            trainer.strategy.barrier("selfplay-best")
+        rank_zero_info(f"[round {self.round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
+                       f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg)")
+
+    def _end_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        weights = torch.load(self.best_path, map_location=pl_module.device, weights_only=True)
+        improved = self.best_images > 0
+        pl_module.promote(weights)
+        rank_zero_info(
+            f"[round {self.round}] promoted the EMA at {self.best_images / 1000:.1f} kimg ({self.monitor}={_fmt(self.best_score)})"
+            if improved else
+            f"[round {self.round}] nothing beat the round's starting weights: the reference carries over unchanged"
+        )
+        self.history.append({"round": self.round, "promoted_kimg_in_round": self.best_images / 1000,
+                             "improved": improved, "best_score": self.best_score})
+        finished = self.round + 1
+        self.round, self.images_in_round, self.best_images = finished, 0, 0  # best_score: the new reference's
+        pl_module.round_index = self.round
+        if self.round >= self.rounds:
+            trainer.should_stop = True
+        else:
+            pl_module.refresh_fakes(self.round)
+        path = os.path.join(self.dirpath, f"round-{finished}.ckpt")
+        tmp = path + ".tmp"
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+            self._write_summary()
+        trainer.strategy.barrier("selfplay-round")
+        self.last_round_path = path
+
+    # ---- reporting -----------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """The starting reference's metrics and, per round, the metrics of the promoted checkpoint."""
+        evals = [h for h in self.history if "metrics" in h]
+        ends = [h for h in self.history if "improved" in h]
+        out: dict[str, Any] = {"monitor": self.monitor, "mode": self.mode, "reference": None, "rounds": []}
+        if evals:
+            out["reference"] = evals[0]["metrics"]
+        for end in ends:
+            r = end["round"]
+            cands = [h for h in evals if h["round"] == r and h["kimg_in_round"] == end["promoted_kimg_in_round"]]
+            best = cands[-1]["metrics"] if cands and end["improved"] else None
+            if best is None:  # carried over: the previous promoted metrics
+                best = out["rounds"][-1]["metrics"] if out["rounds"] else out["reference"]
+            out["rounds"].append({"round": r + 1, "improved": end["improved"],
+                                  "promoted_kimg_in_round": end["promoted_kimg_in_round"], "metrics": best,
+                                  "curve": [{"kimg_in_round": h["kimg_in_round"], self.monitor: h["metrics"][self.monitor]}
+                                            for h in evals if h["round"] == r]})
+        if hasattr(self, "_t0"):
+            out["wall_seconds_this_run"] = time.perf_counter() - self._t0
+        return out
+
+    def table(self) -> str:
+        s = self.summary()
+        if s["reference"] is None:
+            return "(no evaluation yet)"
+        keys = [k for k in s["reference"] if k not in ("num_samples", "eval_seconds")]
+        rows = [["reference (start)", "-"] + [_fmt(s["reference"][k]) for k in keys]]
+        for r in s["rounds"]:
+            tag = f"round {r['round']}" + ("" if r["improved"] else " (carried over)")
+            rows.append([tag, _fmt(r["promoted_kimg_in_round"])] + [_fmt(r["metrics"][k]) for k in keys])
+        header = ["model", "best@kimg"] + keys
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+        return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+    def _write_summary(self) -> None:
+        path = os.path.join(self.dirpath, "summary.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.summary(), f, indent=2)
+        os.replace(tmp, path)

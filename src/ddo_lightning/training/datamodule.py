@@ -1,0 +1,112 @@
+"""DDODataModule: real batches paired 1:1 with fake batches of the same size.
+
+The real dataset is an ordinary map-style dataset yielding ``Samples``; the fake source is attached
+after the batch reaches the device (``on_after_batch_transfer``), so online generation runs on the
+device and a pool sits in host memory. Without a fake source (MLE pretraining) it yields real batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..protocols import PairedBatch, SampleFn, Samples
+from .fake_sources import FakeSource
+
+
+class DDODataModule(pl.LightningDataModule):
+    """Real data plus (for DDO) a fake source.
+
+    Args:
+        real: the real dataset (yields ``Samples``; exposes ``sample_shape`` and ``label_dim``).
+        batch_size: real samples per device per step; each step also takes as many fake samples.
+        fake: where fake samples come from (``PoolFakeSource`` or ``OnlineFakeSource``); None for MLE.
+        num_workers: DataLoader worker processes for the real data.
+        shuffle_seed: seed of the real data's order.
+    """
+
+    def __init__(
+        self,
+        real: Dataset,
+        batch_size: int = 512,
+        fake: FakeSource | None = None,
+        num_workers: int = 0,
+        shuffle_seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for attr in ("sample_shape", "label_dim"):
+            if not hasattr(real, attr):
+                raise TypeError(f"the real dataset {type(real).__name__} must expose `{attr}`")
+        if len(real) < batch_size:
+            raise ValueError(f"the real dataset has {len(real)} samples, fewer than one batch of {batch_size}")
+        self.real, self.batch_size, self.fake = real, batch_size, fake
+        self.num_workers, self.shuffle_seed = num_workers, shuffle_seed
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.real.sample_shape)
+
+    @property
+    def label_dim(self) -> int:
+        return int(self.real.label_dim)
+
+    @property
+    def ground_truth(self) -> Any:
+        """The real data's known distribution, where it has one (the toy mixture)."""
+        return getattr(self.real, "ground_truth", None)
+
+    def setup(self, stage: str) -> None:
+        if self.fake is not None:
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            self.fake.setup(self.sample_shape, self.label_dim, rank, world)
+
+    @property
+    def fakes_ready(self) -> bool:
+        return self.fake is not None and self.fake.ready
+
+    def refresh_fakes(self, sample_fn: SampleFn, round_index: int) -> None:
+        """Point the fake source at a (new) reference; a pool is regenerated now."""
+        if self.fake is None:
+            raise RuntimeError("DDO needs fake samples: give DDODataModule a `fake` source (pool or online)")
+        self.fake.refresh(sample_fn, round_index)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.real,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,  # every step pairs exactly batch_size real with batch_size fake samples
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        # Evaluation samples from the model itself (fixed seeds); one item triggers one evaluation.
+        return DataLoader(range(1), batch_size=1)
+
+    test_dataloader = val_dataloader
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is None or not self.trainer.training or self.fake is None:
+            return batch
+        real = Samples(*batch)
+        fake = self.fake.next(len(real), real.x.device)
+        if len(fake) != len(real):
+            raise ValueError(
+                f"the fake source {type(self.fake).__name__} returned {len(fake)} samples for a real batch of "
+                f"{len(real)}: DDO pairs real and fake 1:1"
+            )
+        return PairedBatch(real, fake)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fake": self.fake.state_dict()} if self.fake is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.fake is not None and "fake" in state_dict:
+            self.fake.load_state_dict(state_dict["fake"])

@@ -1,0 +1,118 @@
+"""DDOModule: a trainable target and a frozen reference, trained with the DDO objective."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from torchmetrics import Metric
+
+from ..checkpoints import load_network_weights
+from ..objectives import DiffusionDDO
+from ..protocols import PairedBatch, Samples
+from ..samplers import HeunSampler
+from .base import DenoiserModule, disable_dropout, newest_checkpoint
+from .ema import EMA
+
+PROGRESS_BAR_STATS = ("loss", "disc_acc")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The DDO loss became NaN or infinite; training stops before the bad step changes any weight."""
+
+
+class DDOModule(DenoiserModule):
+    """DDO fine-tuning (Zheng et al. 2025): target θ and frozen reference θ_ref start from the same
+    weights; fakes come from the reference (the data module's fake source).
+
+    The reference is in eval mode, has ``requires_grad=False``, is outside the optimizer and the EMA,
+    and lives in every checkpoint (``reference.*``), so a resumed run keeps its reference. Dropout is
+    switched off in both networks. Runs in fp32 only.
+
+    Args:
+        network: the denoiser architecture (e.g. ``EDMPrecond`` around a raw network).
+        init_from: checkpoint whose weights start both target and reference (an MLE run's EMA, or a
+            DDO run's promoted reference). None starts from the network's random init (tests only).
+        objective: the DDO objective (α, β, σ distribution); default ``DiffusionDDO()``.
+        lr: Adam learning rate (paper: 1.5e-4 EDM CIFAR-10, 5e-5 EDM2).
+        Other arguments: see :class:`DenoiserModule`.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        init_from: str | None = None,
+        objective: DiffusionDDO | None = None,
+        lr: float = 1.5e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        ema_halflife_kimg: float = 250.0,
+        ema_rampup_ratio: float | None = 0.05,
+        sampler: HeunSampler | None = None,
+        evaluator: Metric | None = None,
+        num_eval_samples: int = 5000,
+        eval_batch_size: int = 1000,
+        seed: int = 0,
+    ):
+        super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
+        if init_from is not None:
+            load_network_weights(network, init_from)
+        else:
+            rank_zero_warn("DDOModule without init_from: target and reference start from a random init")
+        changed = disable_dropout(network)
+        if changed:
+            rank_zero_info(f"DDO: dropout switched off in {changed} layer(s) of target and reference")
+        self.target = network
+        self.reference = copy.deepcopy(network).eval().requires_grad_(False)
+        self.objective = objective if objective is not None else DiffusionDDO()
+        self.ema = EMA(self.target, ema_halflife_kimg, ema_rampup_ratio)
+        self.round_index = 0  # set by SelfPlay; for messages and logs only
+
+    def trained_network(self) -> nn.Module:
+        return self.target
+
+    def train(self, mode: bool = True) -> "DDOModule":
+        super().train(mode)
+        self.reference.eval()  # never in training mode, whatever Lightning toggles
+        return self
+
+    # ---- fakes -------------------------------------------------------------------------------------
+    def sample_reference(self, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The fake sources' sampling function: the current reference, with this module's sampler."""
+        return self.sample(self.reference, seeds, labels)
+
+    def refresh_fakes(self, round_index: int) -> None:
+        self.trainer.datamodule.refresh_fakes(self.sample_reference, round_index)
+
+    def on_fit_start(self) -> None:
+        self.reference.eval()
+        if not self.trainer.datamodule.fakes_ready:  # SelfPlay, when present, did it for its round
+            self.refresh_fakes(self.round_index)
+
+    # ---- one step ------------------------------------------------------------------------------------
+    def training_step(self, batch: PairedBatch, batch_idx: int) -> torch.Tensor:
+        out = self.objective(self.target, self.reference, batch, generator=self.step_generator())
+        if not torch.isfinite(out.loss):
+            stats = ", ".join(f"{k}={float(v):.4g}" for k, v in out.stats.items())
+            last = newest_checkpoint(self.trainer)
+            raise NonFiniteLossError(
+                f"non-finite DDO loss at step {self.global_step} (round {self.round_index}, "
+                f"{int(self.images_seen) / 1000:.1f} kimg): {stats}. Training stopped before this step "
+                f"changed any weight; last good checkpoint: {last or 'none written yet'}. "
+                "Lower lr, alpha or beta, or resume from that checkpoint."
+            )
+        for k, v in out.stats.items():
+            self.log(f"train/{k}", v, prog_bar=k in PROGRESS_BAR_STATS)
+        return out.loss
+
+    # ---- self-play -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def promote(self, weights: dict[str, torch.Tensor]) -> None:
+        """Start a new round from ``weights``: they become reference, target and EMA; Adam restarts."""
+        for net in (self.reference, self.target, self.ema.model):
+            net.load_state_dict(weights, strict=True)
+        self.ema.images.zero_()
+        for opt in self.trainer.optimizers:
+            opt.state.clear()

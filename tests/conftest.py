@@ -1,0 +1,46 @@
+import os
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from ddo_lightning.data import Toy2DDataset
+from ddo_lightning.metrics import MixtureMetrics
+from ddo_lightning.networks import EDMPrecond, ToyMLP
+from ddo_lightning.samplers import HeunSampler
+from ddo_lightning.training import DDODataModule, MLEModule
+
+torch.set_num_threads(2)
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def tiny_net(hidden: int = 32, dropout: float = 0.0, label_dim: int = 0) -> EDMPrecond:
+    return EDMPrecond(ToyMLP(data_dim=2, hidden=hidden, depth=2, label_dim=label_dim, dropout=dropout), sigma_data=0.5)
+
+
+def make_trainer(tmp_path, **kw) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
+                    max_epochs=-1, num_sanity_val_steps=0, limit_val_batches=0)
+    defaults.update(kw)
+    return pl.Trainer(**defaults)
+
+
+@pytest.fixture(scope="session")
+def toy_real() -> Toy2DDataset:
+    return Toy2DDataset("ring8", num_samples=4096, seed=0)
+
+
+@pytest.fixture(scope="session")
+def mle_ckpt(tmp_path_factory, toy_real) -> str:
+    """A quickly pretrained (200-step) MLE reference checkpoint of tiny_net()."""
+    tmp = tmp_path_factory.mktemp("mle")
+    pl.seed_everything(0)
+    module = MLEModule(tiny_net(), lr=2e-3, ema_halflife_kimg=20, sampler=HeunSampler(num_steps=8))
+    trainer = make_trainer(tmp, max_steps=200)
+    trainer.fit(module, DDODataModule(toy_real, batch_size=256))
+    path = os.path.join(tmp, "mle.ckpt")
+    trainer.save_checkpoint(path)
+    return path

@@ -1,0 +1,256 @@
+"""The Lightning layer on the toy problem: DDOModule, DDODataModule, fake sources, SelfPlay."""
+
+import math
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from conftest import make_trainer, tiny_net
+from ddo_lightning.checkpoints import ArchitectureMismatch
+from ddo_lightning.metrics import MixtureMetrics
+from ddo_lightning.objectives import DiffusionDDO
+from ddo_lightning.protocols import Samples
+from ddo_lightning.samplers import HeunSampler
+from ddo_lightning.training import (
+    DDODataModule, DDOModule, FakeSource, NonFiniteLossError, OnlineFakeSource, PoolFakeSource, SelfPlay,
+)
+
+
+def ddo_module(init_from=None, alpha=1.0, beta=1.0, lr=1e-3, **kw):
+    return DDOModule(kw.pop("network", tiny_net()), init_from=init_from, objective=DiffusionDDO(alpha=alpha, beta=beta),
+                     lr=lr, ema_halflife_kimg=5, sampler=HeunSampler(num_steps=6), evaluator=MixtureMetrics(),
+                     num_eval_samples=500, eval_batch_size=500, **kw)
+
+
+def pool_data(real, batch_size=128, size=1024, seed=1):
+    return DDODataModule(real, batch_size=batch_size, fake=PoolFakeSource(size=size, generation_batch_size=512, seed=seed, progress=False))
+
+
+class Record(pl.Callback):
+    """Records the logged training loss and Δ statistics of every step, and what the reference looks like."""
+
+    def __init__(self):
+        self.losses, self.stats, self.reference_training = [], [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+        self.stats.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+        self.reference_training.append(pl_module.reference.training)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 4.0])
+def test_step_zero_identity_through_training_step(tmp_path, toy_real, mle_ckpt, alpha):
+    """At θ = θ_ref, Δ ≡ 0 and the loss is (1+α)·ln 2 exactly — through Lightning's real training step."""
+    rec = Record()
+    module = ddo_module(mle_ckpt, alpha=alpha, beta=0.5)
+    make_trainer(tmp_path, max_steps=1, callbacks=[rec]).fit(module, pool_data(toy_real))
+    assert rec.losses[0] == pytest.approx((1 + alpha) * math.log(2), abs=1e-6)
+    for key in ("train/delta_real_mean", "train/delta_fake_mean", "train/delta_real_std", "train/delta_fake_std"):
+        assert rec.stats[0][key] == 0.0, key
+
+
+def test_reference_frozen_outside_optimizer_and_ema(tmp_path, toy_real, mle_ckpt):
+    rec = Record()
+    module = ddo_module(mle_ckpt)
+    ref_before = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    trainer = make_trainer(tmp_path, max_steps=5, callbacks=[rec])
+    trainer.fit(module, pool_data(toy_real))
+    assert not any(rec.reference_training), "reference was in training mode during a step"
+    assert all(not p.requires_grad for p in module.reference.parameters())
+    opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in module.target.parameters()}
+    for k, v in module.reference.state_dict().items():
+        assert torch.equal(v, ref_before[k]), f"reference weight {k} changed"
+    # the target did move, and the EMA follows the target, not the reference
+    moved = any(not torch.equal(a, b) for a, b in zip(module.target.state_dict().values(), ref_before.values()))
+    assert moved
+    assert not any(p is q for p in module.ema.model.parameters() for q in module.reference.parameters())
+
+
+def test_dropout_switched_off(mle_ckpt):
+    module = ddo_module(mle_ckpt, network=tiny_net(dropout=0.3))
+    drops = [m for net in (module.target, module.reference) for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.p == 0.0 for m in drops)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-true", "64-true"])
+def test_non_fp32_precision_is_refused(tmp_path, toy_real, mle_ckpt, precision):
+    with pytest.raises(ValueError, match="32-true"):
+        make_trainer(tmp_path, max_steps=1, precision=precision).fit(ddo_module(mle_ckpt), pool_data(toy_real))
+
+
+def test_reference_of_another_architecture_is_refused(mle_ckpt):
+    with pytest.raises(ArchitectureMismatch, match=r"shape differs: model\.net\.0\.weight"):
+        ddo_module(mle_ckpt, network=tiny_net(hidden=16))
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="bad.ckpt"):
+        ddo_module(str(bad))
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        ddo_module(str(tmp_path / "missing.ckpt"))
+
+
+class ShortFakes(FakeSource):
+    """A broken fake source: one sample fewer than asked for."""
+
+    def next(self, batch_size, device):
+        return Samples(torch.zeros(batch_size - 1, 2, device=device), torch.zeros(batch_size - 1, 0, device=device))
+
+
+def test_fake_batch_of_wrong_size_is_refused(tmp_path, toy_real, mle_ckpt):
+    data = DDODataModule(toy_real, batch_size=64, fake=ShortFakes())
+    with pytest.raises(ValueError, match="returned 63 samples for a real batch of 64"):
+        make_trainer(tmp_path, max_steps=2).fit(ddo_module(mle_ckpt), data)
+
+
+class PoisonAfter(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.target.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_with_step_and_stats_and_keeps_checkpoint(tmp_path, toy_real, mle_ckpt):
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True, save_top_k=-1)
+    trainer = make_trainer(tmp_path, max_steps=10, enable_checkpointing=True, callbacks=[ckpt_cb, PoisonAfter(3)])
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit(ddo_module(mle_ckpt), pool_data(toy_real))
+    msg = str(err.value)
+    assert "step 3" in msg and "delta_real_mean=" in msg and "loss=" in msg
+    last = ckpt_cb.last_model_path
+    assert last and last in msg
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert state and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_pool_is_deterministic_and_sharded_by_index():
+    def sample_fn(seeds, labels):  # stands in for a reference: the sample is a function of its seed only
+        return torch.stack([seeds.double() % 1000, labels.argmax(1).double() if labels.shape[1] else 0 * seeds.double()], 1).float()
+
+    whole = PoolFakeSource(size=30, generation_batch_size=7, seed=3, progress=False)
+    whole.setup((2,), 3, rank=0, world_size=1)
+    whole.refresh(sample_fn, round_index=2)
+    shards = []
+    for rank in range(2):
+        s = PoolFakeSource(size=30, generation_batch_size=4, seed=3, progress=False)
+        s.setup((2,), 3, rank=rank, world_size=2)
+        s.refresh(sample_fn, round_index=2)
+        shards.append(s)
+    assert torch.equal(torch.cat([s.indices for s in shards]).sort().values, torch.arange(30))
+    assert not set(shards[0].indices.tolist()) & set(shards[1].indices.tolist())
+    for s in shards:  # each rank's samples are exactly the single-process pool's samples at its indices
+        assert torch.equal(s.x, whole.x[s.indices])
+        assert torch.equal(s.labels.argmax(1), s.indices % 3)  # class-balanced labels stored with samples
+    other_round = PoolFakeSource(size=30, generation_batch_size=7, seed=3, progress=False)
+    other_round.setup((2,), 3)
+    other_round.refresh(sample_fn, round_index=3)
+    assert not torch.equal(other_round.x, whole.x)
+    # consumption: one pass over the pool visits every sample once, then reshuffles
+    seen = torch.cat([whole.next(10, torch.device("cpu")).x for _ in range(3)])
+    assert sorted(seen[:, 0].tolist()) == sorted(whole.x[:, 0].tolist())
+    assert whole.position == 30
+
+
+def test_online_source_seeded_per_rank_and_position():
+    calls = []
+
+    def sample_fn(seeds, labels):
+        calls.append(seeds.clone())
+        return torch.zeros(len(seeds), 2)
+
+    a, b = OnlineFakeSource(seed=5), OnlineFakeSource(seed=5)
+    a.setup((2,), 0, rank=0, world_size=2)
+    b.setup((2,), 0, rank=1, world_size=2)
+    for src in (a, b):
+        src.refresh(sample_fn, 0)
+        src.next(4, torch.device("cpu"))
+    a.next(4, torch.device("cpu"))
+    assert not set(calls[0].tolist()) & set(calls[1].tolist())  # ranks never share a fake
+    assert not set(calls[0].tolist()) & set(calls[2].tolist())  # consecutive steps differ
+    c = OnlineFakeSource(seed=5)
+    c.setup((2,), 0, rank=0, world_size=2)
+    c.load_state_dict({"round": 0, "position": 4})
+    c.refresh(sample_fn, 0)  # same round: the position survives (a resumed run)
+    c.next(4, torch.device("cpu"))
+    assert torch.equal(calls[-1], calls[2])
+
+
+def test_online_fakes_train(tmp_path, toy_real, mle_ckpt):
+    rec = Record()
+    data = DDODataModule(toy_real, batch_size=64, fake=OnlineFakeSource(seed=0))
+    make_trainer(tmp_path, max_steps=3, callbacks=[rec]).fit(ddo_module(mle_ckpt), data)
+    assert len(rec.losses) == 3 and all(math.isfinite(x) for x in rec.losses)
+
+
+def self_play(tmp_path, rounds=1, kimg_per_round=2.048, eval_every_kimg=1.024):
+    return SelfPlay(rounds=rounds, kimg_per_round=kimg_per_round, eval_every_kimg=eval_every_kimg,
+                    monitor="energy_distance", mode="min", dirpath=str(tmp_path / "sp"))
+
+
+def test_self_play_promotes_best_ema_and_restarts_optimizer(tmp_path, toy_real, mle_ckpt):
+    sp = self_play(tmp_path, rounds=1)
+    module = ddo_module(mle_ckpt, lr=3e-3)
+    trainer = make_trainer(tmp_path, max_steps=1000, callbacks=[sp])
+    trainer.fit(module, pool_data(toy_real))
+    assert trainer.global_step == 16  # 2048 images / 128 per step, then stop after the last round
+    best = torch.load(sp.best_path, weights_only=True)
+    for net in (module.reference, module.target, module.ema.model):
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, best[k]), k
+    assert len(trainer.optimizers[0].state) == 0
+    ckpt = torch.load(tmp_path / "sp" / "round-1.ckpt", weights_only=True)
+    assert ckpt["state_dict"].keys() >= {f"reference.{k}" for k in best}
+    for k, v in best.items():
+        assert torch.equal(ckpt["state_dict"][f"reference.{k}"], v)
+    # the state is in the checkpoint: round, images, best score, and the evaluation history
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("SelfPlay"))
+    assert state["round"] == 1 and state["images_in_round"] == 0 and state["best_score"] == sp.best_score
+    evals = [h for h in state["history"] if "metrics" in h]
+    assert [h["kimg_in_round"] for h in evals] == [0.0, 1.024, 2.048]  # step 0, every 1.024 kimg, the end
+    assert sp.best_score == min(h["metrics"]["energy_distance"] for h in evals)
+    summary = sp.summary()
+    assert summary["reference"] == evals[0]["metrics"]
+    assert summary["rounds"][0]["metrics"]["energy_distance"] == sp.best_score
+    assert os.path.isfile(tmp_path / "sp" / "summary.json")
+
+
+def test_resume_mid_round_keeps_round_reference_and_fake_position(tmp_path, toy_real, mle_ckpt):
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=20, save_top_k=-1)
+    sp = self_play(tmp_path, rounds=3, kimg_per_round=1.536, eval_every_kimg=0.768)
+    module = ddo_module(mle_ckpt, lr=3e-3)
+    trainer = make_trainer(tmp_path, max_steps=20, enable_checkpointing=True, callbacks=[ckpt_cb, sp])
+    data = pool_data(toy_real)
+    trainer.fit(module, data)  # 12 steps per round: stops 8 steps into round 1
+    assert sp.round == 1 and sp.images_in_round == 8 * 128
+    reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    position = data.fake.position
+    path = ckpt_cb.best_model_path or os.path.join(tmp_path, "ckpt", os.listdir(tmp_path / "ckpt")[0])
+
+    class AtResume(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.round, self.images = sp2.round, sp2.images_in_round
+            self.reference = {k: v.clone() for k, v in pl_module.reference.state_dict().items()}
+            self.position = trainer.datamodule.fake.position
+
+    sp2, probe = self_play(tmp_path, rounds=3, kimg_per_round=1.536, eval_every_kimg=0.768), AtResume()
+    module2, data2 = ddo_module(mle_ckpt, lr=3e-3), pool_data(toy_real)
+    make_trainer(tmp_path, max_steps=24, callbacks=[sp2, probe]).fit(module2, data2, ckpt_path=path)
+    assert (probe.round, probe.images, probe.position) == (1, 8 * 128, position)
+    for k, v in reference.items():
+        assert torch.equal(probe.reference[k], v), k
+    assert sp2.round == 2 and sp2.images_in_round == 0  # the resumed run finished round 1 and promoted
+
+
+def test_checkpoints_load_weights_only(tmp_path, toy_real, mle_ckpt):
+    sp = self_play(tmp_path, rounds=1)
+    make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
+    for name in ("round-1.ckpt", "best.pt"):
+        torch.load(tmp_path / "sp" / name, weights_only=True)  # raises if anything but tensors/containers
