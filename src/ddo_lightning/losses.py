@@ -11,6 +11,7 @@ computed with ``logsigmoid`` for stability. At θ = θ_ref, r ≡ 0 and L = (1+�
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +21,11 @@ import torch.nn.functional as F
 def check_alpha_beta(alpha: float, beta: float) -> None:
     """Reject α, β outside the loss's domain (α ≥ 0 weights the fake term, β > 0 scales r)."""
     for name, value, ok in (("alpha", alpha, lambda v: v >= 0), ("beta", beta, lambda v: v > 0)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)) or (
+            isinstance(value, torch.Tensor) and value.numel() != 1
+        ):
             raise TypeError(f"DDO {name} must be a number, got {type(value).__name__}: {value!r}")
+        value = float(value)
         if not math.isfinite(value) or not ok(value):
             bound = ">= 0" if name == "alpha" else "> 0"
             raise ValueError(

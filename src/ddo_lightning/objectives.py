@@ -48,7 +48,8 @@ class DiffusionDDO:
         alpha: weight of the fake term (α ≥ 0). Paper range [0.5, 50]; diffusion ablations 0.5–6.
         beta: scale of the log-ratio inside the sigmoid (β > 0). Paper range [0.01, 0.1] for images,
             whose log-ratios sum over thousands of dimensions; low-dimensional data wants larger β.
-        P_mean, P_std: ln σ ~ N(P_mean, P_std²) for the log-ratio estimate (EDM CIFAR-10: −1.2, 1.2).
+        P_mean: mean of ln σ for the log-ratio estimate (EDM CIFAR-10: −1.2; EDM2 ImageNet-64: −0.8).
+        P_std: standard deviation of ln σ (EDM CIFAR-10: 1.2; EDM2: 1.6, raised to 3.0 in late rounds).
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.05, P_mean: float = -1.2, P_std: float = 1.2):
@@ -86,7 +87,12 @@ class DiffusionDDO:
 
 
 class DenoisingScoreMatching:
-    """EDM's MLE training loss (denoising score matching, EDM Eq. 2) used to pretrain references."""
+    """EDM's MLE training loss (denoising score matching, EDM Eq. 2) used to pretrain references.
+
+    Args:
+        P_mean: mean of ln σ (EDM: −1.2).
+        P_std: standard deviation of ln σ (EDM: 1.2).
+    """
 
     def __init__(self, P_mean: float = -1.2, P_std: float = 1.2):
         if not P_std > 0:

@@ -45,6 +45,8 @@ def karras_sigmas(
         raise ValueError(f"num_steps must be >= 2 for a Karras grid, got {num_steps}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
     i = torch.arange(num_steps, dtype=dtype)
     inv_rho = 1.0 / rho
     sig = (sigma_max**inv_rho + i / (num_steps - 1) * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho

@@ -6,8 +6,13 @@
   every mode receives at least its weight, lower when modes are dropped or starved (= 1 − total
   variation between the mode weights and the sample's mode histogram).
 - modes_covered: share of modes that receive at least 10% of their expected number of samples.
+- mmd: squared maximum mean discrepancy (unbiased) against fresh data with a sum of Gaussian kernels
+  whose bandwidths are 2 and 8 mode-stds: sensitive to mass between modes and to mode imbalance.
+  The two-sample distance the demo selects checkpoints by.
 - energy_distance: Székely's 2E|X−Y| − E|X−X'| − E|Y−Y'| against fresh data (unbiased within-set
-  terms); 0 iff the distributions agree, lower is better.
+  terms). Reported too, but it is a large-scale distance: it barely sees mass smeared between
+  neighbouring modes (15% of the mass spread along the ring moves it by less than its sampling noise
+  at 5,000 samples, while the MMD above moves by 4× its noise).
 """
 
 from __future__ import annotations
@@ -35,6 +40,22 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(2 * _mean_cdist(x, y, False) - _mean_cdist(x, x, True) - _mean_cdist(y, y, True))
 
 
+def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...], chunk: int = 4096) -> float:
+    """Unbiased squared MMD between x [N, D] and y [M, D] with k(a, b) = Σ_h exp(−|a−b|²/(2h²))."""
+    x, y = x.to(torch.float64), y.to(torch.float64)
+
+    def mean_k(a: torch.Tensor, b: torch.Tensor, same: bool) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float64)
+        for i in range(0, len(a), chunk):
+            sq = torch.cdist(a[i : i + chunk], b).square()
+            total += sum(torch.exp(-sq / (2 * h * h)).sum() for h in bandwidths)
+        if same:  # drop the diagonal k(a_i, a_i) = len(bandwidths)
+            return (total - len(a) * len(bandwidths)) / (len(a) * (len(a) - 1))
+        return total / (len(a) * len(b))
+
+    return float(mean_k(x, x, True) + mean_k(y, y, True) - 2 * mean_k(x, y, False))
+
+
 def mixture_metrics(mixture: GaussianMixture, x: torch.Tensor, fresh: torch.Tensor) -> dict[str, float]:
     """All toy metrics of samples x [N, D] against the mixture; ``fresh`` [M, D] are true samples."""
     x = x.to(torch.float64)
@@ -53,7 +74,8 @@ def mixture_metrics(mixture: GaussianMixture, x: torch.Tensor, fresh: torch.Tens
         "precision": float(on_mode.sum()) / n_total,
         "recall": float(torch.minimum(mixture.weights, q).sum()) if counts.sum() > 0 else 0.0,
         "modes_covered": float((counts >= 0.1 * expected).to(torch.float64).mean()),
-        "energy_distance": energy_distance(x, fresh) if len(x) else float("inf"),
+        "mmd": mmd_rbf(x, fresh, (2 * mixture.std, 8 * mixture.std)) if len(x) > 1 else float("inf"),
+        "energy_distance": energy_distance(x, fresh) if len(x) > 1 else float("inf"),
         "num_samples": float(n_total),
     }
 

@@ -42,7 +42,9 @@ class SelfPlay(pl.Callback):
         eval_every_kimg: evaluate the EMA every this many kimg (the round's end is always evaluated).
         monitor: the evaluator's metric that picks the best checkpoint (e.g. 'energy_distance', 'fid').
         mode: 'min' if lower is better.
-        dirpath: where ``best.pt``, ``round-N.ckpt`` and ``summary.json`` go.
+        dirpath: where ``best.pt`` and ``round-N.ckpt`` go.
+        summary_path: where the JSON summary goes (default ``<dirpath>/summary.json``): the starting
+            reference's metrics, and per round the promoted checkpoint's metrics and its evaluation curve.
     """
 
     def __init__(
@@ -53,12 +55,14 @@ class SelfPlay(pl.Callback):
         monitor: str = "fid",
         mode: Literal["min", "max"] = "min",
         dirpath: str = "outputs/selfplay",
+        summary_path: str | None = None,
     ):
         if rounds < 1 or not kimg_per_round > 0 or not eval_every_kimg > 0:
             raise ValueError("rounds, kimg_per_round and eval_every_kimg must be positive")
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.rounds, self.monitor, self.mode, self.dirpath = rounds, monitor, mode, dirpath
+        self.summary_path = summary_path or os.path.join(dirpath, "summary.json")
         self.images_per_round = int(kimg_per_round * 1000)
         self.eval_every_images = int(eval_every_kimg * 1000)
         # state (saved in every checkpoint)
@@ -138,8 +142,9 @@ class SelfPlay(pl.Callback):
             if trainer.is_global_zero:
                 atomic_torch_save(pl_module.ema.model.state_dict(), self.best_path)
             trainer.strategy.barrier("selfplay-best")
+        others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k not in (self.monitor, "num_samples"))
         rank_zero_info(f"[round {self.round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
-                       f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg)")
+                       f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg) | {others}")
 
     def _end_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         weights = torch.load(self.best_path, map_location=pl_module.device, weights_only=True)
@@ -205,7 +210,8 @@ class SelfPlay(pl.Callback):
         return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
     def _write_summary(self) -> None:
-        path = os.path.join(self.dirpath, "summary.json")
+        path = self.summary_path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.summary(), f, indent=2)

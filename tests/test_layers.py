@@ -1,0 +1,65 @@
+"""Imports point down only (architecture.md): a module may import modules of lower layers (or its own
+subpackage); only training/ and cli.py import lightning or wandb; only training/ touches torch.distributed."""
+
+import ast
+import pathlib
+import shutil
+
+PKG = pathlib.Path(__file__).resolve().parents[1] / "src" / "ddo_lightning"
+RANK = {"protocols": 0, "schedules": 1, "losses": 1, "likelihood": 2, "objectives": 3, "samplers": 3, "networks": 3,
+        "data": 3, "metrics": 3, "checkpoints": 3, "training": 4, "cli": 5}
+
+
+def imported_names(path: pathlib.Path, root: pathlib.Path):
+    tree = ast.parse(path.read_text())
+    skip = set()
+    for node in ast.walk(tree):  # imports under `if TYPE_CHECKING:` are annotations, not dependencies
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            skip |= {id(n) for n in ast.walk(node)}
+    here = list(path.relative_to(root).with_suffix("").parts)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                yield node.module or ""
+            else:
+                yield ".".join(["ddo_lightning", *here[: -node.level], *([node.module] if node.module else [])])
+
+
+def violations(root: pathlib.Path) -> list[str]:
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel == pathlib.Path("__init__.py"):
+            continue
+        own = rel.with_suffix("").parts[0]
+        if own not in RANK:
+            bad.append(f"{rel}: module not placed in a layer")
+            continue
+        for name in imported_names(path, root):
+            parts = name.split(".")
+            if parts[0] == "ddo_lightning" and len(parts) > 1 and parts[1] != own and RANK.get(parts[1], 99) >= RANK[own]:
+                bad.append(f"{rel} imports {name} (not a lower layer)")
+            if parts[0] in ("lightning", "pytorch_lightning", "wandb") and own not in ("training", "cli"):
+                bad.append(f"{rel} imports {name} (only training/ and cli.py may)")
+            if name.startswith("torch.distributed") and own != "training":
+                bad.append(f"{rel} imports {name} (only training/ may)")
+    return bad
+
+
+def test_imports_point_down():
+    assert violations(PKG) == []
+
+
+def test_checker_reports_an_upward_import(tmp_path):
+    copy = tmp_path / "ddo_lightning"
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "losses.py", "a") as f:
+        f.write("\nfrom .training import DDOModule\nimport lightning\n")
+    assert violations(copy) == [
+        "losses.py imports ddo_lightning.training (not a lower layer)",
+        "losses.py imports lightning (only training/ and cli.py may)",
+    ]
