@@ -84,6 +84,12 @@ def test_toy_presets_run_tiny_steps(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "outputs/demo/ddo/summary.json").read_text())
     assert summary["monitor"] == "mmd" and len(summary["rounds"]) == 1
     assert (tmp_path / "outputs/demo/ddo/round-1.ckpt").is_file()
+    # `ddo validate` on the round checkpoint re-evaluates the promoted EMA: the same fixed-seed numbers
+    cli = main(["validate", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo,
+                "--ckpt_path", "outputs/demo/ddo/round-1.ckpt"])
+    promoted = summary["rounds"][0]["metrics"]
+    for key in ("mmd", "precision", "recall"):
+        assert float(cli.trainer.callback_metrics[f"val/{key}"]) == pytest.approx(promoted[key], rel=1e-5), key
 
 
 @pytest.mark.parametrize("value", ["-1", "nan"])

@@ -254,3 +254,28 @@ def test_checkpoints_load_weights_only(tmp_path, toy_real, mle_ckpt):
     make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
     for name in ("round-1.ckpt", "best.pt"):
         torch.load(tmp_path / "sp" / name, weights_only=True)  # raises if anything but tensors/containers
+
+
+def test_ema_half_life_is_exact():
+    """With ramp-up off, a half-life of 1 kimg and 1000-image steps, each update halves the distance
+    to the source: after k updates ema = w_src + (w0 − w_src)·2^−k exactly."""
+    from ddo_lightning.training import EMA
+
+    src = torch.nn.Linear(3, 2)
+    ema = EMA(src, halflife_kimg=1.0, rampup_ratio=None)
+    w0 = ema.model.weight.detach().clone()
+    with torch.no_grad():
+        src.weight.add_(1.0)
+    for _ in range(3):
+        ema.update(src, batch_images=1000)
+    expected = src.weight + (w0 - src.weight) * 0.125
+    assert torch.allclose(ema.model.weight, expected, atol=1e-6)
+    assert int(ema.images) == 3000
+    # ramp-up (EDM): the half-life is capped at ratio × images seen, 0.05 × 512 = 25.6 images after the
+    # first 512-image step, so β = 0.5^(512/25.6) = 2^−20 and the average all but copies the source
+    ramped = EMA(torch.nn.Linear(3, 2), halflife_kimg=500.0, rampup_ratio=0.05)
+    ramped.update(src, batch_images=512)
+    assert ramped.beta(512) == pytest.approx(0.5**20)
+    assert torch.allclose(ramped.model.weight, src.weight, atol=1e-5)
+    ramped.reset(torch.nn.Linear(3, 2))
+    assert int(ramped.images) == 0

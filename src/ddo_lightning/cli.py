@@ -21,8 +21,8 @@ class DDOCLI(LightningCLI):
     """LightningCLI with every option typed from the classes' signatures."""
 
 
-def main(args: list[str] | None = None) -> None:
-    DDOCLI(
+def main(args: list[str] | None = None) -> DDOCLI:
+    return DDOCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

@@ -86,11 +86,17 @@ class DDODataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
-    def val_dataloader(self) -> DataLoader:
-        # Evaluation samples from the model itself (fixed seeds); one item triggers one evaluation.
+    def val_dataloader(self) -> DataLoader | list:
+        """One item, which triggers one evaluation (the model samples with fixed seeds itself).
+
+        While DDO is fitting (there is a fake source), evaluation is SelfPlay's, at kimg intervals, so
+        the validation loop gets nothing; ``ddo validate``/``ddo test`` evaluate a checkpoint."""
+        if self.fake is not None and self.trainer is not None and self.trainer.state.fn == "fit":
+            return []
         return DataLoader(range(1), batch_size=1)
 
-    test_dataloader = val_dataloader
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(range(1), batch_size=1)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is None or not self.trainer.training or self.fake is None:

@@ -166,7 +166,7 @@ class SelfPlay(pl.Callback):
             pl_module.refresh_fakes(self.round)
         path = os.path.join(self.dirpath, f"round-{finished}.ckpt")
         tmp = path + ".tmp"
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, path)
             self._write_summary()
