@@ -92,7 +92,7 @@ def test_toy_presets_run_tiny_steps(tmp_path, monkeypatch):
         assert float(cli.trainer.callback_metrics[f"val/{key}"]) == pytest.approx(promoted[key], rel=1e-5), key
 
 
-@pytest.mark.parametrize("value", ["-1", "nan"])
+@pytest.mark.parametrize("value", ["-1", ".nan", ".inf"])
 def test_invalid_alpha_from_the_command_line(value):
     with pytest.raises(ValueError, match="alpha"):
         main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"),

@@ -108,13 +108,13 @@ class DenoiserModule(pl.LightningModule):
         return gen.manual_seed(mix_seed(self.seed, self.global_rank, self.global_step))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        images = self._batch_images(batch) * self.trainer.world_size
+        images = self.batch_images(batch) * self.trainer.world_size
         self.images_seen += images
         self.ema.update(self.trained_network(), images)
         self.log("kimg", self.images_seen.float() / 1000)
 
     @staticmethod
-    def _batch_images(batch: Any) -> int:
+    def batch_images(batch: Any) -> int:
         first = batch[0]
         return len(first.x) if hasattr(first, "x") else len(first)
 

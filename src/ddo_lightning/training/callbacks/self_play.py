@@ -106,7 +106,7 @@ class SelfPlay(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         before = self.images_in_round
-        self.images_in_round += pl_module._batch_images(batch) * trainer.world_size
+        self.images_in_round += pl_module.batch_images(batch) * trainer.world_size
         pl_module.log("round", float(self.round))
         round_done = self.images_in_round >= self.images_per_round
         if round_done or self.images_in_round // self.eval_every_images > before // self.eval_every_images:
