@@ -28,6 +28,15 @@ def make_trainer(tmp_path, **kw) -> pl.Trainer:
     return pl.Trainer(**defaults)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many small ops or big cdists: on a loaded 2-core machine intra-op threading only costs time."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def toy_real() -> Toy2DDataset:
     return Toy2DDataset("ring8", num_samples=4096, seed=0)

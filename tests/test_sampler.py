@@ -21,13 +21,7 @@ STD = 0.15
 N = 20_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # these tests run many small ops; on a loaded 2-core machine intra-op threading only costs time
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ WEIGHTS = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
 STD = 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # big cdists on a loaded 2-core machine: intra-op threading only costs time here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

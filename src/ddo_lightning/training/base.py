@@ -148,10 +148,12 @@ class DenoiserModule(pl.LightningModule):
         return metrics
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        for k, v in self.evaluate().items():
-            self.log(f"val/{k}", v, rank_zero_only=True)
+        """One evaluation of the EMA (the dataloader has a single item); logs ``val/<metric>``."""
+        self.log_dict({f"val/{k}": v for k, v in self.evaluate().items()}, rank_zero_only=True)
 
-    test_step = validation_step
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """As validation; logs ``test/<metric>``."""
+        self.log_dict({f"test/{k}": v for k, v in self.evaluate().items()}, rank_zero_only=True)
 
 
 def newest_checkpoint(trainer: pl.Trainer) -> str | None:
