@@ -1,5 +1,24 @@
-"""Loading weights into our networks from checkpoints (ours now; NVIDIA/VAR formats later)."""
+"""Loading weights into our networks from checkpoints: ours, NVIDIA's EDM/EDM2 pickles (safely); VAR later."""
 
 from .load import ArchitectureMismatch, check_same_architecture, denoiser_state_dict, load_network_weights
+from .nvidia_pickle import (
+    NvidiaPickleError,
+    PersistentRecord,
+    UnsafeGlobalError,
+    load_network_from_nvidia_pickle,
+    load_nvidia_pickle,
+    network_from_record,
+)
 
-__all__ = ["ArchitectureMismatch", "check_same_architecture", "denoiser_state_dict", "load_network_weights"]
+__all__ = [
+    "ArchitectureMismatch",
+    "NvidiaPickleError",
+    "PersistentRecord",
+    "UnsafeGlobalError",
+    "check_same_architecture",
+    "denoiser_state_dict",
+    "load_network_from_nvidia_pickle",
+    "load_network_weights",
+    "load_nvidia_pickle",
+    "network_from_record",
+]

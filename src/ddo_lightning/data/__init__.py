@@ -1,6 +1,27 @@
 """Real datasets. Each yields ``Samples(x, labels)`` and exposes ``sample_shape`` and ``label_dim``;
-datasets with a known density also expose ``ground_truth``."""
+datasets with a known density also expose ``ground_truth``. Image datasets hold uint8 images and map
+them to [-1, 1] with ``uint8_to_model``; fakes go through the same quantisation with ``quantize``."""
 
+from .images import (
+    Cifar10Dataset,
+    DigitsDataset,
+    ImageDataset,
+    ImageFolderDataset,
+    model_to_uint8,
+    quantize,
+    uint8_to_model,
+)
 from .toy2d import GaussianMixture, Toy2DDataset, mixture_preset
 
-__all__ = ["GaussianMixture", "Toy2DDataset", "mixture_preset"]
+__all__ = [
+    "Cifar10Dataset",
+    "DigitsDataset",
+    "GaussianMixture",
+    "ImageDataset",
+    "ImageFolderDataset",
+    "Toy2DDataset",
+    "mixture_preset",
+    "model_to_uint8",
+    "quantize",
+    "uint8_to_model",
+]
