@@ -1,6 +1,8 @@
 """Sample-quality metrics. An evaluator has ``connect(ground_truth)``, ``reset()``,
 ``update(x, labels)`` and ``compute() -> dict[str, float]`` (torchmetrics' protocol)."""
 
+from .digits import DigitsFeatures
+from .fid import FrechetDistance, frechet_distance
 from .toy2d import MixtureMetrics, energy_distance, mixture_metrics, mmd_rbf
 
-__all__ = ["MixtureMetrics", "energy_distance", "mixture_metrics", "mmd_rbf"]
+__all__ = ["DigitsFeatures", "FrechetDistance", "frechet_distance", "MixtureMetrics", "energy_distance", "mixture_metrics", "mmd_rbf"]

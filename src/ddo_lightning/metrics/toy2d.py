@@ -98,8 +98,12 @@ class MixtureMetrics(Metric):
         self.mixture: GaussianMixture | None = None
         self.add_state("samples", default=[], dist_reduce_fx="cat")
 
-    def connect(self, ground_truth: GaussianMixture) -> None:
-        self.mixture = ground_truth
+    def connect(self, source: Any) -> None:
+        """Take the ground truth from a data module or dataset (``.ground_truth``) or a mixture itself."""
+        truth = getattr(source, "ground_truth", source)
+        if truth is None or not hasattr(truth, "log_prob"):
+            raise ValueError("MixtureMetrics needs data with a known mixture distribution (e.g. Toy2DDataset)")
+        self.mixture = truth
 
     def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None:  # noqa: ARG002
         self.samples.append(x.detach().to(torch.float64))

@@ -94,10 +94,7 @@ class DenoiserModule(pl.LightningModule):
             raise TypeError("ddo_lightning modules need a DDODataModule (it tells the sample shape and labels)")
         self.sample_shape, self.label_dim = tuple(dm.sample_shape), int(dm.label_dim)
         if self.evaluator is not None and hasattr(self.evaluator, "connect"):
-            truth = getattr(dm, "ground_truth", None)
-            if truth is None:
-                raise ValueError(f"{type(self.evaluator).__name__} needs data with a known distribution")
-            self.evaluator.connect(truth)
+            self.evaluator.connect(dm)  # the evaluator takes what it needs: ground truth, real images
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.trained_network().parameters(), lr=self.lr, betas=self.betas)
