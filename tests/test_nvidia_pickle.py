@@ -486,3 +486,27 @@ def test_default_build_unavailable(snapshot, monkeypatch):
     with pytest.raises(NvidiaPickleError, match="build") as err:
         load_network_from_nvidia_pickle(snapshot)
     assert str(snapshot) in str(err.value)
+
+
+def test_init_from_a_pickle_loads_the_ema_into_a_declared_network(tmp_path):
+    """`model.init_from: <file>.pkl`: DDOModule's loader reads the EMA network of an NVIDIA pickle
+    (fp16 here, EDM2-like) into the network declared in the config, as fp32, strictly."""
+    from ddo_lightning.checkpoints import denoiser_state_dict, load_network_weights
+
+    marker = tmp_path / "ran"
+    net = make_net(fp16=True)
+    path = tmp_path / "edm2-like.pkl"
+    path.write_bytes(dump(edm2_like(net), evil_source(marker)))
+    state = denoiser_state_dict(str(path))
+    want = net.state_dict()
+    assert state.keys() == want.keys()
+    assert all(state[k].dtype == torch.float32 and torch.equal(state[k], want[k].float()) for k in want)
+    fresh = make_net().requires_grad_(True)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    load_network_weights(fresh, str(path))
+    assert all(torch.equal(fresh.state_dict()[k], want[k].float()) for k in want)
+    assert not marker.exists()
+    with pytest.raises(FileNotFoundError, match="missing.pkl"):
+        denoiser_state_dict(str(tmp_path / "missing.pkl"))

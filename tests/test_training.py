@@ -279,3 +279,24 @@ def test_ema_half_life_is_exact():
     assert torch.allclose(ramped.model.weight, src.weight, atol=1e-5)
     ramped.reset(torch.nn.Linear(3, 2))
     assert int(ramped.images) == 0
+
+
+def test_quantized_pool_matches_real_image_preprocessing():
+    """Images: fakes are rounded to the uint8 grid exactly as real images are (method.md §4)."""
+    from ddo_lightning.data.images import model_to_uint8, uint8_to_model
+
+    def sample_fn(seeds, labels):
+        return torch.rand(len(seeds), 1, 4, 4, generator=torch.Generator().manual_seed(int(seeds[0]) % 2**31)) * 2.4 - 1.2
+
+    pool = PoolFakeSource(size=8, generation_batch_size=8, seed=0, quantize=True, progress=False)
+    pool.setup((1, 4, 4), 0)
+    pool.refresh(sample_fn, 0)
+    assert pool.x.dtype == torch.uint8
+    x = pool.next(8, torch.device("cpu")).x
+    assert x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x, uint8_to_model(model_to_uint8(x)))  # already on the grid
+    online = OnlineFakeSource(seed=0, quantize=True)
+    online.setup((1, 4, 4), 0)
+    online.refresh(sample_fn, 0)
+    y = online.next(4, torch.device("cpu")).x
+    assert torch.equal(y, uint8_to_model(model_to_uint8(y)))

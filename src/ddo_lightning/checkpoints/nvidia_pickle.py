@@ -390,6 +390,23 @@ def _default_build(path: str) -> Callable[[str, dict], nn.Module]:
     return build_edm_network
 
 
+def read_nvidia_network(path: str | os.PathLike, key: str = "ema") -> tuple[str, dict, dict[str, torch.Tensor], PersistentRecord]:
+    """``(class_name, init_kwargs, state_dict, record)`` of the network stored at ``key``, without
+    building anything (the state dict keeps the file's dtypes)."""
+    path = os.fspath(path)
+    data = load_nvidia_pickle(path)
+    if key not in data:
+        raise NvidiaPickleError(f"{path} has no {key!r} entry; keys present: {', '.join(map(repr, data)) or 'none'}")
+    record = data[key]
+    if not isinstance(record, PersistentRecord) or not record.is_module:
+        raise NvidiaPickleError(f"{path}[{key!r}] is not a persistent network (found {record!r})")
+    try:
+        class_name, init_kwargs, state_dict = network_from_record(record)
+    except NvidiaPickleError as err:
+        raise NvidiaPickleError(f"{path}[{key!r}]: {err}") from err
+    return class_name, init_kwargs, state_dict, record
+
+
 def load_network_from_nvidia_pickle(path: str | os.PathLike, key: str = "ema",
                                      build: Callable[[str, dict], nn.Module] | None = None,
                                      dtype: torch.dtype | None = torch.float32) -> nn.Module:
@@ -402,16 +419,7 @@ def load_network_from_nvidia_pickle(path: str | os.PathLike, key: str = "ema",
     bit-identical. The module's train/eval mode is the one stored (snapshots are saved in eval mode).
     """
     path = os.fspath(path)
-    data = load_nvidia_pickle(path)
-    if key not in data:
-        raise NvidiaPickleError(f"{path} has no {key!r} entry; keys present: {', '.join(map(repr, data)) or 'none'}")
-    record = data[key]
-    if not isinstance(record, PersistentRecord) or not record.is_module:
-        raise NvidiaPickleError(f"{path}[{key!r}] is not a persistent network (found {record!r})")
-    try:
-        class_name, init_kwargs, state_dict = network_from_record(record)
-    except NvidiaPickleError as err:
-        raise NvidiaPickleError(f"{path}[{key!r}]: {err}") from err
+    class_name, init_kwargs, state_dict, record = read_nvidia_network(path, key)
     if build is None:
         build = _default_build(path)
     try:

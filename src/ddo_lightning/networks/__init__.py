@@ -1,6 +1,18 @@
 """Networks: preconditioning wrappers and raw architectures."""
 
-from .precond import EDMPrecond, edm_coefficients
+from .edm_factory import build_edm_network
+from .edm_unets import DhariwalUNet, SongUNet
+from .precond import EDMPrecond, VEPrecond, VPPrecond, edm_coefficients, iDDPMPrecond
 from .toy import ToyMLP
 
-__all__ = ["EDMPrecond", "ToyMLP", "edm_coefficients"]
+__all__ = [
+    "DhariwalUNet",
+    "EDMPrecond",
+    "SongUNet",
+    "ToyMLP",
+    "VEPrecond",
+    "VPPrecond",
+    "build_edm_network",
+    "edm_coefficients",
+    "iDDPMPrecond",
+]

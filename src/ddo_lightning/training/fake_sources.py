@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..data.images import model_to_uint8, quantize, uint8_to_model
 from ..protocols import SampleFn, Samples
 from ..samplers.noise import mix_seed
 
@@ -34,8 +35,8 @@ class FakeSource(ABC):
     ``setup`` (shapes, rank) → ``refresh`` (each round, with the reference's sampling function) →
     ``next`` (each step). ``state_dict`` holds the round and the position in the round's stream."""
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    def __init__(self, seed: int = 0, quantize: bool = False):
+        self.seed, self.quantize = seed, quantize
         self.round: int | None = None
         self.position = 0  # fake samples this rank consumed in the current round
         self.sample_shape: tuple[int, ...] = ()
@@ -86,11 +87,13 @@ class PoolFakeSource(FakeSource):
         size: pool size across all ranks (paper: 50,000 for CIFAR-10).
         generation_batch_size: samples per sampler call while generating.
         seed: base seed; sample i of round r uses seed mix(seed, r, i).
+        quantize: round fakes to the uint8 grid like real images (images: True), stored as uint8.
         progress: show a progress bar while generating (rank 0 only).
     """
 
-    def __init__(self, size: int = 50_000, generation_batch_size: int = 500, seed: int = 0, progress: bool = True):
-        super().__init__(seed)
+    def __init__(self, size: int = 50_000, generation_batch_size: int = 500, seed: int = 0,
+                 quantize: bool = False, progress: bool = True):
+        super().__init__(seed, quantize)
         if size < 1 or generation_batch_size < 1:
             raise ValueError(f"pool size and generation_batch_size must be >= 1, got {size}, {generation_batch_size}")
         self.size, self.generation_batch_size, self.progress = size, generation_batch_size, progress
@@ -111,7 +114,8 @@ class PoolFakeSource(FakeSource):
             idx = self.indices[start : start + self.generation_batch_size]
             seeds = torch.tensor([mix_seed(self.seed, self.round, int(i)) for i in idx])
             lab = balanced_labels(idx, self.label_dim)
-            xs.append(sample_fn(seeds, lab).detach().cpu())
+            x = sample_fn(seeds, lab).detach().cpu()
+            xs.append(model_to_uint8(x) if self.quantize else x)
             labels.append(lab)
         self.x, self.labels = torch.cat(xs), torch.cat(labels)
         self._perm_cache.clear()
@@ -131,7 +135,8 @@ class PoolFakeSource(FakeSource):
             sel = (pos // n) == epoch
             rows[sel] = self._permutation(epoch)[pos[sel] % n]
         self.position += batch_size
-        return Samples(self.x[rows].to(device, non_blocking=True), self.labels[rows].to(device, non_blocking=True))
+        x = self.x[rows].to(device, non_blocking=True)
+        return Samples(uint8_to_model(x) if self.quantize else x, self.labels[rows].to(device, non_blocking=True))
 
 
 class OnlineFakeSource(FakeSource):
@@ -139,6 +144,10 @@ class OnlineFakeSource(FakeSource):
 
     Sample j of this rank in round r uses seed mix(seed, r, rank, j): reproducible per (seed, rank,
     step) and never shared between ranks.
+
+    Args:
+        seed: base seed.
+        quantize: round fakes to the uint8 grid like real images.
     """
 
     def next(self, batch_size: int, device: torch.device) -> Samples:
@@ -148,6 +157,6 @@ class OnlineFakeSource(FakeSource):
         global_index = local * self.world_size + self.rank  # class balance across ranks
         labels = balanced_labels(global_index, self.label_dim).to(device)
         self.position += batch_size
-        x = sample_fn(seeds, labels)
-        return Samples(x.to(device), labels)
+        x = sample_fn(seeds, labels).to(device)
+        return Samples(quantize(x) if self.quantize else x, labels)
 
