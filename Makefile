@@ -12,10 +12,10 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast clean help
+.PHONY: install demo demo-digits test test-fast clean help
 
 help:
-	@echo "make demo | make test | make test-fast | make clean"
+	@echo "make demo | make demo-digits | make test | make test-fast | make clean"
 
 # An existing torch is never replaced: if the interpreter already imports torch, the venv sees it
 # (--system-site-packages); otherwise a CUDA machine gets pip's default torch and a CPU machine TORCH_SPEC.
@@ -40,6 +40,13 @@ demo: install
 	$(VENV)/bin/ddo fit --config configs/toy2d_pretrain.yaml && \
 	$(VENV)/bin/ddo fit --config configs/toy2d.yaml && \
 	echo "[demo] wrote outputs/demo/summary.json and outputs/demo/samples.png in $$(( $$(date +%s) - start )) s"
+
+# Digits: a small EDM UNet pretrained by MLE on the embedded 8x8 digits, then 3 DDO rounds (~20 min CPU).
+demo-digits: install
+	@start=$$(date +%s); \
+	$(VENV)/bin/ddo fit --config configs/digits_pretrain.yaml && \
+	$(VENV)/bin/ddo fit --config configs/digits.yaml && \
+	echo "[demo-digits] wrote outputs/digits/summary.json and outputs/digits/samples.png in $$(( $$(date +%s) - start )) s"
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

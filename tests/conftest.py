@@ -53,3 +53,35 @@ def mle_ckpt(tmp_path_factory, toy_real) -> str:
     path = os.path.join(tmp, "mle.ckpt")
     trainer.save_checkpoint(path)
     return path
+
+
+class RandomFeatures(torch.nn.Module):
+    """A fixed random feature extractor for FID plumbing tests (uint8 images -> 16-d features)."""
+
+    feature_dim = 16
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.proj = torch.nn.Parameter(torch.randn(channels, self.feature_dim, generator=gen), requires_grad=False)
+
+    def forward(self, images_uint8):
+        x = images_uint8.float() / 127.5 - 1
+        return torch.tanh(x.mean(dim=(2, 3)) @ self.proj + x.std(dim=(2, 3)) @ self.proj)
+
+
+def write_fake_cifar(root, per_batch: int = 16, seed: int = 0) -> str:
+    """Official-format CIFAR-10 python batches with random images (tests only)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return folder

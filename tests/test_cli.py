@@ -97,3 +97,79 @@ def test_invalid_alpha_from_the_command_line(value):
     with pytest.raises(ValueError, match="alpha"):
         main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"),
               "--model.init_args.objective.init_args.alpha", value, "--model.init_args.init_from", "null"])
+
+
+@pytest.mark.parametrize("preset", ["edm_cifar10.yaml", "edm_cifar10_cond.yaml"])
+def test_cifar_presets_run_a_tiny_step(preset, tmp_path, monkeypatch):
+    """The paper's CIFAR-10 recipes with sizes overridden: a narrow network of the same architecture,
+    fake CIFAR batches, a random feature extractor for the FID, one short round."""
+    from conftest import write_fake_cifar
+
+    monkeypatch.chdir(tmp_path)
+    root = write_fake_cifar(tmp_path)
+    printed = yaml.safe_load(_print_config(ROOT / "configs" / preset))
+    unet = printed["model"]["init_args"]["network"]["init_args"]["model"]["init_args"]
+    unet.update(model_channels=16, channel_mult=[1, 1], num_blocks=1)
+    override = write(tmp_path / "tiny.yaml", {
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "max_steps": 2, "logger": False, "callbacks": [
+            {"class_path": "ddo_lightning.training.SelfPlay",
+             "init_args": {"rounds": 1, "kimg_per_round": 0.016, "eval_every_kimg": 0.008, "monitor": "fid",
+                           "dirpath": "out"}}]},
+        "model": {"init_args": {
+            "init_from": None,
+            "network": {"class_path": "ddo_lightning.networks.EDMPrecond",
+                        "init_args": {"sigma_data": 0.5, "model": {"class_path": "ddo_lightning.networks.SongUNet",
+                                                                   "init_args": unet}}},
+            "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 2}},
+            "evaluator": {"class_path": "ddo_lightning.metrics.FrechetDistance",
+                          "init_args": {"name": "fid", "reference_stats": None,
+                                        "extractor": "conftest.RandomFeatures"}},
+            "num_eval_samples": 20, "eval_batch_size": 20}},
+        "data": {"init_args": {"batch_size": 8, "num_workers": 0,
+                               "real": {"class_path": "ddo_lightning.data.Cifar10Dataset", "init_args": {"root": root}},
+                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
+                                        "init_args": {"size": 16, "generation_batch_size": 16, "quantize": True}}}},
+    })
+    cli = main(["fit", "--config", str(ROOT / "configs" / preset), "--config", override])
+    assert cli.trainer.global_step == 2
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["rounds"]) == 1 and "fid" in summary["reference"]
+    assert cli.model.label_dim == (10 if "cond" in preset else 0)
+    assert not any(p.requires_grad for p in cli.model.target.model.map_augment.parameters())
+
+
+def _print_config(path):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main(["fit", "--config", str(path), "--print_config"])
+    return buf.getvalue()
+
+
+def test_digits_presets_run_tiny_steps(tmp_path, monkeypatch):
+    """`make demo-digits` at a tiny size: 2 MLE steps, then one short DDO round with a quantised pool."""
+    monkeypatch.chdir(tmp_path)
+    small = {"num_eval_samples": 40, "eval_batch_size": 40,
+             "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 3}}}
+    pre = write(tmp_path / "pre.yaml", {
+        "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"dirpath": "outputs/digits/pretrain", "save_last": True, "every_n_train_steps": 2}}]},
+        "model": {"init_args": small}, "data": {"init_args": {"batch_size": 16}}})
+    main(["fit", "--config", str(ROOT / "configs/digits_pretrain.yaml"), "--config", pre])
+    ddo = write(tmp_path / "ddo.yaml", {
+        "trainer": {"enable_progress_bar": False, "callbacks": [
+            {"class_path": "ddo_lightning.training.SelfPlay",
+             "init_args": {"rounds": 1, "kimg_per_round": 0.032, "eval_every_kimg": 0.016, "monitor": "digits_fid",
+                           "dirpath": "outputs/digits/ddo", "summary_path": "outputs/digits/summary.json"}},
+            {"class_path": "ddo_lightning.training.ImageGridFigure",
+             "init_args": {"path": "outputs/digits/samples.png", "num_samples": 20}}]},
+        "model": {"init_args": small},
+        "data": {"init_args": {"batch_size": 16, "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
+                                                          "init_args": {"size": 64, "quantize": True}}}}})
+    main(["fit", "--config", str(ROOT / "configs/digits.yaml"), "--config", ddo])
+    summary = json.loads((tmp_path / "outputs/digits/summary.json").read_text())
+    assert summary["monitor"] == "digits_fid" and summary["reference"]["digits_fid"] > 0
+    assert (tmp_path / "outputs/digits/samples.png").stat().st_size > 1000

@@ -1,7 +1,7 @@
 """Safe loading of NVIDIA's code-carrying EDM / EDM2 network pickles.
 
 EDM's ``network-snapshot-*.pkl`` and EDM2's ``edm2-*.pkl`` are plain :mod:`pickle` files whose networks
-are instances of classes decorated with ``torch_utils.persistence.persistent_class``. Such an object
+are instances of classes decorated with the ``persistent_class`` decorator of ``torch_utils.persistence``. Such an object
 pickles as ``torch_utils.persistence._reconstruct_persistent_obj(meta)``, where ``meta`` holds the full
 Python source of the module defining the class (``module_src``), the ``class_name``, a ``version`` and
 the object's ``state`` (its ``__dict__``: ``_parameters``, ``_buffers``, ``_modules``, the recorded

@@ -3,6 +3,7 @@
 
 from .digits import DigitsFeatures
 from .fid import FrechetDistance, frechet_distance
+from .inception import InceptionFeatures
 from .toy2d import MixtureMetrics, energy_distance, mixture_metrics, mmd_rbf
 
-__all__ = ["DigitsFeatures", "FrechetDistance", "frechet_distance", "MixtureMetrics", "energy_distance", "mixture_metrics", "mmd_rbf"]
+__all__ = ["DigitsFeatures", "FrechetDistance", "InceptionFeatures", "frechet_distance", "MixtureMetrics", "energy_distance", "mixture_metrics", "mmd_rbf"]

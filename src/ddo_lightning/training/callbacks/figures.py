@@ -1,4 +1,5 @@
-"""Side-by-side scatter plots of 2-D samples: data, the reference at fit start, the final reference."""
+"""Figures comparing the reference at fit start with the final reference on the same seeds:
+a scatter plot for 2-D data, an image grid for images."""
 
 from __future__ import annotations
 
@@ -12,17 +13,10 @@ from ...samplers import mix_seed
 from ..fake_sources import balanced_labels
 
 
-class ScatterFigure(pl.Callback):
-    """Write a PNG comparing real data with samples of the starting and the final reference
-    (same seeds), for 2-D data.
+class _StartVersusEnd(pl.Callback):
+    """Samples the reference at fit start and at fit end with the same seeds; subclasses plot them."""
 
-    Args:
-        path: output PNG.
-        num_samples: points per panel.
-        seed: seed of the plotted samples (the same for both models).
-    """
-
-    def __init__(self, path: str = "outputs/demo/samples.png", num_samples: int = 5000, seed: int = 2024):
+    def __init__(self, path: str, num_samples: int, seed: int):
         self.path, self.num_samples, self.seed = path, num_samples, seed
         self._start: torch.Tensor | None = None
 
@@ -32,9 +26,11 @@ class ScatterFigure(pl.Callback):
         labels = balanced_labels(idx, pl_module.label_dim)
         return pl_module.sample(pl_module.reference, seeds, labels).cpu()
 
+    def _check(self, pl_module: Any) -> None:
+        pass
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if pl_module.sample_shape != (2,):
-            raise ValueError(f"ScatterFigure plots 2-D data, got samples of shape {pl_module.sample_shape}")
+        self._check(pl_module)
         if trainer.is_global_zero:
             self._start = self._draw(pl_module)
 
@@ -46,9 +42,36 @@ class ScatterFigure(pl.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        end = self._draw(pl_module)
+        fig = self._plot(plt, trainer, pl_module, self._start, end)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fig.savefig(self.path, dpi=110)
+        plt.close(fig)
+
+    def _plot(self, plt: Any, trainer: pl.Trainer, pl_module: Any, start: torch.Tensor, end: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+
+class ScatterFigure(_StartVersusEnd):
+    """Data, the starting reference (MLE) and the final reference as 2-D scatter plots.
+
+    Args:
+        path: output PNG.
+        num_samples: points per panel.
+        seed: seed of the plotted samples (the same for both models).
+    """
+
+    def __init__(self, path: str = "outputs/demo/samples.png", num_samples: int = 5000, seed: int = 2024):
+        super().__init__(path, num_samples, seed)
+
+    def _check(self, pl_module: Any) -> None:
+        if pl_module.sample_shape != (2,):
+            raise ValueError(f"ScatterFigure plots 2-D data, got samples of shape {pl_module.sample_shape}")
+
+    def _plot(self, plt, trainer, pl_module, start, end):
         real = trainer.datamodule.real.x[: self.num_samples]
-        panels = [("data", real), ("reference at start (MLE)", self._start),
-                  (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", self._draw(pl_module))]
+        panels = [("data", real), ("reference at start (MLE)", start),
+                  (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", end)]
         lim = float(real.abs().max()) * 1.3
         fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.6), sharex=True, sharey=True)
         for ax, (title, pts) in zip(axes, panels):
@@ -58,6 +81,43 @@ class ScatterFigure(pl.Callback):
             ax.set_ylim(-lim, lim)
             ax.set_aspect("equal")
         fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fig.savefig(self.path, dpi=110)
-        plt.close(fig)
+        return fig
+
+
+def image_grid(x: torch.Tensor, columns: int) -> torch.Tensor:
+    """[N, C, H, W] in [−1, 1] → one [H', W', C] uint8 grid image (1-pixel gaps)."""
+    n, c, h, w = x.shape
+    rows = -(-n // columns)
+    grid = torch.full((c, rows * (h + 1) + 1, columns * (w + 1) + 1), -1.0)
+    for i in range(n):
+        r, q = divmod(i, columns)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[i]
+    return ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+
+
+class ImageGridFigure(_StartVersusEnd):
+    """Two image grids, the starting reference (MLE) and the final reference, on the same seeds and
+    class-balanced labels (one column per class for conditional models).
+
+    Args:
+        path: output PNG.
+        num_samples: images per grid.
+        columns: images per row.
+        seed: seed of the plotted samples (the same for both models).
+    """
+
+    def __init__(self, path: str = "outputs/samples.png", num_samples: int = 100, columns: int = 10, seed: int = 2024):
+        super().__init__(path, num_samples, seed)
+        self.columns = columns
+
+    def _plot(self, plt, trainer, pl_module, start, end):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
+        for ax, (title, x) in zip(axes, [("reference at start (MLE)", start),
+                                          (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", end)]):
+            g = image_grid(x, self.columns)
+            ax.imshow(g.squeeze(-1) if g.shape[-1] == 1 else g, cmap="gray" if g.shape[-1] == 1 else None,
+                      interpolation="nearest")
+            ax.set_title(title)
+            ax.axis("off")
+        fig.tight_layout()
+        return fig
