@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from ddo_lightning.cli import main
+from ddo_lightning.cli import run as run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -85,7 +86,7 @@ def test_toy_presets_run_tiny_steps(tmp_path, monkeypatch):
     assert summary["monitor"] == "mmd" and len(summary["rounds"]) == 1
     assert (tmp_path / "outputs/demo/ddo/round-1.ckpt").is_file()
     # `ddo validate` on the round checkpoint re-evaluates the promoted EMA: the same fixed-seed numbers
-    cli = main(["validate", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo,
+    cli = run_cli(["validate", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo,
                 "--ckpt_path", "outputs/demo/ddo/round-1.ckpt"])
     promoted = summary["rounds"][0]["metrics"]
     for key in ("mmd", "precision", "recall"):
@@ -130,7 +131,7 @@ def test_cifar_presets_run_a_tiny_step(preset, tmp_path, monkeypatch):
                                "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
                                         "init_args": {"size": 16, "generation_batch_size": 16, "quantize": True}}}},
     })
-    cli = main(["fit", "--config", str(ROOT / "configs" / preset), "--config", override])
+    cli = run_cli(["fit", "--config", str(ROOT / "configs" / preset), "--config", override])
     assert cli.trainer.global_step == 2
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["rounds"]) == 1 and "fid" in summary["reference"]

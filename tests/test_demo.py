@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_demo_beats_mle_reference(tmp_path):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    ddo = [sys.executable, "-c", "from ddo_lightning.cli import main; main()"]
+    ddo = [os.path.join(os.path.dirname(sys.executable), "ddo")]  # the installed console script, as make runs it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for config in ("configs/toy2d_pretrain.yaml", "configs/toy2d.yaml"):
         proc = subprocess.run([*ddo, "fit", "--config", config, "--trainer.enable_progress_bar", "false"],

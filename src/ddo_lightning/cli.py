@@ -21,7 +21,8 @@ class DDOCLI(LightningCLI):
     """LightningCLI with every option typed from the classes' signatures."""
 
 
-def main(args: list[str] | None = None) -> DDOCLI:
+def run(args: list[str] | None = None) -> DDOCLI:
+    """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
     return DDOCLI(
         LightningModule,
         LightningDataModule,
@@ -31,6 +32,11 @@ def main(args: list[str] | None = None) -> DDOCLI:
         args=args,
         auto_configure_optimizers=False,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``ddo`` console script (returns nothing, so the exit status is 0 on success)."""
+    run(args)
 
 
 if __name__ == "__main__":
