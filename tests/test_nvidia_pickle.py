@@ -510,3 +510,26 @@ def test_init_from_a_pickle_loads_the_ema_into_a_declared_network(tmp_path):
     assert not marker.exists()
     with pytest.raises(FileNotFoundError, match="missing.pkl"):
         denoiser_state_dict(str(tmp_path / "missing.pkl"))
+
+
+def test_ddo_convert_writes_plain_weights(tmp_path, capsys):
+    """`ddo convert in.pkl out.pt`: plain tensors (weights_only-loadable), usable as init_from."""
+    from ddo_lightning.checkpoints import load_network_weights
+    from ddo_lightning.cli import main
+
+    marker = tmp_path / "ran"
+    net = make_net(fp16=True)
+    src = tmp_path / "edm2-like.pkl"
+    src.write_bytes(dump(edm2_like(net), evil_source(marker)))
+    out = tmp_path / "converted.pt"
+    main(["convert", str(src), str(out)])
+    assert "Precond" in capsys.readouterr().out
+    payload = torch.load(out, weights_only=True)
+    want = net.state_dict()
+    assert payload["nvidia_class"] == "Precond" and payload["state_dict"].keys() == want.keys()
+    assert all(torch.equal(payload["state_dict"][k], want[k].float()) for k in want)
+    assert '"img_resolution": 8' in payload["init_kwargs_json"]
+    load_network_weights(make_net(), str(out))  # the converted file works as model.init_from
+    main(["convert", str(src), str(tmp_path / "fp16.pt"), "--keep-dtype"])
+    assert torch.load(tmp_path / "fp16.pt", weights_only=True)["state_dict"]["model.out.weight"].dtype == torch.float16
+    assert not marker.exists()

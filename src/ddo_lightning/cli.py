@@ -4,6 +4,7 @@
     ddo fit --config configs/toy2d.yaml              # DDO rounds (model: DDOModule + SelfPlay)
     ddo validate --config configs/toy2d.yaml --ckpt_path outputs/demo/ddo/round-3.ckpt
     ddo fit --help / --print_config
+    ddo convert edm-cifar10-32x32-uncond-vp.pkl edm-cifar10-uncond.pt   # NVIDIA pickle -> plain weights
 
 Pretraining and DDO are the same subcommand with different presets: the preset's ``model.class_path``
 selects ``MLEModule`` or ``DDOModule``.
@@ -11,6 +12,9 @@ selects ``MLEModule`` or ``DDOModule``.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -34,8 +38,38 @@ def run(args: list[str] | None = None) -> DDOCLI:
     )
 
 
+def convert(args: list[str]) -> str:
+    """``ddo convert IN.pkl OUT.pt``: the network of an NVIDIA EDM/EDM2 pickle (read without executing
+    its stored code) as a plain checkpoint: ``{"state_dict": ..., "nvidia_class": ..., "init_kwargs_json": ...}``,
+    loadable with ``torch.load(weights_only=True)`` and usable as ``model.init_from``."""
+    import torch
+
+    from .checkpoints.nvidia_pickle import read_nvidia_network
+
+    parser = argparse.ArgumentParser(prog="ddo convert", description=convert.__doc__)
+    parser.add_argument("pickle", help="NVIDIA network pickle (.pkl)")
+    parser.add_argument("out", help="output file (.pt)")
+    parser.add_argument("--key", default="ema", help="entry of the pickle holding the network (default: ema)")
+    parser.add_argument("--keep-dtype", action="store_true", help="keep the file's dtypes (EDM2: fp16) instead of fp32")
+    ns = parser.parse_args(args)
+    class_name, init_kwargs, state, _ = read_nvidia_network(ns.pickle, ns.key)
+    if not ns.keep_dtype:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    payload = {"state_dict": state, "nvidia_class": class_name,
+               "init_kwargs_json": json.dumps(init_kwargs, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))}
+    tmp = ns.out + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, ns.out)
+    print(f"wrote {ns.out}: {class_name}, {len(state)} tensors, {sum(v.numel() for v in state.values()):,} values")
+    return ns.out
+
+
 def main(args: list[str] | None = None) -> None:
     """The ``ddo`` console script (returns nothing, so the exit status is 0 on success)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["convert"]:
+        convert(argv[1:])
+        return
     run(args)
 
 
