@@ -300,3 +300,11 @@ def test_quantized_pool_matches_real_image_preprocessing():
     online.refresh(sample_fn, 0)
     y = online.next(4, torch.device("cpu")).x
     assert torch.equal(y, uint8_to_model(model_to_uint8(y)))
+
+
+def test_evaluation_reports_how_it_was_measured(tmp_path, toy_real, mle_ckpt):
+    """Every evaluation carries its sample count, the sampler's NFE (2N−1 for N Heun steps) and its cost."""
+    sp = self_play(tmp_path, rounds=1)
+    make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
+    first = sp.history[0]["metrics"]
+    assert first["num_samples"] == 500 and first["nfe"] == 11 and first["eval_seconds"] > 0

@@ -127,7 +127,8 @@ class DenoiserModule(pl.LightningModule):
     @torch.no_grad()
     def evaluate(self, net: nn.Module | None = None) -> dict[str, float]:
         """Evaluator metrics of ``net`` (default: the EMA) on ``num_eval_samples`` fixed-seed samples,
-        sharded over ranks by index and gathered by the metric. Adds ``eval_seconds``."""
+        sharded over ranks by index and gathered by the metric. Adds ``num_samples``, ``nfe`` (network
+        evaluations per sample) and ``eval_seconds``."""
         if self.evaluator is None:
             return {}
         net = self.ema.model if net is None else net
@@ -141,6 +142,9 @@ class DenoiserModule(pl.LightningModule):
             labels = balanced_labels(chunk, self.label_dim).to(self.device)
             self.evaluator.update(self.sample(net, seeds, labels), labels)
         metrics = {k: float(v) for k, v in self.evaluator.compute().items()}
+        # how the number was obtained travels with it: sample count, sampler cost, wall time
+        metrics["num_samples"] = float(self.num_eval_samples)
+        metrics["nfe"] = float(getattr(self.sampler, "nfe", float("nan")))
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics
 

@@ -142,7 +142,7 @@ class SelfPlay(pl.Callback):
             if trainer.is_global_zero:
                 atomic_torch_save(pl_module.ema.model.state_dict(), self.best_path)
             trainer.strategy.barrier("selfplay-best")
-        others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k not in (self.monitor, "num_samples"))
+        others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != self.monitor)
         rank_zero_info(f"[round {self.round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
                        f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg) | {others}")
 
@@ -199,7 +199,7 @@ class SelfPlay(pl.Callback):
         s = self.summary()
         if s["reference"] is None:
             return "(no evaluation yet)"
-        keys = [k for k in s["reference"] if k not in ("num_samples", "eval_seconds")]
+        keys = [k for k in s["reference"] if k not in ("num_samples", "eval_seconds", "nfe")]
         rows = [["reference (start)", "-"] + [_fmt(s["reference"][k]) for k in keys]]
         for r in s["rounds"]:
             tag = f"round {r['round']}" + ("" if r["improved"] else " (carried over)")
