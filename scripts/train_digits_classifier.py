@@ -26,7 +26,7 @@ def main() -> None:
     net = DigitsFeatures(pretrained=False).train().requires_grad_(True)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(1)
-    for step in range(400):
+    for _ in range(400):
         shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
         x = torch.roll(images[train], shifts=shift, dims=(2, 3))
         loss = torch.nn.functional.cross_entropy(net.logits(x), labels[train])

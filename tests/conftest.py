@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from ddo_lightning.data import Toy2DDataset
-from ddo_lightning.metrics import MixtureMetrics
 from ddo_lightning.networks import EDMPrecond, ToyMLP
 from ddo_lightning.samplers import HeunSampler
 from ddo_lightning.training import DDODataModule, MLEModule

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .likelihood import diffusion_log_ratio
-from .losses import check_alpha_beta, ddo_loss, denoising_error, dsm_loss
+from .losses import check_alpha_beta, ddo_loss, dsm_loss
 from .protocols import Denoiser, PairedBatch, Samples
 from .schedules import edm_weight, sample_log_normal_sigma
 
@@ -110,4 +110,4 @@ class DenoisingScoreMatching:
         return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "dsm_real": loss.detach()})
 
 
-__all__ = ["DiffusionDDO", "DenoisingScoreMatching", "ObjectiveOutput", "check_pair", "denoising_error"]
+__all__ = ["DiffusionDDO", "DenoisingScoreMatching", "ObjectiveOutput", "check_pair"]

@@ -22,8 +22,6 @@ class ArchitectureMismatch(ValueError):
 
 
 def _load(path: str) -> Mapping:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, ...: name the file and the cause
@@ -34,11 +32,11 @@ def denoiser_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The denoiser weights in a checkpoint: a Lightning checkpoint of ours (first prefix found among
     ``WEIGHT_PREFIXES``), a plain state dict (``{name: tensor}``), or NVIDIA's EDM/EDM2 snapshot pickle
     (``.pkl``: its ``ema`` network, read without executing stored code, floats cast to fp32)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if str(path).endswith(".pkl"):
         from .nvidia_pickle import read_nvidia_network  # it imports this module
 
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
         state = read_nvidia_network(path, "ema")[2]
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     obj = _load(path)

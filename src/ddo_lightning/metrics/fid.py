@@ -59,7 +59,7 @@ class FrechetDistance(Metric):
         self.extractor = extractor.eval().requires_grad_(False)
         self.name, self.reference_stats, self.reference_batch_size = name, reference_stats, reference_batch_size
         self.reference: tuple[np.ndarray, np.ndarray] | None = None
-        dim = int(getattr(extractor, "feature_dim"))
+        dim = int(extractor.feature_dim)
         self.add_state("total", default=torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("outer", default=torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")

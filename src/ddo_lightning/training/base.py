@@ -14,7 +14,6 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..samplers import HeunSampler, mix_seed, seeded_normal
-from .ema import EMA
 from .fake_sources import balanced_labels
 
 # Lightning ≥ 2.2 warns when submodules are in eval mode at fit start; our frozen reference and EMA are
@@ -148,13 +147,16 @@ class DenoiserModule(pl.LightningModule):
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics
 
+    def _log_evaluation(self, prefix: str) -> None:
+        self.log_dict({f"{prefix}/{k}": v for k, v in self.evaluate().items()}, rank_zero_only=True)
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """One evaluation of the EMA (the dataloader has a single item); logs ``val/<metric>``."""
-        self.log_dict({f"val/{k}": v for k, v in self.evaluate().items()}, rank_zero_only=True)
+        self._log_evaluation("val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         """As validation; logs ``test/<metric>``."""
-        self.log_dict({f"test/{k}": v for k, v in self.evaluate().items()}, rank_zero_only=True)
+        self._log_evaluation("test")
 
 
 def newest_checkpoint(trainer: pl.Trainer) -> str | None:

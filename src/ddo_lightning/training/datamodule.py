@@ -93,7 +93,7 @@ class DDODataModule(pl.LightningDataModule):
         the validation loop gets nothing; ``ddo validate``/``ddo test`` evaluate a checkpoint."""
         if self.fake is not None and self.trainer is not None and self.trainer.state.fn == "fit":
             return []
-        return DataLoader(range(1), batch_size=1)
+        return self.test_dataloader()
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(range(1), batch_size=1)

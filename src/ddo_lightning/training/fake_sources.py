@@ -61,8 +61,8 @@ class FakeSource(ABC):
         self._sample_fn = sample_fn
         self._regenerate()
 
-    def _regenerate(self) -> None:  # pools override this
-        pass
+    def _regenerate(self) -> None:  # noqa: B027 -- a hook: pools regenerate here, online sources need nothing
+        """Called by ``refresh`` once the new reference is in place."""
 
     @abstractmethod
     def next(self, batch_size: int, device: torch.device) -> Samples:

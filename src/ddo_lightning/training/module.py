@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -12,7 +11,7 @@ from torchmetrics import Metric
 
 from ..checkpoints import load_network_weights
 from ..objectives import DiffusionDDO
-from ..protocols import PairedBatch, Samples
+from ..protocols import PairedBatch
 from ..samplers import HeunSampler
 from .base import DenoiserModule, disable_dropout, newest_checkpoint
 from .ema import EMA
