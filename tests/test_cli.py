@@ -10,7 +10,8 @@ from ddo_lightning.cli import main
 from ddo_lightning.cli import run as run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))  # full presets
+FRAGMENTS = sorted((ROOT / "configs").glob("*/*.yaml"))  # composable parts (a second --config)
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +55,16 @@ def test_every_config_parses(config, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["precision"] == "32-true"
     assert printed["model"]["class_path"].startswith("ddo_lightning.")
+
+
+@pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", ["toy2d.yaml", "digits.yaml", "edm_cifar10.yaml"])
+def test_fragments_compose_with_presets(fragment, preset, capsys):
+    assert run(["fit", "--config", str(ROOT / "configs" / preset), "--config", str(fragment), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    own = yaml.safe_load(fragment.read_text())
+    assert printed["trainer"]["logger"]["class_path"] == own["trainer"]["logger"]["class_path"]
+    assert printed["trainer"]["precision"] == "32-true" and printed["model"]["class_path"].startswith("ddo_lightning.")
 
 
 def write(path, data):

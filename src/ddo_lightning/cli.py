@@ -5,6 +5,9 @@
     ddo validate --config configs/toy2d.yaml --ckpt_path outputs/demo/ddo/round-3.ckpt
     ddo fit --help / --print_config
     ddo convert edm-cifar10-32x32-uncond-vp.pkl edm-cifar10-uncond.pt   # NVIDIA pickle -> plain weights
+    ddo sample --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --seeds 0-99 --out grid/
+    ddo fid --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --features digits --ref ref.npz
+    ddo fid --write-stats ref.npz --config configs/digits.yaml --features digits  (see commands.py)
 
 Pretraining and DDO are the same subcommand with different presets: the preset's ``model.class_path``
 selects ``MLEModule`` or ``DDOModule``.
@@ -18,7 +21,19 @@ import os
 import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+
+class LogConfigCallback(SaveConfigCallback):
+    """Lightning's ``config.yaml`` in the log directory, and the full resolved config logged to every
+    logger as hyperparameters (W&B: the run's config; CSV: ``hparams.yaml``)."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:  # noqa: ANN001
+        import yaml
+
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
 
 
 class DDOCLI(LightningCLI):
@@ -32,6 +47,7 @@ def run(args: list[str] | None = None) -> DDOCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=LogConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
@@ -69,6 +85,11 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["convert"]:
         convert(argv[1:])
+        return
+    if argv[:1] in (["sample"], ["fid"]):
+        from .commands import run_command
+
+        run_command(argv[0], argv[1:])
         return
     run(args)
 

@@ -28,10 +28,16 @@ def _load(path: str) -> Mapping:
         raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
 
 
-def denoiser_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The denoiser weights in a checkpoint: a Lightning checkpoint of ours (first prefix found among
+WHICH_PREFIX = {"reference": "reference.", "ema": "ema.model.", "net": "net.", "target": "target."}
+
+
+def denoiser_state_dict(path: str, which: str | None = None) -> dict[str, torch.Tensor]:
+    """The denoiser weights in a checkpoint: a Lightning checkpoint of ours (``which`` of
+    ``reference``/``ema``/``target``/``net``, or by default the first prefix found among
     ``WEIGHT_PREFIXES``), a plain state dict (``{name: tensor}``), or NVIDIA's EDM/EDM2 snapshot pickle
     (``.pkl``: its ``ema`` network, read without executing stored code, floats cast to fp32)."""
+    if which is not None and which not in WHICH_PREFIX:
+        raise ValueError(f"which must be one of {sorted(WHICH_PREFIX)}, got {which!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if str(path).endswith(".pkl"):
@@ -43,6 +49,11 @@ def denoiser_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint or a state dict")
     state = obj.get("state_dict", obj)
+    if which is not None:
+        sub = {k[len(WHICH_PREFIX[which]) :]: v for k, v in state.items() if k.startswith(WHICH_PREFIX[which])}
+        if not sub:
+            raise ValueError(f"{path} has no '{which}' network (no keys starting with {WHICH_PREFIX[which]!r})")
+        return sub
     for prefix in WEIGHT_PREFIXES:
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if sub:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..pixels import model_to_uint8, quantize, uint8_to_model
 from ..protocols import Samples
 
 __all__ = [
@@ -36,30 +37,6 @@ __all__ = [
     "quantize",
     "uint8_to_model",
 ]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The one preprocessing of the project: uint8 [0, 255] <-> model space [-1, 1].
-
-
-def uint8_to_model(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] as x / 127.5 - 1 (EDM's mapping). Any shape."""
-    x = torch.as_tensor(x)
-    if x.dtype != torch.uint8:
-        raise TypeError(f"uint8_to_model expects uint8 images, got {x.dtype}")
-    return x.to(torch.float32) / 127.5 - 1
-
-
-def model_to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255]: round((x + 1) * 127.5), clipped. Exact inverse of
-    ``uint8_to_model`` on its 256 values. Any shape."""
-    return ((x.to(torch.float32) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Model-space samples through the real data's quantisation: round to the 256 uint8 levels, clip,
-    map back to [-1, 1] (float32). Use on fakes so they differ from reals only in content."""
-    return uint8_to_model(model_to_uint8(x))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,11 +3,16 @@
 Features of generated images are accumulated as (Σx, Σxxᵀ, n) in float64 — no image is written — and
 summed across ranks (torchmetrics ``dist_reduce_fx="sum"``); the mean and covariance follow at the end.
 The feature extractor is pluggable: the digits classifier (``digits-FID``), Inception-v3 for the image
-protocol, or a random network in tests.
+protocol (``InceptionFeatures``; resize and quantisation documented there), or a random network in tests.
+
+Reference statistics are EDM's ``.npz`` format: ``mu`` [d] and ``sigma`` [d, d] (float64), as EDM's
+``fid.py ref`` writes them and as :func:`save_reference_stats` / ``ddo fid --write-stats`` write them.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -15,6 +20,9 @@ import scipy.linalg
 import torch
 from torch import nn
 from torchmetrics import Metric
+from tqdm.auto import tqdm
+
+from ..pixels import model_to_uint8
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -22,6 +30,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     is dropped as in the reference implementations)."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"feature statistics of different sizes: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     return float(np.square(mu1 - mu2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * np.real(np.trace(covmean)))
 
@@ -35,16 +45,53 @@ def stats_from_sums(total: torch.Tensor, outer: torch.Tensor, n: int) -> tuple[n
     return mu.cpu().numpy(), sigma.cpu().numpy()
 
 
+def load_reference_stats(path: str, feature_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``mu``, ``sigma`` (float64) from an ``.npz`` in EDM's format, checked for shape (and against the
+    extractor's ``feature_dim`` when given)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reference statistics not found: {path} (write them with `ddo fid --write-stats {path} ...`)")
+    try:
+        with np.load(path) as z:
+            files = list(z.files)
+            arrays = {k: z[k].astype(np.float64) for k in ("mu", "sigma") if k in files}
+    except Exception as err:  # truncated zip, not an npz, ...: name the file and the cause
+        raise ValueError(f"cannot read reference statistics {path}: {type(err).__name__}: {err}") from err
+    missing = [k for k in ("mu", "sigma") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} has no {' or '.join(missing)} (keys: {files}); expected EDM's format with mu and sigma")
+    mu, sigma = arrays["mu"], arrays["sigma"]
+    d = mu.shape[0] if mu.ndim == 1 else -1
+    if mu.ndim != 1 or sigma.shape != (d, d):
+        raise ValueError(f"{path}: mu must be [d] and sigma [d, d], got {mu.shape} and {sigma.shape}")
+    if feature_dim is not None and d != feature_dim:
+        raise ValueError(f"{path} holds {d}-d statistics but the feature extractor gives {feature_dim}-d features "
+                         "(statistics from another extractor?)")
+    return mu, sigma
+
+
+def save_reference_stats(path: str, mu: np.ndarray, sigma: np.ndarray, **extra: Any) -> None:
+    """Write ``mu``, ``sigma`` (and ``extra`` arrays, e.g. ``count``) as an ``.npz`` in EDM's format,
+    atomically (temporary name, then rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
+    os.replace(tmp, path)
+
+
 class FrechetDistance(Metric):
     """FID-style metric with a pluggable feature extractor.
 
     ``update(x, labels)`` takes model-space images in [−1, 1] (as samplers return them); they are
-    quantised to uint8 first — generated and real images go through the same quantisation — and the
-    extractor receives uint8 [B, C, H, W]. Reference statistics come from ``connect(datamodule)`` (the
-    real training set, computed once) or from an ``.npz`` with ``mu`` and ``sigma`` (EDM's format).
+    quantised to uint8 first with EDM's rule (``pixels.model_to_uint8``), and the extractor receives
+    uint8 [B, C, H, W]. uint8 images (image files, real data) are taken as they are. Reference
+    statistics come from ``reference_stats`` (an ``.npz`` with ``mu`` and ``sigma``, EDM's format) or
+    from ``connect(datamodule)`` (the real training set, computed once).
+
+    The extractor's weights are not part of the metric's ``state_dict``: checkpoints of a module that
+    holds this metric do not carry 95 MB of Inception weights (loading fills them from the extractor).
 
     Args:
-        extractor: module mapping uint8 images [B, C, H, W] to features [B, d].
+        extractor: module mapping uint8 images [B, C, H, W] to features [B, d]; has ``feature_dim``.
         name: the key ``compute`` returns (e.g. ``digits_fid``, ``fid``).
         reference_stats: optional ``.npz`` with ``mu`` [d] and ``sigma`` [d, d].
         reference_batch_size: images per extractor call when computing reference statistics.
@@ -56,6 +103,8 @@ class FrechetDistance(Metric):
     def __init__(self, extractor: nn.Module, name: str = "fid", reference_stats: str | None = None,
                  reference_batch_size: int = 500, **kwargs: Any):
         super().__init__(**kwargs)
+        if not hasattr(extractor, "feature_dim"):
+            raise TypeError(f"the feature extractor {type(extractor).__name__} must have a `feature_dim`")
         self.extractor = extractor.eval().requires_grad_(False)
         self.name, self.reference_stats, self.reference_batch_size = name, reference_stats, reference_batch_size
         self.reference: tuple[np.ndarray, np.ndarray] | None = None
@@ -64,12 +113,13 @@ class FrechetDistance(Metric):
         self.add_state("outer", default=torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         if reference_stats is not None:
-            with np.load(reference_stats) as z:
-                self.reference = (z["mu"].astype(np.float64), z["sigma"].astype(np.float64))
+            self.reference = load_reference_stats(reference_stats, dim)
+        self._register_state_dict_hook(_drop_extractor)
+        self.register_load_state_dict_pre_hook(_fill_extractor)
 
     @torch.no_grad()
     def features(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return self.extractor(images_uint8).double()
+        return self.extractor(images_uint8.to(self.device)).double()
 
     def connect(self, source: Any) -> None:
         """Compute the reference statistics from ``source.real`` (a dataset with uint8 ``images``)
@@ -80,21 +130,43 @@ class FrechetDistance(Metric):
         images = getattr(real, "images", None)
         if images is None:
             raise ValueError(f"{type(real).__name__} has no uint8 `images`: give FrechetDistance reference_stats")
-        total, outer, n = 0, 0, 0
-        for i in range(0, len(images), self.reference_batch_size):
-            f = self.features(images[i : i + self.reference_batch_size].to(self.device))
-            total, outer, n = total + f.sum(0), outer + f.T @ f, n + len(f)
-        self.reference = stats_from_sums(total, outer, n)
+        self.reference = self.statistics_of(torch.as_tensor(images).split(self.reference_batch_size), total=len(images))
+
+    def statistics_of(self, batches: Iterable[torch.Tensor], total: int | None = None,
+                      desc: str = "reference statistics") -> tuple[np.ndarray, np.ndarray]:
+        """(mu, sigma) of the features of uint8 image batches, without touching the metric's state.
+        Shows a progress bar for more than 2,000 images."""
+        sx, sxx, n = 0, 0, 0
+        with tqdm(total=total, desc=desc, unit="img", disable=total is None or total <= 2000) as bar:
+            for batch in batches:
+                f = self.features(batch)
+                sx, sxx, n = sx + f.sum(0), sxx + f.T @ f, n + len(f)
+                bar.update(len(f))
+        return stats_from_sums(sx, sxx, n)
 
     def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None:  # noqa: ARG002
-        images = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        f = self.features(images)
+        """Accumulate the features of ``x``: model-space images in [−1, 1] (quantised first), or uint8
+        images as they are."""
+        f = self.features(x if x.dtype == torch.uint8 else model_to_uint8(x))
         self.total += f.sum(0)
         self.outer += f.T @ f
         self.count += len(f)
 
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, sigma) of what was accumulated on this process (``compute`` sums over ranks first)."""
+        return stats_from_sums(self.total, self.outer, int(self.count))
+
     def compute(self) -> dict[str, float]:
         if self.reference is None:
             raise RuntimeError("FrechetDistance has no reference statistics: connect(datamodule) or reference_stats")
-        mu, sigma = stats_from_sums(self.total, self.outer, int(self.count))
-        return {self.name: frechet_distance(mu, sigma, *self.reference)}
+        return {self.name: frechet_distance(*self.statistics(), *self.reference)}
+
+
+def _drop_extractor(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    for k in [k for k in state_dict if k.startswith(prefix + "extractor.")]:
+        del state_dict[k]
+
+
+def _fill_extractor(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    for k, v in module.extractor.state_dict().items():
+        state_dict.setdefault(prefix + "extractor." + k, v)

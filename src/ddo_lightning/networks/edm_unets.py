@@ -377,6 +377,7 @@ class SongUNet(nn.Module):
             raise ValueError(f"decoder_type must be 'standard' or 'skip', got {decoder_type!r}")
         super().__init__()
         self.img_resolution = img_resolution
+        self.in_channels = in_channels
         self.label_dim = label_dim
         self.label_dropout = label_dropout
         emb_ch = model_channels * channel_mult_emb
@@ -522,6 +523,7 @@ class DhariwalUNet(nn.Module):
                  dropout: float = 0.10, label_dropout: float = 0):
         super().__init__()
         self.img_resolution = img_resolution
+        self.in_channels = in_channels
         self.label_dim = label_dim
         self.label_dropout = label_dropout
         emb_ch = model_channels * channel_mult_emb

@@ -86,7 +86,12 @@ class HeunSampler:
     ):
         self.sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho)  # validates the arguments
         self.num_steps = num_steps
+        self.grid = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
         self.churn = dict(S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
+
+    def with_steps(self, num_steps: int) -> "HeunSampler":
+        """The same sampler (σ range, ρ, churn) with another number of steps."""
+        return HeunSampler(num_steps, **self.grid, **self.churn)
 
     @property
     def nfe(self) -> int:

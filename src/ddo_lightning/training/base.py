@@ -103,10 +103,19 @@ class DenoiserModule(pl.LightningModule):
         gen = torch.Generator(device=self.device)
         return gen.manual_seed(mix_seed(self.seed, self.global_rank, self.global_step))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        images = self.batch_images(batch) * self.trainer.world_size
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._pending_images = getattr(self, "_pending_images", 0) + self.batch_images(batch) * self.trainer.world_size
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the image count and the EMA: both are current when any callback's
+        ``on_train_batch_end`` runs (Lightning calls callbacks' batch-end hooks before the module's, so
+        SelfPlay evaluates the EMA that includes this step)."""
+        super().optimizer_step(*args, **kwargs)
+        images, self._pending_images = getattr(self, "_pending_images", 0), 0
         self.images_seen += images
         self.ema.update(self.trained_network(), images)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.log("kimg", self.images_seen.float() / 1000)
 
     @staticmethod
@@ -127,7 +136,7 @@ class DenoiserModule(pl.LightningModule):
     def evaluate(self, net: nn.Module | None = None) -> dict[str, float]:
         """Evaluator metrics of ``net`` (default: the EMA) on ``num_eval_samples`` fixed-seed samples,
         sharded over ranks by index and gathered by the metric. Adds ``num_samples``, ``nfe`` (network
-        evaluations per sample) and ``eval_seconds``."""
+        evaluations per sample), ``sampler_steps`` and ``eval_seconds`` (the cost of this evaluation)."""
         if self.evaluator is None:
             return {}
         net = self.ema.model if net is None else net
@@ -144,11 +153,17 @@ class DenoiserModule(pl.LightningModule):
         # how the number was obtained travels with it: sample count, sampler cost, wall time
         metrics["num_samples"] = float(self.num_eval_samples)
         metrics["nfe"] = float(getattr(self.sampler, "nfe", float("nan")))
+        metrics["sampler_steps"] = float(getattr(self.sampler, "num_steps", float("nan")))
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics
 
     def _log_evaluation(self, prefix: str) -> None:
-        self.log_dict({f"{prefix}/{k}": v for k, v in self.evaluate().items()}, rank_zero_only=True)
+        from .callbacks.evaluation import publish_evaluation
+
+        metrics = self.evaluate()
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
+        if metrics:  # the sample grids and other evaluation listeners
+            publish_evaluation(self.trainer, self, metrics, prefix=prefix, log=False)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """One evaluation of the EMA (the dataloader has a single item); logs ``val/<metric>``."""

@@ -1,4 +1,5 @@
+from .evaluation import SampleGrids, publish_evaluation
 from .figures import ImageGridFigure, ScatterFigure
 from .self_play import SelfPlay, atomic_torch_save
 
-__all__ = ["ImageGridFigure", "ScatterFigure", "SelfPlay", "atomic_torch_save"]
+__all__ = ["ImageGridFigure", "SampleGrids", "ScatterFigure", "SelfPlay", "atomic_torch_save", "publish_evaluation"]

@@ -11,6 +11,7 @@ import torch
 
 from ...samplers import mix_seed
 from ..fake_sources import balanced_labels
+from .evaluation import image_grid
 
 
 class _StartVersusEnd(pl.Callback):
@@ -82,17 +83,6 @@ class ScatterFigure(_StartVersusEnd):
             ax.set_aspect("equal")
         fig.tight_layout()
         return fig
-
-
-def image_grid(x: torch.Tensor, columns: int) -> torch.Tensor:
-    """[N, C, H, W] in [−1, 1] → one [H', W', C] uint8 grid image (1-pixel gaps)."""
-    n, c, h, w = x.shape
-    rows = -(-n // columns)
-    grid = torch.full((c, rows * (h + 1) + 1, columns * (w + 1) + 1), -1.0)
-    for i in range(n):
-        r, q = divmod(i, columns)
-        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[i]
-    return ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
 
 
 class ImageGridFigure(_StartVersusEnd):

@@ -21,6 +21,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from .evaluation import logger_dirs, publish_evaluation
+
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """torch.save to a temporary name, then rename: a crash never leaves a half-written ``path``."""
@@ -117,6 +119,7 @@ class SelfPlay(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self._write_summary()
+            self._write_curve(trainer)
             rank_zero_info(self.table())
 
     # ---- evaluation and promotion --------------------------------------------------------------------
@@ -135,8 +138,7 @@ class SelfPlay(pl.Callback):
         entry = {"round": self.round, "kimg_in_round": self.images_in_round / 1000,
                  "kimg": int(pl_module.images_seen) / 1000, "metrics": metrics}
         self.history.append(entry)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()} | {"round": self.round}, step=trainer.global_step)
+        publish_evaluation(trainer, pl_module, metrics, round_index=self.round, kimg_in_round=entry["kimg_in_round"])
         if self._better(score):
             self.best_score, self.best_images = score, self.images_in_round
             if trainer.is_global_zero:
@@ -170,6 +172,7 @@ class SelfPlay(pl.Callback):
         if trainer.is_global_zero:
             os.replace(tmp, path)
             self._write_summary()
+            self._write_curve(trainer)
         trainer.strategy.barrier("selfplay-round")
         self.last_round_path = path
 
@@ -199,7 +202,7 @@ class SelfPlay(pl.Callback):
         s = self.summary()
         if s["reference"] is None:
             return "(no evaluation yet)"
-        keys = [k for k in s["reference"] if k not in ("num_samples", "eval_seconds", "nfe")]
+        keys = [k for k in s["reference"] if k not in ("num_samples", "eval_seconds", "nfe", "sampler_steps")]
         rows = [["reference (start)", "-"] + [_fmt(s["reference"][k]) for k in keys]]
         for r in s["rounds"]:
             tag = f"round {r['round']}" + ("" if r["improved"] else " (carried over)")
@@ -208,6 +211,38 @@ class SelfPlay(pl.Callback):
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
         return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+    def _write_curve(self, trainer: pl.Trainer) -> None:
+        """``curve.png`` in each file logger's directory (else in ``dirpath``): the monitored metric
+        against kimg, one segment per round, promoted evaluations circled."""
+        evals = [h for h in self.history if "metrics" in h]
+        if not evals:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        promoted = {(h["round"], h["promoted_kimg_in_round"]) for h in self.history if h.get("improved")}
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        for r in sorted({h["round"] for h in evals}):
+            pts = [h for h in evals if h["round"] == r]
+            ax.plot([h["kimg"] for h in pts], [h["metrics"][self.monitor] for h in pts], "o-", ms=3, label=f"round {r + 1}")
+            best = [h for h in pts if (r, h["kimg_in_round"]) in promoted]
+            if best:
+                ax.plot([best[-1]["kimg"]], [best[-1]["metrics"][self.monitor]], "o", ms=10, mfc="none", mec="k")
+        ax.set_xlabel("kimg (real images seen, DDO)")
+        ax.set_ylabel(self.monitor)
+        ax.set_title(f"{self.monitor} per evaluation; circled: promoted to reference")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        for d in logger_dirs(trainer) or [self.dirpath]:
+            os.makedirs(d, exist_ok=True)
+            path = os.path.join(d, "curve.png")
+            fig.savefig(path + ".tmp.png", dpi=110)
+            os.replace(path + ".tmp.png", path)
+        plt.close(fig)
 
     def _write_summary(self) -> None:
         path = self.summary_path

@@ -1,0 +1,350 @@
+"""``ddo sample`` and ``ddo fid``: sampling and FID outside a training run.
+
+    ddo sample --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --seeds 0-999 --out samples.npz
+    ddo fid --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --features digits --ref digits-ref.npz
+    ddo fid --images samples/ --ref cifar10-32x32.npz               # a folder, a .zip or an .npz of images
+    ddo fid --write-stats cifar10-32x32.npz --config configs/edm_cifar10.yaml   # the config's real data
+
+The network comes from the config's ``model.init_args.network`` (and its sampler), the weights from
+``--ckpt`` (default: the config's ``init_from``): our ``.ckpt``/``.pt`` files or an NVIDIA ``.pkl``.
+Nothing is trained and no data module is built; sample noise is seeded per sample (``seeded_normal``), so
+a seed gives the same image whatever the batch size; labels are class-balanced (sample i gets class
+i mod K) unless ``--class`` fixes one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoints.load import ArchitectureMismatch, check_same_architecture, denoiser_state_dict
+from .pixels import model_to_uint8
+from .samplers import HeunSampler, seeded_normal
+
+WHICH = ("auto", "ema", "reference", "target", "net")
+
+
+class CommandError(ValueError):
+    """Bad input to ``ddo sample`` / ``ddo fid``; the message says what and how to fix it."""
+
+
+# ---- inputs ------------------------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    """EDM's seed lists: ``0-999``, ``1,5,9``, ``0-9,100-109`` (ranges inclusive)."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise CommandError(f"--seeds: cannot read {part!r} in {text!r} (use e.g. 0-999 or 1,5,9)")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise CommandError(f"--seeds: range {part!r} runs backwards")
+        out.extend(range(lo, hi + 1))
+    return out
+
+
+def read_configs(paths: list[str]) -> dict[str, Any]:
+    """The YAML configs merged left to right (later keys win, nested dicts merged), as LightningCLI does."""
+    merged: dict[str, Any] = {}
+
+    def merge(a: dict, b: dict) -> dict:
+        for k, v in b.items():
+            a[k] = merge(dict(a[k]), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    for p in paths:
+        if not os.path.isfile(p):
+            raise CommandError(f"config not found: {p}")
+        with open(p) as f:
+            cfg = yaml.safe_load(f) or {}
+        if not isinstance(cfg, dict):
+            raise CommandError(f"{p} is not a YAML mapping")
+        merge(merged, cfg)
+    return merged
+
+
+def _instantiate(spec: Any, base: type, what: str) -> Any:
+    """A ``class_path``/``init_args`` spec (or a class path string) of a subclass of ``base``, via jsonargparse."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--obj", type=base)
+    try:
+        ns = parser.parse_object({"obj": spec})
+        return parser.instantiate_classes(ns).obj
+    except Exception as err:  # jsonargparse reports the offending key; name the section too
+        raise CommandError(f"cannot build {what} from the config: {err}") from err
+
+
+def sample_shape_of(net: nn.Module) -> tuple[tuple[int, ...], int]:
+    """(sample shape, label width K) of a denoiser, from its raw network's constructor attributes."""
+    raw = getattr(net, "model", net)
+    label_dim = int(getattr(raw, "label_dim", 0) or 0)
+    if hasattr(raw, "img_resolution") and hasattr(raw, "in_channels"):
+        r = int(raw.img_resolution)
+        return (int(raw.in_channels), r, r), label_dim
+    if hasattr(raw, "data_dim"):
+        return (int(raw.data_dim),), label_dim
+    raise CommandError(f"cannot tell the sample shape of {type(raw).__name__} (no img_resolution/in_channels or data_dim)")
+
+
+def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
+                  device: str = "cpu") -> tuple[nn.Module, HeunSampler, dict[str, Any]]:
+    """The config's network with the checkpoint's weights (eval mode, fp32, on ``device``), the config's
+    sampler, and a description of what was loaded."""
+    cfg = read_configs(configs)
+    model = cfg.get("model")
+    init = model.get("init_args", {}) if isinstance(model, dict) else {}
+    if "network" not in init:
+        raise CommandError(f"{', '.join(configs)}: no model.init_args.network (a DDOModule or MLEModule preset is needed)")
+    ckpt = ckpt or init.get("init_from")
+    if not ckpt:
+        raise CommandError("no weights: pass --ckpt (the config has no model.init_args.init_from either)")
+    if which not in WHICH:
+        raise CommandError(f"--net must be one of {', '.join(WHICH)}, got {which!r}")
+    net = _instantiate(copy.deepcopy(init["network"]), nn.Module, "model.init_args.network")
+    sampler = HeunSampler() if init.get("sampler") is None else _instantiate(copy.deepcopy(init["sampler"]), HeunSampler, "model.init_args.sampler")
+    try:
+        state = denoiser_state_dict(ckpt, None if which == "auto" else which)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    check_same_architecture(net, state, what=f"checkpoint {ckpt}")
+    net.load_state_dict(state, strict=True)
+    net = net.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+    return net, sampler, {"checkpoint": ckpt, "net": which, "network": type(getattr(net, "model", net)).__name__}
+
+
+def generate(net: nn.Module, sampler: HeunSampler, seeds: list[int], batch_size: int, device: str,
+             class_idx: int | None = None, progress: bool = True) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Batches of (seeds, integer labels [B] (−1: unconditional), samples [B, *D] in model space)."""
+    shape, label_dim = sample_shape_of(net)
+    if class_idx is not None and not 0 <= class_idx < label_dim:
+        raise CommandError(f"--class {class_idx}: the network has {label_dim} classes")
+    positions = torch.arange(len(seeds))
+    with tqdm(total=len(seeds), desc="sampling", unit="img", disable=not progress) as bar:
+        for start in range(0, len(seeds), batch_size):
+            chunk, pos = seeds[start : start + batch_size], positions[start : start + batch_size]
+            if label_dim:
+                ints = torch.full_like(pos, class_idx) if class_idx is not None else pos % label_dim
+                onehot = nn.functional.one_hot(ints, label_dim).float()
+            else:
+                ints, onehot = torch.full_like(pos, -1), torch.zeros(len(pos), 0)
+            noise = seeded_normal(chunk, shape, device=device)
+            x = sampler(net, noise, onehot.to(device)).float()
+            bar.update(len(chunk))
+            yield chunk, ints, x
+
+
+def _device(name: str | None) -> str:
+    if name:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise CommandError(f"--device {name}: CUDA is not available on this machine")
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _refuse_overwrite(path: str, overwrite: bool) -> None:
+    if overwrite:
+        return
+    if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path)):
+        raise CommandError(f"{path} exists and is not empty: pass --overwrite, or choose another --out")
+
+
+# ---- ddo sample --------------------------------------------------------------------------------------
+def write_png_folder(out: str, seeds: list[int], labels: np.ndarray, images_nhwc: np.ndarray) -> None:
+    """PNGs ``<seed:06d>.png`` plus EDM's ``dataset.json`` (labels) when conditional: the folder loads
+    back with ``ImageFolderDataset``."""
+    from PIL import Image
+
+    os.makedirs(out, exist_ok=True)
+    names = []
+    for s, img in zip(seeds, images_nhwc):
+        name = f"{s:06d}.png"
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(out, name))
+        names.append(name)
+    if (labels >= 0).all():
+        with open(os.path.join(out, "dataset.json"), "w") as f:
+            json.dump({"labels": [[n, int(c)] for n, c in zip(names, labels)]}, f)
+
+
+def sample_main(argv: list[str]) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="ddo sample", description="Draw samples from a checkpoint (fixed seeds, class-balanced labels).")
+    p.add_argument("--config", action="append", required=True, help="preset(s) naming the network and sampler (repeatable)")
+    p.add_argument("--ckpt", help="weights: our .ckpt/.pt or an NVIDIA .pkl (default: the config's init_from)")
+    p.add_argument("--net", default="auto", choices=WHICH, help="which network of a training checkpoint (auto: reference, else EMA)")
+    p.add_argument("--seeds", default="0-63", help="seed list, EDM style: 0-999 or 1,5,9 (default 0-63)")
+    p.add_argument("--class", dest="class_idx", type=int, help="one class for all samples (default: class-balanced, i mod K)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, help="Heun steps (default: the config's sampler; NFE = 2*steps-1)")
+    p.add_argument("--out", required=True, help="a folder for PNGs, or a file ending in .npz")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if a.batch_size < 1:
+        raise CommandError("--batch-size must be >= 1")
+    seeds = parse_seeds(a.seeds)
+    _refuse_overwrite(a.out, a.overwrite)
+    device = _device(a.device)
+    net, sampler, info = load_denoiser(a.config, a.ckpt, a.net, device)
+    if a.steps is not None:
+        sampler = sampler.with_steps(a.steps)
+    shape, _ = sample_shape_of(net)
+    if len(shape) != 3:
+        raise CommandError(f"ddo sample writes images; this network makes samples of shape {shape}")
+    t0 = time.perf_counter()
+    images, labels = [], []
+    for _, ints, x in generate(net, sampler, seeds, a.batch_size, device, a.class_idx, progress=not a.quiet):
+        images.append(model_to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
+        labels.append(ints.numpy())
+    imgs, labs = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    if a.out.endswith(".npz"):
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        tmp = f"{a.out}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, images=imgs, labels=labs, seeds=np.asarray(seeds, np.int64))
+        os.replace(tmp, a.out)
+    else:
+        write_png_folder(a.out, seeds, labs, imgs)
+    result = {**info, "out": a.out, "num_images": len(seeds), "nfe": sampler.nfe, "seconds": time.perf_counter() - t0}
+    print(json.dumps(result))
+    return result
+
+
+# ---- ddo fid -----------------------------------------------------------------------------------------
+def build_extractor(name: str, inception_weights: str | None) -> nn.Module:
+    from .metrics import DigitsFeatures, InceptionFeatures
+
+    if name == "inception":
+        return InceptionFeatures(inception_weights)
+    if name == "digits":
+        return DigitsFeatures()
+    raise CommandError(f"--features must be 'inception' or 'digits', got {name!r}")
+
+
+def image_batches(path: str, batch_size: int) -> tuple[int, Iterator[torch.Tensor]]:
+    """uint8 [B, C, H, W] batches of an image folder or .zip (EDM's dataset format) or an .npz
+    (``images`` or ``arr_0``, [N, H, W, C] or [N, C, H, W])."""
+    if path.endswith(".npz"):
+        if not os.path.isfile(path):
+            raise CommandError(f"--images: {path} not found")
+        with np.load(path) as z:
+            key = "images" if "images" in z.files else "arr_0" if "arr_0" in z.files else None
+            if key is None:
+                raise CommandError(f"{path} has no 'images' or 'arr_0' array (keys: {z.files})")
+            arr = z[key]
+        if arr.dtype != np.uint8 or arr.ndim != 4:
+            raise CommandError(f"{path}: expected uint8 images [N, H, W, C] or [N, C, H, W], got {arr.dtype} {arr.shape}")
+        t = torch.from_numpy(arr)
+        if t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+            t = t.permute(0, 3, 1, 2)
+    else:
+        from .data import ImageFolderDataset
+
+        try:
+            t = ImageFolderDataset(path).images
+        except (FileNotFoundError, ValueError) as err:
+            raise CommandError(f"--images: {err}") from err
+    return len(t), iter(t.split(batch_size))
+
+
+def fid_main(argv: list[str]) -> dict[str, Any]:
+    p = argparse.ArgumentParser(
+        prog="ddo fid",
+        description="FID of a checkpoint's samples or of an image set against reference statistics (EDM's .npz: mu, sigma); "
+                    "or, with --write-stats, reference statistics of a dataset.")
+    p.add_argument("--ref", help="reference statistics .npz (mu, sigma)")
+    p.add_argument("--write-stats", metavar="OUT.npz", help="write the statistics of --images or the config's real data instead")
+    p.add_argument("--images", help="a folder or .zip of images (EDM's dataset format) or an .npz of uint8 images")
+    p.add_argument("--config", action="append", help="preset(s): the network (with --ckpt) or, with --write-stats, the real data")
+    p.add_argument("--ckpt", help="weights to sample from (default: the config's init_from)")
+    p.add_argument("--net", default="auto", choices=WHICH)
+    p.add_argument("--num", type=int, default=50000, help="samples to generate (seeds 0..num-1; default 50000)")
+    p.add_argument("--seeds", help="explicit seed list instead of --num")
+    p.add_argument("--steps", type=int, help="Heun steps (default: the config's sampler)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--features", default="inception", choices=("inception", "digits"))
+    p.add_argument("--inception-weights", help="torch-fidelity's Inception weights file (default: torch hub cache)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", help="also write the result to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --write-stats file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if (a.ref is None) == (a.write_stats is None):
+        raise CommandError("give exactly one of --ref (compute FID) and --write-stats (write reference statistics)")
+    if a.batch_size < 1:
+        raise CommandError("--batch-size must be >= 1")
+    if a.write_stats:
+        _refuse_overwrite(a.write_stats, a.overwrite)
+    device = _device(a.device)
+    from .metrics import FrechetDistance
+
+    metric = FrechetDistance(build_extractor(a.features, a.inception_weights), name="fid",
+                             reference_stats=a.ref).to(device)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"features": a.features}
+    if a.images:
+        total, batches = image_batches(a.images, a.batch_size)
+        result["images"] = a.images
+    elif a.config and a.write_stats:  # the config's real data
+        cfg = read_configs(a.config)
+        real = ((cfg.get("data") or {}).get("init_args") or {}).get("real")
+        if real is None:
+            raise CommandError(f"{', '.join(a.config)}: no data.init_args.real to take statistics of")
+        ds = _instantiate(real, torch.utils.data.Dataset, "data.init_args.real")
+        if not hasattr(ds, "images"):
+            raise CommandError(f"{type(ds).__name__} has no uint8 images")
+        total, batches = len(ds.images), iter(ds.images.split(a.batch_size))
+        result["dataset"] = repr(ds)
+    elif a.config:
+        net, sampler, info = load_denoiser(a.config, a.ckpt, a.net, device)
+        if a.steps is not None:
+            sampler = sampler.with_steps(a.steps)
+        seeds = parse_seeds(a.seeds) if a.seeds else list(range(a.num))
+        total = len(seeds)
+        batches = (model_to_uint8(x) for _, _, x in generate(net, sampler, seeds, a.batch_size, device, progress=not a.quiet))
+        result |= info | {"nfe": sampler.nfe, "sampler_steps": sampler.num_steps}
+        if a.write_stats is None:
+            result["note"] = "samples streamed to features (nothing written)"
+    else:
+        raise CommandError("nothing to measure: give --images, or --config (with --ckpt or the config's init_from)")
+    if a.write_stats:
+        mu, sigma = metric.statistics_of(batches, total=total if not a.quiet else None, desc="features")
+        from .metrics.fid import save_reference_stats
+
+        save_reference_stats(a.write_stats, mu, sigma, count=np.int64(total))
+        result |= {"wrote": a.write_stats, "num_images": total, "feature_dim": int(mu.shape[0])}
+    else:
+        with tqdm(total=total, desc="features", unit="img", disable=a.quiet or not a.images) as bar:
+            for b in batches:
+                metric.update(b)
+                bar.update(len(b))
+        result |= {"fid": metric.compute()["fid"], "num_images": int(metric.count), "reference": a.ref}
+    result["seconds"] = time.perf_counter() - t0
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=2)
+    print(json.dumps(result))
+    return result
+
+
+def run_command(name: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``ddo <name>``; bad input exits with status 2 and one line naming the problem."""
+    main = {"sample": sample_main, "fid": fid_main}[name]
+    try:
+        return main(argv)
+    except (CommandError, ArchitectureMismatch, FileNotFoundError, ImportError) as err:
+        print(f"ddo {name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
