@@ -11,11 +11,17 @@ PIP    := $(PY) -m pip
 # elsewhere set TORCH_SPEC (e.g. `make test TORCH_SPEC=torch`) or install torch first (see README).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# Inception FID goes through torch-fidelity, which needs a torchvision matching torch exactly. PyPI has no
+# torchvision for the CPU-only torch above, so on such machines the `fid` tests run in a second venv with
+# a consistent pair (CUDA builds that also run on CPU, ~5.5 GB from the local wheel cache).
+FID_VENV ?= .venv-fid
+FID_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+FID_PY := $(FID_VENV)/bin/python
 
-.PHONY: install demo demo-digits test test-fast clean help
+.PHONY: install install-fid demo demo-digits test test-fast test-fid clean help
 
 help:
-	@echo "make demo | make demo-digits | make test | make test-fast | make clean"
+	@echo "make demo | make demo-digits | make test | make test-fast | make test-fid | make clean"
 
 # An existing torch is never replaced: if the interpreter already imports torch, the venv sees it
 # (--system-site-packages); otherwise a CUDA machine gets pip's default torch and a CPU machine TORCH_SPEC.
@@ -27,11 +33,24 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@if $(PY) -c "import torch" >/dev/null 2>&1; then \
 	  echo "[install] torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed: left alone"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then \
-	  echo "[install] CUDA machine: pip install torch"; $(PIP) install -q torch; \
+	  echo "[install] CUDA machine: pip install torch torchvision"; $(PIP) install -q torch torchvision; \
 	else \
 	  echo "[install] no CUDA: pip install $(TORCH_SPEC)"; $(PIP) install -q "$(TORCH_SPEC)"; fi
-	$(PIP) install -q -e ".[test]"
+	@if $(PY) -c "import torchvision" >/dev/null 2>&1; then \
+	  echo "[install] torchvision present: with torch-fidelity (Inception FID)"; $(PIP) install -q -e ".[test,fid]"; \
+	else \
+	  echo "[install] no torchvision for this torch: without torch-fidelity (Inception FID: make install-fid)"; \
+	  $(PIP) install -q -e ".[test]"; fi
 	@touch $@
+
+# A second environment for Inception FID on CPU-only machines (see FID_TORCH_SPEC).
+$(FID_VENV)/.installed: pyproject.toml Makefile
+	@[ -x $(FID_PY) ] || $(PYTHON) -m venv $(FID_VENV)
+	$(FID_PY) -m pip install -q $(FID_TORCH_SPEC)
+	$(FID_PY) -m pip install -q -e ".[test,fid]"
+	@touch $@
+
+install-fid: $(FID_VENV)/.installed
 
 install: $(VENV)/.installed
 
@@ -48,8 +67,14 @@ demo-digits: install
 	$(VENV)/bin/ddo fit --config configs/digits.yaml && \
 	echo "[demo-digits] wrote outputs/digits/summary.json and outputs/digits/samples.png in $$(( $$(date +%s) - start )) s"
 
+# Every test; the `fid` ones (torch-fidelity) skip in .venv when it has no torchvision and run in .venv-fid.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@if $(PY) -c "import torch_fidelity" >/dev/null 2>&1; then echo "[test] torch-fidelity in $(VENV): fid tests ran above"; \
+	else $(MAKE) --no-print-directory test-fid; fi
+
+test-fid: install-fid
+	$(FID_PY) -m pytest -m fid $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -44,7 +44,7 @@ def test_streamed_statistics_equal_direct_and_merge_like_ranks():
     whole = FrechetDistance(Flat())
     for chunk in x.split(25):
         whole.update(chunk)
-    feats = ((x + 1) * 127.5).round().clamp(0, 255).flatten(1).double().numpy()
+    feats = np.clip(x.numpy() * np.float32(127.5) + np.float32(128), 0, 255).astype(np.uint8).reshape(90, -1).astype(np.float64)
     mu, sigma = stats_from_sums(whole.total, whole.outer, int(whole.count))
     assert np.allclose(mu, feats.mean(0)) and np.allclose(sigma, np.cov(feats, rowvar=False))
     # two "ranks" whose summed states are what an all-reduce gives: identical statistics
@@ -130,6 +130,15 @@ def test_identical_statistics_give_zero_and_extractor_weights_stay_out_of_checkp
 
 
 # ---- two processes (gloo) accumulate exactly what one process does -------------------------------------
+class Pixels(nn.Module):
+    """uint8 8x8 digits -> their 64 pixel values as features (integers: sums are exact in float64)."""
+
+    feature_dim = 64
+
+    def forward(self, x):
+        return x.flatten(1).double()
+
+
 def _two_rank_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
@@ -137,7 +146,7 @@ def _two_rank_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         x = torch.load(f"{out_dir}/x.pt")
-        fid = FrechetDistance(DigitsFeatures(), reference_stats=f"{out_dir}/ref.npz")
+        fid = FrechetDistance(Pixels(), reference_stats=f"{out_dir}/ref.npz")
         for chunk in x[rank::world].split(7):  # each rank sees a different half, in different chunks
             fid.update(chunk)
         value = fid.compute()["fid"]  # torchmetrics all-reduces the sums (dist_reduce_fx="sum")
@@ -157,19 +166,19 @@ def test_two_process_accumulation_equals_one_process(tmp_path):
     gen = torch.Generator().manual_seed(3)
     x = torch.rand(90, 1, 8, 8, generator=gen) * 2 - 1
     torch.save(x, tmp_path / "x.pt")
-    ref = FrechetDistance(DigitsFeatures())
+    ref = FrechetDistance(Pixels())
     ref.update(DigitsDataset().images[:300])
     save_reference_stats(str(tmp_path / "ref.npz"), *ref.statistics())
-    one = FrechetDistance(DigitsFeatures(), reference_stats=str(tmp_path / "ref.npz"))
+    one = FrechetDistance(Pixels(), reference_stats=str(tmp_path / "ref.npz"))
     one.update(x)
     expected = one.compute()["fid"]
     mp.start_processes(_two_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
     got = torch.load(tmp_path / "rank0.pt")
     assert int(got["count"]) == 90
-    # float32 features of the same image may differ in the last bits between batch sizes: fp32 tolerance
-    assert torch.allclose(got["total"], one.total, rtol=1e-6) and torch.allclose(got["outer"], one.outer, rtol=1e-6)
-    assert got["fid"] == pytest.approx(expected, rel=1e-5)
+    # integer-valued features: every float64 sum is exact in any order, so the all-reduced sums must be equal
+    assert torch.equal(got["total"], one.total) and torch.equal(got["outer"], one.outer)
+    assert got["fid"] == pytest.approx(expected, rel=1e-12)
 
 
 # ---- Inception (torch-fidelity) -------------------------------------------------------------------------

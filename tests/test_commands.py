@@ -1,0 +1,136 @@
+"""`ddo sample` and `ddo fid` against direct computations (sampler, feature statistics, Fréchet formula)."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from ddo_lightning.commands import _instantiate, read_configs, run_command
+from ddo_lightning.data import DigitsDataset, ImageFolderDataset
+from ddo_lightning.metrics import DigitsFeatures
+from ddo_lightning.pixels import model_to_uint8
+from ddo_lightning.samplers import HeunSampler, seeded_normal
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs/digits.yaml")
+
+
+def _fd_eig(mu1, s1, mu2, s2):
+    """Independent Fréchet distance: tr((Σ1Σ2)^½) = tr((Σ1^½ Σ2 Σ1^½)^½) via eigendecompositions."""
+    def psd_sqrt(a):
+        w, v = np.linalg.eigh(a)
+        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+    r = psd_sqrt(s1)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(psd_sqrt(r @ s2 @ r)))
+
+
+def _weights(tmp_path, configs, name="w.pt"):
+    """The preset's network with random weights (perturbed so outputs are not trivial), saved as a plain state dict."""
+    net = _instantiate(read_configs(configs)["model"]["init_args"]["network"], nn.Module, "network")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    torch.save(net.state_dict(), tmp_path / name)
+    return net.eval(), str(tmp_path / name)
+
+
+@pytest.fixture
+def conditional(tmp_path):
+    path = tmp_path / "cond.yaml"
+    path.write_text(yaml.safe_dump({"model": {"init_args": {"network": {"init_args": {"model": {"init_args": {"label_dim": 10}}}}}}}))
+    return [DIGITS, str(path)]
+
+
+def _exit_message(capsys, args, name="sample"):
+    with pytest.raises(SystemExit) as info:
+        run_command(name, args)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_sample_equals_the_sampler_and_does_not_depend_on_batch_size(tmp_path, one_thread):
+    net, w = _weights(tmp_path, [DIGITS])
+    common = ["--config", DIGITS, "--ckpt", w, "--seeds", "3-9,20", "--steps", "3", "--quiet"]
+    run_command("sample", common + ["--out", str(tmp_path / "a.npz")])
+    run_command("sample", common + ["--out", str(tmp_path / "b.npz"), "--batch-size", "3"])
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    seeds = [3, 4, 5, 6, 7, 8, 9, 20]
+    assert a["images"].shape == (8, 8, 8, 1) and a["images"].dtype == np.uint8 and list(a["seeds"]) == seeds
+    assert (np.abs(a["images"].astype(int) - b["images"].astype(int)) <= 1).all()
+    assert (a["images"] == b["images"]).mean() > 0.99  # same seed, same image, whatever the batching
+    direct = HeunSampler(3)(net, seeded_normal(seeds, (1, 8, 8)), torch.zeros(8, 0))
+    expect = model_to_uint8(direct).permute(0, 2, 3, 1).numpy()
+    assert (np.abs(a["images"].astype(int) - expect.astype(int)) <= 1).all() and (a["images"] == expect).mean() > 0.99
+    assert list(a["labels"]) == [-1] * 8
+
+
+def test_sample_png_folder_with_balanced_labels_loads_back(tmp_path, conditional, one_thread):
+    _, w = _weights(tmp_path, conditional)
+    common = ["--config", conditional[0], "--config", conditional[1], "--ckpt", w, "--seeds", "0-11", "--steps", "2", "--quiet"]
+    run_command("sample", common + ["--out", str(tmp_path / "pngs")])
+    run_command("sample", common + ["--out", str(tmp_path / "s.npz")])
+    z = np.load(tmp_path / "s.npz")
+    assert list(z["labels"]) == [i % 10 for i in range(12)]
+    back = ImageFolderDataset(str(tmp_path / "pngs"), conditional=True)
+    assert back.image_fnames[0] == "000000.png" and len(back) == 12
+    assert torch.equal(back.images, torch.from_numpy(z["images"]).permute(0, 3, 1, 2))
+    assert back.raw_labels.tolist() == [i % 10 for i in range(12)]
+    run_command("sample", common + ["--out", str(tmp_path / "c3.npz"), "--class", "3"])
+    assert set(np.load(tmp_path / "c3.npz")["labels"].tolist()) == {3}
+
+
+def test_sample_bad_input_is_named_and_nothing_is_lost(tmp_path, capsys, conditional):
+    _, w = _weights(tmp_path, [DIGITS])
+    out = tmp_path / "keep.npz"
+    out.write_bytes(b"precious")
+    err = _exit_message(capsys, ["--config", DIGITS, "--ckpt", w, "--out", str(out)])
+    assert "exists" in err and "--overwrite" in err and out.read_bytes() == b"precious"
+    assert "--seeds" in _exit_message(capsys, ["--config", DIGITS, "--ckpt", w, "--seeds", "5-1", "--out", str(tmp_path / "x.npz")])
+    assert "checkpoint not found" in _exit_message(capsys, ["--config", DIGITS, "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.npz")])
+    # weights of the conditional network into the unconditional one: every differing parameter is named
+    _, wc = _weights(tmp_path, conditional, "cond.pt")
+    err = _exit_message(capsys, ["--config", DIGITS, "--ckpt", wc, "--out", str(tmp_path / "x.npz")])
+    assert "does not match" in err and "map_label" in err
+    assert "10 classes" in _exit_message(capsys, ["--config", conditional[0], "--config", conditional[1], "--ckpt", wc,
+                                                  "--class", "12", "--out", str(tmp_path / "x.npz")])
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_fid_reference_stats_and_scores_against_direct_computation(tmp_path, capsys, one_thread):
+    net, w = _weights(tmp_path, [DIGITS])
+    ref = tmp_path / "digits-ref.npz"
+    run_command("fid", ["--write-stats", str(ref), "--config", DIGITS, "--features", "digits", "--quiet"])
+    feats = DigitsFeatures()
+    real = feats(DigitsDataset().images).double().numpy()
+    with np.load(ref) as z:
+        assert np.allclose(z["mu"], real.mean(0), atol=1e-9) and np.allclose(z["sigma"], np.cov(real, rowvar=False), atol=1e-9)
+        assert int(z["count"]) == 1797
+    run_command("sample", ["--config", DIGITS, "--ckpt", w, "--seeds", "0-39", "--steps", "3", "--out", str(tmp_path / "s.npz"), "--quiet"])
+    capsys.readouterr()
+    got = run_command("fid", ["--ref", str(ref), "--images", str(tmp_path / "s.npz"), "--features", "digits",
+                              "--json", str(tmp_path / "fid.json"), "--quiet"])
+    imgs = torch.from_numpy(np.load(tmp_path / "s.npz")["images"]).permute(0, 3, 1, 2)
+    f = feats(imgs).double().numpy()
+    expected = _fd_eig(f.mean(0), np.cov(f, rowvar=False), real.mean(0), np.cov(real, rowvar=False))
+    assert got["fid"] == pytest.approx(expected, rel=1e-6) and got["num_images"] == 40
+    assert json.loads((tmp_path / "fid.json").read_text())["fid"] == got["fid"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fid"] == got["fid"]
+    # straight from the checkpoint (samples streamed to features, nothing written): the same seeds, the same FID
+    streamed = run_command("fid", ["--ref", str(ref), "--config", DIGITS, "--ckpt", w, "--num", "40", "--steps", "3",
+                                   "--features", "digits", "--quiet"])
+    assert streamed["fid"] == pytest.approx(got["fid"], rel=1e-3) and streamed["nfe"] == 5
+
+
+def test_fid_bad_input_is_named(tmp_path, capsys):
+    both = _exit_message(capsys, ["--ref", "a.npz", "--write-stats", "b.npz", "--images", "x"], "fid")
+    assert "exactly one of --ref" in both
+    assert "nothing to measure" in _exit_message(capsys, ["--write-stats", str(tmp_path / "b.npz"), "--features", "digits"], "fid")
+    assert "reference statistics not found" in _exit_message(capsys, ["--ref", str(tmp_path / "none.npz"), "--images", "x", "--features", "digits"], "fid")
+    assert "Inception weights not found" in _exit_message(
+        capsys, ["--ref", str(tmp_path / "r.npz"), "--images", "x", "--inception-weights", str(tmp_path / "w.pth")], "fid")
