@@ -86,6 +86,11 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["convert"]:
         convert(argv[1:])
         return
+    if argv[:1] in (["-h"], ["--help"]) or not argv:
+        print("ddo: LightningCLI subcommands below (fit, validate, test, ...), plus:\n"
+              "  ddo sample --help    samples of a checkpoint to PNGs or .npz\n"
+              "  ddo fid --help       FID of a checkpoint or image set; reference statistics of a dataset\n"
+              "  ddo convert --help   an NVIDIA EDM/EDM2 pickle to plain weights\n")
     if argv[:1] in (["sample"], ["fid"]):
         from .commands import run_command
 
