@@ -12,7 +12,7 @@ from ddo_lightning.checkpoints import ArchitectureMismatch
 from ddo_lightning.metrics import MixtureMetrics
 from ddo_lightning.objectives import DiffusionDDO
 from ddo_lightning.protocols import Samples
-from ddo_lightning.samplers import HeunSampler
+from ddo_lightning.samplers import HeunSampler, mix_seed
 from ddo_lightning.training import (
     DDODataModule, DDOModule, FakeSource, NonFiniteLossError, OnlineFakeSource, PoolFakeSource, SelfPlay,
 )
@@ -131,27 +131,32 @@ def test_non_finite_loss_stops_with_step_and_stats_and_keeps_checkpoint(tmp_path
     assert state and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_pool_is_deterministic_and_sharded_by_index():
-    def sample_fn(seeds, labels):  # stands in for a reference: the sample is a function of its seed only
-        return torch.stack([seeds.double() % 1000, labels.argmax(1).double() if labels.shape[1] else 0 * seeds.double()], 1).float()
+def _seed_sample_fn(calls=None):
+    index_of = {mix_seed(3, r, i): i + 100 * r for r in (2, 3) for i in range(30)}  # the pool's per-sample seeds
 
+    def sample_fn(seeds, labels):  # stands in for a reference: the sample is a function of its seed only
+        if calls is not None:
+            calls.append(seeds.clone())
+        ids = torch.tensor([index_of[int(s)] for s in seeds], dtype=torch.float64)
+        return torch.stack([ids, labels.argmax(1).double() if labels.shape[1] else 0 * ids], 1).float()
+    return sample_fn
+
+
+def _single_process_pool():
     whole = PoolFakeSource(size=30, generation_batch_size=7, seed=3, progress=False)
     whole.setup((2,), 3, rank=0, world_size=1)
-    whole.refresh(sample_fn, round_index=2)
-    shards = []
-    for rank in range(2):
-        s = PoolFakeSource(size=30, generation_batch_size=4, seed=3, progress=False)
-        s.setup((2,), 3, rank=rank, world_size=2)
-        s.refresh(sample_fn, round_index=2)
-        shards.append(s)
-    assert torch.equal(torch.cat([s.indices for s in shards]).sort().values, torch.arange(30))
-    assert not set(shards[0].indices.tolist()) & set(shards[1].indices.tolist())
-    for s in shards:  # each rank's samples are exactly the single-process pool's samples at its indices
-        assert torch.equal(s.x, whole.x[s.indices])
-        assert torch.equal(s.labels.argmax(1), s.indices % 3)  # class-balanced labels stored with samples
+    whole.refresh(_seed_sample_fn(), round_index=2)
+    return whole
+
+
+def test_pool_is_deterministic_class_balanced_and_cycles():
+    whole = _single_process_pool()
+    again = _single_process_pool()
+    assert torch.equal(whole.x, again.x) and whole.x.shape == (30, 2)
+    assert torch.equal(whole.labels.argmax(1), torch.arange(30) % 3)  # class-balanced labels stored with samples
     other_round = PoolFakeSource(size=30, generation_batch_size=7, seed=3, progress=False)
     other_round.setup((2,), 3)
-    other_round.refresh(sample_fn, round_index=3)
+    other_round.refresh(_seed_sample_fn(), round_index=3)
     assert not torch.equal(other_round.x, whole.x)
     # consumption: one pass over the pool visits every sample once, then reshuffles
     seen = torch.cat([whole.next(10, torch.device("cpu")).x for _ in range(3)])
@@ -159,28 +164,68 @@ def test_pool_is_deterministic_and_sharded_by_index():
     assert whole.position == 30
 
 
-def test_online_source_seeded_per_rank_and_position():
+def _pool_rank_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        calls = []
+        src = PoolFakeSource(size=30, generation_batch_size=4, seed=3, progress=False)
+        src.setup((2,), 3, rank=rank, world_size=world)
+        src.refresh(_seed_sample_fn(calls), round_index=2)
+        steps = [src.next(4, torch.device("cpu")) for _ in range(10)]  # 80 global positions: crosses 2 epochs
+        torch.save({"x": src.x, "labels": src.labels, "generated": torch.cat(calls),
+                    "steps": [(b.x, b.labels) for b in steps]}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pool_generation_is_sharded_and_two_ranks_consume_the_single_process_stream(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_pool_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    whole = _single_process_pool()
+    seeds = [set(r["generated"].tolist()) for r in ranks]
+    assert not seeds[0] & seeds[1] and len(seeds[0]) + len(seeds[1]) == 30  # each sample generated once
+    for r in ranks:  # after the all-gather every rank holds the single-process pool, bit for bit
+        assert torch.equal(r["x"], whole.x) and torch.equal(r["labels"], whole.labels)
+    for step in range(10):  # one process with batch 8 consumes what two ranks with batch 4 do
+        single = whole.next(8, torch.device("cpu"))
+        for rank in range(2):
+            x, labels = ranks[rank]["steps"][step]
+            assert torch.equal(x, single.x[rank::2]) and torch.equal(labels, single.labels[rank::2])
+        if (8 * step) // 30 == (8 * step + 7) // 30:  # within one pass over the pool, ranks never share a fake
+            assert not set(ranks[0]["steps"][step][0][:, 0].tolist()) & set(ranks[1]["steps"][step][0][:, 0].tolist())
+
+
+def test_online_source_seeded_by_global_position():
     calls = []
 
     def sample_fn(seeds, labels):
         calls.append(seeds.clone())
         return torch.zeros(len(seeds), 2)
 
-    a, b = OnlineFakeSource(seed=5), OnlineFakeSource(seed=5)
+    a, b, single = OnlineFakeSource(seed=5), OnlineFakeSource(seed=5), OnlineFakeSource(seed=5)
     a.setup((2,), 0, rank=0, world_size=2)
     b.setup((2,), 0, rank=1, world_size=2)
+    single.setup((2,), 0, rank=0, world_size=1)
     for src in (a, b):
         src.refresh(sample_fn, 0)
         src.next(4, torch.device("cpu"))
-    a.next(4, torch.device("cpu"))
+    single.refresh(sample_fn, 0)
+    single.next(8, torch.device("cpu"))
+    assert torch.equal(calls[0], calls[2][0::2]) and torch.equal(calls[1], calls[2][1::2])  # world-size invariant
     assert not set(calls[0].tolist()) & set(calls[1].tolist())  # ranks never share a fake
-    assert not set(calls[0].tolist()) & set(calls[2].tolist())  # consecutive steps differ
+    a.next(4, torch.device("cpu"))
+    assert not set(calls[0].tolist()) & set(calls[3].tolist())  # consecutive steps differ
     c = OnlineFakeSource(seed=5)
     c.setup((2,), 0, rank=0, world_size=2)
     c.load_state_dict({"round": 0, "position": 4})
     c.refresh(sample_fn, 0)  # same round: the position survives (a resumed run)
     c.next(4, torch.device("cpu"))
-    assert torch.equal(calls[-1], calls[2])
+    assert torch.equal(calls[-1], calls[3])
 
 
 def test_online_fakes_train(tmp_path, toy_real, mle_ckpt):

@@ -8,6 +8,7 @@
     ddo sample --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --seeds 0-99 --out grid/
     ddo fid --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --features digits --ref ref.npz
     ddo fid --write-stats ref.npz --config configs/digits.yaml --features digits  (see commands.py)
+    ddo slurm --config configs/toy2d.yaml --nodes 1 --devices 2 --cpus-per-task 1 --time 00:30:00 --job-name toy --output-dir runs/toy --dry-run
 
 Pretraining and DDO are the same subcommand with different presets: the preset's ``model.class_path``
 selects ``MLEModule`` or ``DDOModule``.
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -37,7 +39,31 @@ class LogConfigCallback(SaveConfigCallback):
 
 
 class DDOCLI(LightningCLI):
-    """LightningCLI with every option typed from the classes' signatures."""
+    """LightningCLI with every option typed from the classes' signatures. Checkpoints are written
+    atomically (``AtomicCheckpointIO`` unless the config names a checkpoint plugin), and a resume
+    checkpoint that cannot be read falls back to the newest good one in its directory."""
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Any:
+        from lightning.fabric.plugins import CheckpointIO
+
+        from .training.checkpoint_io import AtomicCheckpointIO
+
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        strategy = config.get("strategy")
+        sharded = "ModelParallel" in type(strategy).__name__ or "ModelParallel" in str(strategy)
+        if not sharded and not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        path = kwargs.get("ckpt_path")
+        if isinstance(path, str) and path not in ("last", "hpc", "best", "registry") and os.path.isfile(path):
+            from .training.checkpoint_io import usable_checkpoint
+
+            kwargs["ckpt_path"] = usable_checkpoint(path)
+        return kwargs
 
 
 def run(args: list[str] | None = None) -> DDOCLI:
@@ -90,7 +116,12 @@ def main(args: list[str] | None = None) -> None:
         print("ddo: LightningCLI subcommands below (fit, validate, test, ...), plus:\n"
               "  ddo sample --help    samples of a checkpoint to PNGs or .npz\n"
               "  ddo fid --help       FID of a checkpoint or image set; reference statistics of a dataset\n"
-              "  ddo convert --help   an NVIDIA EDM/EDM2 pickle to plain weights\n")
+              "  ddo convert --help   an NVIDIA EDM/EDM2 pickle to plain weights\n"
+              "  ddo slurm --help     run ddo fit under SLURM (sbatch script, one task per device)\n")
+    if argv[:1] == ["slurm"]:
+        from .launch.slurm import main as slurm_main
+
+        raise SystemExit(slurm_main(argv[1:]))
     if argv[:1] in (["sample"], ["fid"]):
         from .commands import run_command
 

@@ -41,6 +41,20 @@ def check_pair(real: Samples, fake: Samples) -> None:
         )
 
 
+def pair_noise(batch_size: int, shape: tuple[int, ...], P_mean: float, P_std: float, generator: torch.Generator | None,
+               device: torch.device, dtype: torch.dtype, shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ [B] and ε [B, *D] for this process's B samples, drawn for the global batch of B·world samples
+    and sliced at rows ``rank::world``: a sample's noise depends on its global position only, not on how
+    many processes share the batch (a DistributedSampler hands rank r the global positions r, r + world,
+    …), so one process with batch B·world and ``world`` processes with batch B draw the same noise."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    sigma = sample_log_normal_sigma(batch_size * world, P_mean, P_std, generator=generator, device=device)
+    noise = torch.randn((batch_size * world, *shape), generator=generator, device=device, dtype=dtype)
+    return sigma[rank::world], noise[rank::world]
+
+
 class DiffusionDDO:
     """DDO for diffusion models (paper Eq. 13–16, method.md §2).
 
@@ -59,15 +73,16 @@ class DiffusionDDO:
         self.alpha, self.beta, self.P_mean, self.P_std = alpha, beta, P_mean, P_std
 
     def __call__(
-        self, target: Denoiser, reference: Denoiser, batch: PairedBatch, generator: torch.Generator | None = None
+        self, target: Denoiser, reference: Denoiser, batch: PairedBatch, generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> ObjectiveOutput:
         """One σ and ε per pair, shared by real and fake and by target and reference; one 2B forward
-        of the target (grad) and one of the reference (no grad)."""
+        of the target (grad) and one of the reference (no grad). ``shard`` = (rank, world): see
+        :func:`pair_noise`."""
         real, fake = batch
         check_pair(real, fake)
         B, device = len(real), real.x.device
-        sigma = sample_log_normal_sigma(B, self.P_mean, self.P_std, generator=generator, device=device)
-        noise = torch.randn(real.x.shape, generator=generator, device=device, dtype=real.x.dtype)
+        sigma, noise = pair_noise(B, tuple(real.x.shape[1:]), self.P_mean, self.P_std, generator, device, real.x.dtype, shard)
         est = diffusion_log_ratio(
             target,
             reference,
@@ -99,10 +114,10 @@ class DenoisingScoreMatching:
             raise ValueError(f"P_std must be > 0, got {P_std}")
         self.P_mean, self.P_std = P_mean, P_std
 
-    def __call__(self, net: Denoiser, batch: Samples, generator: torch.Generator | None = None) -> ObjectiveOutput:
+    def __call__(self, net: Denoiser, batch: Samples, generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
         x, labels = batch
-        sigma = sample_log_normal_sigma(len(batch), self.P_mean, self.P_std, generator=generator, device=x.device)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        sigma, noise = pair_noise(len(batch), tuple(x.shape[1:]), self.P_mean, self.P_std, generator, x.device, x.dtype, shard)
         shape = (-1,) + (1,) * (x.ndim - 1)
         denoised = net(x + sigma.reshape(shape) * noise, sigma, labels)
         per_sample = dsm_loss(denoised, x, edm_weight(sigma, net.sigma_data))
@@ -110,4 +125,4 @@ class DenoisingScoreMatching:
         return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "dsm_real": loss.detach()})
 
 
-__all__ = ["DiffusionDDO", "DenoisingScoreMatching", "ObjectiveOutput", "check_pair"]
+__all__ = ["DiffusionDDO", "DenoisingScoreMatching", "ObjectiveOutput", "check_pair", "pair_noise"]

@@ -1,7 +1,8 @@
 """The Lightning layer: modules, data module, fake sources and callbacks."""
 
 from .base import DenoiserModule, disable_dropout
-from .callbacks import ImageGridFigure, SampleGrids, ScatterFigure, SelfPlay
+from .callbacks import ImageGridFigure, Preemption, SampleGrids, ScatterFigure, SelfPlay
+from .checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, usable_checkpoint
 from .datamodule import DDODataModule
 from .ema import EMA
 from .fake_sources import FakeSource, OnlineFakeSource, PoolFakeSource
@@ -9,6 +10,6 @@ from .module import DDOModule, NonFiniteLossError
 from .pretrain import MLEModule
 
 __all__ = [
-    "DDODataModule", "DDOModule", "ImageGridFigure", "DenoiserModule", "EMA", "FakeSource", "MLEModule", "NonFiniteLossError",
-    "OnlineFakeSource", "PoolFakeSource", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout",
+    "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "DenoiserModule", "EMA", "FakeSource", "MLEModule", "NonFiniteLossError",
+    "OnlineFakeSource", "PoolFakeSource", "Preemption", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
 ]

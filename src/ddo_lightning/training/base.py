@@ -99,9 +99,26 @@ class DenoiserModule(pl.LightningModule):
         return torch.optim.Adam(self.trained_network().parameters(), lr=self.lr, betas=self.betas)
 
     def step_generator(self) -> torch.Generator:
-        """Noise for this step, seeded by (seed, rank, step): reproducible and resume-safe."""
+        """Noise for this step, seeded by (seed, step): every rank draws the global batch's noise and
+        keeps its rows (``shard``), so runs are reproducible, resume-safe and the same for any number of
+        processes at the same global batch."""
         gen = torch.Generator(device=self.device)
-        return gen.manual_seed(mix_seed(self.seed, self.global_rank, self.global_step))
+        return gen.manual_seed(mix_seed(self.seed, self.global_step))
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process."""
+        return (self.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+
+    def log_stats(self, stats: dict[str, torch.Tensor], prog_bar: set[str] = frozenset()) -> None:
+        """Log ``train/<name>`` for each statistic, averaged over ranks in one all-reduce (the logged
+        numbers are the global batch's, as in a single process)."""
+        names = list(stats)
+        values = torch.stack([stats[k].detach().float().reshape(()) for k in names])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            values = self.trainer.strategy.reduce(values, reduce_op="mean")
+        for k, v in zip(names, values):
+            self.log(f"train/{k}", v, prog_bar=k in prog_bar)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._pending_images = getattr(self, "_pending_images", 0) + self.batch_images(batch) * self.trainer.world_size

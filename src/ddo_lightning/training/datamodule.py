@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..protocols import PairedBatch, SampleFn, Samples
 from .fake_sources import FakeSource
@@ -46,6 +45,9 @@ class DDODataModule(pl.LightningDataModule):
             raise ValueError(f"the real dataset has {len(real)} samples, fewer than one batch of {batch_size}")
         self.real, self.batch_size, self.fake = real, batch_size, fake
         self.num_workers, self.shuffle_seed = num_workers, shuffle_seed
+        self._real_position = (0, 0)  # (epoch, real batches this rank consumed in it)
+        self._resume: tuple[int, int] | None = None
+        self._sampler: ResumableDistributedSampler | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -76,14 +78,21 @@ class DDODataModule(pl.LightningDataModule):
         self.fake.refresh(sample_fn, round_index)
 
     def train_dataloader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        self._sampler = ResumableDistributedSampler(self.real, world, rank, self.shuffle_seed)
+        if self._resume is not None:  # a run resumed mid-epoch: skip what this rank already trained on
+            epoch, batches = self._resume
+            self._sampler.set_epoch(epoch)
+            self._sampler.skip = batches * self.batch_size
+            self._real_position = (epoch, batches)
+            self._resume = None
         return DataLoader(
             self.real,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=self._sampler,
             drop_last=True,  # every step pairs exactly batch_size real with batch_size fake samples
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -99,7 +108,12 @@ class DDODataModule(pl.LightningDataModule):
         return DataLoader(range(1), batch_size=1)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.trainer is None or not self.trainer.training or self.fake is None:
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        epoch, batches = self._real_position
+        epoch_now = self.trainer.current_epoch
+        self._real_position = (epoch_now, batches + 1 if epoch_now == epoch else 1)
+        if self.fake is None:
             return batch
         real = Samples(*batch)
         fake = self.fake.next(len(real), real.x.device)
@@ -111,8 +125,31 @@ class DDODataModule(pl.LightningDataModule):
         return PairedBatch(real, fake)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fake": self.fake.state_dict()} if self.fake is not None else {}
+        """The fake stream's position and the real stream's (epoch, batches this rank consumed in it)."""
+        state: dict[str, Any] = {"real": {"epoch": self._real_position[0], "batches": self._real_position[1]}}
+        if self.fake is not None:
+            state["fake"] = self.fake.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.fake is not None and "fake" in state_dict:
             self.fake.load_state_dict(state_dict["fake"])
+        if "real" in state_dict:
+            self._resume = (int(state_dict["real"]["epoch"]), int(state_dict["real"]["batches"]))
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's DistributedSampler (rank r takes positions r, r + world, … of a per-epoch permutation
+    seeded by seed + epoch; the tail is dropped so ranks get equal shares), used for every world size —
+    one process is world = 1 — so one process with batch B·world sees the same samples per step as
+    ``world`` processes with batch B. ``skip`` drops the first samples of the next pass (a run resumed
+    mid-epoch continues where it stopped instead of repeating the epoch's first batches). Being a
+    DistributedSampler, Lightning leaves it in place and calls ``set_epoch``."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return iter(list(super().__iter__())[skip:])

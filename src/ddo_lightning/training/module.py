@@ -92,7 +92,7 @@ class DDOModule(DenoiserModule):
 
     # ---- one step ------------------------------------------------------------------------------------
     def training_step(self, batch: PairedBatch, batch_idx: int) -> torch.Tensor:
-        out = self.objective(self.target, self.reference, batch, generator=self.step_generator())
+        out = self.objective(self.target, self.reference, batch, generator=self.step_generator(), shard=self.shard)
         if not torch.isfinite(out.loss):
             stats = ", ".join(f"{k}={float(v):.4g}" for k, v in out.stats.items())
             last = newest_checkpoint(self.trainer)
@@ -102,8 +102,7 @@ class DDOModule(DenoiserModule):
                 f"changed any weight; last good checkpoint: {last or 'none written yet'}. "
                 "Lower lr, alpha or beta, or resume from that checkpoint."
             )
-        for k, v in out.stats.items():
-            self.log(f"train/{k}", v, prog_bar=k in PROGRESS_BAR_STATS)
+        self.log_stats(out.stats, PROGRESS_BAR_STATS)
         return out.loss
 
     # ---- self-play -----------------------------------------------------------------------------------

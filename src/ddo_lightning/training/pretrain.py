@@ -47,8 +47,8 @@ class MLEModule(DenoiserModule):
         return self.net
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        out = self.objective(self.net, Samples(*batch), generator=self.step_generator())
+        out = self.objective(self.net, Samples(*batch), generator=self.step_generator(), shard=self.shard)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"non-finite MLE loss at step {self.global_step}")
-        self.log("train/loss", out.loss, prog_bar=True)
+        self.log_stats({"loss": out.loss}, {"loss"})
         return out.loss

@@ -1,0 +1,93 @@
+"""Preemption-safe training: on SIGUSR1 (SLURM's warning before the time limit, ``--signal``) or SIGTERM
+(preemption, ``scancel``), finish the current step, write a checkpoint atomically, requeue the SLURM job,
+and stop.
+
+The signal handler only sets a flag — saving from inside a handler interrupts whatever the main thread
+was doing (a collective, a file write) and is a known source of hangs. At the end of every step the
+ranks agree on the flag (one all-reduce of a boolean) so they all stop after the same step. Lightning's
+own SLURM handler, which saves inside the handler, is replaced for SIGUSR1; for SIGTERM Lightning's
+notifier still runs after ours (it stops the fit loop after the step, as we want).
+
+The checkpoint holds everything a resumed run needs (target, reference, EMA, optimizer, SelfPlay state,
+the real and fake stream positions): ``ddo fit ... --ckpt_path <path>`` continues the same round with the
+same reference at the same position; ``ddo slurm`` scripts pass it automatically when it exists.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+SIGNALS = {"SIGUSR1": signal.SIGUSR1, "SIGTERM": signal.SIGTERM, "SIGUSR2": signal.SIGUSR2, "SIGINT": signal.SIGINT}
+
+
+class Preemption(pl.Callback):
+    """Checkpoint and requeue on a signal, at a step boundary.
+
+    Args:
+        path: the resume checkpoint (written atomically; the previous one is replaced).
+        signals: signal names to handle.
+        requeue: under SLURM (``SLURM_JOB_ID`` set), rank 0 runs ``scontrol requeue <job>`` after saving.
+    """
+
+    def __init__(self, path: str = "outputs/resume.ckpt", signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM"),
+                 requeue: bool = True):
+        unknown = [s for s in signals if s not in SIGNALS]
+        if unknown:
+            raise ValueError(f"unknown signal(s) {unknown}; use any of {sorted(SIGNALS)}")
+        self.path, self.signals, self.requeue = path, tuple(signals), requeue
+        self.received: int | None = None
+        self.saved_at_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    # ---- signals -----------------------------------------------------------------------------------
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = signum  # nothing else here: the step boundary does the work
+        previous = self._previous.get(signum)
+        if signum == signal.SIGTERM and callable(previous):
+            previous(signum, frame)  # Lightning's notifier: it ends the fit loop after this step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after Lightning registered its own handlers, so ours come first (and replace its SIGUSR1 saver)
+        for name in self.signals:
+            signum = SIGNALS[name]
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous.clear()
+
+    # ---- the step boundary -----------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if not stop:
+            return
+        name = signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        trainer.save_checkpoint(self.path)  # atomic: AtomicCheckpointIO writes a temporary file and renames it
+        self.saved_at_step = trainer.global_step
+        rank_zero_info(f"[preemption] {name}: checkpoint of step {trainer.global_step} written to {self.path}; stopping")
+        job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        job = job or os.environ.get("SLURM_JOB_ID")
+        if self.requeue and job and trainer.is_global_zero:
+            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            if result.returncode == 0:
+                rank_zero_info(f"[preemption] requeued SLURM job {job}; it resumes from {self.path}")
+            else:
+                rank_zero_warn(f"[preemption] `scontrol requeue {job}` failed: {result.stderr.strip()}")
+        trainer.should_stop = True
