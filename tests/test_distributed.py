@@ -41,7 +41,8 @@ def toy_reference(tmp_path_factory):
 
 
 def ddo_command(out: pathlib.Path, reference: str, devices: int, batch_size: int, steps: int = 8, rounds: int = 2,
-                ckpt_every: int | None = None, preemption: bool = False, extra: list[str] = ()) -> tuple[list[str], dict]:
+                ckpt_every: int | None = None, preemption: bool = False, extra: list[str] = (),
+                strategy: str = "ddp") -> tuple[list[str], dict]:
     """The `ddo fit` command of the toy preset: rounds of 4 steps at a global batch of 64 (promotion at
     each round's end), evaluations every 2 steps, a checkpoint every ``ckpt_every`` steps."""
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ def ddo_command(out: pathlib.Path, reference: str, devices: int, batch_size: int
                                         "init_args": {"size": 256, "generation_batch_size": 64, "progress": False}}}}})
     configs = ["--config", str(ROOT / "configs/toy2d.yaml")]
     if devices > 1:
-        configs += ["--config", str(ROOT / "configs/strategy/ddp.yaml")]
+        configs += ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
     cmd = [sys.executable, "-m", "ddo_lightning.cli", "fit", *configs, "--config", cfg, *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
     env["OMP_NUM_THREADS"] = "1"
@@ -85,8 +86,17 @@ def read_run(out: pathlib.Path) -> tuple[list[float], dict[str, torch.Tensor]]:
             for r in csv.DictReader(f):
                 if r.get("train/loss"):
                     losses[int(r["step"])] = float(r["train/loss"])
-    state = torch.load(out / "ckpt/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    return [losses[k] for k in sorted(losses)], state
+    return [losses[k] for k in sorted(losses)], load_state(out / "ckpt/last.ckpt")
+
+
+def load_state(path: pathlib.Path) -> dict[str, torch.Tensor]:
+    """The module state of a checkpoint: a file, or an FSDP2 distributed checkpoint directory."""
+    if path.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        dcp_to_torch_save(str(path), str(path) + ".pt")
+        path = pathlib.Path(str(path) + ".pt")
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def run_ddo(out: pathlib.Path, reference: str, devices: int, batch_size: int, steps: int = 8,
@@ -205,3 +215,29 @@ def test_signal_to_rank_zero_stops_both_ranks_at_a_step_boundary_and_resumes(toy
     assert [both[k] for k in range(steps)] == pytest.approx(full_losses, rel=1e-5, abs=1e-6)
     _, state = read_run(out)
     _same_weights(full_state, state, atol=1e-5)
+
+
+def test_fsdp2_two_processes_train_promote_checkpoint_and_resume(toy_reference, tmp_path):
+    """FSDP2 (target, reference and EMA sharded separately over two gloo processes): DDO steps, two
+    SelfPlay promotions on sharded weights, distributed checkpoints; the result equals one process with
+    the same global batch, and a resume from a mid-round-2 checkpoint reproduces the uninterrupted run."""
+    one_losses, one_state, _ = run_ddo(tmp_path / "one", toy_reference, devices=1, batch_size=64)
+    out = tmp_path / "fsdp"
+    losses, state, seconds = run_ddo(out, toy_reference, devices=2, batch_size=32, ckpt_every=2, strategy="fsdp2")
+    print(f"\nFSDP2, 2 processes, 8 steps with 2 promotions and 5 distributed checkpoints: {seconds:.1f} s")
+    assert (out / "ckpt/step=6.ckpt").is_dir() and (out / "ckpt/step=6.ckpt/meta.pt").is_file()
+    assert losses == pytest.approx(one_losses, rel=1e-4, abs=1e-5)
+    _same_weights(one_state, state, atol=1e-5)
+    summary = (out / "ddo/summary.json").read_text()
+    assert '"improved": true' in summary  # a promotion through full state dicts of sharded networks
+    # resume from step 6 (round 2) in a fresh directory
+    cmd, env = ddo_command(tmp_path / "resumed", toy_reference, 2, 32, steps=8, ckpt_every=2, strategy="fsdp2")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd + ["--ckpt_path", str(out / "ckpt/step=6.ckpt")], cwd=tmp_path / "resumed", env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    print(f"FSDP2 resume from step 6: {time.perf_counter() - t0:.1f} s")
+    after = _losses_of(tmp_path / "resumed/logs/version_0/metrics.csv")
+    assert sorted(after) == [6, 7]
+    assert [after[6], after[7]] == pytest.approx(losses[6:], rel=1e-5, abs=1e-6)
+    _same_weights(state, load_state(tmp_path / "resumed/ckpt/last.ckpt"), atol=1e-6)

@@ -314,55 +314,76 @@ def _write(path, data):
     return str(path)
 
 
-@pytest.mark.slow
-def test_two_task_ddo_training_on_a_real_slurm_cluster(slurm_cluster, tmp_path, monkeypatch):
-    """`ddo fit` of the toy preset as 2 srun tasks on one node: DDP over gloo, world size 2, job COMPLETED."""
-    small_data = {"batch_size": 64, "real": {"class_path": "ddo_lightning.data.Toy2DDataset",
-                                             "init_args": {"num_samples": 1024}}}
+SMALL_DATA = {"real": {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 1024}}}
+
+
+def _pretrain(tmp_path):
+    """A 2-step MLE reference of the toy preset, run here (not under SLURM): tmp_path/pretrain/last.ckpt."""
     pre = _write(tmp_path / "pre.yaml", {
         "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "logger": False,
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": "pretrain", "save_last": True, "every_n_train_steps": 2}}]},
-        "model": {"init_args": {"num_eval_samples": 200}}, "data": {"init_args": small_data}})
+        "model": {"init_args": {"num_eval_samples": 200}}, "data": {"init_args": {"batch_size": 64, **SMALL_DATA}}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     done = subprocess.run([sys.executable, "-m", "ddo_lightning.cli", "fit", "--config",
                            os.path.join(ROOT, "configs/toy2d_pretrain.yaml"), "--config", pre],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "pretrain/last.ckpt").is_file()
+    return str(tmp_path / "pretrain/last.ckpt")
 
+
+def _job_environment(monkeypatch, cluster):
+    """The job inherits this environment (sbatch --export=ALL); only the calling test's scope sees it."""
+    monkeypatch.setenv("SLURM_CONF", cluster.conf)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # single node: no reliance on the host name resolving
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for name in [k for k in os.environ if k.startswith("SLURM_") and k != "SLURM_CONF"]:
+        monkeypatch.delenv(name)
+
+
+def _show_job(cluster, job_id):
+    """`scontrol show job` as a dict of its Key=Value fields (values without spaces)."""
+    shown = cluster.run("scontrol", "show", "job", job_id).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", shown))
+
+
+def _job_logs(out, job_name, job_id):
+    return "".join((out / f"{job_name}-{job_id}.{ext}").read_text(errors="replace")
+                   if (out / f"{job_name}-{job_id}.{ext}").exists() else "" for ext in ("out", "err"))
+
+
+@pytest.mark.slow
+def test_two_task_ddo_training_on_a_real_slurm_cluster(slurm_cluster, tmp_path, monkeypatch):
+    """`ddo fit` of the toy preset as 2 srun tasks on one node: DDP over gloo, world size 2, job COMPLETED."""
+    reference = _pretrain(tmp_path)
     ddo = _write(tmp_path / "ddo.yaml", {
         "trainer": {"accelerator": "cpu", "strategy": "ddp", "max_steps": 4, "enable_progress_bar": False,
                     "logger": False, "callbacks": [
                         {"class_path": "ddo_lightning.training.SelfPlay",
                          "init_args": {"rounds": 1, "kimg_per_round": 0.256, "eval_every_kimg": 0.128,
                                        "monitor": "mmd", "dirpath": "ddo", "summary_path": "ddo/summary.json"}}]},
-        "model": {"init_args": {"init_from": str(tmp_path / "pretrain/last.ckpt"), "num_eval_samples": 200}},
-        "data": {"init_args": {**small_data, "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
-                                                       "init_args": {"size": 256}}}}})
+        "model": {"init_args": {"init_from": reference, "num_eval_samples": 200}},
+        "data": {"init_args": {"batch_size": 64, **SMALL_DATA,
+                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
+                                        "init_args": {"size": 256}}}}})
     out = tmp_path / "slurm"
     out.mkdir()
     script = render_sbatch([os.path.join(ROOT, "configs/toy2d.yaml"), ddo], nodes=1, devices=2, cpus_per_task=1,
                            time="00:10:00", job_name="ddo-test", output_dir=str(out),
                            extra_sbatch=[f"--chdir={tmp_path}"])
-    # The job inherits this environment (sbatch --export=ALL); only this test's scope sees these.
-    monkeypatch.setenv("SLURM_CONF", slurm_cluster.conf)
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # single node: no reliance on the host name resolving
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    for name in [k for k in os.environ if k.startswith("SLURM_") and k != "SLURM_CONF"]:
-        monkeypatch.delenv(name)
+    _job_environment(monkeypatch, slurm_cluster)
     job_id = submit(script)
     assert job_id.isdigit()
 
     deadline, state = time.monotonic() + 300, "?"
     while time.monotonic() < deadline:
-        shown = slurm_cluster.run("scontrol", "show", "job", job_id).stdout
-        state = re.search(r"JobState=(\w+)", shown).group(1) if "JobState=" in shown else "?"
+        state = _show_job(slurm_cluster, job_id).get("JobState", "?")
         if state in TERMINAL:
             break
         time.sleep(1)
-    logs = "".join((out / f"ddo-test-{job_id}.{ext}").read_text(errors="replace")
-                   if (out / f"ddo-test-{job_id}.{ext}").exists() else "" for ext in ("out", "err"))
+    logs = _job_logs(out, "ddo-test", job_id)
     assert state == "COMPLETED", f"job {job_id}: {state}\n{logs[-4000:]}\n{slurm_cluster.logs()}"
     for rank in (0, 1):
         assert f"Initializing distributed: GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in logs, logs[-4000:]
@@ -372,3 +393,89 @@ def test_two_task_ddo_training_on_a_real_slurm_cluster(slurm_cluster, tmp_path, 
     import torch
 
     assert torch.load(tmp_path / "ddo/round-1.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(slurm_cluster, tmp_path,
+                                                                                monkeypatch):
+    """`scancel --signal=USR1` to a running two-task DDO job: the Preemption callback writes resume.ckpt
+    at a step boundary and requeues the job (`scontrol requeue` from rank 0); the second run of the job
+    resumes from it (the script's --ckpt_path) and completes: every step checkpointed once, none lost."""
+    import torch
+
+    max_steps, name = 40, "ddo-preempt"
+    reference = _pretrain(tmp_path)
+    out = tmp_path / "slurm"
+    out.mkdir()
+    resume = out / "resume.ckpt"
+    ddo = _write(tmp_path / "ddo.yaml", {
+        "trainer": {"accelerator": "cpu", "strategy": "ddp", "max_steps": max_steps, "enable_progress_bar": False,
+                    "logger": False, "callbacks": [
+                        # global batch 64 (32 per rank): a round is 4 steps, 10 rounds are all of max_steps
+                        {"class_path": "ddo_lightning.training.SelfPlay",
+                         "init_args": {"rounds": max_steps // 4, "kimg_per_round": 0.256, "eval_every_kimg": 0.128,
+                                       "monitor": "mmd", "dirpath": "ddo", "summary_path": "ddo/summary.json"}},
+                        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                         "init_args": {"dirpath": str(out / "ckpt"), "filename": "{step}", "save_top_k": -1,
+                                       "every_n_train_steps": 1}},
+                        {"class_path": "ddo_lightning.training.Preemption", "init_args": {"path": str(resume)}}]},
+        "model": {"init_args": {"init_from": reference, "num_eval_samples": 200, "eval_batch_size": 200,
+                                "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler",
+                                            "init_args": {"num_steps": 4}}}},
+        "data": {"init_args": {"batch_size": 32, **SMALL_DATA,
+                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
+                                        "init_args": {"size": 256, "generation_batch_size": 64,
+                                                      "progress": False}}}}})
+    script = render_sbatch([os.path.join(ROOT, "configs/toy2d.yaml"), ddo], nodes=1, devices=2, cpus_per_task=1,
+                           time="00:10:00", job_name=name, output_dir=str(out), extra_sbatch=[f"--chdir={tmp_path}"])
+    _job_environment(monkeypatch, slurm_cluster)
+    t0 = time.monotonic()
+    job_id = submit(script)
+
+    def failure(what):
+        return (f"job {job_id}: {what}\n{slurm_cluster.run('scontrol', 'show', 'job', job_id).stdout}\n"
+                f"{_job_logs(out, name, job_id)[-5000:]}\n{slurm_cluster.logs()}")
+
+    # 1. Running and past step 3: the signal, to the job's steps (the srun tasks), not to the batch shell.
+    deadline = time.monotonic() + 300
+    while not (out / "ckpt/step=3.ckpt").exists():
+        job = _show_job(slurm_cluster, job_id)
+        assert job.get("JobState") in ("PENDING", "RUNNING") and time.monotonic() < deadline, failure("no step 3")
+        time.sleep(0.1)
+    signalled = slurm_cluster.run("scancel", "--signal=USR1", job_id)
+    assert signalled.returncode == 0, signalled.stderr
+    t_signal = time.monotonic() - t0
+
+    # 2. Requeued by the callback, run again and completed.
+    deadline, job = time.monotonic() + 300, {}
+    while time.monotonic() < deadline:
+        job = _show_job(slurm_cluster, job_id)
+        if job.get("JobState") in TERMINAL:
+            break
+        time.sleep(0.5)
+    wall = time.monotonic() - t0
+    assert job.get("JobState") == "COMPLETED", failure("did not complete")
+    assert int(job["Restarts"]) >= 1, failure("not requeued")
+
+    logs = _job_logs(out, name, job_id)
+    stopped = torch.load(resume, map_location="cpu", weights_only=True)["global_step"]
+    assert 3 <= stopped < max_steps, failure(f"stopped at step {stopped}")
+    assert f"[preemption] SIGUSR1: checkpoint of step {stopped} written to {resume}" in logs, failure("no signal")
+    assert f"[preemption] requeued SLURM job {job_id}" in logs, failure("no requeue from the job")
+    assert f"resuming from {resume}" in logs, failure("the second run did not pass --ckpt_path")
+    assert f"Restoring states from the checkpoint path at {resume}" in logs, failure("not resumed")
+    # Every step checkpointed, nothing lost; the second run continued at step stopped + 1 (nothing repeated).
+    steps = {int(re.fullmatch(r"step=(\d+)\.ckpt", p.name).group(1)) for p in (out / "ckpt").iterdir()}
+    assert steps == set(range(1, max_steps + 1)), failure(f"step checkpoints {sorted(steps)}")
+    first, resumed = (torch.load(out / f"ckpt/step={k}.ckpt", map_location="cpu", weights_only=True)
+                      for k in (stopped, stopped + 1))
+    assert first["global_step"] == stopped and resumed["global_step"] == stopped + 1
+    written = {k: os.path.getmtime(out / f"ckpt/step={k}.ckpt") for k in steps}
+    assert all(written[k] <= os.path.getmtime(resume) for k in range(1, stopped)), "the second run repeated steps"
+    assert all(written[k] > os.path.getmtime(resume) for k in range(stopped + 1, max_steps + 1))
+    final = torch.load(out / f"ckpt/step={max_steps}.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == max_steps
+    summary = json.loads((tmp_path / "ddo/summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == list(range(1, max_steps // 4 + 1))
+    print(f"\n[slurm] job {job_id}: USR1 at {t_signal:.0f} s, stopped after step {stopped}, "
+          f"requeued {job['Restarts']}x, completed at {wall:.0f} s")

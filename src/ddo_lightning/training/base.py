@@ -14,7 +14,8 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..samplers import HeunSampler, mix_seed, seeded_normal
-from .fake_sources import balanced_labels
+from .fake_sources import balanced_labels, lockstep_chunks
+from .sharding import is_sharded
 
 # Lightning ≥ 2.2 warns when submodules are in eval mode at fit start; our frozen reference and EMA are
 # in eval mode on purpose (anchors.md §0.11).
@@ -161,11 +162,12 @@ class DenoiserModule(pl.LightningModule):
         self.evaluator.reset()
         rank, world = self.global_rank, self.trainer.world_size if self._trainer else 1
         idx = torch.arange(rank, self.num_eval_samples, world)
-        for start in range(0, len(idx), self.eval_batch_size):
-            chunk = idx[start : start + self.eval_batch_size]
+        for chunk, n in lockstep_chunks(idx, self.num_eval_samples, world, self.eval_batch_size, is_sharded(net)):
             seeds = torch.tensor([mix_seed(self.seed, int(i), 3) for i in chunk])
             labels = balanced_labels(chunk, self.label_dim).to(self.device)
-            self.evaluator.update(self.sample(net, seeds, labels), labels)
+            x = self.sample(net, seeds, labels)
+            if n:
+                self.evaluator.update(x[:n], labels[:n])
         metrics = {k: float(v) for k, v in self.evaluator.compute().items()}
         # how the number was obtained travels with it: sample count, sampler cost, wall time
         metrics["num_samples"] = float(self.num_eval_samples)

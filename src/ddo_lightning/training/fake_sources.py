@@ -30,6 +30,22 @@ def balanced_labels(indices: torch.Tensor, label_dim: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(indices % label_dim, label_dim).float()
 
 
+def lockstep_chunks(idx: torch.Tensor, total: int, world: int, batch_size: int, lockstep: bool):
+    """Batches of this rank's indices ``idx`` (its share ``rank::world`` of ``total``) as (indices, n real).
+    With ``lockstep`` every rank yields the same number of batches of the same sizes — the last ones
+    padded by repeating an index (its outputs are dropped: use the first ``n``) — because a forward of an
+    FSDP-sharded network is a collective that all ranks must join."""
+    longest = -(-total // world) if lockstep else len(idx)
+    for start in range(0, longest, batch_size):
+        chunk = idx[start : start + batch_size]
+        want = min(batch_size, longest - start)
+        n = len(chunk)
+        if n < want:
+            filler = chunk[-1:] if n else idx[:1] if len(idx) else torch.zeros(1, dtype=idx.dtype)
+            chunk = torch.cat([chunk, filler.repeat(want - n)])
+        yield chunk, n
+
+
 class FakeSource(ABC):
     """Yields fake batches paired 1:1 with real batches. Lifecycle:
     ``setup`` (shapes, rank) → ``refresh`` (each round, with the reference's sampling function) →
@@ -115,12 +131,11 @@ class PoolFakeSource(FakeSource):
         if len(self.indices) == 0:
             raise ValueError(f"pool of {self.size} samples leaves rank {self.rank} of {self.world_size} with none")
         xs = []
-        chunks = range(0, len(self.indices), self.generation_batch_size)
+        chunks = list(lockstep_chunks(self.indices, self.size, self.world_size, self.generation_batch_size, self.world_size > 1))
         bar = tqdm(chunks, desc=f"fake pool, round {self.round}", unit="batch", disable=not self.progress or self.rank != 0, leave=False)
-        for start in bar:
-            idx = self.indices[start : start + self.generation_batch_size]
+        for idx, n in bar:  # every rank makes the same number of sampler calls (sharded references need it)
             seeds = torch.tensor([mix_seed(self.seed, self.round, int(i)) for i in idx])
-            x = sample_fn(seeds, balanced_labels(idx, self.label_dim)).detach().cpu()
+            x = sample_fn(seeds, balanced_labels(idx, self.label_dim))[:n].detach().cpu()
             xs.append(model_to_uint8(x) if self.quantize else x)
         self.x = gather_shards(torch.cat(xs), self.size, self.rank, self.world_size)
         self.labels = balanced_labels(torch.arange(self.size), self.label_dim)

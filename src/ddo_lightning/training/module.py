@@ -15,6 +15,7 @@ from ..protocols import PairedBatch
 from ..samplers import HeunSampler
 from .base import DenoiserModule, disable_dropout, newest_checkpoint
 from .ema import EMA
+from .sharding import is_sharded, load_full_state_dict, reset_optimizer_state, shard_network
 
 PROGRESS_BAR_STATS = ("loss", "disc_acc")
 
@@ -85,7 +86,7 @@ class DDOModule(DenoiserModule):
     def refresh_fakes(self, round_index: int) -> None:
         self.trainer.datamodule.refresh_fakes(self.sample_reference, round_index)
 
-    def on_fit_start(self) -> None:
+    def on_train_start(self) -> None:  # after any checkpoint restore (FSDP2 restores after on_fit_start)
         self.reference.eval()
         if not self.trainer.datamodule.fakes_ready:  # SelfPlay, when present, did it for its round
             self.refresh_fakes(self.round_index)
@@ -108,9 +109,20 @@ class DDOModule(DenoiserModule):
     # ---- self-play -----------------------------------------------------------------------------------
     @torch.no_grad()
     def promote(self, weights: dict[str, torch.Tensor]) -> None:
-        """Start a new round from ``weights``: they become reference, target and EMA; Adam restarts."""
+        """Start a new round from ``weights`` (full, unsharded): they become reference, target and EMA;
+        Adam restarts. Works on FSDP2-sharded networks (every rank passes the same weights)."""
         for net in (self.reference, self.target, self.ema.model):
-            net.load_state_dict(weights, strict=True)
+            load_full_state_dict(net, weights)
         self.ema.images.zero_()
         for opt in self.trainer.optimizers:
-            opt.state.clear()
+            reset_optimizer_state(opt, is_sharded(self.target))
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2): shard target, reference and EMA separately over the
+        data-parallel mesh (``configs/strategy/fsdp2.yaml``). Nothing otherwise."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None or is_sharded(self.target):
+            return
+        dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        for net in (self.target, self.reference, self.ema.model):
+            shard_network(net, dp)

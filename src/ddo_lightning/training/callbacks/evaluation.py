@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from ...pixels import model_to_uint8
 from ...samplers import mix_seed
 from ..fake_sources import balanced_labels
+from ..sharding import is_sharded
 
 
 def publish_evaluation(trainer: pl.Trainer, pl_module: Any, metrics: dict[str, float], prefix: str = "eval",
@@ -103,11 +104,15 @@ class SampleGrids(pl.Callback):
         self.written: list[str] = []
 
     def on_evaluation(self, trainer: pl.Trainer, pl_module: Any, record: dict[str, float]) -> None:
-        if not trainer.is_global_zero or pl_module.sample_shape is None or len(pl_module.sample_shape) != 3:
+        if pl_module.sample_shape is None or len(pl_module.sample_shape) != 3:
             return  # images only (2-D toy data has its scatter figure)
+        if not trainer.is_global_zero and not is_sharded(pl_module.ema.model):
+            return  # a sharded network samples on all ranks together; otherwise rank 0 alone
         idx = torch.arange(self.num_samples)
         seeds = torch.tensor([mix_seed(self.seed, int(i), 5) for i in idx])
         x = pl_module.sample(pl_module.ema.model, seeds, balanced_labels(idx, pl_module.label_dim)).cpu()
+        if not trainer.is_global_zero:
+            return
         grid = image_grid(x, self.columns)
         step = trainer.global_step
         caption = f"step {step}" + (f", round {int(record['round'])}" if "round" in record else "")

@@ -11,6 +11,7 @@ import torch
 
 from ...samplers import mix_seed
 from ..fake_sources import balanced_labels
+from ..sharding import is_sharded
 from .evaluation import image_grid
 
 
@@ -30,13 +31,16 @@ class _StartVersusEnd(pl.Callback):
     def _check(self, pl_module: Any) -> None:
         pass
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check(pl_module)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero or is_sharded(pl_module.reference):  # sharded: all ranks sample together
             self._start = self._draw(pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or self._start is None:
+        if self._start is None:
+            return
+        if not trainer.is_global_zero:
+            self._draw(pl_module)  # a sharded reference: join rank 0's sampling
             return
         import matplotlib
 

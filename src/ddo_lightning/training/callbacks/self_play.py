@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..sharding import full_state_dict, is_sharded
 from .evaluation import logger_dirs, publish_evaluation
 
 
@@ -97,7 +98,9 @@ class SelfPlay(pl.Callback):
                 raise ValueError("SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`")
             os.makedirs(self.dirpath, exist_ok=True)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_train_start, not on_fit_start: with ModelParallelStrategy (FSDP2) Lightning restores a
+        # checkpoint after on_fit_start, and the round, reference and pool must be the restored ones
         self._t0 = time.perf_counter()
         if self.round >= self.rounds:
             raise ValueError(f"this run already finished its {self.rounds} rounds (resume with more `rounds`)")
@@ -141,8 +144,11 @@ class SelfPlay(pl.Callback):
         publish_evaluation(trainer, pl_module, metrics, round_index=self.round, kimg_in_round=entry["kimg_in_round"])
         if self._better(score):
             self.best_score, self.best_images = score, self.images_in_round
-            if trainer.is_global_zero:
-                atomic_torch_save(pl_module.ema.model.state_dict(), self.best_path)
+            net = pl_module.ema.model
+            if is_sharded(net) or trainer.is_global_zero:  # sharded: gathering the weights is a collective
+                weights = full_state_dict(net)
+                if trainer.is_global_zero:
+                    atomic_torch_save(weights, self.best_path)
             trainer.strategy.barrier("selfplay-best")
         others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != self.monitor)
         rank_zero_info(f"[round {self.round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
