@@ -56,14 +56,15 @@ class DDOCLI(LightningCLI):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
 
-    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
-        kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        path = kwargs.get("ckpt_path")
-        if isinstance(path, str) and path not in ("last", "hpc", "best", "registry") and os.path.isfile(path):
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint here first (for hyperparameters): check it before that
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if isinstance(path, str) and os.path.isfile(path):
             from .training.checkpoint_io import usable_checkpoint
 
-            kwargs["ckpt_path"] = usable_checkpoint(path)
-        return kwargs
+            self.config[sub].ckpt_path = usable_checkpoint(path)
+        super()._parse_ckpt_path()
 
 
 def run(args: list[str] | None = None) -> DDOCLI:
