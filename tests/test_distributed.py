@@ -36,7 +36,12 @@ def toy_reference(tmp_path_factory):
              "init_args": {"dirpath": str(root), "save_last": True, "every_n_train_steps": 40}}]},
         "model": {"init_args": {"num_eval_samples": 100}},
         "data": {"init_args": {"batch_size": 64, "real": TOY_DATA}}})
-    main(["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
+    cwd = os.getcwd()
+    os.chdir(root)  # LightningCLI writes config.yaml into the working directory when there is no logger
+    try:
+        main(["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
+    finally:
+        os.chdir(cwd)
     return str(root / "last.ckpt")
 
 

@@ -2,15 +2,16 @@
 
     ddo slurm --config configs/edm_cifar10.yaml --nodes 2 --devices 4 --cpus-per-task 8 \\
         --time 1-00:00:00 --job-name ddo-cifar --output-dir runs/cifar --partition gpu \\
-        --sbatch-arg=--gres=gpu:4 -- --trainer.precision bf16-mixed
+        --sbatch-arg=--gres=gpu:4 -- --trainer.max_steps 200000
     ddo slurm ... --dry-run        # print the script, submit nothing
 
 The script asks for ``--nodes`` x ``--ntasks-per-node=<devices>`` tasks (Lightning wants
 ``--ntasks-per-node``, not ``--ntasks``) and starts them with ``srun``; Lightning's SLURM environment
 reads ranks and world size from srun's variables. SLURM sends ``SIGUSR1`` shortly before the time
-limit (``--signal``), on which Lightning checkpoints and requeues the job (``--requeue``); logs are
-appended (``--open-mode=append``) across restarts. On a restart, ``<output-dir>/resume.ckpt`` (if the
-training wrote one) is passed on as ``--ckpt_path``.
+limit (``--signal``), on which the ``Preemption`` callback (added to the run by default, writing
+``<output-dir>/resume.ckpt``) checkpoints at the end of the step and requeues the job (``--requeue``);
+logs are appended (``--open-mode=append``) across restarts. On a restart, ``<output-dir>/resume.ckpt``
+is passed on as ``--ckpt_path``.
 """
 
 from __future__ import annotations
@@ -78,12 +79,14 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, devices: int, cpus_per_
                   job_name: str, output_dir: str, partition: str | None = None, account: str | None = None,
                   qos: str | None = None, extra_sbatch: Sequence[str] = (), requeue_signal: str = "USR1",
                   signal_lead_seconds: int = 90, python: str = sys.executable,
-                  fit_args: Sequence[str] = ()) -> str:
+                  fit_args: Sequence[str] = (), preemption: bool = True) -> str:
     """The sbatch script (bash) of ``ddo fit --config ...`` on ``nodes`` x ``devices`` tasks.
 
     ``devices`` is the number of tasks per node (one per GPU, or CPU processes for ``accelerator: cpu``).
     ``extra_sbatch`` entries (``--gres=gpu:4`` or ``#SBATCH --gres=gpu:4``) are added as ``#SBATCH`` lines;
-    ``fit_args`` are appended to the ``ddo fit`` command line. Raises ``ValueError`` naming a bad value.
+    ``fit_args`` are appended to the ``ddo fit`` command line. ``preemption`` adds the ``Preemption``
+    callback writing ``<output_dir>/resume.ckpt`` (leave it off if a config already has one). Raises
+    ``ValueError`` naming a bad value.
     """
     if isinstance(configs, str) or not configs:
         raise ValueError(f"configs {configs!r}: expected a non-empty list of config files")
@@ -124,7 +127,11 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, devices: int, cpus_per_
     command = [python, "-m", "ddo_lightning.cli", "fit"]
     for config in configs:
         command += ["--config", config]
-    command += ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(devices), *fit_args]
+    command += ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(devices)]
+    if preemption:
+        command += ["--trainer.callbacks+=ddo_lightning.training.Preemption",
+                    f"--trainer.callbacks.path={os.path.join(output_dir, 'resume.ckpt')}"]
+    command += list(fit_args)
     srun = " ".join(shlex.quote(str(a)) for a in command)
     resume = shlex.quote(os.path.join(output_dir, "resume.ckpt"))
     header = [
@@ -132,8 +139,9 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, devices: int, cpus_per_
         f"# ddo fit on SLURM: {nodes} node(s) x {devices} task(s) per node, one task per device.",
         "# Written by `ddo slurm` (ddo_lightning.launch.slurm); submit with `sbatch <this file>`.",
         f"# SLURM sends SIG{requeue_signal.split(':')[-1].removeprefix('SIG')} {signal_lead_seconds} s before "
-        "the time limit; Lightning then checkpoints and requeues the job.",
-        "# After a requeue, resume.ckpt in the output directory (if the training wrote one) is resumed from.",
+        "the time limit; the Preemption callback then",
+        "# checkpoints at the end of the step (resume.ckpt in the output directory) and requeues the job,",
+        "# which resumes from that checkpoint.",
     ]
     body = [
         "set -euo pipefail",
@@ -195,6 +203,8 @@ def _parser() -> _Parser:
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="extra #SBATCH option, e.g. --sbatch-arg=--gres=gpu:4 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+    p.add_argument("--no-preemption", action="store_true",
+                   help="do not add the Preemption callback (a config already has one)")
     return p
 
 
@@ -220,7 +230,7 @@ def main(argv: Sequence[str]) -> int:
         script = render_sbatch(ns.config, nodes=ns.nodes, devices=ns.devices, cpus_per_task=ns.cpus_per_task,
                                time=ns.time, job_name=ns.job_name, output_dir=ns.output_dir,
                                partition=ns.partition, account=ns.account, qos=ns.qos,
-                               extra_sbatch=ns.sbatch_arg, fit_args=fit_args)
+                               extra_sbatch=ns.sbatch_arg, fit_args=fit_args, preemption=not ns.no_preemption)
     except ValueError as err:
         parser.error(str(err))
     if ns.dry_run:

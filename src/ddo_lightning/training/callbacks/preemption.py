@@ -1,6 +1,6 @@
 """Preemption-safe training: on SIGUSR1 (SLURM's warning before the time limit, ``--signal``) or SIGTERM
-(preemption, ``scancel``), finish the current step, write a checkpoint atomically, requeue the SLURM job,
-and stop.
+(preemption, ``scancel``), finish the current step, write a checkpoint atomically, stop, and — once the
+step's other callbacks and the loggers are done — requeue the SLURM job.
 
 The signal handler only sets a flag — saving from inside a handler interrupts whatever the main thread
 was doing (a collective, a file write) and is a known source of hangs. At the end of every step the
@@ -61,9 +61,14 @@ class Preemption(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
+        if self.saved_at_step is not None:
+            trainer.strategy.barrier("preemption-requeue")  # every rank finished the step's other callbacks
+            self._requeue(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
+        if self.saved_at_step is not None:  # SIGTERM: Lightning ends the loop with an exception
+            self._requeue(trainer)
 
     def _restore(self) -> None:
         for signum, previous in self._previous.items():
@@ -82,12 +87,18 @@ class Preemption(pl.Callback):
         trainer.save_checkpoint(self.path)  # atomic: AtomicCheckpointIO writes a temporary file and renames it
         self.saved_at_step = trainer.global_step
         rank_zero_info(f"[preemption] {name}: checkpoint of step {trainer.global_step} written to {self.path}; stopping")
+        trainer.should_stop = True  # the requeue waits for the end of training: it ends this job's tasks at once,
+        # and the step's other callbacks (ModelCheckpoint runs last) and the loggers must finish first
+
+    def _requeue(self, trainer: pl.Trainer) -> None:
         job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
         job = job or os.environ.get("SLURM_JOB_ID")
-        if self.requeue and job and trainer.is_global_zero:
-            result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            if result.returncode == 0:
-                rank_zero_info(f"[preemption] requeued SLURM job {job}; it resumes from {self.path}")
-            else:
-                rank_zero_warn(f"[preemption] `scontrol requeue {job}` failed: {result.stderr.strip()}")
-        trainer.should_stop = True
+        if not (self.requeue and job and trainer.is_global_zero):
+            return
+        for logger in trainer.loggers:
+            logger.finalize("success")
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        if result.returncode == 0:
+            rank_zero_info(f"[preemption] requeued SLURM job {job}; it resumes from {self.path}")
+        else:
+            rank_zero_warn(f"[preemption] `scontrol requeue {job}` failed: {result.stderr.strip()}")
