@@ -141,6 +141,10 @@ def test_same_seed_same_run_different_seed_different_run(toy_reference, tmp_path
     a, state_a, _ = run_ddo(tmp_path / "a", toy_reference, devices=1, batch_size=64, steps=4)
     b, state_b, _ = run_ddo(tmp_path / "b", toy_reference, devices=1, batch_size=64, steps=4)
     assert a == b and all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # bit for bit
+    d, state_d, _ = run_ddo(tmp_path / "d", toy_reference, devices=2, batch_size=32, steps=4)
+    e, state_e, _ = run_ddo(tmp_path / "e", toy_reference, devices=2, batch_size=32, steps=4)
+    assert d == e and all(torch.equal(state_d[k], state_e[k]) for k in state_d)  # two processes: bit for bit too
+    assert d == pytest.approx(a, rel=1e-5)  # and the same as one process up to float reduction order
     c, _, _ = run_ddo(tmp_path / "c", toy_reference, devices=1, batch_size=64, steps=4, extra=["--model.init_args.seed", "1"])
     assert c != a
 
@@ -191,10 +195,11 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(toy_referenc
     assert play["round"] == full_play["round"] and play["images_in_round"] == full_play["images_in_round"]
 
 
-def test_signal_to_rank_zero_stops_both_ranks_at_a_step_boundary_and_resumes(toy_reference, tmp_path):
-    """SIGUSR1 to rank 0 of a two-process run: both ranks stop after the same step, resume.ckpt is
-    written (by rank 0, atomically), the process exits 0; resuming from it completes the run with the
-    uninterrupted run's weights."""
+@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
+def test_signal_to_rank_zero_stops_both_ranks_at_a_step_boundary_and_resumes(toy_reference, tmp_path, signame):
+    """SIGUSR1 (SLURM's time-limit warning) or SIGTERM (preemption) to rank 0 of a two-process run: both
+    ranks stop after the same step, resume.ckpt is written (by rank 0, atomically); resuming from it
+    completes the run with the uninterrupted run's losses and weights."""
     import signal
 
     steps = 8
@@ -204,16 +209,16 @@ def test_signal_to_rank_zero_stops_both_ranks_at_a_step_boundary_and_resumes(toy
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for("ckpt/step=3.ckpt", out, proc)
-    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    assert "[preemption] SIGUSR1" in err and (out / "resume.ckpt").is_file()
+    assert proc.returncode == 0, err[-3000:]  # a clean stop, whichever the signal
+    assert f"[preemption] {signame}" in err and (out / "resume.ckpt").is_file(), err[-3000:]
     stopped = torch.load(out / "resume.ckpt", map_location="cpu", weights_only=True)["global_step"]
     assert 3 <= stopped < steps
     resumed = subprocess.run(cmd + ["--ckpt_path", str(out / "resume.ckpt")], cwd=out, env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    print(f"\nstopped after step {stopped}; signal + resume: {time.perf_counter() - t0:.1f} s")
+    print(f"\n{signame}: stopped after step {stopped} (exit {proc.returncode}); signal + resume: {time.perf_counter() - t0:.1f} s")
     before, after = _losses_of(out / "logs/version_0/metrics.csv"), _losses_of(out / "logs/version_1/metrics.csv")
     assert sorted(before) == list(range(stopped)) and sorted(after) == list(range(stopped, steps))  # nothing lost or repeated
     both = before | after

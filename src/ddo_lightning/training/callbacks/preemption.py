@@ -4,9 +4,10 @@ step's other callbacks and the loggers are done — requeue the SLURM job.
 
 The signal handler only sets a flag — saving from inside a handler interrupts whatever the main thread
 was doing (a collective, a file write) and is a known source of hangs. At the end of every step the
-ranks agree on the flag (one all-reduce of a boolean) so they all stop after the same step. Lightning's
-own SLURM handler, which saves inside the handler, is replaced for SIGUSR1; for SIGTERM Lightning's
-notifier still runs after ours (it stops the fit loop after the step, as we want).
+ranks agree on the flag (one all-reduce of a boolean) so they all stop after the same step, even when
+only one rank got the signal. Lightning's own handlers are replaced while training runs: its SLURM
+handler saves inside the handler, and its SIGTERM notifier runs a broadcast inside the handler (measured
+here: SIGTERM to rank 0 of a two-process CPU run then hangs both ranks).
 
 The checkpoint holds everything a resumed run needs (target, reference, EMA, optimizer, SelfPlay state,
 the real and fake stream positions): ``ddo fit ... --ckpt_path <path>`` continues the same round with the
@@ -48,9 +49,6 @@ class Preemption(pl.Callback):
     # ---- signals -----------------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = signum  # nothing else here: the step boundary does the work
-        previous = self._previous.get(signum)
-        if signum == signal.SIGTERM and callable(previous):
-            previous(signum, frame)  # Lightning's notifier: it ends the fit loop after this step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # after Lightning registered its own handlers, so ours come first (and replace its SIGUSR1 saver)
