@@ -84,3 +84,24 @@ def write_fake_cifar(root, per_batch: int = 16, seed: int = 0) -> str:
         with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return folder
+
+
+def write_yaml(path, data) -> str:
+    """Write ``data`` as YAML to ``path``; return the path as a string (for ``--config``)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def fit_in(directory, args: list[str]) -> None:
+    """``ddo fit`` in-process with ``directory`` as the working directory (LightningCLI writes
+    config.yaml into the working directory when there is no logger)."""
+    from ddo_lightning.cli import main
+
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        main(["fit", *args])
+    finally:
+        os.chdir(cwd)

@@ -13,35 +13,23 @@ import time
 
 import pytest
 import torch
-import yaml
-
-from ddo_lightning.cli import main
+from conftest import fit_in, write_yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOY_DATA = {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 1024}}
-
-
-def _write(path, data):
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def toy_reference(tmp_path_factory):
     """A 40-step MLE reference of the toy preset's network."""
     root = tmp_path_factory.mktemp("ddp_ref")
-    pre = _write(root / "pre.yaml", {
+    pre = write_yaml(root / "pre.yaml", {
         "trainer": {"max_steps": 40, "val_check_interval": 40, "enable_progress_bar": False, "logger": False, "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
              "init_args": {"dirpath": str(root), "save_last": True, "every_n_train_steps": 40}}]},
         "model": {"init_args": {"num_eval_samples": 100}},
         "data": {"init_args": {"batch_size": 64, "real": TOY_DATA}}})
-    cwd = os.getcwd()
-    os.chdir(root)  # LightningCLI writes config.yaml into the working directory when there is no logger
-    try:
-        main(["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
-    finally:
-        os.chdir(cwd)
+    fit_in(root, ["--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
     return str(root / "last.ckpt")
 
 
@@ -60,7 +48,7 @@ def ddo_command(out: pathlib.Path, reference: str, devices: int, batch_size: int
                        "every_n_train_steps": ckpt_every or steps}}]
     if preemption:
         callbacks.append({"class_path": "ddo_lightning.training.Preemption", "init_args": {"path": str(out / "resume.ckpt")}})
-    cfg = _write(out / "run.yaml", {
+    cfg = write_yaml(out / "run.yaml", {
         "trainer": {"devices": devices, "max_steps": steps, "log_every_n_steps": 1, "enable_progress_bar": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out), "name": "logs"}},
                     "callbacks": callbacks},

@@ -12,6 +12,7 @@ import sys
 import pytest
 import yaml
 
+from conftest import fit_in, write_yaml
 from ddo_lightning.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -19,32 +20,22 @@ SMALL = {"num_eval_samples": 40, "eval_batch_size": 40,
          "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 3}}}
 
 
-def _write(path, data):
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A 2-step MLE digits reference (the digits demo's first stage, tiny)."""
     root = tmp_path_factory.mktemp("tracking")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        pre = _write(root / "pre.yaml", {
-            "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "logger": False,
-                        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                       "init_args": {"dirpath": "outputs/digits/pretrain", "save_last": True, "every_n_train_steps": 2}}]},
-            "model": {"init_args": SMALL}, "data": {"init_args": {"batch_size": 16}}})
-        main(["fit", "--config", str(ROOT / "configs/digits_pretrain.yaml"), "--config", pre])
-    finally:
-        os.chdir(cwd)
+    pre = write_yaml(root / "pre.yaml", {
+        "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "logger": False,
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": "outputs/digits/pretrain", "save_last": True, "every_n_train_steps": 2}}]},
+        "model": {"init_args": SMALL}, "data": {"init_args": {"batch_size": 16}}})
+    fit_in(root, ["--config", str(ROOT / "configs/digits_pretrain.yaml"), "--config", pre])
     return root
 
 
 def _ddo_override(root, name, pretrained):
     """Two rounds of 4 steps, evaluated every 2 steps; grids of 16 samples; the preset's logger kept."""
-    return _write(root / name, {
+    return write_yaml(root / name, {
         "trainer": {"enable_progress_bar": False, "log_every_n_steps": 1, "callbacks": [
             {"class_path": "ddo_lightning.training.SelfPlay",
              "init_args": {"rounds": 2, "kimg_per_round": 0.064, "eval_every_kimg": 0.032, "monitor": "digits_fid",
