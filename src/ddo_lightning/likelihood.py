@@ -1,5 +1,8 @@
 """Log-likelihood-ratio estimators: what each model family plugs into the DDO loss.
 
+Next-token models (method.md §3): log p(x|c) is exact, the sum over all tokens of the teacher-forced
+log-probabilities (no length normalisation), so Δ = log p_θ(x|c) − log p_ref(x|c) needs no noise.
+
 Diffusion (method.md §2, paper Eq. 14–16): log p_θ(x) − log p_ref(x) is estimated from one noise draw
 (σ, ε) per sample, shared by target and reference, as the negative difference of λ-weighted
 denoising errors summed over dimensions:
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .losses import denoising_error
-from .protocols import Denoiser
+from .protocols import Denoiser, TokenModel
 from .schedules import edm_weight
 
 
@@ -58,3 +61,32 @@ def diffusion_log_ratio(
     with torch.no_grad():
         err_reference = denoising_error(reference(noisy, sigma, labels), x, weight)
     return DiffusionLogRatio(-(err_target - err_reference), err_target, err_reference)
+
+
+def token_log_prob(model: TokenModel, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(tokens | labels) [B]: Σ_t log softmax(logits[:, t])[tokens[:, t]], summed over all L tokens
+    (no length normalisation), computed in float32."""
+    logits = model(tokens, labels)
+    if logits.shape[:2] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)} (expected [B, L, V])")
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+@dataclass(frozen=True)
+class TokenLogRatio:
+    """Per-sample outputs of :func:`token_log_ratio`, all [N]: ``delta`` = log p_θ − log p_ref (gradient
+    through the target only) and the two log-likelihoods."""
+
+    delta: torch.Tensor
+    logp_target: torch.Tensor
+    logp_reference: torch.Tensor
+
+
+def token_log_ratio(target: TokenModel, reference: TokenModel, tokens: torch.Tensor, labels: torch.Tensor) -> TokenLogRatio:
+    """Exact log p_θ(x|c) − log p_ref(x|c) for every sequence, with ONE forward of each network over the
+    whole batch (real and fake concatenated by the caller): target with grad, reference without."""
+    logp_target = token_log_prob(target, tokens, labels)
+    with torch.no_grad():
+        logp_reference = token_log_prob(reference, tokens, labels)
+    return TokenLogRatio(logp_target - logp_reference, logp_target, logp_reference)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .likelihood import diffusion_log_ratio
+from .likelihood import diffusion_log_ratio, token_log_ratio
 from .losses import check_alpha_beta, ddo_loss, dsm_loss
-from .protocols import Denoiser, PairedBatch, Samples
+from .protocols import Denoiser, PairedBatch, Samples, TokenModel
 from .schedules import edm_weight, sample_log_normal_sigma
 
 
@@ -101,6 +101,59 @@ class DiffusionDDO:
         return ObjectiveOutput(out.loss.mean(), out.loss, stats)
 
 
+class TokenDDO:
+    """DDO for next-token models (paper §4.2, method.md §3), CFG-compatible.
+
+    One label-drop mask per example (real and fake alike), drawn here and applied to the labels that
+    BOTH target and reference see (the models' own label dropout must be off); a dropped example gets
+    the all-zero "no condition" label. Dropped *fake* examples get α = 0 (they contribute nothing: the
+    unconditional branch is trained by the real term only). Δ is exact (``token_log_ratio``).
+
+    Args:
+        alpha: weight of the fake term (paper for VAR: 10–100).
+        beta: scale of the log-ratio (paper for VAR: 0.02).
+        label_drop: probability of dropping an example's label (VAR: 0.1); 0 for unconditional models.
+        normalize: divide the loss by max(α, 1) so the gradient scale does not grow with α.
+    """
+
+    def __init__(self, alpha: float = 10.0, beta: float = 0.02, label_drop: float = 0.1, normalize: bool = False):
+        check_alpha_beta(alpha, beta)
+        if not 0 <= label_drop < 1:
+            raise ValueError(f"label_drop must be in [0, 1), got {label_drop}")
+        self.alpha, self.beta, self.label_drop, self.normalize = alpha, beta, label_drop, normalize
+
+    def drop_mask(self, batch_size: int, generator: torch.Generator | None, device: torch.device,
+                  shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean [B] masks (real, fake) of dropped labels, drawn for the global batch and sliced at
+        ``rank::world`` like the diffusion noise (the same for any number of processes)."""
+        rank, world = shard
+        u = torch.rand((batch_size * world, 2), generator=generator, device=device)[rank::world]
+        return u[:, 0] < self.label_drop, u[:, 1] < self.label_drop
+
+    def __call__(self, target: TokenModel, reference: TokenModel, batch: PairedBatch,
+                 generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+        real, fake = batch
+        check_pair(real, fake)
+        B, device = len(real), real.x.device
+        drop_real, drop_fake = self.drop_mask(B, generator, device, shard)
+        labels = torch.cat([real.labels, fake.labels])
+        if labels.shape[1] and self.label_drop > 0:
+            labels = labels * (~torch.cat([drop_real, drop_fake])).to(labels.dtype).unsqueeze(1)
+        else:
+            drop_real, drop_fake = torch.zeros_like(drop_real), torch.zeros_like(drop_fake)
+        est = token_log_ratio(target, reference, torch.cat([real.x, fake.x]), labels)
+        alpha = self.alpha * (~drop_fake).to(est.delta.dtype)
+        out = ddo_loss(est.delta[:B], est.delta[B:], alpha, self.beta)
+        per_sample = out.loss / max(self.alpha, 1.0) if self.normalize else out.loss
+        stats = out.stats()
+        stats["loss"] = per_sample.detach().mean()
+        length = real.x.shape[1]
+        stats["nll_real"] = -est.logp_target[:B].detach().mean() / length  # per token, nats
+        stats["nll_fake"] = -est.logp_target[B:].detach().mean() / length
+        stats["label_drop_rate"] = torch.cat([drop_real, drop_fake]).float().mean()
+        return ObjectiveOutput(per_sample.mean(), per_sample, stats)
+
+
 class DenoisingScoreMatching:
     """EDM's MLE training loss (denoising score matching, EDM Eq. 2) used to pretrain references.
 
@@ -125,4 +178,4 @@ class DenoisingScoreMatching:
         return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "dsm_real": loss.detach()})
 
 
-__all__ = ["DiffusionDDO", "DenoisingScoreMatching", "ObjectiveOutput", "check_pair", "pair_noise"]
+__all__ = ["DiffusionDDO", "DenoisingScoreMatching", "ObjectiveOutput", "TokenDDO", "check_pair", "pair_noise"]

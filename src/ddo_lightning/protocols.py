@@ -46,6 +46,19 @@ class Denoiser(Protocol):
 
 
 @runtime_checkable
+class TokenModel(Protocol):
+    """A next-token model, teacher-forced: ``model(tokens, labels)`` returns logits [B, L, V] where
+    ``logits[:, t]`` is the distribution of ``tokens[:, t]`` given ``tokens[:, :t]`` and the condition
+    (the model shifts its inputs itself: a start token, VAR's class token, ...).
+
+    tokens: [B, L] int64 in [0, V); labels: [B, K] one-hot, an all-zero row meaning "no condition"
+    (CFG's unconditional branch: label dropout is applied outside the model, method.md §3).
+    """
+
+    def __call__(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class SampleFn(Protocol):
     """Draws samples from a model for given per-sample seeds: what a fake source needs of a model.
 
