@@ -123,3 +123,52 @@ def test_bad_arguments_are_named():
         TokenDDO(beta=0)
     with pytest.raises(ValueError, match="expected \\[B, L, V\\]"):
         token_log_prob(lambda t, c: torch.zeros(len(t), 2, V), torch.zeros(3, L, dtype=torch.long), torch.zeros(3, 0))
+
+
+# ---- autoregressive sampling -----------------------------------------------------------------------------
+def _sequence_index(tokens):
+    return (tokens * torch.tensor([V ** (L - 1 - i) for i in range(L)])).sum(1)
+
+
+def test_sampled_sequences_follow_the_model_distribution():
+    from ddo_lightning.samplers import sample_tokens, seeded_uniform
+
+    model = TableModel(seed=7)
+    n = 20000
+    labels = nn.functional.one_hot(torch.zeros(n, dtype=torch.long), K).float()
+    tokens = sample_tokens(model, labels, seeded_uniform(torch.arange(n), L))
+    freq = torch.bincount(_sequence_index(tokens), minlength=V ** L).double() / n
+    seqs = torch.tensor(list(itertools.product(range(V), repeat=L)))
+    exact = token_log_prob(model, seqs, labels[: len(seqs)]).double().exp()
+    assert 0.5 * (freq - exact).abs().sum() < 0.05  # total variation; ~0.02 expected at n = 20,000
+
+
+def test_a_sample_depends_on_its_seed_only():
+    from ddo_lightning.samplers import sample_tokens, seeded_uniform
+
+    model = TableModel(seed=2)
+    seeds = torch.arange(5, 17)
+    labels = nn.functional.one_hot(seeds % K, K).float()
+    whole = sample_tokens(model, labels, seeded_uniform(seeds, L))
+    parts = torch.cat([sample_tokens(model, labels[i : i + 5], seeded_uniform(seeds[i : i + 5], L)) for i in range(0, 12, 5)])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole, sample_tokens(model, labels, seeded_uniform(seeds + 100, L)))
+
+
+def test_filtering_and_guidance():
+    from ddo_lightning.samplers import filtered_probs, sample_tokens, seeded_uniform
+
+    p = torch.tensor([[0.5, 0.3, 0.2]]).log()
+    assert torch.allclose(filtered_probs(p, top_p=0.6), torch.tensor([[0.625, 0.375, 0.0]], dtype=torch.float64))
+    assert torch.allclose(filtered_probs(p, top_k=1), torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64))
+    assert torch.allclose(filtered_probs(p, temperature=0.5), torch.softmax(2 * p.double(), -1))
+    model = TableModel(seed=4)
+    n = 20000
+    labels = nn.functional.one_hot(torch.ones(n, dtype=torch.long), K).float()
+    greedy = sample_tokens(model, labels[:3], seeded_uniform(torch.arange(3), L), top_k=1)
+    assert (greedy == greedy[0]).all()  # top-1: the same (argmax) sequence whatever the seed
+    g = 1.5
+    first = sample_tokens(model, labels, seeded_uniform(torch.arange(n), L), cfg=g)[:, 0]
+    expected = torch.softmax((1 + g) * model.table[1, V].detach().double() - g * model.table[K, V].detach().double(), 0)
+    freq = torch.bincount(first, minlength=V).double() / n
+    assert (freq - expected).abs().max() < 0.015

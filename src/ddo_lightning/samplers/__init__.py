@@ -2,5 +2,6 @@
 
 from .edm import HeunSampler, heun_sampler
 from .noise import mix_seed, seeded_normal
+from .tokens import filtered_probs, sample_tokens, seeded_uniform
 
-__all__ = ["HeunSampler", "heun_sampler", "mix_seed", "seeded_normal"]
+__all__ = ["HeunSampler", "filtered_probs", "heun_sampler", "mix_seed", "sample_tokens", "seeded_normal", "seeded_uniform"]
