@@ -172,3 +172,73 @@ def test_filtering_and_guidance():
     expected = torch.softmax((1 + g) * model.table[1, V].detach().double() - g * model.table[K, V].detach().double(), 0)
     freq = torch.bincount(first, minlength=V).double() / n
     assert (freq - expected).abs().max() < 0.015
+
+
+# ---- the embedded token source and the small GPT ---------------------------------------------------------
+def test_markov_source_is_exact_and_its_samples_follow_it():
+    from ddo_lightning.data import MarkovSource, MarkovTokenDataset
+
+    src = MarkovSource(num_classes=2, vocab_size=3, length=4, seed=0)
+    seqs = src.all_sequences()
+    for c in range(2):
+        assert torch.logsumexp(src.log_prob(seqs, torch.full((len(seqs),), c)), 0).abs() < 1e-9
+    data = MarkovTokenDataset(num_samples=20000, num_classes=2, vocab_size=3, length=4, seed=3)
+    first = data.tokens[data.classes == 0]
+    freq = torch.bincount(_sequence_index(first), minlength=81).double() / len(first)
+    exact = src.log_prob(seqs, torch.zeros(len(seqs), dtype=torch.long)).exp()
+    assert 0.5 * (freq - exact).abs().sum() < 0.06
+    assert data[5].x.shape == (4,) and data.label_dim == 2 and data.sample_shape == (4,)
+
+
+class SourceAsModel(nn.Module):
+    """The Markov source itself as a TokenModel (its exact conditionals as logits)."""
+
+    def __init__(self, src):
+        super().__init__()
+        self.src = src
+
+    def forward(self, tokens, labels):
+        c = labels.argmax(1)
+        first = self.src.log_init[c].unsqueeze(1)
+        rest = self.src.log_trans[c.unsqueeze(1), tokens[:, :-1]]
+        return torch.cat([first, rest], 1).float()
+
+
+def test_exact_kl_is_zero_for_the_source_and_positive_otherwise():
+    from ddo_lightning.data import MarkovSource
+
+    src = MarkovSource(num_classes=2, vocab_size=3, length=4, seed=0)
+    kl = src.exact_kl(SourceAsModel(src))
+    assert abs(kl["kl_data_model"]) < 1e-5 and abs(kl["kl_model_data"]) < 1e-5
+    other = MarkovSource(num_classes=2, vocab_size=3, length=4, seed=1)
+    kl = src.exact_kl(SourceAsModel(other))
+    assert kl["kl_data_model"] > 0.1 and kl["kl_model_data"] > 0.1
+
+
+def test_token_gpt_is_causal_conditional_and_learns():
+    from ddo_lightning.data import MarkovTokenDataset
+    from ddo_lightning.networks import TokenGPT
+
+    torch.manual_seed(0)
+    net = TokenGPT(vocab_size=4, length=6, label_dim=4, d_model=32, n_layer=2, n_head=4).eval()
+    tokens = torch.randint(0, 4, (5, 6))
+    labels = nn.functional.one_hot(torch.arange(5) % 4, 4).float()
+    base = net(tokens, labels)
+    changed = tokens.clone()
+    changed[:, 3] = (changed[:, 3] + 1) % 4
+    after = net(changed, labels)
+    assert torch.allclose(base[:, :4], after[:, :4], atol=1e-6) and not torch.allclose(base[:, 4:], after[:, 4:])
+    assert not torch.allclose(net(tokens, torch.zeros_like(labels))[:, 0], base[:, 0])  # the null condition differs
+    data = MarkovTokenDataset(num_samples=4096, vocab_size=4, length=6, num_classes=4)
+    src = data.ground_truth
+    before = src.exact_kl(net)["kl_data_model"]
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for step in range(60):
+        idx = torch.randint(0, len(data), (256,), generator=torch.Generator().manual_seed(step))
+        loss = -token_log_prob(net, data.tokens[idx], data.labels[idx]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    assert src.exact_kl(net)["kl_data_model"] < 0.5 * before  # MLE on samples moves it toward the source

@@ -11,9 +11,12 @@ from .images import (
     quantize,
     uint8_to_model,
 )
+from .tokens import MarkovSource, MarkovTokenDataset
 from .toy2d import GaussianMixture, Toy2DDataset, mixture_preset
 
 __all__ = [
+    "MarkovSource",
+    "MarkovTokenDataset",
     "Cifar10Dataset",
     "DigitsDataset",
     "GaussianMixture",

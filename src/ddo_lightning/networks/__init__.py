@@ -3,9 +3,10 @@
 from .edm_factory import build_edm_network
 from .edm_unets import DhariwalUNet, SongUNet
 from .precond import EDMPrecond, VEPrecond, VPPrecond, edm_coefficients, iDDPMPrecond
+from .token_gpt import TokenGPT
 from .toy import ToyMLP
 
-__all__ = [
+__all__ = ["TokenGPT", 
     "DhariwalUNet",
     "EDMPrecond",
     "SongUNet",
