@@ -21,6 +21,9 @@ from ..fake_sources import balanced_labels
 from ..sharding import is_sharded
 
 
+_LAID_OUT: set[tuple[int, str]] = set()  # (W&B logger, prefix) pairs whose metric layout is defined
+
+
 def publish_evaluation(trainer: pl.Trainer, pl_module: Any, metrics: dict[str, float], prefix: str = "eval",
                        round_index: int | None = None, kimg_in_round: float | None = None,
                        log: bool = True) -> dict[str, float]:
@@ -33,12 +36,12 @@ def publish_evaluation(trainer: pl.Trainer, pl_module: Any, metrics: dict[str, f
         record["round"] = float(round_index)
         record[f"{prefix}/kimg_in_round"] = float(kimg_in_round or 0.0)
     for logger in trainer.loggers if log else []:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero and not getattr(logger, "_ddo_layout", False):
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero and (id(logger), prefix) not in _LAID_OUT:
             # W&B: plot evaluations against images seen; `round` travels in the same row, so each
             # round is a segment of one curve (group or colour by `round`)
             logger.experiment.define_metric(f"{prefix}/kimg")
             logger.experiment.define_metric(f"{prefix}/*", step_metric=f"{prefix}/kimg")
-            logger._ddo_layout = True
+            _LAID_OUT.add((id(logger), prefix))
         logger.log_metrics(record, step=trainer.global_step)
     for cb in trainer.callbacks:
         hook = getattr(cb, "on_evaluation", None)
