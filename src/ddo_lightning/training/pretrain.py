@@ -12,7 +12,7 @@ from ..objectives import DenoisingScoreMatching
 from ..protocols import Samples
 from ..samplers import HeunSampler
 from .base import DenoiserModule
-from .ema import EMA
+from .ema import make_ema
 
 
 class MLEModule(DenoiserModule):
@@ -21,6 +21,8 @@ class MLEModule(DenoiserModule):
     Args:
         network: the denoiser (e.g. ``EDMPrecond`` around a raw network).
         objective: the MLE loss (EDM's log-normal σ; default P_mean −1.2, P_std 1.2).
+        ema_sigma_rel: use EDM2's power-function EMA with this σ_rel (EDM2 DDO: 0.05) instead of the
+            half-life EMA (``ema_halflife_kimg``/``ema_rampup_ratio`` are then unused).
         Other arguments: see :class:`DenoiserModule`.
     """
 
@@ -37,11 +39,12 @@ class MLEModule(DenoiserModule):
         num_eval_samples: int = 5000,
         eval_batch_size: int = 1000,
         seed: int = 0,
+        ema_sigma_rel: float | None = None,
     ):
         super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
         self.net = network
         self.objective = objective if objective is not None else DenoisingScoreMatching()
-        self.ema = EMA(self.net, ema_halflife_kimg, ema_rampup_ratio)
+        self.ema = make_ema(self.net, ema_halflife_kimg, ema_rampup_ratio, ema_sigma_rel)
 
     def trained_network(self) -> nn.Module:
         return self.net
