@@ -459,7 +459,7 @@ _EDM2_STATE_WHICH = ("net", "ema")
 def _offending_global(message: str) -> str | None:
     import re
 
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(r"GLOBAL ([\w.]+) was not an allowed", message)
+    m = re.search(r"GLOBAL ([\w.]+)", message)  # torch's wording varies ("Unsupported global: GLOBAL x.y", ...)
     return m.group(1) if m else None
 
 
