@@ -76,16 +76,17 @@ def gamma_to_sigma_rel(gamma: float) -> float:
     return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
 
 
-class PowerEMA(nn.Module):
+class PowerEMA(EMA):
     """EDM2's power-function EMA (Karras et al. 2024, §3.1 and App. C): after t images the average is
     ∫ weights with density ∝ τ^γ over [0, t], tracked by β_t = (1 − Δt/t)^(γ+1) per update of Δt images.
     The profile is named by its relative standard deviation σ_rel (EDM2 trains with 0.050 and 0.100; DDO's
     EDM2 runs use 0.05). The average has no fixed horizon: it always covers the whole run (here: the
     round, as :meth:`reset` restarts it), with recent weights weighted more for larger γ.
 
-    Same interface as :class:`EMA`: ``model`` (eval mode, no grad), ``update(source, batch_images)``,
-    ``reset(source)``, buffer ``images``. Its state (``model.*``, ``images``) is in every checkpoint of the
-    module that holds it, so a resumed run continues the same average exactly.
+    Same interface and state as :class:`EMA` (only β differs): ``model`` (eval mode, no grad),
+    ``update(source, batch_images)``, ``reset(source)``, buffer ``images``. The state (``model.*``,
+    ``images``) is in every checkpoint of the module that holds it, so a resumed run continues the same
+    average exactly.
 
     Args:
         source: the network to average (copied at construction).
@@ -94,35 +95,14 @@ class PowerEMA(nn.Module):
     """
 
     def __init__(self, source: nn.Module, sigma_rel: float = 0.05):
-        super().__init__()
+        super().__init__(source, halflife_kimg=math.inf, rampup_ratio=None)  # no half-life: β below
         self.sigma_rel = float(sigma_rel)
         self.gamma = sigma_rel_to_gamma(self.sigma_rel)
-        self.model = copy.deepcopy(source).eval().requires_grad_(False)
-        self.register_buffer("images", torch.zeros((), dtype=torch.int64))
-
-    def train(self, mode: bool = True) -> "PowerEMA":  # the average is never in training mode
-        return super().train(False)
 
     def beta(self, batch_images: int) -> float:
-        """β for an update of ``batch_images`` images that brings the count to ``images`` (already added)."""
+        """β for an update of ``batch_images`` images that brought the count to ``images``."""
         t = float(self.images)
         return (1.0 - batch_images / t) ** (self.gamma + 1) if t > 0 else 0.0
-
-    @torch.no_grad()
-    def update(self, source: nn.Module, batch_images: int) -> None:
-        """Fold in the source's current weights after a step that used ``batch_images`` images."""
-        self.images += batch_images
-        b = self.beta(batch_images)
-        for p_ema, p in zip(self.model.parameters(), source.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - b)
-        for b_ema, b_src in zip(self.model.buffers(), source.buffers()):
-            b_ema.copy_(b_src)
-
-    @torch.no_grad()
-    def reset(self, source: nn.Module) -> None:
-        """Restart the average at the source's weights (a new self-play round)."""
-        self.model.load_state_dict(source.state_dict())
-        self.images.zero_()
 
 
 def make_ema(source: nn.Module, halflife_kimg: float, rampup_ratio: float | None = 0.05,

@@ -90,7 +90,8 @@ def save_png(image_hwc: torch.Tensor, path: str, scale: int = 1) -> None:
 
 class SampleGrids(pl.Callback):
     """At every evaluation, a grid of the evaluated network's samples on fixed seeds and class-balanced
-    labels (the same seeds each time, so grids are comparable across steps and rounds). Logged as an
+    labels (the same seeds each time, so grids are comparable across steps and rounds). Latent samples
+    (EDM2 512 px) are decoded to pixels by the evaluator's ``decoder`` when it has one. Logged as an
     image to W&B (key ``samples``); written as ``<log dir>/samples/step-<step>.png`` for file loggers.
 
     Args:
