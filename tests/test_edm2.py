@@ -546,10 +546,13 @@ def test_edm2_presets_run_a_tiny_step(preset, tmp_path, monkeypatch, request):
                 "init_args": {"path": str(_write_png_folder(tmp_path / "png")), "conditional": True, "num_classes": 4,
                               "resolution": 8, "channels": 3}}
     override = {
-        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "max_steps": 1, "logger": False, "callbacks": [
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "max_steps": 1, "callbacks": [
             {"class_path": "ddo_lightning.training.SelfPlay",
              "init_args": {"rounds": 1, "kimg_per_round": 0.004, "eval_every_kimg": 0.004, "monitor": "fid",
-                           "dirpath": "out"}}]},
+                           "dirpath": "out"}},
+            {"class_path": "ddo_lightning.training.SampleGrids",
+             "init_args": {"num_samples": 4, "columns": 2, "scale": 1}}],
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}},
         "model": {"init_args": {
             "init_from": str(ckpt),
             "network": {"class_path": "ddo_lightning.networks.EDM2Precond", "init_args": {**tiny, "use_fp16": False}},
@@ -570,3 +573,9 @@ def test_edm2_presets_run_a_tiny_step(preset, tmp_path, monkeypatch, request):
     assert fake.quantize is (not latent)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["rounds"]) == 1 and "fid" in summary["reference"]
+    from PIL import Image
+
+    grids = sorted(tmp_path.glob("logs/**/samples/step-*.png"))
+    assert grids  # 2×2 tiles with 1-pixel gaps: decoded 16×16 pixels for latents (the tiny VAE), else 8×8
+    side = 2 * ((16 if latent else 8) + 1) + 1
+    assert Image.open(grids[-1]).size == (side, side)

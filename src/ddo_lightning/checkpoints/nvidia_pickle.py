@@ -472,8 +472,12 @@ def read_edm2_training_state(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"EDM2 training state not found: {path}")
+    import contextlib
+
+    safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; (obj, name) pairs since 2.6
+    admit = safe([(dict, "dnnlib.util.EasyDict")]) if safe is not None else contextlib.nullcontext()
     try:
-        with torch.serialization.safe_globals([(dict, "dnnlib.util.EasyDict")]):
+        with admit:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         name = _offending_global(str(err))
