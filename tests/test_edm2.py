@@ -111,6 +111,20 @@ def test_outputs_and_inplace_normalisation_match_the_original():
     assert changed > 10
 
 
+def test_train_mode_gradient_matches_the_original():
+    """Backward through the in-place renormalisation: per-parameter gradient sums and sums of squares of
+    (D · proj).sum() against the original's (every parameter but the unused logvar head)."""
+    ref = torch.load(DATA / "edm2_tiny_reference.pt", weights_only=True)
+    net = EDM2Precond(**ref["init_kwargs"])
+    net.load_state_dict(ref["state"])
+    (net.train()(ref["x"], ref["sigma"], ref["labels"]) * ref["proj"]).sum().backward()
+    got = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert set(got) == set(ref["grad_sums"]) and "logvar_linear.weight" not in got
+    for k, (s, q) in ref["grad_sums"].items():
+        assert got[k].double().sum().item() == pytest.approx(s, rel=1e-4, abs=1e-5), k
+        assert got[k].double().square().sum().item() == pytest.approx(q, rel=1e-4, abs=1e-8), k
+
+
 def test_denoiser_protocol_fp32_on_cpu_even_with_use_fp16():
     net = tiny_edm2(use_fp16=True).eval()
     assert isinstance(net, Denoiser) and net.sigma_data == 0.5
