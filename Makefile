@@ -37,17 +37,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	else \
 	  echo "[install] no CUDA: pip install $(TORCH_SPEC)"; $(PIP) install -q "$(TORCH_SPEC)"; fi
 	@if $(PY) -c "import torchvision" >/dev/null 2>&1; then \
-	  echo "[install] torchvision present: with torch-fidelity (Inception FID)"; $(PIP) install -q -e ".[test,fid]"; \
+	  echo "[install] torchvision present: with torch-fidelity (Inception FID)"; $(PIP) install -q -e ".[test,fid,latent]"; \
 	else \
 	  echo "[install] no torchvision for this torch: without torch-fidelity (Inception FID: make install-fid)"; \
-	  $(PIP) install -q -e ".[test]"; fi
+	  $(PIP) install -q -e ".[test,latent]"; fi
 	@touch $@
 
 # A second environment for Inception FID on CPU-only machines (see FID_TORCH_SPEC).
 $(FID_VENV)/.installed: pyproject.toml Makefile
 	@[ -x $(FID_PY) ] || $(PYTHON) -m venv $(FID_VENV)
 	$(FID_PY) -m pip install -q $(FID_TORCH_SPEC)
-	$(FID_PY) -m pip install -q -e ".[test,fid]"
+	$(FID_PY) -m pip install -q -e ".[test,fid,latent]"
 	@touch $@
 
 install-fid: $(FID_VENV)/.installed

@@ -82,13 +82,26 @@ class DiffusionDDO(DDOObjective):
             whose log-ratios sum over thousands of dimensions; low-dimensional data wants larger β.
         P_mean: mean of ln σ for the log-ratio estimate (EDM CIFAR-10: −1.2; EDM2 ImageNet-64: −0.8).
         P_std: standard deviation of ln σ (EDM CIFAR-10: 1.2; EDM2: 1.6, raised to 3.0 in late rounds).
+        P_std_schedule: optional P_std per self-play round (entry r for round r, the last entry for every
+            later round), applied by ``start_round`` (SelfPlay calls it at each round start); it
+            overrides ``P_std`` from round 0 on. E.g. ``[1.6, 1.6, 3.0]``.
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.05, P_mean: float = -1.2, P_std: float = 1.2):
+    def __init__(self, alpha: float = 1.0, beta: float = 0.05, P_mean: float = -1.2, P_std: float = 1.2,
+                 P_std_schedule: list[float] | None = None):
         check_alpha_beta(alpha, beta)
-        if not P_std > 0:
-            raise ValueError(f"P_std must be > 0, got {P_std}")
+        if not P_std > 0 or any(not s > 0 for s in P_std_schedule or ()):
+            raise ValueError(f"P_std must be > 0, got {P_std} (schedule {P_std_schedule})")
+        if P_std_schedule is not None and not len(P_std_schedule):
+            raise ValueError("P_std_schedule must have at least one entry (or be None)")
         self.alpha, self.beta, self.P_mean, self.P_std = alpha, beta, P_mean, P_std
+        self.P_std_schedule = None if P_std_schedule is None else [float(s) for s in P_std_schedule]
+        self.start_round(0)
+
+    def start_round(self, round_index: int) -> None:
+        """Set this round's ``P_std`` from ``P_std_schedule`` (nothing without a schedule)."""
+        if self.P_std_schedule is not None:
+            self.P_std = self.P_std_schedule[min(round_index, len(self.P_std_schedule) - 1)]
 
     def __call__(
         self, target: Denoiser, reference: Denoiser, batch: PairedBatch, generator: torch.Generator | None = None,

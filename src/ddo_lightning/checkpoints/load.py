@@ -35,7 +35,8 @@ def denoiser_state_dict(path: str, which: str | None = None) -> dict[str, torch.
     """The denoiser weights in a checkpoint: a Lightning checkpoint of ours (``which`` of
     ``reference``/``ema``/``target``/``net``, or by default the first prefix found among
     ``WEIGHT_PREFIXES``), a plain state dict (``{name: tensor}``), or NVIDIA's EDM/EDM2 snapshot pickle
-    (``.pkl``: its ``ema`` network, read without executing stored code, floats cast to fp32)."""
+    (``.pkl``: its ``ema`` network, read without executing stored code, floats cast to fp32), or EDM2's
+    ``training-state-*.pt`` (its first power-function EMA, fp32; tensors only, ``weights_only=True``)."""
     if which is not None and which not in WHICH_PREFIX:
         raise ValueError(f"which must be one of {sorted(WHICH_PREFIX)}, got {which!r}")
     if not os.path.isfile(path):
@@ -45,6 +46,10 @@ def denoiser_state_dict(path: str, which: str | None = None) -> dict[str, torch.
 
         state = read_nvidia_network(path, "ema")[2]
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if os.path.basename(str(path)).startswith("training-state-"):
+        from .nvidia_pickle import load_edm2_training_state
+
+        return load_edm2_training_state(path, "ema")
     obj = _load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint or a state dict")

@@ -24,6 +24,13 @@ through an allow-list (:data:`ALLOWED_GLOBALS`):
   module names.
 
 Anything else is refused with :class:`UnsafeGlobalError` naming the global and the file.
+
+The network is rebuilt from its recorded class name and constructor kwargs by
+``ddo_lightning.networks.edm_factory.build_edm_network``: EDM's ``EDMPrecond``/``VPPrecond``/... and EDM2's
+``Precond`` (``training.networks_edm2``, our :class:`ddo_lightning.networks.edm2.Precond`). EDM2's snapshots
+hold every tensor in fp16; by default they are upcast to fp32, which is exact (every fp16 value is an fp32
+value). EDM2's ``training-state-*.pt`` files are read by :func:`read_edm2_training_state` with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -51,9 +58,11 @@ __all__ = [
     "SafeNvidiaUnpickler",
     "TorchModuleRecord",
     "UnsafeGlobalError",
+    "load_edm2_training_state",
     "load_network_from_nvidia_pickle",
     "load_nvidia_pickle",
     "network_from_record",
+    "read_edm2_training_state",
 ]
 
 
@@ -439,3 +448,69 @@ def load_network_from_nvidia_pickle(path: str | os.PathLike, key: str = "ema",
     if isinstance(training, bool):
         net.train(training)
     return net
+
+
+# ------------------------------------------------------------------------------------------------
+# EDM2 training states (training-state-*.pt): torch.save zip files, read with weights_only=True
+
+_EDM2_STATE_WHICH = ("net", "ema")
+
+
+def _offending_global(message: str) -> str | None:
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", message)  # torch's wording varies ("Unsupported global: GLOBAL x.y", ...)
+    return m.group(1) if m else None
+
+
+def read_edm2_training_state(path: str | os.PathLike) -> dict:
+    """The dict of an EDM2 ``training-state-*.pt`` (``state``, ``net``, ``loss_fn``, ``optimizer``, ``ema``),
+    read with ``torch.load(weights_only=True)``: tensors and plain containers only, nothing executes.
+
+    EDM2 stores ``state`` as a ``dnnlib.util.EasyDict``; that one name is admitted and read as a plain
+    ``dict`` (its items only). Any other global makes it fail with :class:`NvidiaPickleError` naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"EDM2 training state not found: {path}")
+    import contextlib
+
+    safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; (obj, name) pairs since 2.6
+    admit = safe([(dict, "dnnlib.util.EasyDict")]) if safe is not None else contextlib.nullcontext()
+    try:
+        with admit:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        name = _offending_global(str(err))
+        what = f"the type '{name}'" if name else "an object that is not a tensor or a plain container"
+        raise NvidiaPickleError(
+            f"{path} holds {what}, which torch.load(weights_only=True) refuses; only training states made of "
+            "tensors and plain containers (plus EDM2's dnnlib.util.EasyDict) are read, nothing in the file is run"
+        ) from err
+    except Exception as err:  # not a torch zip, truncated, ...
+        raise NvidiaPickleError(f"cannot read EDM2 training state {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(obj, Mapping):
+        raise NvidiaPickleError(f"{path} holds a {type(obj).__name__}, not the dict of an EDM2 training state")
+    return dict(obj)
+
+
+def load_edm2_training_state(path: str | os.PathLike, which: str = "ema", ema_index: int = 0,
+                             dtype: torch.dtype | None = torch.float32) -> dict[str, torch.Tensor]:
+    """Network weights from an EDM2 ``training-state-*.pt``: ``which='net'`` the raw trained weights,
+    ``'ema'`` the ``ema_index``-th power-function EMA (``ema['stds'][ema_index]``). Floating tensors are
+    cast to ``dtype`` (None: as stored)."""
+    if which not in _EDM2_STATE_WHICH:
+        raise ValueError(f"which must be one of {_EDM2_STATE_WHICH}, got {which!r}")
+    path = os.fspath(path)
+    obj = read_edm2_training_state(path)
+    if which == "net":
+        state = obj.get("net")
+    else:
+        ema = obj.get("ema")
+        emas = ema.get("emas") if isinstance(ema, Mapping) else None
+        if not isinstance(emas, (list, tuple)) or not -len(emas) <= ema_index < len(emas):
+            have = len(emas) if isinstance(emas, (list, tuple)) else 0
+            raise NvidiaPickleError(f"{path}: no EMA number {ema_index} (it holds {have}; stds {ema.get('stds') if isinstance(ema, Mapping) else None})")
+        state = emas[ema_index]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise NvidiaPickleError(f"{path}: '{which}' is not a state dict of tensors")
+    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state.items()}

@@ -11,6 +11,7 @@ from .images import (
     quantize,
     uint8_to_model,
 )
+from .latents import LatentFolderDataset, LatentScaling, StabilityVAE
 from .tokens import MarkovSource, MarkovTokenDataset
 from .toy2d import GaussianMixture, Toy2DDataset, mixture_preset
 
@@ -22,6 +23,9 @@ __all__ = [
     "GaussianMixture",
     "ImageDataset",
     "ImageFolderDataset",
+    "LatentFolderDataset",
+    "LatentScaling",
+    "StabilityVAE",
     "Toy2DDataset",
     "mixture_preset",
     "model_to_uint8",

@@ -95,17 +95,21 @@ class FrechetDistance(Metric):
         name: the key ``compute`` returns (e.g. ``digits_fid``, ``fid``).
         reference_stats: optional ``.npz`` with ``mu`` [d] and ``sigma`` [d, d].
         reference_batch_size: images per extractor call when computing reference statistics.
+        decoder: optional module mapping model-space samples to uint8 images [B, C, H, W] before the
+            extractor, e.g. ``data.StabilityVAE`` for EDM2's latent models (latents -> 512 px pixels);
+            ``SampleGrids`` uses it too. Like the extractor, its weights stay out of ``state_dict``.
     """
 
     full_state_update = False
     higher_is_better = False
 
     def __init__(self, extractor: nn.Module, name: str = "fid", reference_stats: str | None = None,
-                 reference_batch_size: int = 500, **kwargs: Any):
+                 reference_batch_size: int = 500, decoder: nn.Module | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         if not hasattr(extractor, "feature_dim"):
             raise TypeError(f"the feature extractor {type(extractor).__name__} must have a `feature_dim`")
         self.extractor = extractor.eval().requires_grad_(False)
+        self.decoder = decoder.eval().requires_grad_(False) if decoder is not None else None
         self.name, self.reference_stats, self.reference_batch_size = name, reference_stats, reference_batch_size
         self.reference: tuple[np.ndarray, np.ndarray] | None = None
         dim = int(extractor.feature_dim)
@@ -147,10 +151,19 @@ class FrechetDistance(Metric):
     def update(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None:  # noqa: ARG002
         """Accumulate the features of ``x``: model-space images in [−1, 1] (quantised first), or uint8
         images as they are."""
-        f = self.features(x if x.dtype == torch.uint8 else model_to_uint8(x))
+        f = self.features(self.to_uint8(x))
         self.total += f.sum(0)
         self.outer += f.T @ f
         self.count += len(f)
+
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples as uint8 images: uint8 as they are, else through ``decoder`` when there is one (latents),
+        else quantised from [−1, 1] (``pixels.model_to_uint8``)."""
+        if x.dtype == torch.uint8:
+            return x
+        if self.decoder is not None:
+            return self.decoder(x.to(self.device))
+        return model_to_uint8(x)
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) of what was accumulated on this process (``compute`` sums over ranks first)."""
@@ -163,10 +176,12 @@ class FrechetDistance(Metric):
 
 
 def _drop_extractor(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
-    for k in [k for k in state_dict if k.startswith(prefix + "extractor.")]:
+    for k in [k for k in state_dict if k.startswith((prefix + "extractor.", prefix + "decoder."))]:
         del state_dict[k]
 
 
 def _fill_extractor(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-    for k, v in module.extractor.state_dict().items():
-        state_dict.setdefault(prefix + "extractor." + k, v)
+    for name in ("extractor", "decoder"):
+        sub = getattr(module, name, None)
+        for k, v in (sub.state_dict() if sub is not None else {}).items():
+            state_dict.setdefault(f"{prefix}{name}.{k}", v)

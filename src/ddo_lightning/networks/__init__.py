@@ -1,12 +1,20 @@
 """Networks: preconditioning wrappers and raw architectures."""
 
-from .edm_factory import build_edm_network
+from .edm2 import EDM2_PRESETS, edm2_preset_kwargs
+from .edm2 import Precond as EDM2Precond
+from .edm2 import UNet as EDM2UNet
+from .edm_factory import build_edm2_network, build_edm_network
 from .edm_unets import DhariwalUNet, SongUNet
 from .precond import EDMPrecond, VEPrecond, VPPrecond, edm_coefficients, iDDPMPrecond
 from .token_gpt import TokenGPT
 from .toy import ToyMLP
 
 __all__ = ["TokenGPT", 
+    "EDM2_PRESETS",
+    "EDM2Precond",
+    "EDM2UNet",
+    "build_edm2_network",
+    "edm2_preset_kwargs",
     "DhariwalUNet",
     "EDMPrecond",
     "SongUNet",

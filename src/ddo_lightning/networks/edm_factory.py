@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from .edm2 import Precond as EDM2Precond
 from .edm_unets import DhariwalUNet, SongUNet
 from .precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 
@@ -49,8 +50,11 @@ def build_edm_network(class_name: str, init_kwargs: Mapping[str, Any]) -> nn.Mod
     an unknown U-Net argument.
     """
     name = class_name.rsplit(".", 1)[-1]
+    if name == "Precond":  # EDM2 (training.networks_edm2.Precond): no EDM class has this name
+        return build_edm2_network(init_kwargs)
     if name not in _PRECONDS:
-        raise ValueError(f"unknown EDM network class {class_name!r}; expected one of {', '.join(_PRECONDS)}")
+        raise ValueError(f"unknown EDM network class {class_name!r}; expected one of "
+                         f"{', '.join(_PRECONDS)} or Precond (EDM2)")
     wrapper, own_defaults, default_model, out_mult = _PRECONDS[name]
     kwargs = dict(init_kwargs)
     try:
@@ -70,4 +74,18 @@ def build_edm_network(class_name: str, init_kwargs: Mapping[str, Any]) -> nn.Mod
     net.img_resolution = img_resolution
     net.img_channels = img_channels
     net.label_dim = label_dim
+    return net
+
+
+def build_edm2_network(init_kwargs: Mapping[str, Any], use_fp16: bool = False) -> EDM2Precond:
+    """Our :class:`~ddo_lightning.networks.edm2.Precond` from the constructor kwargs an EDM2 pickle
+    recorded (``img_resolution``, ``img_channels``, ``label_dim``, ``model_channels``, ``dropout``, ...).
+
+    ``use_fp16`` replaces the recorded flag (EDM2 trains with True): DDO runs in fp32 (method.md §2), so
+    the default is False; the recorded value is kept as ``net.recorded_use_fp16``. Unknown arguments
+    raise TypeError (from the U-Net/Block constructors)."""
+    kwargs = dict(init_kwargs)
+    recorded = kwargs.pop("use_fp16", True)
+    net = EDM2Precond(**kwargs, use_fp16=use_fp16)
+    net.recorded_use_fp16 = bool(recorded)
     return net

@@ -4,12 +4,12 @@ from .base import DenoiserModule, disable_dropout
 from .callbacks import ImageGridFigure, Preemption, SampleGrids, ScatterFigure, SelfPlay
 from .checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, usable_checkpoint
 from .datamodule import DDODataModule
-from .ema import EMA
+from .ema import EMA, PowerEMA
 from .fake_sources import FakeSource, OnlineFakeSource, PoolFakeSource
 from .module import DDOModule, NonFiniteLossError
 from .pretrain import MLEModule
 
 __all__ = [
-    "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "DenoiserModule", "EMA", "FakeSource", "MLEModule", "NonFiniteLossError",
+    "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "DenoiserModule", "EMA", "PowerEMA", "FakeSource", "MLEModule", "NonFiniteLossError",
     "OnlineFakeSource", "PoolFakeSource", "Preemption", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
 ]

@@ -12,9 +12,15 @@ from torchmetrics import Metric
 from ..checkpoints import load_network_weights
 from ..objectives import DDOObjective, DiffusionDDO
 from ..protocols import PairedBatch
+<<<<<<< HEAD
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
 from .ema import EMA
+=======
+from ..samplers import HeunSampler
+from .base import DenoiserModule, disable_dropout, newest_checkpoint
+from .ema import make_ema
+>>>>>>> edm2
 from .sharding import is_sharded, load_full_state_dict, reset_optimizer_state, shard_network
 
 PROGRESS_BAR_STATS = ("loss", "disc_acc")
@@ -40,6 +46,8 @@ class DDOModule(DenoiserModule):
         objective: the DDO objective: ``DiffusionDDO`` (α, β, σ distribution; the default) or ``TokenDDO``
             (α, β, label dropout).
         lr: Adam learning rate (paper: 1.5e-4 EDM CIFAR-10, 5e-5 EDM2).
+        ema_sigma_rel: use EDM2's power-function EMA with this σ_rel (EDM2 DDO: 0.05) instead of the
+            half-life EMA (``ema_halflife_kimg``/``ema_rampup_ratio`` are then unused).
         Other arguments: see :class:`DenoiserModule`.
     """
 
@@ -57,6 +65,7 @@ class DDOModule(DenoiserModule):
         num_eval_samples: int = 5000,
         eval_batch_size: int = 1000,
         seed: int = 0,
+        ema_sigma_rel: float | None = None,
     ):
         super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
         if init_from is not None:
@@ -69,8 +78,12 @@ class DDOModule(DenoiserModule):
         self.target = network
         self.reference = copy.deepcopy(network).eval().requires_grad_(False)
         self.objective = objective if objective is not None else DiffusionDDO()
+<<<<<<< HEAD
         check_model_family(network, self.objective, self.sampler)
         self.ema = EMA(self.target, ema_halflife_kimg, ema_rampup_ratio)
+=======
+        self.ema = make_ema(self.target, ema_halflife_kimg, ema_rampup_ratio, ema_sigma_rel)
+>>>>>>> edm2
         self.round_index = 0  # set by SelfPlay; for messages and logs only
 
     def trained_network(self) -> nn.Module:

@@ -13,7 +13,7 @@ from ..objectives import DenoisingScoreMatching, MLEObjective
 from ..protocols import Samples
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family
-from .ema import EMA
+from .ema import make_ema
 
 
 class MLEModule(DenoiserModule):
@@ -24,6 +24,8 @@ class MLEModule(DenoiserModule):
             model (with ``objective: TokenMLE`` and ``sampler: TokenSampler``).
         objective: the MLE loss: ``DenoisingScoreMatching`` (EDM's log-normal σ; default P_mean −1.2,
             P_std 1.2; the default) or ``TokenMLE`` (cross-entropy with label dropout).
+        ema_sigma_rel: use EDM2's power-function EMA with this σ_rel (EDM2 DDO: 0.05) instead of the
+            half-life EMA (``ema_halflife_kimg``/``ema_rampup_ratio`` are then unused).
         Other arguments: see :class:`DenoiserModule`.
     """
 
@@ -40,12 +42,13 @@ class MLEModule(DenoiserModule):
         num_eval_samples: int = 5000,
         eval_batch_size: int = 1000,
         seed: int = 0,
+        ema_sigma_rel: float | None = None,
     ):
         super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
         self.net = network
         self.objective = objective if objective is not None else DenoisingScoreMatching()
         check_model_family(network, self.objective, self.sampler)
-        self.ema = EMA(self.net, ema_halflife_kimg, ema_rampup_ratio)
+        self.ema = make_ema(self.net, ema_halflife_kimg, ema_rampup_ratio, ema_sigma_rel)
 
     def trained_network(self) -> nn.Module:
         return self.net

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from ...pixels import model_to_uint8
+from ...pixels import model_to_uint8, uint8_to_model
 from ...samplers import mix_seed
 from ..fake_sources import balanced_labels
 from ..sharding import is_sharded
@@ -90,7 +90,8 @@ def save_png(image_hwc: torch.Tensor, path: str, scale: int = 1) -> None:
 
 class SampleGrids(pl.Callback):
     """At every evaluation, a grid of the evaluated network's samples on fixed seeds and class-balanced
-    labels (the same seeds each time, so grids are comparable across steps and rounds). Logged as an
+    labels (the same seeds each time, so grids are comparable across steps and rounds). Latent samples
+    (EDM2 512 px) are decoded to pixels by the evaluator's ``decoder`` when it has one. Logged as an
     image to W&B (key ``samples``); written as ``<log dir>/samples/step-<step>.png`` for file loggers.
 
     Args:
@@ -113,9 +114,11 @@ class SampleGrids(pl.Callback):
             return  # a sharded network samples on all ranks together; otherwise rank 0 alone
         idx = torch.arange(self.num_samples)
         seeds = torch.tensor([mix_seed(self.seed, int(i), 5) for i in idx])
-        x = pl_module.sample(pl_module.ema.model, seeds, balanced_labels(idx, pl_module.label_dim)).cpu()
+        x = pl_module.sample(pl_module.ema.model, seeds, balanced_labels(idx, pl_module.label_dim))
         if not trainer.is_global_zero:
             return
+        decoder = getattr(pl_module.evaluator, "decoder", None)  # latents -> uint8 pixels (EDM2 512 px)
+        x = (uint8_to_model(decoder(x)) if decoder is not None else x).cpu()
         grid = image_grid(x, self.columns)
         step = trainer.global_step
         caption = f"step {step}" + (f", round {int(record['round'])}" if "round" in record else "")

@@ -104,7 +104,7 @@ class SelfPlay(pl.Callback):
         self._t0 = time.perf_counter()
         if self.round >= self.rounds:
             raise ValueError(f"this run already finished its {self.rounds} rounds (resume with more `rounds`)")
-        pl_module.round_index = self.round
+        self._start_round(pl_module)
         pl_module.refresh_fakes(self.round)
         if self.best_score is None:  # a fresh start: the reference itself is the first candidate
             self._evaluate(trainer, pl_module)
@@ -124,6 +124,13 @@ class SelfPlay(pl.Callback):
             self._write_summary()
             self._write_curve(trainer)
             rank_zero_info(self.table())
+
+    def _start_round(self, pl_module: pl.LightningModule) -> None:
+        """Tell the module (and its objective, e.g. DiffusionDDO's per-round ``P_std_schedule``) the round."""
+        pl_module.round_index = self.round
+        start = getattr(getattr(pl_module, "objective", None), "start_round", None)
+        if callable(start):
+            start(self.round)
 
     # ---- evaluation and promotion --------------------------------------------------------------------
     def _better(self, score: float) -> bool:
@@ -167,7 +174,7 @@ class SelfPlay(pl.Callback):
                              "improved": improved, "best_score": self.best_score})
         finished = self.round + 1
         self.round, self.images_in_round, self.best_images = finished, 0, 0  # best_score: the new reference's
-        pl_module.round_index = self.round
+        self._start_round(pl_module)
         if self.round >= self.rounds:
             trainer.should_stop = True
         else:
