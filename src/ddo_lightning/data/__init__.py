@@ -12,6 +12,7 @@ from .images import (
     uint8_to_model,
 )
 from .tokens import MarkovSource, MarkovTokenDataset
+from .var_tokens import VARTokenDataset, encode_dataset
 from .toy2d import GaussianMixture, Toy2DDataset, mixture_preset
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "model_to_uint8",
     "quantize",
     "uint8_to_model",
+    "VARTokenDataset", "encode_dataset",
 ]

@@ -40,16 +40,6 @@ from .transformer import VAR, DropPath
 from .vqvae import VQVAE
 
 
-class _Shared:
-    """Holds a frozen module outside the owner's module tree; deep copies share it."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __deepcopy__(self, memo: dict) -> _Shared:
-        return self
-
-
 @dataclass(frozen=True)
 class VARSample:
     """tokens [B, L] int64; log_prob [B] float64: Σ_t log of the (guided, filtered) probability the sampler
@@ -94,7 +84,7 @@ class VARTokenModel(nn.Module):
             for m in var.modules():
                 if isinstance(m, DropPath):
                     m.drop_prob = 0.0
-        self._vae = _Shared(vae.eval().requires_grad_(False))
+        vae.eval().requires_grad_(False)
         self.fake_tokens, self.reencode_uint8, self.cfg_schedule = fake_tokens, reencode_uint8, cfg_schedule
 
     @classmethod
@@ -105,7 +95,7 @@ class VARTokenModel(nn.Module):
 
     @property
     def vae(self) -> VQVAE:
-        return self._vae.module
+        return self.var.vae_proxy[0]
 
     @property
     def vocab_size(self) -> int:

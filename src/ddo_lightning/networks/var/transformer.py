@@ -16,6 +16,7 @@ Differences from the original, none of which changes names, shapes or the functi
   in eval mode too, which makes its eval-mode likelihood random); ``forward_logits`` never drops;
 - no progressive training (``prog_si``), no internal ``torch.Generator`` and no sampler here (the DDO
   sampler lives in ``adapter.VARTokenModel``);
+- ``vae_proxy`` is shared, not copied, by ``copy.deepcopy``;
 - constructing a VAR never patches ``torch.nn`` classes (the original ``build_vae_var`` replaces
   ``reset_parameters`` of Linear/LayerNorm/Conv process-wide for speed).
 """
@@ -31,6 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .vqvae import VQVAE
+
+
+class SharedRef(tuple):
+    """A tuple holding modules by reference, outside the owner's module tree (the original's
+    ``vae_proxy = (vae,)``), which deep copies share instead of copying: the frozen VQ-VAE is one object
+    for the target, the reference and the EMA."""
+
+    def __deepcopy__(self, memo: dict) -> SharedRef:
+        return self
 
 
 class DropPath(nn.Module):
@@ -222,8 +232,8 @@ class VAR(nn.Module):
             self.begin_ends.append((end, end + pn * pn))
             end += pn * pn
         self.num_stages_minus_1 = len(self.patch_nums) - 1
-        self.vae_proxy = (vae_local,)
-        self.vae_quant_proxy = (vae_local.quantize,)
+        self.vae_proxy = SharedRef((vae_local,))
+        self.vae_quant_proxy = SharedRef((vae_local.quantize,))
 
         self.word_embed = nn.Linear(self.Cvae, self.C)
         std = math.sqrt(1 / self.C / 3)
