@@ -403,3 +403,17 @@ def test_token_dataset_round_trip(tmp_path, model, suffix):
         with pytest.raises(ValueError, match="num_classes"):
             VARTokenDataset(bad)
         assert VARTokenDataset(bad, num_classes=K).label_dim == K
+
+
+@pytest.mark.slow
+def test_full_length_ten_scale_path():
+    """The released geometry (10 scales, 680 tokens, 256 px, the φ ties at scales 2 and 7) with a narrow
+    model: sampler = teacher forcing, decode = the sampler's images, encode gives 680 tokens."""
+    vae = build_vae(V=64, Cvae=8, ch=32)
+    model = VARTokenModel(build_var(vae, depth=1, num_classes=10, embed_dim=64, num_heads=2), vae)
+    labels = torch.eye(10)[[3, 7]]
+    out = model.sample(labels, seeded_uniform([1, 2], 680), return_images=True)
+    assert out.tokens.shape == (2, 680) and out.images.shape == (2, 3, 256, 256)
+    assert torch.allclose(token_log_prob(model, out.tokens, labels).double(), out.log_prob, atol=1e-3)
+    assert torch.allclose(model.decode(out.tokens), out.images, atol=1e-5)
+    assert model.encode(out.images).shape == (2, 680)
