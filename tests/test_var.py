@@ -28,6 +28,7 @@ from ddo_lightning.networks.var import (
     VAR,
     VQVAE,
     CheckpointMismatch,
+    VARNetwork,
     VARTokenModel,
     build_vae,
     build_vae_var,
@@ -184,6 +185,31 @@ def test_strict_loading_and_clear_errors(tmp_path, model):
     load_vae_checkpoint(tmp_path / "vae_other_scales.pth", VQVAE(**_cfg(PARITY["config"]["vae"])))
 
 
+def test_config_network_loads_released_style_state_dicts(tmp_path, model):
+    """``VARNetwork`` (what configs build) reads the tokenizer from a file and takes a plain VAR state dict
+    (a released ``var_d16.pth``) through ``DDOModule``'s generic ``load_network_weights``; inside a parent
+    module the state dict nests under the parent's prefix (Lightning's ``target.``/``reference.``)."""
+    from ddo_lightning.checkpoints.load import load_network_weights
+
+    torch.save(model.vae.state_dict(), tmp_path / "vae.pth")
+    torch.save(model.var.state_dict(), tmp_path / "var.pth")
+    arch = dict(depth=2, num_classes=K, patch_nums=PN, vocab_size=32, z_channels=8, vae_ch=32, embed_dim=64, num_heads=2)
+    net = VARNetwork(vae_checkpoint=str(tmp_path / "vae.pth"), init=False, **arch)
+    load_network_weights(net, str(tmp_path / "var.pth"))
+    tokens, labels = PARITY["tokens"], labels_of([1, None])
+    with torch.no_grad():
+        assert torch.equal(net.eval()(tokens, labels), model(tokens, labels))
+        net2 = VARNetwork(vae_checkpoint=str(tmp_path / "vae.pth"), var_checkpoint=str(tmp_path / "var.pth"), **arch)
+        assert torch.equal(net2.eval()(tokens, labels), model(tokens, labels))
+    parent = nn.ModuleDict({"target": net})
+    state = parent.state_dict()
+    assert list(state) == ["target." + k for k in model.var.state_dict()]
+    fresh = nn.ModuleDict({"target": VARNetwork(**arch)})
+    fresh.load_state_dict(state, strict=True)
+    assert torch.equal(fresh["target"].var.head.weight, model.var.head.weight)
+    fresh["target"].load_state_dict({"var." + k: v for k, v in model.var.state_dict().items()})  # old-style names too
+
+
 def test_building_patches_no_torch_nn_class():
     def snapshot():
         return {(cls, name): value for cls in vars(nn).values() if isinstance(cls, type)
@@ -335,7 +361,7 @@ def test_reencode_returns_the_tokens_of_the_decoded_images(model):
 
 def test_adapter_holds_a_shared_frozen_vae(model):
     assert isinstance(model, TokenModel)
-    assert all(k.startswith("var.") for k in model.state_dict())
+    assert list(model.state_dict()) == list(model.var.state_dict())  # VAR's own names: var_d16.pth fits as is
     assert all(p is not q for p in model.parameters() for q in model.vae.parameters())
     ref = copy.deepcopy(model)
     assert ref.vae is model.vae and ref.var is not model.var

@@ -2,7 +2,7 @@
 builders and strict checkpoint loaders (names as FoundationVision/VAR), and ``VARTokenModel``, the
 ``protocols.TokenModel`` adapter used by autoregressive DDO. See docs/var.md."""
 
-from .adapter import VARSample, VARTokenModel
+from .adapter import VARNetwork, VARSample, VARTokenModel
 from .build import (
     PATCH_NUMS_256,
     VAR_CHECKPOINTS,
@@ -24,6 +24,7 @@ __all__ = [
     "AdaLNBeforeHead",
     "AdaLNSelfAttn",
     "CheckpointMismatch",
+    "VARNetwork",
     "VARSample",
     "VARTokenModel",
     "VectorQuantizer2",

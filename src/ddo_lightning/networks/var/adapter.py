@@ -16,6 +16,9 @@ Quirks of the original quarantined here:
 - The VQ-VAE is frozen and shared, not a submodule: it is not in ``state_dict`` or ``parameters()``
   (so neither in the optimizer, the EMA nor checkpoints), a deep copy (the DDO reference, the EMA)
   shares it instead of copying 109 M parameters, and ``.to()`` moves it along.
+- The adapter's ``state_dict`` has VAR's own names (no ``var.`` prefix; ``load_state_dict`` accepts
+  both): a released ``var_d16.pth`` is the adapter's state dict, so ``DDOModule(init_from=...)`` and
+  ``checkpoints.load.load_network_weights`` read it as they read any plain state dict.
 
 Sampling (``sample_tokens``): scale by scale with a key/value cache, all tokens of a scale in parallel;
 token t is the inverse CDF of its (filtered) conditional at ``uniforms[:, t]``, so a sample is a function
@@ -35,7 +38,7 @@ from torch import nn
 
 from ...pixels import quantize
 from ...samplers.tokens import filtered_probs
-from .build import load_vae_checkpoint, load_var_checkpoint
+from .build import build_vae, build_var, load_vae_checkpoint, load_var_checkpoint
 from .transformer import VAR, DropPath
 from .vqvae import VQVAE
 
@@ -48,6 +51,18 @@ class VARSample:
     tokens: torch.Tensor
     log_prob: torch.Tensor
     images: torch.Tensor | None = None
+
+
+def _drop_var_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    head = prefix + "var."
+    for key in [k for k in state_dict if k.startswith(head)]:
+        state_dict[prefix + key[len(head):]] = state_dict.pop(key)
+
+
+def _add_var_prefix(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    head = prefix + "var."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(head)]:
+        state_dict[head + key[len(prefix):]] = state_dict.pop(key)
 
 
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -85,6 +100,8 @@ class VARTokenModel(nn.Module):
                 if isinstance(m, DropPath):
                     m.drop_prob = 0.0
         vae.eval().requires_grad_(False)
+        self.register_state_dict_post_hook(_drop_var_prefix)
+        self.register_load_state_dict_pre_hook(_add_var_prefix)
         self.fake_tokens, self.reencode_uint8, self.cfg_schedule = fake_tokens, reencode_uint8, cfg_schedule
 
     @classmethod
@@ -213,3 +230,42 @@ class VARTokenModel(nn.Module):
             return out.tokens
         images = quantize(out.images) if self.reencode_uint8 else out.images
         return self.encode(images)
+
+
+class VARNetwork(VARTokenModel):
+    """``VARTokenModel`` built from plain hyperparameters, for configs (``model.init_args.network``).
+
+    The VQ-VAE's weights come from ``vae_checkpoint`` (they are not part of the network's state dict);
+    the VAR's from ``var_checkpoint`` or, in a DDO run, from ``DDOModule(init_from=...)`` (a released
+    ``var_d16.pth`` is this network's state dict). Without checkpoints both are randomly initialised
+    (tests). Sizes default to the released 256 px models; ``embed_dim``/``num_heads`` override VAR's
+    depth rules (tiny test models).
+
+    Args:
+        depth: VAR depth (16, 20, 24, 30).
+        vae_checkpoint, var_checkpoint: ``.pth`` state dicts (strict), or None.
+        init: run VAR's ``init_weights`` when no ``var_checkpoint`` is given (skip it when ``init_from``
+            will overwrite the weights anyway).
+        num_classes, patch_nums, vocab_size, z_channels, vae_ch, share_quant_resi, embed_dim, num_heads,
+            attn_l2_norm, shared_aln: the architecture (``build_vae``/``build_var``).
+        fake_tokens, reencode_uint8, cfg_schedule, keep_drop_path: see ``VARTokenModel``.
+    """
+
+    def __init__(self, depth: int = 16, vae_checkpoint: str | None = None, var_checkpoint: str | None = None,
+                 init: bool = True, num_classes: int = 1000,
+                 patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), vocab_size: int = 4096,
+                 z_channels: int = 32, vae_ch: int = 160, share_quant_resi: int = 4, embed_dim: int | None = None,
+                 num_heads: int | None = None, attn_l2_norm: bool = True, shared_aln: bool = False,
+                 fake_tokens: Literal["tokens", "reencode"] = "tokens", reencode_uint8: bool = True,
+                 cfg_schedule: Literal["linear", "constant"] = "linear", keep_drop_path: bool = False):
+        vae = build_vae(vocab_size, z_channels, vae_ch, share_quant_resi, tuple(patch_nums))
+        if vae_checkpoint is not None:
+            load_vae_checkpoint(vae_checkpoint, vae)
+        arch = dict(num_classes=num_classes, shared_aln=shared_aln, attn_l2_norm=attn_l2_norm, embed_dim=embed_dim,
+                    num_heads=num_heads)
+        if var_checkpoint is not None:
+            var = load_var_checkpoint(var_checkpoint, vae, depth=depth, **arch)
+        else:
+            var = build_var(vae, depth, init=init, **arch)
+        super().__init__(var, vae, fake_tokens=fake_tokens, reencode_uint8=reencode_uint8, cfg_schedule=cfg_schedule,
+                         keep_drop_path=keep_drop_path)
