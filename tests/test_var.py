@@ -443,3 +443,24 @@ def test_full_length_ten_scale_path():
     assert torch.allclose(token_log_prob(model, out.tokens, labels).double(), out.log_prob, atol=1e-3)
     assert torch.allclose(model.decode(out.tokens), out.images, atol=1e-5)
     assert model.encode(out.images).shape == (2, 680)
+
+
+class _MeanColour(nn.Module):
+    feature_dim = 3
+
+    def forward(self, images_uint8):
+        return images_uint8.float().mean((2, 3))
+
+
+def test_decoded_fid_takes_tokens(tmp_path, model):
+    from ddo_lightning.networks.var import DecodedFrechetDistance
+
+    torch.save(model.vae.state_dict(), tmp_path / "vae.pth")
+    vae_kwargs = dict(V=32, Cvae=8, ch=32, patch_nums=PN)
+    fid_tokens = DecodedFrechetDistance(_MeanColour(), str(tmp_path / "vae.pth"), vae_kwargs=vae_kwargs, decode_batch_size=2)
+    fid_images = DecodedFrechetDistance(_MeanColour(), str(tmp_path / "vae.pth"), vae_kwargs=vae_kwargs)
+    tokens = model.sample_tokens(labels_of([0, 1, 2]), seeded_uniform([1, 2, 3], L))
+    fid_tokens.update(tokens)
+    fid_images.update(model.decode(tokens))
+    assert int(fid_tokens.count) == 3 and torch.allclose(fid_tokens.total, fid_images.total)
+    assert not any("vae" in k for k in fid_tokens.state_dict())

@@ -3,6 +3,7 @@ builders and strict checkpoint loaders (names as FoundationVision/VAR), and ``VA
 ``protocols.TokenModel`` adapter used by autoregressive DDO. See docs/var.md."""
 
 from .adapter import VARNetwork, VARSample, VARTokenModel
+from .metrics import DecodedFrechetDistance
 from .build import (
     PATCH_NUMS_256,
     VAR_CHECKPOINTS,
@@ -24,6 +25,7 @@ __all__ = [
     "AdaLNBeforeHead",
     "AdaLNSelfAttn",
     "CheckpointMismatch",
+    "DecodedFrechetDistance",
     "VARNetwork",
     "VARSample",
     "VARTokenModel",
