@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .likelihood import diffusion_log_ratio, token_log_ratio
+from .likelihood import diffusion_log_ratio, token_log_prob, token_log_ratio
 from .losses import check_alpha_beta, ddo_loss, dsm_loss
 from .protocols import Denoiser, PairedBatch, Samples, TokenModel
 from .schedules import edm_weight, sample_log_normal_sigma
@@ -55,7 +55,25 @@ def pair_noise(batch_size: int, shape: tuple[int, ...], P_mean: float, P_std: fl
     return sigma[rank::world], noise[rank::world]
 
 
-class DiffusionDDO:
+class DDOObjective:
+    """Base class of DDO objectives (what ``DDOModule(objective=...)`` accepts):
+    ``objective(target, reference, PairedBatch, generator=, shard=) -> ObjectiveOutput``."""
+
+    def __call__(self, target, reference, batch: PairedBatch, generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+        raise NotImplementedError
+
+
+class MLEObjective:
+    """Base class of likelihood (pretraining) objectives (what ``MLEModule(objective=...)`` accepts):
+    ``objective(net, Samples, generator=, shard=) -> ObjectiveOutput``."""
+
+    def __call__(self, net, batch: Samples, generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+        raise NotImplementedError
+
+
+class DiffusionDDO(DDOObjective):
     """DDO for diffusion models (paper Eq. 13–16, method.md §2).
 
     Args:
@@ -101,7 +119,7 @@ class DiffusionDDO:
         return ObjectiveOutput(out.loss.mean(), out.loss, stats)
 
 
-class TokenDDO:
+class TokenDDO(DDOObjective):
     """DDO for next-token models (paper §4.2, method.md §3), CFG-compatible.
 
     One label-drop mask per example (real and fake alike), drawn here and applied to the labels that
@@ -126,9 +144,7 @@ class TokenDDO:
                   shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean [B] masks (real, fake) of dropped labels, drawn for the global batch and sliced at
         ``rank::world`` like the diffusion noise (the same for any number of processes)."""
-        rank, world = shard
-        u = torch.rand((batch_size * world, 2), generator=generator, device=device)[rank::world]
-        return u[:, 0] < self.label_drop, u[:, 1] < self.label_drop
+        return label_drop_mask(batch_size, 2, self.label_drop, generator, device, shard)
 
     def __call__(self, target: TokenModel, reference: TokenModel, batch: PairedBatch,
                  generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
@@ -154,7 +170,41 @@ class TokenDDO:
         return ObjectiveOutput(per_sample.mean(), per_sample, stats)
 
 
-class DenoisingScoreMatching:
+def label_drop_mask(batch_size: int, columns: int, p: float, generator: torch.Generator | None, device: torch.device,
+                    shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, ...]:
+    """``columns`` boolean [B] masks, True with probability ``p``, drawn for the global batch of
+    B·world examples and sliced at rows ``rank::world``."""
+    rank, world = shard
+    u = torch.rand((batch_size * world, columns), generator=generator, device=device)[rank::world]
+    return tuple(u[:, j] < p for j in range(columns))
+
+
+class TokenMLE(MLEObjective):
+    """Maximum likelihood (teacher-forced cross-entropy) for next-token models: pretrains a token
+    reference. With ``label_drop`` > 0 a fraction of the labels is replaced by the all-zero "no
+    condition" row (the unconditional branch CFG needs), with the same global-batch mask as TokenDDO.
+
+    Args:
+        label_drop: probability of dropping an example's label (VAR: 0.1; 0 for unconditional data).
+    """
+
+    def __init__(self, label_drop: float = 0.1):
+        if not 0 <= label_drop < 1:
+            raise ValueError(f"label_drop must be in [0, 1), got {label_drop}")
+        self.label_drop = label_drop
+
+    def __call__(self, net: TokenModel, batch: Samples, generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+        tokens, labels = batch
+        if labels.shape[1] and self.label_drop > 0:
+            (drop,) = label_drop_mask(len(batch), 1, self.label_drop, generator, tokens.device, shard)
+            labels = labels * (~drop).to(labels.dtype).unsqueeze(1)
+        per_sample = -token_log_prob(net, tokens, labels)  # nats per sequence
+        loss = per_sample.mean() / tokens.shape[1]  # per token: the scale of the usual LM loss
+        return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "nll_real": loss.detach()})
+
+
+class DenoisingScoreMatching(MLEObjective):
     """EDM's MLE training loss (denoising score matching, EDM Eq. 2) used to pretrain references.
 
     Args:
@@ -178,4 +228,5 @@ class DenoisingScoreMatching:
         return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "dsm_real": loss.detach()})
 
 
-__all__ = ["DiffusionDDO", "DenoisingScoreMatching", "ObjectiveOutput", "TokenDDO", "check_pair", "pair_noise"]
+__all__ = ["DDOObjective", "DenoisingScoreMatching", "DiffusionDDO", "MLEObjective", "ObjectiveOutput", "TokenDDO", "TokenMLE",
+           "check_pair", "label_drop_mask", "pair_noise"]

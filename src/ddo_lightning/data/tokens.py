@@ -64,10 +64,11 @@ class MarkovSource:
         from ..likelihood import token_log_prob
 
         seqs = self.all_sequences()
+        device = next((p.device for p in model.parameters()), torch.device("cpu")) if hasattr(model, "parameters") else "cpu"
         forward, reverse = [], []
         for c in range(self.num_classes):
             labels = torch.nn.functional.one_hot(torch.full((len(seqs),), c), self.num_classes).float()
-            lq = torch.cat([token_log_prob(model, seqs[i : i + batch_size], labels[i : i + batch_size]).double()
+            lq = torch.cat([token_log_prob(model, seqs[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)).double().cpu()
                             for i in range(0, len(seqs), batch_size)])
             lp = self.log_prob(seqs, torch.full((len(seqs),), c))
             forward.append(float((lp.exp() * (lp - lq)).sum()))

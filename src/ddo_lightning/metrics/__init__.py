@@ -4,6 +4,7 @@
 from .digits import DigitsFeatures
 from .fid import FrechetDistance, frechet_distance
 from .inception import InceptionFeatures
+from .tokens import MarkovMetrics
 from .toy2d import MixtureMetrics, energy_distance, mixture_metrics, mmd_rbf
 
-__all__ = ["DigitsFeatures", "FrechetDistance", "InceptionFeatures", "frechet_distance", "MixtureMetrics", "energy_distance", "mixture_metrics", "mmd_rbf"]
+__all__ = ["DigitsFeatures", "FrechetDistance", "InceptionFeatures", "MarkovMetrics", "frechet_distance", "MixtureMetrics", "energy_distance", "mixture_metrics", "mmd_rbf"]

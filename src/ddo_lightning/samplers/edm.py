@@ -12,6 +12,8 @@ import torch
 
 from ..protocols import Denoiser
 from ..schedules import karras_sigmas
+from .base import Sampler
+from .noise import seeded_normal
 
 
 @torch.no_grad()
@@ -64,7 +66,7 @@ def heun_sampler(
     return x_next.to(torch.float32)
 
 
-class HeunSampler:
+class HeunSampler(Sampler):
     """EDM Heun sampler settings (defaults: EDM CIFAR-10, 18 steps = 35 NFE, no churn).
 
     Args:
@@ -101,6 +103,12 @@ class HeunSampler:
         self, denoiser: Denoiser, noise: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         return heun_sampler(denoiser, noise, labels, self.sigmas, generator=generator, **self.churn)
+
+    def from_seeds(self, net: Denoiser, seeds: torch.Tensor, labels: torch.Tensor, sample_shape: tuple[int, ...],
+                   device: torch.device | str) -> torch.Tensor:
+        """Samples from initial noise seeded per sample (``seeded_normal``)."""
+        noise = seeded_normal(seeds, sample_shape, device=device)
+        return self(net, noise, labels.to(device))
 
     def __repr__(self) -> str:
         return f"HeunSampler(num_steps={self.num_steps}, nfe={self.nfe}, sigmas=[{self.sigmas[0]:.3g}..{self.sigmas[-2]:.3g}], {self.churn})"

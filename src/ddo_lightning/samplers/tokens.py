@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from torch import nn
+
 from ..protocols import TokenModel
+from .base import Sampler
 
 
 def seeded_uniform(seeds: torch.Tensor | list[int], length: int, *, device: torch.device | str | None = None) -> torch.Tensor:
@@ -69,3 +72,53 @@ def sample_tokens(model: TokenModel, labels: torch.Tensor, uniforms: torch.Tenso
         u = (uniforms[:, t] * cdf[:, -1]).unsqueeze(-1)  # scaled by the total: robust to rounding
         tokens[:, t] = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[-1] - 1).squeeze(-1)
     return tokens
+
+
+class TokenSampler(Sampler):
+    """Autoregressive sampling settings. Guidance-free by default, which is what DDO's reference
+    samples must be (method.md §3); ``cfg``, ``temperature``, ``top_k``, ``top_p`` are for evaluation.
+
+    A network with its own ``sample_tokens(labels, uniforms, cfg=, temperature=, top_k=, top_p=)``
+    method (e.g. VAR, which samples a whole scale at once) is sampled with it; any other
+    ``TokenModel`` position by position with :func:`sample_tokens`. Either way token t is the inverse CDF
+    of its conditional at the seeded uniform u_t, so a sample is a function of its seed.
+
+    Args:
+        cfg: classifier-free guidance scale (0: none): logits (1 + cfg)·cond − cfg·uncond.
+        temperature: softmax temperature (1: the model's distribution).
+        top_k: keep the k most likely tokens (None: all).
+        top_p: nucleus sampling mass (None: all).
+    """
+
+    def __init__(self, cfg: float = 0.0, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+        if cfg < 0:
+            raise ValueError(f"cfg must be >= 0, got {cfg}")
+        filtered_probs(torch.zeros(1, 2), temperature, top_k, top_p)  # validates the settings
+        self.cfg, self.temperature, self.top_k, self.top_p = cfg, temperature, top_k, top_p
+        self.nfe = float("nan")  # forwards per sample; known after the first call
+        self.num_steps = float("nan")
+
+    @property
+    def guidance_free(self) -> bool:
+        return self.cfg == 0 and self.temperature == 1 and self.top_k is None and self.top_p is None
+
+    @torch.no_grad()
+    def from_seeds(self, net: nn.Module, seeds: torch.Tensor, labels: torch.Tensor, sample_shape: tuple[int, ...],
+                   device: torch.device | str) -> torch.Tensor:
+        (length,) = sample_shape
+        uniforms = seeded_uniform(seeds, length, device=device)
+        labels = labels.to(device)
+        kw = dict(cfg=self.cfg, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        own = getattr(net, "sample_tokens", None)
+        if callable(own):
+            tokens = own(labels, uniforms, **kw)
+            steps = float(getattr(net, "num_sampling_steps", length))
+        else:
+            tokens = sample_tokens(net, labels, uniforms, **kw)
+            steps = float(length)
+        self.num_steps = steps
+        self.nfe = steps * (2 if self.cfg else 1)
+        return tokens
+
+    def __repr__(self) -> str:
+        return f"TokenSampler(cfg={self.cfg}, temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p})"

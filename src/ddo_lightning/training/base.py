@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from ..samplers import HeunSampler, mix_seed, seeded_normal
+from ..samplers import HeunSampler, Sampler, mix_seed
 from .fake_sources import balanced_labels, lockstep_chunks
 from .sharding import is_sharded
 
@@ -35,6 +35,24 @@ def disable_dropout(net: nn.Module) -> int:
     return n
 
 
+def check_model_family(network: nn.Module, objective: Any, sampler: Any) -> None:
+    """A diffusion denoiser (has ``sigma_data``) goes with a diffusion objective and sampler; a
+    next-token model with TokenDDO/TokenMLE and TokenSampler. Mixing them fails here, by name."""
+    from ..objectives import DenoisingScoreMatching, DiffusionDDO
+    from ..samplers import TokenSampler
+
+    diffusion = hasattr(network, "sigma_data")
+    name = type(network).__name__
+    if diffusion and (type(objective).__name__.startswith("Token") or isinstance(sampler, TokenSampler)):
+        raise ValueError(f"{name} is a diffusion denoiser (it has sigma_data) but got objective "
+                         f"{type(objective).__name__} and sampler {type(sampler).__name__}: use DiffusionDDO / "
+                         "DenoisingScoreMatching and HeunSampler")
+    if not diffusion and (isinstance(objective, (DiffusionDDO, DenoisingScoreMatching)) or isinstance(sampler, HeunSampler)):
+        raise ValueError(f"{name} is not a diffusion denoiser (no sigma_data) but got objective "
+                         f"{type(objective).__name__} and sampler {type(sampler).__name__}: a next-token model "
+                         "needs objective TokenDDO (TokenMLE for pretraining) and sampler TokenSampler")
+
+
 class DenoiserModule(pl.LightningModule):
     """Base class; subclasses define which network is trained and how.
 
@@ -43,7 +61,8 @@ class DenoiserModule(pl.LightningModule):
         betas: Adam (β1, β2).
         ema_halflife_kimg: EMA half-life in thousands of images.
         ema_rampup_ratio: EDM's EMA ramp-up (None: off).
-        sampler: how samples are drawn for evaluation and fakes (EDM Heun, 18 steps by default).
+        sampler: how samples are drawn for evaluation and fakes (default: EDM Heun, 18 steps; token models:
+            ``TokenSampler``).
         evaluator: sample-quality metric computed by ``evaluate`` (e.g. MixtureMetrics); None: no evaluation.
         num_eval_samples: samples per evaluation, with fixed seeds (class-balanced labels).
         eval_batch_size: samples per sampler call during evaluation.
@@ -56,7 +75,7 @@ class DenoiserModule(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         ema_halflife_kimg: float = 500.0,
         ema_rampup_ratio: float | None = 0.05,
-        sampler: HeunSampler | None = None,
+        sampler: Sampler | None = None,
         evaluator: Metric | None = None,
         num_eval_samples: int = 5000,
         eval_batch_size: int = 1000,
@@ -144,11 +163,10 @@ class DenoiserModule(pl.LightningModule):
     # ---- sampling and evaluation ------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, net: nn.Module, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Samples [N, *D] from ``net`` with noise seeded per sample (``seeded_normal``)."""
+        """Samples [N, *D] from ``net``, each a function of its seed (``Sampler.from_seeds``)."""
         if self.sample_shape is None:
             raise RuntimeError("sample() needs the data's sample shape: call it after trainer setup")
-        noise = seeded_normal(seeds, self.sample_shape, device=self.device)
-        return self.sampler(net, noise, labels.to(self.device))
+        return self.sampler.from_seeds(net, seeds, labels, self.sample_shape, self.device)
 
     @torch.no_grad()
     def evaluate(self, net: nn.Module | None = None) -> dict[str, float]:
@@ -169,6 +187,8 @@ class DenoiserModule(pl.LightningModule):
             if n:
                 self.evaluator.update(x[:n], labels[:n])
         metrics = {k: float(v) for k, v in self.evaluator.compute().items()}
+        if hasattr(self.evaluator, "measure_network"):  # metrics of the network itself (exact likelihoods)
+            metrics.update({k: float(v) for k, v in self.evaluator.measure_network(net).items()})
         # how the number was obtained travels with it: sample count, sampler cost, wall time
         metrics["num_samples"] = float(self.num_eval_samples)
         metrics["nfe"] = float(getattr(self.sampler, "nfe", float("nan")))

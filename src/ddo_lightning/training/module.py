@@ -10,10 +10,10 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..checkpoints import load_network_weights
-from ..objectives import DiffusionDDO
+from ..objectives import DDOObjective, DiffusionDDO
 from ..protocols import PairedBatch
-from ..samplers import HeunSampler
-from .base import DenoiserModule, disable_dropout, newest_checkpoint
+from ..samplers import Sampler
+from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
 from .ema import EMA
 from .sharding import is_sharded, load_full_state_dict, reset_optimizer_state, shard_network
 
@@ -33,10 +33,12 @@ class DDOModule(DenoiserModule):
     switched off in both networks. Runs in fp32 only.
 
     Args:
-        network: the denoiser architecture (e.g. ``EDMPrecond`` around a raw network).
+        network: the model: a diffusion denoiser (e.g. ``EDMPrecond`` around a raw network), or a next-token
+            model (``TokenGPT``, VAR's adapter) together with ``objective: TokenDDO`` and ``sampler: TokenSampler``.
         init_from: checkpoint whose weights start both target and reference (an MLE run's EMA, or a
             DDO run's promoted reference). None starts from the network's random init (tests only).
-        objective: the DDO objective (α, β, σ distribution); default ``DiffusionDDO()``.
+        objective: the DDO objective: ``DiffusionDDO`` (α, β, σ distribution; the default) or ``TokenDDO``
+            (α, β, label dropout).
         lr: Adam learning rate (paper: 1.5e-4 EDM CIFAR-10, 5e-5 EDM2).
         Other arguments: see :class:`DenoiserModule`.
     """
@@ -45,12 +47,12 @@ class DDOModule(DenoiserModule):
         self,
         network: nn.Module,
         init_from: str | None = None,
-        objective: DiffusionDDO | None = None,
+        objective: DDOObjective | None = None,
         lr: float = 1.5e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         ema_halflife_kimg: float = 250.0,
         ema_rampup_ratio: float | None = 0.05,
-        sampler: HeunSampler | None = None,
+        sampler: Sampler | None = None,
         evaluator: Metric | None = None,
         num_eval_samples: int = 5000,
         eval_batch_size: int = 1000,
@@ -67,6 +69,7 @@ class DDOModule(DenoiserModule):
         self.target = network
         self.reference = copy.deepcopy(network).eval().requires_grad_(False)
         self.objective = objective if objective is not None else DiffusionDDO()
+        check_model_family(network, self.objective, self.sampler)
         self.ema = EMA(self.target, ema_halflife_kimg, ema_rampup_ratio)
         self.round_index = 0  # set by SelfPlay; for messages and logs only
 

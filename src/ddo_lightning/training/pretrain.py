@@ -1,4 +1,5 @@
-"""MLE (denoising score matching) pretraining: makes a reference where none exists."""
+"""MLE pretraining (denoising score matching, or cross-entropy for token models): makes a reference
+where none exists."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from ..objectives import DenoisingScoreMatching
+from ..objectives import DenoisingScoreMatching, MLEObjective
 from ..protocols import Samples
-from ..samplers import HeunSampler
-from .base import DenoiserModule
+from ..samplers import Sampler
+from .base import DenoiserModule, check_model_family
 from .ema import EMA
 
 
@@ -19,20 +20,22 @@ class MLEModule(DenoiserModule):
     """Train ``network`` by EDM's denoising score matching; its EMA becomes a DDO reference.
 
     Args:
-        network: the denoiser (e.g. ``EDMPrecond`` around a raw network).
-        objective: the MLE loss (EDM's log-normal σ; default P_mean −1.2, P_std 1.2).
+        network: the model: a diffusion denoiser (e.g. ``EDMPrecond`` around a raw network) or a next-token
+            model (with ``objective: TokenMLE`` and ``sampler: TokenSampler``).
+        objective: the MLE loss: ``DenoisingScoreMatching`` (EDM's log-normal σ; default P_mean −1.2,
+            P_std 1.2; the default) or ``TokenMLE`` (cross-entropy with label dropout).
         Other arguments: see :class:`DenoiserModule`.
     """
 
     def __init__(
         self,
         network: nn.Module,
-        objective: DenoisingScoreMatching | None = None,
+        objective: MLEObjective | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         ema_halflife_kimg: float = 500.0,
         ema_rampup_ratio: float | None = 0.05,
-        sampler: HeunSampler | None = None,
+        sampler: Sampler | None = None,
         evaluator: Metric | None = None,
         num_eval_samples: int = 5000,
         eval_batch_size: int = 1000,
@@ -41,6 +44,7 @@ class MLEModule(DenoiserModule):
         super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
         self.net = network
         self.objective = objective if objective is not None else DenoisingScoreMatching()
+        check_model_family(network, self.objective, self.sampler)
         self.ema = EMA(self.net, ema_halflife_kimg, ema_rampup_ratio)
 
     def trained_network(self) -> nn.Module:
@@ -50,5 +54,5 @@ class MLEModule(DenoiserModule):
         out = self.objective(self.net, Samples(*batch), generator=self.step_generator(), shard=self.shard)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"non-finite MLE loss at step {self.global_step}")
-        self.log_stats({"loss": out.loss}, {"loss"})
+        self.log_stats(out.stats or {"loss": out.loss}, {"loss"})
         return out.loss
