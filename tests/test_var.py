@@ -464,3 +464,54 @@ def test_decoded_fid_takes_tokens(tmp_path, model):
     fid_images.update(model.decode(tokens))
     assert int(fid_tokens.count) == 3 and torch.allclose(fid_tokens.total, fid_images.total)
     assert not any("vae" in k for k in fid_tokens.state_dict())
+
+
+@pytest.mark.parametrize("preset", ["var_d16.yaml", "var_d30.yaml"])
+def test_var_presets_run_a_tiny_step(preset, tmp_path, monkeypatch):
+    """The VAR DDO presets through the `ddo` CLI with sizes overridden: a tiny VAR of the same class whose
+    weights come in by ``init_from`` (a plain state dict, like var_d16.pth), a tiny token dataset, a
+    random feature extractor for the FID; one training step in one self-play round."""
+    import yaml
+
+    from ddo_lightning.cli import run as run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["ddo"])
+    root = Path(__file__).resolve().parents[1]
+    # two scales (1, 2): 32 px images, the cheapest geometry of the tokenizer
+    tiny_net = dict(depth=2, num_classes=K, patch_nums=[1, 2], vocab_size=32, z_channels=8, vae_ch=32, embed_dim=64,
+                    num_heads=2, vae_checkpoint="vae.pth")  # merged into the preset's init_args (init, fake_tokens kept)
+    torch.manual_seed(0)
+    released = VARNetwork(**{**tiny_net, "vae_checkpoint": None})
+    torch.save(released.vae.state_dict(), tmp_path / "vae.pth")
+    torch.save(released.state_dict(), tmp_path / "var.pth")  # VAR's own names, like var_d16.pth
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(16), sigma=np.eye(16))
+    gen = torch.Generator().manual_seed(0)
+    np.savez(tmp_path / "tokens.npz", tokens=torch.randint(0, 32, (8, 5), generator=gen).numpy().astype(np.int16),
+             labels=np.arange(8) % K, num_classes=np.int64(K), vocab_size=np.int64(32))
+    override = tmp_path / "tiny.yaml"
+    override.write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "logger": False, "callbacks": [
+            {"class_path": "ddo_lightning.training.SelfPlay",
+             "init_args": {"rounds": 1, "kimg_per_round": 0.004, "eval_every_kimg": 0.004, "monitor": "fid", "dirpath": "out"}}]},
+        "model": {"init_args": {
+            "init_from": "var.pth",
+            "network": {"class_path": "ddo_lightning.networks.VARNetwork", "init_args": tiny_net},
+            "evaluator": {"class_path": "ddo_lightning.networks.var.DecodedFrechetDistance",
+                          "init_args": {"name": "fid", "vae_checkpoint": "vae.pth", "reference_stats": "stats.npz",
+                                        "vae_kwargs": {"V": 32, "Cvae": 8, "ch": 32, "patch_nums": [1, 2]},
+                                        "extractor": "conftest.RandomFeatures"}},
+            "num_eval_samples": 2, "eval_batch_size": 2}},
+        "data": {"init_args": {"batch_size": 4, "num_workers": 0,
+                               "real": {"class_path": "ddo_lightning.data.VARTokenDataset", "init_args": {"path": "tokens.npz"}}}},
+    }))
+    cli = run_cli(["fit", "--config", str(root / "configs" / preset), "--config", str(override)])
+    assert cli.trainer.global_step == 1
+    module = cli.model
+    obj = module.objective
+    assert (obj.alpha, obj.beta, obj.label_drop, obj.normalize) == (50.0 if "d16" in preset else 100.0, 0.02, 0.1, True)
+    assert module.lr == 2e-5 and module.target.fake_tokens == "reencode" and module.sampler.guidance_free
+    for k, v in released.state_dict().items():  # init_from loaded the plain VAR state dict into the reference
+        assert torch.equal(module.reference.state_dict()[k], v), k
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["rounds"]) == 1 and math.isfinite(summary["reference"]["fid"])
