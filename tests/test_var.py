@@ -344,6 +344,16 @@ def test_samples_depend_on_their_seed_only(model):
     assert not torch.equal(whole[0], whole[2])
 
 
+def test_token_sampler_uses_the_scale_wise_sampler(model):
+    from ddo_lightning.samplers import TokenSampler
+
+    seeds, labels = torch.tensor([7, 8]), labels_of([2, None])
+    sampler = TokenSampler(cfg=0.5, top_k=20)
+    tokens = sampler.from_seeds(model, seeds, labels, (L,), "cpu")
+    assert torch.equal(tokens, model.sample_tokens(labels, seeded_uniform(seeds, L), cfg=0.5, top_k=20))
+    assert sampler.num_steps == 3 and sampler.nfe == 6  # one forward per scale, doubled by CFG
+
+
 def test_reencode_returns_the_tokens_of_the_decoded_images(model):
     labels, u = labels_of([0, 2, None]), seeded_uniform([21, 22, 23], L)
     tokens = model.sample_tokens(labels, u)
