@@ -3,7 +3,6 @@ builders and strict checkpoint loaders (names as FoundationVision/VAR), and ``VA
 ``protocols.TokenModel`` adapter used by autoregressive DDO. See docs/var.md."""
 
 from .adapter import VARNetwork, VARSample, VARTokenModel
-from .metrics import DecodedFrechetDistance
 from .build import (
     PATCH_NUMS_256,
     VAR_CHECKPOINTS,
@@ -16,6 +15,16 @@ from .build import (
 )
 from .transformer import VAR, AdaLNBeforeHead, AdaLNSelfAttn
 from .vqvae import VQVAE, VectorQuantizer2
+
+
+def __getattr__(name: str):
+    # imported on first use: the metric pulls in torchmetrics/scipy, which building a network does not need
+    if name == "DecodedFrechetDistance":
+        from .metrics import DecodedFrechetDistance
+
+        return DecodedFrechetDistance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PATCH_NUMS_256",
