@@ -13,6 +13,7 @@ from .images import (
 )
 from .latents import LatentFolderDataset, LatentScaling, StabilityVAE
 from .tokens import MarkovSource, MarkovTokenDataset
+from .var_tokens import VARTokenDataset, encode_dataset
 from .toy2d import GaussianMixture, Toy2DDataset, mixture_preset
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "model_to_uint8",
     "quantize",
     "uint8_to_model",
+    "VARTokenDataset", "encode_dataset",
 ]

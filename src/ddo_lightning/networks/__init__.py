@@ -8,6 +8,7 @@ from .edm_unets import DhariwalUNet, SongUNet
 from .precond import EDMPrecond, VEPrecond, VPPrecond, edm_coefficients, iDDPMPrecond
 from .token_gpt import TokenGPT
 from .toy import ToyMLP
+from .var import VAR, VQVAE, VARNetwork, VARTokenModel, build_vae, build_var, load_vae_checkpoint, load_var_checkpoint
 
 __all__ = ["TokenGPT", 
     "EDM2_PRESETS",
@@ -24,4 +25,5 @@ __all__ = ["TokenGPT",
     "build_edm_network",
     "edm_coefficients",
     "iDDPMPrecond",
+    "VAR", "VQVAE", "VARNetwork", "VARTokenModel", "build_vae", "build_var", "load_vae_checkpoint", "load_var_checkpoint",
 ]
