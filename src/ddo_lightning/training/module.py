@@ -12,15 +12,9 @@ from torchmetrics import Metric
 from ..checkpoints import load_network_weights
 from ..objectives import DDOObjective, DiffusionDDO
 from ..protocols import PairedBatch
-<<<<<<< HEAD
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
-from .ema import EMA
-=======
-from ..samplers import HeunSampler
-from .base import DenoiserModule, disable_dropout, newest_checkpoint
 from .ema import make_ema
->>>>>>> edm2
 from .sharding import is_sharded, load_full_state_dict, reset_optimizer_state, shard_network
 
 PROGRESS_BAR_STATS = ("loss", "disc_acc")
@@ -78,12 +72,8 @@ class DDOModule(DenoiserModule):
         self.target = network
         self.reference = copy.deepcopy(network).eval().requires_grad_(False)
         self.objective = objective if objective is not None else DiffusionDDO()
-<<<<<<< HEAD
         check_model_family(network, self.objective, self.sampler)
-        self.ema = EMA(self.target, ema_halflife_kimg, ema_rampup_ratio)
-=======
         self.ema = make_ema(self.target, ema_halflife_kimg, ema_rampup_ratio, ema_sigma_rel)
->>>>>>> edm2
         self.round_index = 0  # set by SelfPlay; for messages and logs only
 
     def trained_network(self) -> nn.Module:
