@@ -39,6 +39,7 @@ from ddo_lightning.networks.var import (
 from ddo_lightning.objectives import TokenDDO
 from ddo_lightning.pixels import quantize
 from ddo_lightning.protocols import PairedBatch, Samples, TokenModel
+from ddo_lightning.samplers import TokenSampler
 from ddo_lightning.samplers.tokens import seeded_uniform
 
 DATA = Path(__file__).parent / "data"
@@ -357,13 +358,29 @@ def test_token_sampler_uses_the_scale_wise_sampler(model):
 def test_reencode_returns_the_tokens_of_the_decoded_images(model):
     labels, u = labels_of([0, 2, None]), seeded_uniform([21, 22, 23], L)
     tokens = model.sample_tokens(labels, u)
-    re8 = VARTokenModel(model.var, model.vae, fake_tokens="reencode").sample_tokens(labels, u)
+    reencoding = VARTokenModel(model.var, model.vae, fake_tokens="reencode")
+    assert torch.equal(reencoding.sample_tokens(labels, u), tokens)  # sampling (evaluation) is never re-encoded
+    assert torch.equal(model.prepare_fakes(tokens), tokens)
+    re8 = reencoding.prepare_fakes(tokens)
     assert torch.equal(re8, model.encode(quantize(model.decode(tokens))))
-    re = VARTokenModel(model.var, model.vae, fake_tokens="reencode", reencode_uint8=False).sample_tokens(labels, u)
+    re = VARTokenModel(model.var, model.vae, fake_tokens="reencode", reencode_uint8=False).prepare_fakes(tokens)
     assert torch.equal(re, model.encode(model.decode(tokens)))
     assert not torch.equal(re, tokens)  # the random tiny tokenizer is not idempotent: the round trip is real
     with pytest.raises(ValueError, match="fake_tokens"):
         VARTokenModel(model.var, model.vae, fake_tokens="pixels")
+
+
+def test_ddo_module_reencodes_its_fakes_but_never_its_evaluation_samples(model):
+    from ddo_lightning.training import DDOModule
+
+    module = DDOModule(VARTokenModel(model.var, model.vae, fake_tokens="reencode"), objective=TokenDDO(),
+                       sampler=TokenSampler())
+    module.sample_shape, module.label_dim = (L,), K
+    seeds, labels = torch.tensor([3, 4]), labels_of([1, 2])
+    sampled = module.sample(module.reference, seeds, labels)  # what evaluation sees
+    assert torch.equal(sampled, model.sample_tokens(labels, seeded_uniform(seeds, L)))
+    assert torch.equal(module.sample_reference(seeds, labels), model.encode(quantize(model.decode(sampled))))
+
 
 
 # ---------------------------------------------------------------- DDO on the adapter

@@ -1,7 +1,7 @@
 """The Lightning layer: modules, data module, fake sources and callbacks."""
 
 from .base import DenoiserModule, disable_dropout
-from .callbacks import ImageGridFigure, Preemption, SampleGrids, ScatterFigure, SelfPlay
+from .callbacks import ImageGridFigure, Preemption, SampleGrids, ScatterFigure, SelfPlay, TokenFigure
 from .checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, usable_checkpoint
 from .datamodule import DDODataModule
 from .ema import EMA, PowerEMA
@@ -10,6 +10,6 @@ from .module import DDOModule, NonFiniteLossError
 from .pretrain import MLEModule
 
 __all__ = [
-    "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "DenoiserModule", "EMA", "PowerEMA", "FakeSource", "MLEModule", "NonFiniteLossError",
+    "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "TokenFigure", "DenoiserModule", "EMA", "PowerEMA", "FakeSource", "MLEModule", "NonFiniteLossError",
     "OnlineFakeSource", "PoolFakeSource", "Preemption", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
 ]

@@ -86,8 +86,12 @@ class DDOModule(DenoiserModule):
 
     # ---- fakes -------------------------------------------------------------------------------------
     def sample_reference(self, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The fake sources' sampling function: the current reference, with this module's sampler."""
-        return self.sample(self.reference, seeds, labels)
+        """The fake sources' sampling function: the current reference, with this module's sampler. A
+        network with a ``prepare_fakes(x)`` method post-processes its samples into what DDO trains on
+        (VAR: re-encode the decoded images); evaluation samples are never post-processed."""
+        x = self.sample(self.reference, seeds, labels)
+        prepare = getattr(self.reference, "prepare_fakes", None)
+        return prepare(x) if callable(prepare) else x
 
     def refresh_fakes(self, round_index: int) -> None:
         self.trainer.datamodule.refresh_fakes(self.sample_reference, round_index)

@@ -75,7 +75,7 @@ class VARTokenModel(nn.Module):
     """Args:
         var: the VAR transformer (trained; its ``cond_drop_rate`` is set to 0).
         vae: its VQ-VAE tokenizer (frozen: eval, no gradients).
-        fake_tokens: what ``sample_tokens`` returns: ``"tokens"`` (the sampled indices) or ``"reencode"``
+        fake_tokens: what ``prepare_fakes`` makes of the reference's samples (DDO's fakes): ``"tokens"`` (the sampled indices) or ``"reencode"``
             (the sampled tokens decoded to images and encoded again, as the paper's authors did for VAR
             fakes so that real and fake tokens come from the same encoder).
         reencode_uint8: in ``"reencode"``, quantise the decoded images to 8 bits first, as real images are.
@@ -223,13 +223,17 @@ class VARTokenModel(nn.Module):
     @torch.no_grad()
     def sample_tokens(self, labels: torch.Tensor, uniforms: torch.Tensor, cfg: float = 0.0, temperature: float = 1.0,
                       top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-        """Tokens [B, L] (what ``samplers.tokens.TokenSampler`` calls): the sampled tokens, or with
-        ``fake_tokens="reencode"`` the tokens of their decoded (8-bit) images."""
-        out = self.sample(labels, uniforms, cfg, temperature, top_k, top_p, return_images=self.fake_tokens == "reencode")
+        """The sampled tokens [B, L] (what ``samplers.tokens.TokenSampler`` calls, for fakes and evaluation)."""
+        return self.sample(labels, uniforms, cfg, temperature, top_k, top_p).tokens
+
+    @torch.no_grad()
+    def prepare_fakes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What DDO trains on as fakes (``DDOModule.sample_reference`` calls this; evaluation does not):
+        the sampled tokens, or with ``fake_tokens="reencode"`` the tokens of their decoded (8-bit) images."""
         if self.fake_tokens == "tokens":
-            return out.tokens
-        images = quantize(out.images) if self.reencode_uint8 else out.images
-        return self.encode(images)
+            return tokens
+        images = self.decode(tokens)
+        return self.encode(quantize(images) if self.reencode_uint8 else images)
 
 
 class VARNetwork(VARTokenModel):
