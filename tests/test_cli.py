@@ -190,3 +190,31 @@ def test_digits_presets_run_tiny_steps(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "outputs/digits/summary.json").read_text())
     assert summary["monitor"] == "digits_fid" and summary["reference"]["digits_fid"] > 0
     assert (tmp_path / "outputs/digits/samples.png").stat().st_size > 1000
+
+
+def test_token_presets_run_tiny_steps(tmp_path, monkeypatch):
+    """`make demo-tokens` at a tiny size: 4 MLE steps, then one short DDO round with online fakes; the
+    summary holds the exact KLs and the figure is drawn."""
+    monkeypatch.chdir(tmp_path)
+    small = {"num_eval_samples": 64, "eval_batch_size": 64}
+    data = {"init_args": {"batch_size": 16, "real": {"init_args": {"num_samples": 256}}}}
+    pre = write(tmp_path / "pre.yaml", {
+        "trainer": {"max_steps": 4, "val_check_interval": 4, "enable_progress_bar": False, "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"dirpath": "outputs/tokens/pretrain", "save_last": True, "every_n_train_steps": 4}}]},
+        "model": {"init_args": small}, "data": data})
+    main(["fit", "--config", str(ROOT / "configs/tokens_pretrain.yaml"), "--config", pre])
+    ddo = write(tmp_path / "ddo.yaml", {
+        "trainer": {"enable_progress_bar": False, "callbacks": [
+            {"class_path": "ddo_lightning.training.SelfPlay",
+             "init_args": {"rounds": 1, "kimg_per_round": 0.064, "eval_every_kimg": 0.032, "monitor": "kl_sym",
+                           "dirpath": "outputs/tokens/ddo", "summary_path": "outputs/tokens/summary.json"}},
+            {"class_path": "ddo_lightning.training.TokenFigure",
+             "init_args": {"path": "outputs/tokens/samples.png", "num_samples": 64}}]},
+        "model": {"init_args": small}, "data": data})
+    main(["fit", "--config", str(ROOT / "configs/tokens.yaml"), "--config", ddo])
+    summary = json.loads((tmp_path / "outputs/tokens/summary.json").read_text())
+    assert summary["monitor"] == "kl_sym" and summary["reference"]["kl_sym"] > 0
+    assert summary["reference"]["kl_sym"] == pytest.approx(
+        summary["reference"]["kl_data_model"] + summary["reference"]["kl_model_data"])
+    assert (tmp_path / "outputs/tokens/samples.png").stat().st_size > 1000
