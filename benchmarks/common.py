@@ -72,8 +72,8 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 
 def ratios(num: Sequence[float], den: Sequence[float]) -> list[float]:
-    """Per-repeat ratios num[i] / den[i] (the two were measured next to each other)."""
-    return [a / b for a, b in zip(num, den)]
+    """Per-repeat ratios num[i] / den[i] (the two were measured next to each other); NaN where den is 0."""
+    return [a / b if b else float("nan") for a, b in zip(num, den)]
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
