@@ -38,8 +38,8 @@ from .steps import DDOStep
 
 MEASURE = {  # (measured pool size, generation batch, step batch B) per preset
     "toy2d": (10_000, 10_000, 512),
-    "digits": (500, 500, 128),
-    "cifar": (8, 8, 4),
+    "digits": (128, 128, 128),
+    "cifar": (4, 4, 2),
 }
 
 

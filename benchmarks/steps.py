@@ -19,12 +19,15 @@ from ddo_lightning.protocols import PairedBatch, Samples
 from .presets import Preset
 
 
-def maybe_compile(net: torch.nn.Module, compile: bool) -> torch.nn.Module:
-    return torch.compile(net) if compile else net
+def maybe_compile(net: torch.nn.Module, compile: bool | str) -> torch.nn.Module:
+    """``compile``: False (eager), True (torch.compile, inductor) or a torch.compile backend name."""
+    if not compile:
+        return net
+    return torch.compile(net) if compile is True else torch.compile(net, backend=compile)
 
 
 class DDOStep:
-    def __init__(self, preset: Preset, batch: int | None = None, compile: bool = False, lr: float = 1e-4):
+    def __init__(self, preset: Preset, batch: int | None = None, compile: bool | str = False, lr: float = 1e-4):
         B = batch or preset.batch
         self.target = preset.network()
         self.reference = copy.deepcopy(self.target).eval().requires_grad_(False)
@@ -51,7 +54,7 @@ class DDOStep:
 class MLEStep:
     """EDM's denoising step on 2B samples (the same samples a DDO step with batch B sees)."""
 
-    def __init__(self, preset: Preset, batch: int | None = None, compile: bool = False, lr: float = 1e-4):
+    def __init__(self, preset: Preset, batch: int | None = None, compile: bool | str = False, lr: float = 1e-4):
         B = batch or preset.batch
         self.net = preset.network()
         self.net_fn = maybe_compile(self.net, compile)
