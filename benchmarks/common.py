@@ -4,7 +4,8 @@ and its JSON.
 Every figure is a RATIO of two (or more) things measured side by side in one process, interleaved
 (A B A B … after a warm-up of each), so that a machine shared with other jobs slows both sides alike.
 A ratio is formed per repeat (A_i / B_i) and reported as min / median / max over the repeats; the
-verdict (met / missed) uses the median.
+verdict (met / missed) uses the median. Times are the process's CPU time (user + system) when torch
+runs one thread (the default), wall time otherwise (see :func:`default_clock`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "clock": default_clock(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "platform": platform.platform(),
         "cuda": torch.cuda.is_available(),
     }
@@ -76,21 +79,35 @@ def ratios(num: Sequence[float], den: Sequence[float]) -> list[float]:
     return [a / b if b else float("nan") for a, b in zip(num, den)]
 
 
+def default_clock() -> str:
+    """'cpu' (this process's CPU time, user + system) when torch runs one thread, else 'wall'.
+
+    On a machine shared with other jobs, wall time counts the moments this process waits for a core;
+    its CPU time does not, so with one thread CPU-time ratios are far steadier (page faults and other
+    kernel work done for the process still count, as system time)."""
+    return "cpu" if torch.get_num_threads() == 1 else "wall"
+
+
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-                reps_per_sample: int = 1) -> dict[str, list[float]]:
+                reps_per_sample: int = 1, clock: str | None = None) -> dict[str, list[float]]:
     """Seconds per call of each function, measured A B C A B C … ``repeats`` times after ``warmup``
     calls of each (also interleaved). With ``reps_per_sample`` > 1 each sample is the mean of that
-    many back-to-back calls (for very short functions)."""
+    many back-to-back calls (for very short functions). ``clock``: 'cpu' or 'wall' (default:
+    :func:`default_clock`)."""
+    now = CLOCKS[clock or default_clock()]
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = now()
             for _ in range(reps_per_sample):
                 fn()
-            times[name].append((time.perf_counter() - t0) / reps_per_sample)
+            times[name].append((now() - t0) / reps_per_sample)
     return times
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 
 from .common import Figure, parser, ratios, setup_threads, summary, write_result
-from .presets import PRESETS, presets_from
+from .presets import presets_from
 
 
 def maxrss_mib() -> float:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     figures, extra = [], {}
     settings = {"threads": threads, "repeats": repeats, "steps_per_child": args.steps, "presets": {}}
-    for pr in presets_from(args.presets, False, default=("digits",) if args.quick else PRESETS):
+    for pr in presets_from(args.presets, False, default=("digits",) if args.quick else ("digits", "cifar")):
         runs = {"ddo": [], "mle": []}
         for _ in range(repeats):
             for kind in ("ddo", "mle"):

@@ -26,7 +26,7 @@ from ddo_lightning.samplers import HeunSampler, heun_sampler, seeded_normal
 from .common import Figure, interleaved, parser, ratios, setup_threads, summary, write_result
 from .presets import num_params, presets_from
 
-REPS = {"toy2d": 5, "digits": 1, "cifar": 1}
+REPS = {"toy2d": 3, "digits": 1, "cifar": 1}
 
 
 def peer(kd, net, labels, noise, sigmas, dtype):
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__).parse_args(argv)
     started = time.perf_counter()
     threads = setup_threads(args.threads)
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (2 if args.quick else 4)
     from .kdiff import load_sampling, version
 
     try:
