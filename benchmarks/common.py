@@ -93,7 +93,7 @@ CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
                 reps_per_sample: int = 1, clock: str | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured A B C A B C … ``repeats`` times after ``warmup``
+    """Seconds per call of each function, measured A B C C B A … ``repeats`` times after ``warmup``
     calls of each (also interleaved). With ``reps_per_sample`` > 1 each sample is the mean of that
     many back-to-back calls (for very short functions). ``clock``: 'cpu' or 'wall' (default:
     :func:`default_clock`)."""
@@ -102,8 +102,9 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        # A B C, then C B A, …: no function always runs right after the same other one or first
+        for name, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
             t0 = now()
             for _ in range(reps_per_sample):
                 fn()

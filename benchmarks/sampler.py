@@ -4,7 +4,8 @@ For each preset, on one network (random init, eval, no grad) and one σ grid (``
 N steps = 2N − 1 NFE), interleaved:
 
 - ``ours``: ``samplers.heun_sampler`` (state in float64 like EDM; the network sees float32);
-- ``floor``: NFE back-to-back batched forwards of the same network on the same batch (no grad);
+- ``floor``: NFE back-to-back batched forwards of the same network on the same batch (no grad), at
+  the σ values the sampler visits, on inputs prepared beforehand;
 - ``kdiff32``: k-diffusion's ``sample_heun`` on the same σ grid, float32 state (its default);
 - ``kdiff64``: the same with float64 state (the network wrapped to see float32, as ours).
 
@@ -43,6 +44,15 @@ def peer(kd, net, labels, noise, sigmas, dtype):
     return run
 
 
+class NullDenoiser(torch.nn.Module):
+    """D(x; σ) = 0.9·x: no network, so a sampler's time is its own per-step work."""
+
+    sigma_data = 0.5
+
+    def forward(self, x, sigma, labels):
+        return x * 0.9
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     diff = (a.double() - b.double()).abs().max().item()
     return {"max_abs_diff": diff, "max_rel_diff": diff / max(a.double().abs().max().item(), 1e-30)}
@@ -68,13 +78,18 @@ def main(argv: list[str] | None = None) -> None:
         sigmas, nfe, n = sampler.sigmas, sampler.nfe, p.sample_batch
         noise = seeded_normal(list(range(n)), p.shape)
         labels = p.labels(n)
-        x32 = noise * float(sigmas[0])
-        sig_b = torch.full((n,), 1.0)
+        # the floor evaluates the network at the σ the sampler visits (σ0, then σ1..σN-1 twice each), on
+        # inputs of the right scale, prepared outside the timing: some ops' cost depends on the values
+        # (sin/cos of the noise embedding at σ = 1 alone are several times cheaper)
+        sig32 = sigmas.to(torch.float32)
+        visits = [sig32[0]] + [v for v in sig32[1:-1] for _ in (0, 1)]
+        inputs = [(noise * v, v.expand(n).contiguous()) for v in visits]
+        assert len(inputs) == nfe
 
         @torch.no_grad()
         def floor():
-            for _ in range(nfe):
-                net(x32, sig_b, labels)
+            for x, sig in inputs:
+                net(x, sig, labels)
 
         def ours():
             return heun_sampler(net, noise, labels, sigmas)
@@ -103,6 +118,19 @@ def main(argv: list[str] | None = None) -> None:
                               note=f"same state precision; max |Δx| = {extra['agreement'][p.name]['kdiff64']['max_abs_diff']:.2e}"))
         figures.append(Figure(f"sampler fp64-state cost, k-diffusion fp64/fp32 ({p.name})", ratios(t["kdiff64"], t["kdiff32"]),
                               "x", None))
+        # the samplers' own work, without the network: a null denoiser (one multiply) makes each
+        # implementation's per-step overhead visible instead of drowning it in the network's noise
+        null = NullDenoiser()
+        nulls = {"ours": lambda: heun_sampler(null, noise, labels, sigmas),
+                 "kdiff32": peer(kd, null, labels, noise, sigmas, torch.float32),
+                 "kdiff64": peer(kd, null, labels, noise, sigmas, torch.float64)}
+        tn = interleaved(nulls, repeats, warmup=1, reps_per_sample=5)
+        extra[p.name]["null_denoiser_seconds"] = {k: summary(v) for k, v in tn.items()}
+        medn = {k: summary(v)["median"] for k, v in tn.items()}
+        figures.append(Figure(f"sampler overhead ours/k-diffusion fp32, null denoiser ({p.name})", ratios(tn["ours"], tn["kdiff32"]),
+                              "x", 1.0, "<=", note=f"per NFE: ours {medn['ours'] / nfe * 1e6:.0f} µs, k-diffusion fp32 "
+                                              f"{medn['kdiff32'] / nfe * 1e6:.0f} µs, fp64 {medn['kdiff64'] / nfe * 1e6:.0f} µs; "
+                                              f"ours' overhead = {medn['ours'] / med['ours']:.1%} of a real sampling call"))
     write_result("sampler", settings, figures, extra, args.out, started)
 
 
