@@ -43,6 +43,13 @@ MEASURE = {  # (measured pool size, generation batch, step batch B) per preset
 }
 
 
+def duration(seconds: float) -> str:
+    """CPU-seconds on this machine, in a readable unit."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__).parse_args(argv)
     started = time.perf_counter()
@@ -87,9 +94,9 @@ def main(argv: list[str] | None = None) -> None:
                               note=f"{sampler.nfe} NFE, generation batch {gen_batch}, {threads} thread(s)"))
         figures.append(Figure(f"fake share of round, pool ({p.name})", share_pool, "fraction", None,
                               note=f"pool {cfg['pool']}, {steps_per_round:.0f} steps of B={cfg['batch']}; "
-                                   f"round ≈ {summary(round_pool)['median'] / 3600:.2f} h"))
+                                   f"round ≈ {duration(summary(round_pool)['median'])}"))
         figures.append(Figure(f"fake share of round, online ({p.name})", share_online, "fraction", None,
-                              note=f"round ≈ {summary(round_online)['median'] / 3600:.2f} h"))
+                              note=f"round ≈ {duration(summary(round_online)['median'])}"))
         figures.append(Figure(f"round time online/pool ({p.name})", ratios(round_online, round_pool), "x", None))
     write_result("fake_samples", settings, figures, extra, args.out, started)
 

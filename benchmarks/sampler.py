@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         figures.append(Figure(f"sampler overhead ours/k-diffusion fp32, null denoiser ({p.name})", ratios(tn["ours"], tn["kdiff32"]),
                               "x", 1.0, "<=", note=f"per NFE: ours {medn['ours'] / nfe * 1e6:.0f} µs, k-diffusion fp32 "
                                               f"{medn['kdiff32'] / nfe * 1e6:.0f} µs, fp64 {medn['kdiff64'] / nfe * 1e6:.0f} µs; "
-                                              f"ours' overhead = {medn['ours'] / med['ours']:.1%} of a real sampling call"))
+                                              f"ours' overhead = {medn['ours'] / med['ours']:.2%} of a real sampling call"))
     write_result("sampler", settings, figures, extra, args.out, started)
 
 
