@@ -57,8 +57,9 @@ def run_child(kind: str, preset_name: str, quick: bool, steps: int, threads: int
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__)
     p.add_argument("--child", choices=["ddo", "mle"], default=None)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="training steps per child (default 3; --quick: 1)")
     args = p.parse_args(argv)
+    args.steps = args.steps or (1 if args.quick else 3)
     threads = setup_threads(args.threads)
     if args.child:
         child(args.child, args.presets, args.quick, args.steps)

@@ -20,15 +20,25 @@ BENCHMARKS = ["step_cost", "sampler", "memory", "fake_samples", "scaling", "comp
 HAVE_KDIFF = importlib.util.find_spec("k_diffusion") is not None
 
 
-def run(name, out):
-    module = importlib.import_module(f"benchmarks.{name}")
-    module.main(["--quick", "--out", str(out)])
-    return json.loads((out / f"{name}.json").read_text())
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """Each benchmark run once with --quick (on first use), its JSON parsed; all in one folder."""
+    out = tmp_path_factory.mktemp("bench")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            importlib.import_module(f"benchmarks.{name}").main(["--quick", "--out", str(out)])
+            cache[name] = json.loads((out / f"{name}.json").read_text())
+        return cache[name]
+
+    get.out = out
+    return get
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
-def test_benchmark_quick(name, tmp_path, one_thread):
-    result = run(name, tmp_path)
+def test_benchmark_quick(name, quick_results, one_thread):
+    result = quick_results(name)
     assert result["name"] == name
     for key in ("cpu", "cores", "ram_gib", "torch", "torch_threads"):
         assert key in result["machine"]
@@ -45,16 +55,16 @@ def test_benchmark_quick(name, tmp_path, one_thread):
 
 
 @pytest.mark.skipif(not HAVE_KDIFF, reason="k-diffusion (the `bench` extra, `make bench`) is not installed")
-def test_sampler_matches_k_diffusion(tmp_path, one_thread):
-    result = run("sampler", tmp_path)
+def test_sampler_matches_k_diffusion(quick_results, one_thread):
+    result = quick_results("sampler")
     for preset, agree in result["extra"]["agreement"].items():
         assert agree["kdiff64"]["max_rel_diff"] <= 1e-6, (preset, agree)  # same algorithm, same precision
         assert agree["kdiff32"]["max_rel_diff"] <= 1e-3, (preset, agree)  # float32 state: rounding only
 
 
-def test_summary_renders(tmp_path, one_thread):
+def test_summary_renders(quick_results, one_thread):
     from benchmarks import summary
 
-    run("step_cost", tmp_path)
-    text = summary.render(summary.load(tmp_path))
+    quick_results("step_cost")
+    text = summary.render(summary.load(quick_results.out))
     assert "| step_cost |" in text and "target" in text
