@@ -1,6 +1,7 @@
 # ddo_lightning — two commands do everything on a fresh machine:
 #   make demo   install, then pretrain the 2-D reference by MLE and run 3 DDO rounds (CPU, < 5 min)
 #   make test   install, then run the whole test suite (slow end-to-end tests included)
+#   make bench  install, then the CPU benchmarks (benchmarks/, < 15 min; not part of `make test`)
 # Everything lives in a local virtual environment, .venv/.
 
 PYTHON ?= python3
@@ -17,11 +18,15 @@ PYTEST_ARGS ?=
 FID_VENV ?= .venv-fid
 FID_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 FID_PY := $(FID_VENV)/bin/python
+# The `bench` extra of pyproject.toml, installed WITHOUT dependencies: k-diffusion requires torchvision,
+# and resolving it would replace a CPU-only torch. BENCH_ARGS go to `python -m benchmarks` (e.g. --quick).
+BENCH_SPEC ?= k-diffusion==0.1.1.post1 torchdiffeq==0.2.5 torchsde==0.2.6 trampoline==0.1.2
+BENCH_ARGS ?=
 
-.PHONY: install install-fid demo demo-digits demo-tokens test test-fast test-fid clean help
+.PHONY: install install-fid demo demo-digits demo-tokens test test-fast test-fid bench clean help
 
 help:
-	@echo "make demo | make demo-digits | make demo-tokens | make test | make test-fast | make test-fid | make clean"
+	@echo "make demo | make demo-digits | make demo-tokens | make test | make test-fast | make test-fid | make bench | make clean"
 
 # An existing torch is never replaced: if the interpreter already imports torch, the venv sees it
 # (--system-site-packages); otherwise a CUDA machine gets pip's default torch and a CPU machine TORCH_SPEC.
@@ -85,6 +90,11 @@ test-fid: install-fid
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# CPU benchmarks: tables on stdout, JSON per benchmark and summary.md in benchmarks/results/ (docs/performance.md).
+bench: install
+	$(PIP) install -q --no-deps $(BENCH_SPEC)
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -57,9 +57,13 @@ def diffusion_log_ratio(
     shape = (-1,) + (1,) * (x.ndim - 1)
     noisy = x + sigma.reshape(shape) * noise
     weight = edm_weight(sigma, target.sigma_data)
-    err_target = denoising_error(target(noisy, sigma, labels), x, weight)
+    # Reference first: its no-grad working memory is freed before the target's autograd activations pile
+    # up, so it never stacks on top of them: the step's peak memory is lower (CPU, 3 steps: −7% on the
+    # reduced CIFAR net, −8% on digits; speed unchanged; docs/performance.md). The two forwards are
+    # independent: the results are identical.
     with torch.no_grad():
         err_reference = denoising_error(reference(noisy, sigma, labels), x, weight)
+    err_target = denoising_error(target(noisy, sigma, labels), x, weight)
     return DiffusionLogRatio(-(err_target - err_reference), err_target, err_reference)
 
 
