@@ -234,3 +234,25 @@ def test_mix_seed_stable():
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         outs.add(res.stdout.strip())
     assert outs == {f"{a} {mix_seed(7, 3)}"}
+
+
+def test_compile_option_compiles_each_network_once_and_keeps_the_samples(mixture, monkeypatch):
+    """HeunSampler(compile=True) goes through torch.compile once per network object and samples the
+    same as eager mode (here the 'compiler' is an instrumented pass-through: a real CPU compilation
+    takes ~30 s; its speed is measured by `make bench`, benchmarks/compile.py)."""
+    calls = []
+
+    def fake_compile(model, *args, **kwargs):
+        calls.append(model)
+        return lambda *a, **k: model(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    noise = seeded_normal(torch.arange(64), (2,))
+    labels = torch.zeros(64, 0)
+    eager = HeunSampler(num_steps=6)(mixture, noise, labels)
+    sampler = HeunSampler(num_steps=6, compile=True)
+    first = sampler(mixture, noise, labels)
+    second = sampler(mixture, noise, labels)
+    assert calls == [mixture]  # compiled once, reused
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert sampler.with_steps(4).compile

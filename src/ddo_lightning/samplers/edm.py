@@ -7,6 +7,7 @@ The only randomness beyond ``noise`` is the churn noise, drawn from ``generator`
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -73,6 +74,10 @@ class HeunSampler(Sampler):
         num_steps: N grid points (2N−1 network evaluations).
         sigma_min, sigma_max, rho: Karras grid (EDM Eq. 5).
         S_churn, S_min, S_max, S_noise: stochasticity (EDM Algorithm 2); S_churn = 0 is deterministic.
+        compile: run the denoiser through ``torch.compile`` (compiled once per network object and reused;
+            the weights may change between calls). Measured on CPU (``make bench``): the sampler 16% faster
+            on the digits UNet after a 33 s first compilation, so worth it for large pools (CIFAR-10's 50k
+            pool), not for small ones. Samples agree with eager mode to float rounding.
     """
 
     def __init__(
@@ -85,15 +90,18 @@ class HeunSampler(Sampler):
         S_min: float = 0.0,
         S_max: float = float("inf"),
         S_noise: float = 1.0,
+        compile: bool = False,
     ):
         self.sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho)  # validates the arguments
+        self.compile = compile
+        self._compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.num_steps = num_steps
         self.grid = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
         self.churn = dict(S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
 
     def with_steps(self, num_steps: int) -> "HeunSampler":
         """The same sampler (σ range, ρ, churn) with another number of steps."""
-        return HeunSampler(num_steps, **self.grid, **self.churn)
+        return HeunSampler(num_steps, **self.grid, **self.churn, compile=self.compile)
 
     @property
     def nfe(self) -> int:
@@ -102,7 +110,18 @@ class HeunSampler(Sampler):
     def __call__(
         self, denoiser: Denoiser, noise: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        if self.compile:
+            denoiser = self.compiled(denoiser)
         return heun_sampler(denoiser, noise, labels, self.sigmas, generator=generator, **self.churn)
+
+    def compiled(self, denoiser: Denoiser) -> Denoiser:
+        """``torch.compile(denoiser)``, made once per network object (the compiled wrapper reads the
+        network's current weights at every call, so promotions and EMA updates need no recompilation)."""
+        fn = self._compiled.get(denoiser)
+        if fn is None:
+            fn = torch.compile(denoiser)
+            self._compiled[denoiser] = fn
+        return fn
 
     def from_seeds(self, net: Denoiser, seeds: torch.Tensor, labels: torch.Tensor, sample_shape: tuple[int, ...],
                    device: torch.device | str) -> torch.Tensor:
