@@ -15,15 +15,20 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_demo_beats_mle_reference(tmp_path):
+def run_stages(tmp_path, *configs: str) -> None:
+    """`ddo fit --config X` for each preset in turn, in a copy of configs/, as `make` runs them."""
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     ddo = [os.path.join(os.path.dirname(sys.executable), "ddo")]  # the installed console script, as make runs it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for config in ("configs/toy2d_pretrain.yaml", "configs/toy2d.yaml"):
+    for config in configs:
         proc = subprocess.run([*ddo, "fit", "--config", config, "--trainer.enable_progress_bar", "false"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_demo_beats_mle_reference(tmp_path):
+    run_stages(tmp_path, "configs/toy2d_pretrain.yaml", "configs/toy2d.yaml")
     summary = json.loads((tmp_path / "outputs/demo/summary.json").read_text())
     assert (tmp_path / "outputs/demo/samples.png").stat().st_size > 10_000
     mle, final = summary["reference"], summary["rounds"][-1]["metrics"]
@@ -39,13 +44,7 @@ def test_token_demo_improves_the_exact_kl_of_its_mle_reference(tmp_path):
     """`make demo-tokens`: DDO without CFG lowers the exact KL to the source in both directions, round
     after round (the README's numbers; every sequence is enumerated, so there is no sampling noise in
     the metric)."""
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    ddo = [os.path.join(os.path.dirname(sys.executable), "ddo")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for config in ("configs/tokens_pretrain.yaml", "configs/tokens.yaml"):
-        proc = subprocess.run([*ddo, "fit", "--config", config, "--trainer.enable_progress_bar", "false"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    run_stages(tmp_path, "configs/tokens_pretrain.yaml", "configs/tokens.yaml")
     summary = json.loads((tmp_path / "outputs/tokens/summary.json").read_text())
     assert (tmp_path / "outputs/tokens/samples.png").stat().st_size > 10_000
     mle = summary["reference"]
