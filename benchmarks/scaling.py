@@ -79,6 +79,7 @@ def worker(preset_name: str, quick: bool, steps: int, threads: int) -> None:
         t = torch.tensor([seconds])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         seconds = float(t)
+        dist.barrier()  # both ranks done with gloo before either tears it down (else: "terminate called ...")
         dist.destroy_process_group()
     if rank == 0:
         print(json.dumps({"seconds": seconds, "samples": world * step.samples_per_step * steps}))

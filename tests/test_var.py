@@ -37,7 +37,7 @@ from ddo_lightning.networks.var import (
     load_var_checkpoint,
 )
 from ddo_lightning.objectives import TokenDDO
-from ddo_lightning.pixels import quantize
+from ddo_lightning.pixels import model_to_uint8, quantize
 from ddo_lightning.protocols import PairedBatch, Samples, TokenModel
 from ddo_lightning.samplers import TokenSampler
 from ddo_lightning.samplers.tokens import seeded_uniform
@@ -479,18 +479,24 @@ class _MeanColour(nn.Module):
         return images_uint8.float().mean((2, 3))
 
 
-def test_decoded_fid_takes_tokens(tmp_path, model):
-    from ddo_lightning.networks.var import DecodedFrechetDistance
+def test_fid_of_tokens_through_the_var_decoder(tmp_path, model):
+    from ddo_lightning.metrics import FrechetDistance
+    from ddo_lightning.networks.var import VARImageDecoder
 
     torch.save(model.vae.state_dict(), tmp_path / "vae.pth")
     vae_kwargs = dict(V=32, Cvae=8, ch=32, patch_nums=PN)
-    fid_tokens = DecodedFrechetDistance(_MeanColour(), str(tmp_path / "vae.pth"), vae_kwargs=vae_kwargs, decode_batch_size=2)
-    fid_images = DecodedFrechetDistance(_MeanColour(), str(tmp_path / "vae.pth"), vae_kwargs=vae_kwargs)
+    decoder = VARImageDecoder(str(tmp_path / "vae.pth"), vae_kwargs=vae_kwargs, decode_batch_size=2)
+    fid_tokens = FrechetDistance(_MeanColour(), decoder=decoder)
+    fid_images = FrechetDistance(_MeanColour())
     tokens = model.sample_tokens(labels_of([0, 1, 2]), seeded_uniform([1, 2, 3], L))
+    images = model.decode(tokens)
+    assert torch.equal(decoder(tokens), model_to_uint8(images))  # the tokenizer's decode, 8-bit
     fid_tokens.update(tokens)
-    fid_images.update(model.decode(tokens))
+    fid_images.update(images)
     assert int(fid_tokens.count) == 3 and torch.allclose(fid_tokens.total, fid_images.total)
-    assert not any("vae" in k for k in fid_tokens.state_dict())
+    assert not any("vae" in k or "decoder" in k for k in fid_tokens.state_dict())
+    with pytest.raises(ValueError, match="expected tokens"):
+        decoder(tokens[:, :-1])
 
 
 @pytest.mark.parametrize("preset", ["var_d16.yaml", "var_d30.yaml"])
@@ -524,9 +530,11 @@ def test_var_presets_run_a_tiny_step(preset, tmp_path, monkeypatch):
         "model": {"init_args": {
             "init_from": "var.pth",
             "network": {"class_path": "ddo_lightning.networks.VARNetwork", "init_args": tiny_net},
-            "evaluator": {"class_path": "ddo_lightning.networks.var.DecodedFrechetDistance",
-                          "init_args": {"name": "fid", "vae_checkpoint": "vae.pth", "reference_stats": "stats.npz",
-                                        "vae_kwargs": {"V": 32, "Cvae": 8, "ch": 32, "patch_nums": [1, 2]},
+            "evaluator": {"class_path": "ddo_lightning.metrics.FrechetDistance",
+                          "init_args": {"name": "fid", "reference_stats": "stats.npz",
+                                        "decoder": {"class_path": "ddo_lightning.networks.var.VARImageDecoder",
+                                                    "init_args": {"vae_checkpoint": "vae.pth", "vae_kwargs": {
+                                                        "V": 32, "Cvae": 8, "ch": 32, "patch_nums": [1, 2]}}},
                                         "extractor": "conftest.RandomFeatures"}},
             "num_eval_samples": 2, "eval_batch_size": 2}},
         "data": {"init_args": {"batch_size": 4, "num_workers": 0,

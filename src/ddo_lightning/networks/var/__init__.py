@@ -3,6 +3,7 @@ builders and strict checkpoint loaders (names as FoundationVision/VAR), and ``VA
 ``protocols.TokenModel`` adapter used by autoregressive DDO. See docs/var.md."""
 
 from .adapter import VARNetwork, VARSample, VARTokenModel
+from .decoder import VARImageDecoder
 from .build import (
     PATCH_NUMS_256,
     VAR_CHECKPOINTS,
@@ -17,15 +18,6 @@ from .transformer import VAR, AdaLNBeforeHead, AdaLNSelfAttn
 from .vqvae import VQVAE, VectorQuantizer2
 
 
-def __getattr__(name: str):
-    # imported on first use: the metric pulls in torchmetrics/scipy, which building a network does not need
-    if name == "DecodedFrechetDistance":
-        from .metrics import DecodedFrechetDistance
-
-        return DecodedFrechetDistance
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "PATCH_NUMS_256",
     "VAR",
@@ -34,7 +26,7 @@ __all__ = [
     "AdaLNBeforeHead",
     "AdaLNSelfAttn",
     "CheckpointMismatch",
-    "DecodedFrechetDistance",
+    "VARImageDecoder",
     "VARNetwork",
     "VARSample",
     "VARTokenModel",
