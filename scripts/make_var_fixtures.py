@@ -22,7 +22,7 @@ import torch
 
 
 def fill(module: torch.nn.Module, seed: int) -> None:
-    """Weights of the tiny parity model; tests/test_var.py repeats this recipe."""
+    """Weights of the tiny parity model (tests/test_var.py imports this recipe)."""
     gen = torch.Generator().manual_seed(seed)
     params = dict(module.named_parameters())
     with torch.no_grad():

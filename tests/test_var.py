@@ -53,17 +53,19 @@ def _cfg(d: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
-def fill(module: nn.Module, seed: int) -> None:
-    """The weight recipe the parity fixture was made with: parameters in sorted-name order,
-    0.1·N(0, 1), plus 1 for one-dimensional '*weight' parameters (norm scales)."""
-    gen = torch.Generator().manual_seed(seed)
-    params = dict(module.named_parameters())
-    with torch.no_grad():
-        for name in sorted(params):
-            v = 0.1 * torch.randn(params[name].shape, generator=gen, dtype=torch.float64)
-            if name.endswith("weight") and params[name].ndim == 1:
-                v = v + 1
-            params[name].copy_(v.to(params[name].dtype))
+def _fixture_script():
+    """scripts/make_var_fixtures.py, which made the parity fixture: its weight recipe ``fill`` is reused
+    here (the script imports only torch and the standard library at module level)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_var_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_var_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fill = _fixture_script().fill  # parameters in sorted-name order, 0.1·N(0, 1), +1 for 1-D '*weight'
 
 
 _VAE: list[VQVAE] = []
