@@ -180,6 +180,7 @@ def test_mle_then_ddo_self_play_on_tokens(tmp_path, fake):
     else:
         pool = TokenSampler().from_seeds(ref, torch.tensor([mix_seed(1, 0, i) for i in range(96)]),
                                          torch.eye(K)[torch.arange(96) % K], (L,), "cpu")
-        rows = [next(j for j in range(96) if torch.equal(pool[j], x[i])) for i in range(32)]
-        assert len(rows) == 32  # every fake of the step is a sample of the reference's pool
+        # the first step takes the first 32 positions of epoch 0's permutation, seeded by (seed, round, epoch)
+        rows = torch.randperm(96, generator=torch.Generator().manual_seed(mix_seed(1, 0, 0, 1)))[:32]
+        assert torch.equal(x, pool[rows]) and torch.equal(labels, torch.eye(K)[rows % K])
     assert os.path.isfile(tmp_path / "ddo" / "best.pt")

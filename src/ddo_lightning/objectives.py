@@ -132,6 +132,17 @@ class DiffusionDDO(DDOObjective):
         return ObjectiveOutput(out.loss.mean(), out.loss, stats)
 
 
+def check_label_drop(p: float) -> None:
+    if not 0 <= p < 1:
+        raise ValueError(f"label_drop must be in [0, 1), got {p}")
+
+
+def drop_labels(labels: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """``labels`` [B, K] with the rows where ``dropped`` [B] is True replaced by the all-zero "no
+    condition" row (CFG's unconditional branch)."""
+    return labels * (~dropped).to(labels.dtype).unsqueeze(1)
+
+
 class TokenDDO(DDOObjective):
     """DDO for next-token models (paper §4.2, method.md §3), CFG-compatible.
 
@@ -149,8 +160,7 @@ class TokenDDO(DDOObjective):
 
     def __init__(self, alpha: float = 10.0, beta: float = 0.02, label_drop: float = 0.1, normalize: bool = False):
         check_alpha_beta(alpha, beta)
-        if not 0 <= label_drop < 1:
-            raise ValueError(f"label_drop must be in [0, 1), got {label_drop}")
+        check_label_drop(label_drop)
         self.alpha, self.beta, self.label_drop, self.normalize = alpha, beta, label_drop, normalize
 
     def drop_mask(self, batch_size: int, generator: torch.Generator | None, device: torch.device,
@@ -167,7 +177,7 @@ class TokenDDO(DDOObjective):
         drop_real, drop_fake = self.drop_mask(B, generator, device, shard)
         labels = torch.cat([real.labels, fake.labels])
         if labels.shape[1] and self.label_drop > 0:
-            labels = labels * (~torch.cat([drop_real, drop_fake])).to(labels.dtype).unsqueeze(1)
+            labels = drop_labels(labels, torch.cat([drop_real, drop_fake]))
         else:
             drop_real, drop_fake = torch.zeros_like(drop_real), torch.zeros_like(drop_fake)
         est = token_log_ratio(target, reference, torch.cat([real.x, fake.x]), labels)
@@ -202,8 +212,7 @@ class TokenMLE(MLEObjective):
     """
 
     def __init__(self, label_drop: float = 0.1):
-        if not 0 <= label_drop < 1:
-            raise ValueError(f"label_drop must be in [0, 1), got {label_drop}")
+        check_label_drop(label_drop)
         self.label_drop = label_drop
 
     def __call__(self, net: TokenModel, batch: Samples, generator: torch.Generator | None = None,
@@ -211,7 +220,7 @@ class TokenMLE(MLEObjective):
         tokens, labels = batch
         if labels.shape[1] and self.label_drop > 0:
             (drop,) = label_drop_mask(len(batch), 1, self.label_drop, generator, tokens.device, shard)
-            labels = labels * (~drop).to(labels.dtype).unsqueeze(1)
+            labels = drop_labels(labels, drop)
         per_sample = -token_log_prob(net, tokens, labels)  # nats per sequence
         loss = per_sample.mean() / tokens.shape[1]  # per token: the scale of the usual LM loss
         return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "nll_real": loss.detach()})

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from ..samplers import HeunSampler, Sampler, mix_seed
+from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
+from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
 from .fake_sources import balanced_labels, lockstep_chunks
 from .sharding import is_sharded
 
@@ -38,19 +39,17 @@ def disable_dropout(net: nn.Module) -> int:
 def check_model_family(network: nn.Module, objective: Any, sampler: Any) -> None:
     """A diffusion denoiser (has ``sigma_data``) goes with a diffusion objective and sampler; a
     next-token model with TokenDDO/TokenMLE and TokenSampler. Mixing them fails here, by name."""
-    from ..objectives import DenoisingScoreMatching, DiffusionDDO
-    from ..samplers import TokenSampler
-
     diffusion = hasattr(network, "sigma_data")
-    name = type(network).__name__
-    if diffusion and (type(objective).__name__.startswith("Token") or isinstance(sampler, TokenSampler)):
-        raise ValueError(f"{name} is a diffusion denoiser (it has sigma_data) but got objective "
-                         f"{type(objective).__name__} and sampler {type(sampler).__name__}: use DiffusionDDO / "
-                         "DenoisingScoreMatching and HeunSampler")
-    if not diffusion and (isinstance(objective, (DiffusionDDO, DenoisingScoreMatching)) or isinstance(sampler, HeunSampler)):
-        raise ValueError(f"{name} is not a diffusion denoiser (no sigma_data) but got objective "
-                         f"{type(objective).__name__} and sampler {type(sampler).__name__}: a next-token model "
-                         "needs objective TokenDDO (TokenMLE for pretraining) and sampler TokenSampler")
+    mixed = isinstance(objective, (TokenDDO, TokenMLE)) or isinstance(sampler, TokenSampler) if diffusion else \
+        isinstance(objective, (DiffusionDDO, DenoisingScoreMatching)) or isinstance(sampler, HeunSampler)
+    if not mixed:
+        return
+    got = f"objective {type(objective).__name__} and sampler {type(sampler).__name__}"
+    if diffusion:
+        raise ValueError(f"{type(network).__name__} is a diffusion denoiser (it has sigma_data) but got {got}: "
+                         "use DiffusionDDO / DenoisingScoreMatching and HeunSampler")
+    raise ValueError(f"{type(network).__name__} is not a diffusion denoiser (no sigma_data) but got {got}: a "
+                     "next-token model needs objective TokenDDO (TokenMLE for pretraining) and sampler TokenSampler")
 
 
 class DenoiserModule(pl.LightningModule):
