@@ -5,6 +5,7 @@
     ddo validate --config configs/toy2d.yaml --ckpt_path outputs/demo/ddo/round-3.ckpt
     ddo fit --help / --print_config
     ddo convert edm-cifar10-32x32-uncond-vp.pkl edm-cifar10-uncond.pt   # NVIDIA pickle -> plain weights
+    ddo fetch --config configs/edm_cifar10.yaml     # the files a preset names as "cache:NAME" (docs/fetch.md)
     ddo sample --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --seeds 0-99 --out grid/
     ddo fid --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --features digits --ref ref.npz
     ddo fid --write-stats ref.npz --config configs/digits.yaml --features digits  (see commands.py)
@@ -55,6 +56,22 @@ class DDOCLI(LightningCLI):
         if not sharded and not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
+
+    def before_instantiate_classes(self) -> None:
+        # Every needed file checked before anything is built (one message, no traceback), and the
+        # config's "cache:NAME" strings replaced by their paths (docs/fetch.md).
+        from .fetch import FetchError, preflight
+
+        sub = self.config.get("subcommand")
+        config = self.config[sub] if sub else self.config
+        configs = [str(c) for c in (config.get("config") or [])]
+        try:
+            message = preflight(config, configs, prog=f"ddo {sub or 'fit'}")
+        except FetchError as err:  # an unknown cache name
+            message = f"ddo {sub or 'fit'}: {err}"
+        if message:
+            print(message, file=sys.stderr)
+            raise SystemExit(2)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint here first (for hyperparameters): check it before that
@@ -118,12 +135,13 @@ def main(args: list[str] | None = None) -> None:
               "  ddo sample --help    samples of a checkpoint to PNGs or .npz\n"
               "  ddo fid --help       FID of a checkpoint or image set; reference statistics of a dataset\n"
               "  ddo convert --help   an NVIDIA EDM/EDM2 pickle to plain weights\n"
+              "  ddo fetch --help     download checkpoints, datasets and statistics a preset needs\n"
               "  ddo slurm --help     run ddo fit under SLURM (sbatch script, one task per device)\n")
     if argv[:1] == ["slurm"]:
         from .launch.slurm import main as slurm_main
 
         raise SystemExit(slurm_main(argv[1:]))
-    if argv[:1] in (["sample"], ["fid"]):
+    if argv[:1] in (["sample"], ["fid"], ["fetch"]):
         from .commands import run_command
 
         run_command(argv[0], argv[1:])

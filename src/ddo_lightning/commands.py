@@ -1,9 +1,10 @@
-"""``ddo sample`` and ``ddo fid``: sampling and FID outside a training run.
+"""``ddo sample``, ``ddo fid`` and ``ddo fetch``: sampling, FID and downloads outside a training run.
 
     ddo sample --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --seeds 0-999 --out samples.npz
     ddo fid --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --features digits --ref digits-ref.npz
     ddo fid --images samples/ --ref cifar10-32x32.npz               # a folder, a .zip or an .npz of images
     ddo fid --write-stats cifar10-32x32.npz --config configs/edm_cifar10.yaml   # the config's real data
+    ddo fetch --config configs/edm_cifar10.yaml      # every "cache:NAME" file of a preset (docs/fetch.md)
 
 The network comes from the config's ``model.init_args.network`` (and its sampler), the weights from
 ``--ckpt`` (default: the config's ``init_from``): our ``.ckpt``/``.pt`` files or an NVIDIA ``.pkl``.
@@ -31,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints.load import ArchitectureMismatch, check_same_architecture, denoiser_state_dict
+from .fetch import FetchError, resolve, resolve_refs
 from .pixels import model_to_uint8
 from .samplers import HeunSampler, seeded_normal
 
@@ -105,12 +107,12 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
                   device: str = "cpu") -> tuple[nn.Module, HeunSampler, dict[str, Any]]:
     """The config's network with the checkpoint's weights (eval mode, fp32, on ``device``), the config's
     sampler, and a description of what was loaded."""
-    cfg = read_configs(configs)
+    cfg = resolve_refs(read_configs(configs), check=True)  # "cache:NAME" -> path (missing: the `ddo fetch` command)
     model = cfg.get("model")
     init = model.get("init_args", {}) if isinstance(model, dict) else {}
     if "network" not in init:
         raise CommandError(f"{', '.join(configs)}: no model.init_args.network (a DDOModule or MLEModule preset is needed)")
-    ckpt = ckpt or init.get("init_from")
+    ckpt = resolve(ckpt or init.get("init_from") or "")
     if not ckpt:
         raise CommandError("no weights: pass --ckpt (the config has no model.init_args.init_from either)")
     if which not in WHICH:
@@ -291,15 +293,15 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
     device = _device(a.device)
     from .metrics import FrechetDistance
 
-    metric = FrechetDistance(build_extractor(a.features, a.inception_weights), name="fid",
-                             reference_stats=a.ref).to(device)
+    weights, ref = (resolve(x) if x else x for x in (a.inception_weights, a.ref))  # "cache:NAME" works here too
+    metric = FrechetDistance(build_extractor(a.features, weights), name="fid", reference_stats=ref).to(device)
     t0 = time.perf_counter()
     result: dict[str, Any] = {"features": a.features}
     if a.images:
         total, batches = image_batches(a.images, a.batch_size)
         result["images"] = a.images
     elif a.config and a.write_stats:  # the config's real data
-        cfg = read_configs(a.config)
+        cfg = resolve_refs(read_configs(a.config), check=True)
         real = ((cfg.get("data") or {}).get("init_args") or {}).get("real")
         if real is None:
             raise CommandError(f"{', '.join(a.config)}: no data.init_args.real to take statistics of")
@@ -340,11 +342,51 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
     return result
 
 
+# ---- ddo fetch ---------------------------------------------------------------------------------------
+def fetch_main(argv: list[str]) -> dict[str, Any]:
+    """``ddo fetch NAME... | --config PRESET... | --list`` (docs/fetch.md)."""
+    from .fetch import MANIFEST, cache_refs, cache_root, entry, entry_path, fetch_entry, find_problems
+    from .fetch.download import entry_status
+
+    p = argparse.ArgumentParser(prog="ddo fetch", description="Download checkpoints, datasets and statistics into the "
+                                "cache ($DDO_CACHE, default ~/.cache/ddo_lightning): resumable, atomic, checked by hash.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="manifest entries (see --list)")
+    p.add_argument("--config", action="append", help="every cache:NAME of these presets, merged as `ddo fit` merges them")
+    p.add_argument("--list", action="store_true", help="the manifest: entries, status, files, sources, licences")
+    p.add_argument("--retries", type=int, default=3, help="tries after a broken transfer that made progress (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if a.list:
+        for e in MANIFEST.values():
+            print(f"{e.name:22} {entry_status(e):8} {entry_path(e)}\n{'':31}{e.description}; {e.licence}\n"
+                  + "".join(f"{'':31}{f.url}\n" for f in e.files), end="")
+        return {"cache": str(cache_root()), "entries": list(MANIFEST)}
+    cfg = read_configs(a.config) if a.config else None
+    names = list(dict.fromkeys([*a.names, *(cache_refs(cfg) if cfg else [])]))
+    if not names:
+        raise CommandError("nothing to fetch: give entry names (`ddo fetch --list`) or --config PRESET")
+    entries = [entry(n) for n in names]  # an unknown name fails before any download
+    failed = []
+    for e in entries:
+        try:
+            for path, how in fetch_entry(e, retries=a.retries, progress=not a.quiet):
+                print(f"{e.name}: {path} ({how})")
+        except FetchError as err:
+            failed.append(e.name)
+            print(f"ddo fetch: {err}", file=sys.stderr)
+    by_hand = [q for q in find_problems(cfg) if not q.fetchable] if cfg else []
+    for q in by_hand:
+        print(f"not downloadable: {q.key}: {q.value}: {q.origin}", file=sys.stderr)
+    if failed:
+        raise CommandError(f"{len(failed)} of {len(entries)} entries not fetched: {', '.join(failed)} (messages above)")
+    return {"fetched": names, "by_hand": [q.value for q in by_hand]}
+
+
 def run_command(name: str, argv: list[str]) -> dict[str, Any]:
     """Run ``ddo <name>``; bad input exits with status 2 and one line naming the problem."""
-    main = {"sample": sample_main, "fid": fid_main}[name]
+    main = {"sample": sample_main, "fid": fid_main, "fetch": fetch_main}[name]
     try:
         return main(argv)
-    except (CommandError, ArchitectureMismatch, FileNotFoundError, ImportError) as err:
+    except (CommandError, ArchitectureMismatch, FileNotFoundError, ImportError, FetchError) as err:
         print(f"ddo {name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

@@ -272,14 +272,23 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
-        try:
-            return _RestrictedUnpickler(f, str(path)).load()
-        except pickle.UnpicklingError as e:
-            if str(path) in str(e):
-                raise
-            raise ValueError(f"{path}: not a valid pickle (truncated or corrupt?): {e}") from e
-        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as e:
-            raise ValueError(f"{path}: not a valid pickle (truncated or corrupt?): {type(e).__name__}: {e}") from e
+        return _safe_unpickle(f, str(path))
+
+
+def safe_loads_pickle(data: bytes, source: str) -> Any:
+    """``safe_load_pickle`` of bytes (e.g. a member of an archive); ``source`` names them in errors."""
+    return _safe_unpickle(io.BytesIO(data), source)
+
+
+def _safe_unpickle(f: Any, source: str) -> Any:
+    try:
+        return _RestrictedUnpickler(f, source).load()
+    except pickle.UnpicklingError as e:
+        if source in str(e):
+            raise
+        raise ValueError(f"{source}: not a valid pickle (truncated or corrupt?): {e}") from e
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as e:
+        raise ValueError(f"{source}: not a valid pickle (truncated or corrupt?): {type(e).__name__}: {e}") from e
 
 
 def _key(d: dict, name: str, path: Path) -> Any:
@@ -289,11 +298,32 @@ def _key(d: dict, name: str, path: Path) -> Any:
     raise ValueError(f"{path}: missing key {name.encode()!r} (keys: {sorted(map(repr, d))})")
 
 
+DIR = "cifar-10-batches-py"  # the folder inside the official archive
+
+
+def _read_tar_members(archive: Path, wanted: Sequence[str]) -> dict[str, bytes]:
+    """The bytes of the regular files ``cifar-10-batches-py/<name>`` of a (gzipped) tar, in one pass;
+    nothing is extracted to disk. A damaged archive is a ValueError naming it."""
+    import tarfile
+
+    out: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                folder, _, name = member.name.rpartition("/")
+                if member.isfile() and name in wanted and folder.endswith(DIR):
+                    out[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{archive}: not a readable CIFAR-10 archive (truncated or corrupt?): {type(e).__name__}: {e}") from e
+    return out
+
+
 class Cifar10Dataset(ImageDataset):
     """CIFAR-10 from the official python batches: 3x32x32, 10 classes; 50,000 train / 10,000 test.
 
     Args:
-        root: the ``cifar-10-batches-py`` directory, or a directory containing it.
+        root: the official ``cifar-10-python.tar.gz`` (read in place, ``cache:cifar10``), its
+            ``cifar-10-batches-py`` directory, or a directory containing that.
         split: 'train' (``data_batch_1`` .. ``data_batch_5``) or 'test' (``test_batch``).
         conditional, xflip, max_size, seed: as ``ImageDataset``.
 
@@ -315,22 +345,30 @@ class Cifar10Dataset(ImageDataset):
         max_size: int | None = None,
         seed: int = 0,
     ):
-        root = Path(root)
-        if (root / "cifar-10-batches-py").is_dir():
-            root = root / "cifar-10-batches-py"
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: CIFAR-10 directory not found (expected cifar-10-batches-py)")
+        names = self.TRAIN if split == "train" else self.TEST
+        root = Path(root)
+        if root.is_file():  # the downloaded cifar-10-python.tar.gz itself, read without extracting
+            found = _read_tar_members(root, (*names, self.META))
+            where = {n: f"{root}:{DIR}/{n}" for n in (*names, self.META)}
+            load = {n: (lambda n=n: safe_loads_pickle(found[n], where[n])) for n in found}
+        else:
+            if (root / DIR).is_dir():
+                root = root / DIR
+            if not root.is_dir():
+                raise FileNotFoundError(f"{root}: CIFAR-10 not found (expected the cifar-10-python.tar.gz archive or "
+                                        "its cifar-10-batches-py directory)")
+            where = {n: str(root / n) for n in (*names, self.META)}
+            load = {n: (lambda n=n: safe_load_pickle(root / n)) for n in where if (root / n).is_file()}
         images, labels = [], []
-        for name in self.TRAIN if split == "train" else self.TEST:
-            path = root / name
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: CIFAR-10 batch missing")
-            x, y = self._read_batch(path)
+        for name in names:
+            if name not in load:
+                raise FileNotFoundError(f"{where[name]}: CIFAR-10 batch missing")
+            x, y = self._read_batch(load[name](), where[name])
             images.append(x)
             labels.append(y)
-        self.class_names = self._read_meta(root / self.META)
+        self.class_names = self._read_meta(load[self.META](), where[self.META]) if self.META in load else self.CLASS_NAMES
         self.split = split
         super().__init__(
             np.concatenate(images), np.concatenate(labels), source=str(root), conditional=conditional, xflip=xflip,
@@ -338,8 +376,7 @@ class Cifar10Dataset(ImageDataset):
         )
 
     @staticmethod
-    def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        d = safe_load_pickle(path)
+    def _read_batch(d: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a pickled dict, got {type(d).__name__}")
         data, labels = _key(d, "data", path), _key(d, "labels", path)
@@ -358,10 +395,7 @@ class Cifar10Dataset(ImageDataset):
         # Each row is 1024 red, 1024 green, 1024 blue values, each channel row-major 32x32: CHW.
         return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
-    def _read_meta(self, path: Path) -> tuple[str, ...]:
-        if not path.is_file():
-            return self.CLASS_NAMES
-        d = safe_load_pickle(path)
+    def _read_meta(self, d: Any, path: str) -> tuple[str, ...]:
         names = d.get(b"label_names", d.get("label_names")) if isinstance(d, dict) else None
         if not isinstance(names, (list, tuple)) or len(names) != 10:
             raise ValueError(f"{path}: expected b'label_names' with 10 entries")
