@@ -247,6 +247,50 @@ def test_cifar_errors_name_the_file(cifar_root):
         Cifar10Dataset(root.parent / "nowhere")
 
 
+def _cifar_archive(root, path, skip=()):
+    """A gzipped tar laid out as the official cifar-10-python.tar.gz: cifar-10-batches-py/ with the
+    batches, batches.meta and readme.html."""
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(root, arcname="cifar-10-batches-py", recursive=False)
+        for f in sorted(root.iterdir()):
+            if f.name not in skip:
+                tar.add(f, arcname=f"cifar-10-batches-py/{f.name}")
+        info = tarfile.TarInfo("cifar-10-batches-py/readme.html")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"<p/>\n"))
+    return path
+
+
+def test_cifar_reads_the_official_archive_in_place(cifar_root, tmp_path):
+    root, truth = cifar_root
+    archive = _cifar_archive(root, tmp_path / "cifar-10-python.tar.gz")
+    d = Cifar10Dataset(archive, conditional=True)
+    data = np.concatenate([truth[f"data_batch_{k}"][0] for k in range(1, 6)])
+    assert torch.equal(d.images, torch.from_numpy(data.reshape(-1, 3, 32, 32)))
+    assert d.raw_labels.tolist() == sum((truth[f"data_batch_{k}"][1] for k in range(1, 6)), [])
+    assert d.class_names[1] == "automobile"
+    t = Cifar10Dataset(archive, split="test")
+    assert torch.equal(t.images, torch.from_numpy(truth["test_batch"][0].reshape(3, 3, 32, 32)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]  # nothing extracted
+
+
+def test_cifar_archive_errors_name_the_archive(cifar_root, tmp_path):
+    root, _ = cifar_root
+    short = _cifar_archive(root, tmp_path / "short.tar.gz", skip=("data_batch_5",))
+    with pytest.raises(FileNotFoundError, match=r"short\.tar\.gz:cifar-10-batches-py/data_batch_5.*missing"):
+        Cifar10Dataset(short)
+    full = _cifar_archive(root, tmp_path / "full.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(full[: len(full) // 2])
+    with pytest.raises(ValueError, match=r"cut\.tar\.gz: not a readable CIFAR-10 archive"):
+        Cifar10Dataset(tmp_path / "cut.tar.gz")
+    (root / "data_batch_2").write_bytes(pickle.dumps({b"data": np.zeros((4, 3000), np.uint8), b"labels": [0] * 4}))
+    bad = _cifar_archive(root, tmp_path / "bad.tar.gz")
+    with pytest.raises(ValueError, match=r"bad\.tar\.gz:cifar-10-batches-py/data_batch_2.*\[N, 3072\]"):
+        Cifar10Dataset(bad)
+
+
 # ---------------------------------------------------------------------------------------------------
 # EDM dataset_tool folder / zip
 

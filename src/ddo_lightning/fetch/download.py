@@ -50,7 +50,7 @@ class ResumableDownloader:
             try:
                 self._get(url)
                 break
-            except (requests.ConnectionError, requests.Timeout) as err:  # ChunkedEncodingError is a ConnectionError
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
                 if attempt == self.retries or self._size() <= before:
                     raise
         os.replace(self.part, output_file)  # pooch hashes it, then renames it into place
@@ -60,10 +60,12 @@ class ResumableDownloader:
 
     def _get(self, url: str) -> None:
         import requests
+        import urllib3
         from tqdm.auto import tqdm
 
         have = self._size()
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        # identity: a compressed transfer would not be byte ranges of the file
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
         self.ranges_sent += bool(have)
         with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as r:
             if have and r.status_code == 416:  # the part is not a prefix the server can continue: restart
@@ -74,13 +76,21 @@ class ResumableDownloader:
                 have = 0  # the server sent the whole file (or another range): start over
             length = r.headers.get("Content-Length")
             total = have + int(length) if length and length.isdigit() else None
+            # read1 hands over whatever has arrived, so bytes received before a break reach the part file
+            # (read(n) of urllib3 drops a short last block when the connection dies)
+            read = getattr(r.raw, "read1", None) or r.raw.read
             self.part.parent.mkdir(parents=True, exist_ok=True)
             with open(self.part, "ab" if have else "wb") as out, tqdm(
                     total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=self.part.name[:-5],
                     disable=not self.progress, leave=False) as bar:
-                for chunk in r.iter_content(CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+                try:
+                    while chunk := read(CHUNK):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+                except urllib3.exceptions.HTTPError as err:  # raw reads raise urllib3's errors, not requests'
+                    raise requests.exceptions.ChunkedEncodingError(err) from err
+        if total is not None and self._size() != total:
+            raise requests.exceptions.ChunkedEncodingError(f"connection closed after {self._size()} of {total} bytes")
 
 
 def _range_start(content_range: str | None) -> int | None:

@@ -98,8 +98,8 @@ def _producer(path: str, config_dir: Path) -> str:
     if stem is not None and stem.is_file():  # run directories are outputs/<preset stem>/
         return f"written by another run: run `ddo fit --config {stem}` first"
     folder = str(Path(*parts[:-1])) if len(parts) > 1 else ""
-    for preset in sorted(config_dir.glob("*.yaml")):  # a preset that names this folder as an output
-        if folder and folder in preset.read_text(errors="replace"):
+    for preset in sorted(config_dir.glob("*.yaml")):  # a preset naming this folder other than as this input
+        if folder and folder in preset.read_text(errors="replace").replace(path, ""):
             return f"written by another run: run `ddo fit --config {preset}` first"
     return "written by another run (a file under outputs/): run the preset that produces it first"
 
