@@ -153,8 +153,9 @@ def verify_file(e: Entry, f: RemoteFile, path: Path) -> None:
             record(e, f, path, (rec or {}).get("origin", "published checksum"), expected)
             return
         actual = f"{alg} {got}, expected {want}"
-    raise FetchError(f"{path} does not match its {'published checksum' if published else 'recorded hash (lock file ' + str(lock_path()) + ')'} "
-                     f"({actual}): the file changed since it was checked. Delete it and run `ddo fetch {e.name}`")
+    against = "published checksum" if published else f"recorded hash (lock file {lock_path()})"
+    raise FetchError(f"{path} does not match its {against} ({actual}): the file changed since it was checked. "
+                     f"Delete it and run `ddo fetch {e.name}`")
 
 
 def resolve(ref: str, check: bool = True) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import PREFIX, FetchError, cache_root, entry, entry_path, file_path, is_ref, resolve, url_of, verify_file
+from .cache import PREFIX, FetchError, cache_root, entry, file_path, is_ref, resolve, url_of, verify_file
 
 __all__ = ["PATH_KEYS", "Problem", "cache_refs", "find_problems", "missing_message", "preflight", "resolve_refs"]
 
