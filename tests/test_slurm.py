@@ -84,7 +84,7 @@ def test_gpu_accelerator_without_a_gpu_fails_loudly():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(MisconfigurationException, match="gpu"):
+    with pytest.raises(MisconfigurationException, match="No supported gpu backend found"):
         Trainer(accelerator="gpu", devices=1, logger=False)
 
 
@@ -339,6 +339,12 @@ def test_missing_files_are_reported_before_submission(no_sbatch, capsys, tmp_pat
     err = refused(cli_args(tmp_path, overlay, config=os.path.join(ROOT, "configs/edm_cifar10.yaml"),
                            devices=("--gpus-per-node", "4")), capsys)
     assert "1 input file(s)" in err and err.splitlines()[1:] == ["  data.real.root: data/cifar-10-batches-py"]
+    # the job runs in --chdir's directory: relative paths are looked up there
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    err = refused(cli_args(tmp_path, overlay, config=os.path.join(ROOT, "configs/edm_cifar10.yaml"),
+                           devices=("--gpus-per-node", "4")) + [f"--sbatch-arg=--chdir={elsewhere}"], capsys)
+    assert f"3 input file(s) of the run missing (relative paths from {elsewhere}, where the job runs)" in err
 
 
 def test_submission_after_the_checks(capsys, tmp_path, monkeypatch):
@@ -627,7 +633,7 @@ def test_two_task_ddo_training_on_a_real_slurm_cluster(slurm_cluster, tmp_path, 
 @pytest.mark.slow
 def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(slurm_cluster, tmp_path,
                                                                                 monkeypatch):
-    """`scancel --signal=USR1` to a running two-task DDO job: the Preemption callback writes resume.ckpt
+    """`scancel --signal=USR1` to a running two-task DDO job: the Preemption callback writes resume-<job>.ckpt
     at a step boundary and requeues the job (`scontrol requeue` from rank 0); the second run of the job
     resumes from it (the script's --ckpt_path) and completes: every step checkpointed once, none lost."""
     import torch
@@ -636,7 +642,6 @@ def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(
     reference = _pretrain(tmp_path)
     out = tmp_path / "slurm"
     out.mkdir()
-    resume = out / "resume.ckpt"
     ddo = _write(tmp_path / "ddo.yaml", {
         "trainer": {"accelerator": "cpu", "strategy": "ddp", "max_steps": max_steps, "enable_progress_bar": False,
                     "logger": False, "callbacks": [
@@ -659,6 +664,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(
     _job_environment(monkeypatch, slurm_cluster)
     t0 = time.monotonic()
     job_id = submit(script)
+    resume = out / f"resume-{job_id}.ckpt"  # the script's: this job's own resume checkpoint
 
     def failure(what):
         return (f"job {job_id}: {what}\n{slurm_cluster.run('scontrol', 'show', 'job', job_id).stdout}\n"
@@ -712,3 +718,65 @@ def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(
     assert [r["round"] for r in summary["rounds"]] == list(range(1, max_steps // 4 + 1))
     print(f"\n[slurm] job {job_id}: USR1 at {t_signal:.0f} s, stopped after step {stopped}, "
           f"requeued {job['Restarts']}x, completed at {wall:.0f} s")
+
+
+@pytest.mark.slow
+def test_paper_preset_through_ddo_slurm_on_a_real_slurm_cluster(slurm_cluster, tmp_path, monkeypatch, capsys):
+    """configs/edm_cifar10.yaml as shipped (its callback list included) with a size overlay, through the whole
+    `ddo slurm` path: dry build and file check here, sbatch, 2 CPU tasks on the cluster; COMPLETED, exit 0,
+    SelfPlay's summary written, the global batch split over the two ranks."""
+    from conftest import write_fake_cifar
+
+    preset = yaml.safe_load(open(os.path.join(ROOT, "configs/edm_cifar10.yaml")))
+    callbacks = preset["trainer"]["callbacks"]  # the shipped list; only SelfPlay's schedule shrinks
+    selfplay = next(c for c in callbacks if c["class_path"].endswith("SelfPlay"))
+    selfplay["init_args"].update(rounds=1, kimg_per_round=0.032, eval_every_kimg=0.016, dirpath="ddo",
+                                 summary_path="ddo/summary.json")
+    root = write_fake_cifar(str(tmp_path / "data"), per_batch=16)  # 80 images, x-flipped: 160
+    overlay = _write(tmp_path / "small.yaml", {
+        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "callbacks": callbacks},
+        "model": {"init_args": {
+            "init_from": None, "num_eval_samples": 32, "eval_batch_size": 32,
+            "network": {"init_args": {"model": {"init_args": {"model_channels": 16, "channel_mult": [1, 1],
+                                                               "num_blocks": 1}}}},
+            "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}},
+            "evaluator": {"class_path": "ddo_lightning.metrics.FrechetDistance",
+                          "init_args": {"name": "fid", "reference_stats": None,
+                                        "extractor": {"class_path": "conftest.RandomFeatures"}}}}},
+        "data": {"init_args": {"real": {"class_path": "ddo_lightning.data.Cifar10Dataset",
+                                        "init_args": {"root": root, "xflip": True}},
+                               "batch_size": 16, "num_workers": 0,
+                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
+                                        "init_args": {"size": 32, "generation_batch_size": 16, "progress": False}}}}})
+    out = tmp_path / "slurm"
+    _job_environment(monkeypatch, slurm_cluster)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.join(ROOT, "src"), os.path.join(ROOT, "tests")]))
+    monkeypatch.chdir(tmp_path)  # the job runs where it was submitted (sbatch's default)
+    t0 = time.monotonic()
+    assert main(["--config", os.path.join(ROOT, "configs/edm_cifar10.yaml"), "--config", overlay, "--nodes", "1",
+                 "--devices", "2", "--cpus-per-task", "1", "--time", "00:15:00", "--job-name", "ddo-cifar",
+                 "--output-dir", str(out), "--", "--trainer.strategy", "ddp"]) == 0
+    captured = capsys.readouterr()
+    job_id = captured.out.strip()
+    assert job_id.isdigit(), captured
+    assert "global batch 16 = 1 node(s) x 2 task(s) x 8 per task" in captured.err
+
+    deadline, job = time.monotonic() + 600, {}
+    while time.monotonic() < deadline:
+        job = _show_job(slurm_cluster, job_id)
+        if job.get("JobState") in TERMINAL:
+            break
+        time.sleep(1)
+    logs = _job_logs(out, "ddo-cifar", job_id)
+    failure = f"job {job_id}: {job.get('JobState')}\n{logs[-5000:]}\n{slurm_cluster.logs()}"
+    assert job.get("JobState") == "COMPLETED" and job.get("ExitCode") == "0:0", failure
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in logs, failure
+    assert "resuming from" not in logs and int(job["Restarts"]) == 0
+    # one round of 32 images at 8 per rank and step on 2 ranks: 2 steps, evaluated after each (0.016 kimg)
+    summary = json.loads((tmp_path / "ddo/summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1], summary
+    assert summary["rounds"][0]["promoted_kimg_in_round"] in (0.016, 0.032), summary
+    import torch
+
+    assert torch.load(tmp_path / "ddo/round-1.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    print(f"\n[slurm] edm_cifar10 preset job {job_id}: completed in {time.monotonic() - t0:.0f} s")

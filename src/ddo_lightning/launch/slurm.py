@@ -296,11 +296,12 @@ def _parser() -> _Parser:
     return p
 
 
-def _check_files(config: dict) -> None:
+def _check_files(config: dict, base: str | None = None) -> None:
     """Every input file the run names exists, or one ``ValueError`` listing all missing ones.
 
     Inputs are the string values of ``config_check.FILE_KEYS`` anywhere under ``model`` and ``data``
-    (outputs live under ``trainer``). ``cache:NAME`` resolves to ``$DDO_CACHE/NAME`` (default
+    (outputs live under ``trainer``); relative paths are taken from ``base`` (default: the current directory,
+    where sbatch runs the job). ``cache:NAME`` resolves to ``$DDO_CACHE/NAME`` (default
     ``~/.cache/ddo_lightning/NAME``), the cache entry's folder, which must exist.
     """
     from .config_check import FILE_KEYS
@@ -317,15 +318,16 @@ def _check_files(config: dict) -> None:
             for i, value in enumerate(node):
                 yield from refs(value, f"{where}[{i}]")
 
+    base = base or os.getcwd()
     cache = os.environ.get("DDO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ddo_lightning")
     missing = []
     for section in ("model", "data"):
         for where, value in refs(config.get(section), section):
             path = os.path.join(cache, value[len("cache:"):]) if value.startswith("cache:") else value
-            if not os.path.exists(os.path.expanduser(path)):
+            if not os.path.exists(os.path.join(base, os.path.expanduser(path))):
                 missing.append(f"{where}: {value}" + (f" ({path})" if path != value else ""))
     if missing:
-        raise ValueError(f"{len(missing)} input file(s) of the run missing (relative paths from {os.getcwd()}, "
+        raise ValueError(f"{len(missing)} input file(s) of the run missing (relative paths from {base}, "
                          "where the job runs):\n  " + "\n  ".join(missing))
 
 
@@ -360,7 +362,9 @@ def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
     resume = None if ns.no_preemption else os.path.join(ns.output_dir, "resume-JOBID.ckpt")
     config, built = dry_build(ns.config, fit_command_args(ns.nodes, tasks, ns.gpus_per_node is not None, fit_args,
                                                           batch, resume))  # exactly what the job will parse
-    _check_files(config)
+    chdir = [a.split("=", 1)[1] for a in (x.strip().removeprefix("#SBATCH").strip() for x in ns.sbatch_arg)
+             if a.startswith("--chdir=")]
+    _check_files(config, base=os.path.abspath(chdir[-1]) if chdir else None)  # sbatch --chdir: where the job runs
     return script, notes + built
 
 
