@@ -84,9 +84,11 @@ class DDOCLI(LightningCLI):
         super()._parse_ckpt_path()
 
 
-def run(args: list[str] | None = None) -> DDOCLI:
-    """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
-    return DDOCLI(
+def run(args: list[str] | None = None, cli_class: type[DDOCLI] | None = None, **kwargs: Any) -> DDOCLI:
+    """Parse ``args`` (default: the command line), run the subcommand, return the CLI object.
+    ``cli_class`` (a DDOCLI subclass) and ``kwargs`` (LightningCLI arguments) serve ``ddo slurm``'s
+    config check, which parses exactly as ``ddo fit`` does."""
+    return (cli_class or DDOCLI)(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -95,6 +97,7 @@ def run(args: list[str] | None = None) -> DDOCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
+        **kwargs,
     )
 
 

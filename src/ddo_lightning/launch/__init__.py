@@ -1,5 +1,5 @@
 """Launchers: job scripts that run ``ddo fit`` on a cluster (``ddo slurm``: ``launch/slurm.py``).
 
-Standard library only (plus ``ddo_lightning`` submodules): rendering a job script needs neither
-Lightning nor torch.distributed; the training those scripts start uses them.
+Rendering a job script is standard library only; the check before submission (``launch/config_check.py``,
+imported when ``ddo slurm`` runs it) builds the run with Lightning, as ``ddo fit`` would, without weights.
 """

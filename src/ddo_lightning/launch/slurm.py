@@ -1,17 +1,24 @@
 """``ddo slurm``: an sbatch script that runs ``ddo fit`` with one task per device, and its submission.
 
-    ddo slurm --config configs/edm_cifar10.yaml --nodes 2 --devices 4 --cpus-per-task 8 \\
+    ddo slurm --config configs/edm_cifar10.yaml --nodes 2 --gpus-per-node 4 --cpus-per-task 8 \\
         --time 1-00:00:00 --job-name ddo-cifar --output-dir runs/cifar --partition gpu \\
-        --sbatch-arg=--gres=gpu:4 -- --trainer.max_steps 200000
-    ddo slurm ... --dry-run        # print the script, submit nothing
+        -- --trainer.max_steps 200000
+    ddo slurm ... --dry-run        # check the config, print the script, submit nothing
 
-The script asks for ``--nodes`` x ``--ntasks-per-node=<devices>`` tasks (Lightning wants
-``--ntasks-per-node``, not ``--ntasks``) and starts them with ``srun``; Lightning's SLURM environment
-reads ranks and world size from srun's variables. SLURM sends ``SIGUSR1`` shortly before the time
-limit (``--signal``), on which the ``Preemption`` callback (added to the run by default, writing
-``<output-dir>/resume.ckpt``) checkpoints at the end of the step and requeues the job (``--requeue``);
-logs are appended (``--open-mode=append``) across restarts. On a restart, ``<output-dir>/resume.ckpt``
-is passed on as ``--ckpt_path``.
+``--gpus-per-node N`` asks for ``--gres=gpu:N`` and N tasks per node and runs ``ddo fit`` with
+``--trainer.accelerator gpu --trainer.devices N`` (no silent fallback to the CPU); ``--devices N`` is a
+CPU job (``--trainer.accelerator cpu``). The script asks for ``--nodes`` x ``--ntasks-per-node`` tasks
+(Lightning wants ``--ntasks-per-node``, not ``--ntasks``) and starts them with ``srun``; Lightning's
+SLURM environment reads ranks and world size from srun's variables.
+
+The config's ``data.init_args.batch_size`` is the recipe's global batch: the job gets
+``--data.init_args.batch_size <global / world size>`` and a batch that does not divide is refused.
+Before anything is submitted the config is parsed and built as ``ddo fit`` would (without weights or data,
+:mod:`.config_check`) and its input files are checked. SLURM sends ``SIGUSR1`` shortly before the time
+limit (``--signal``), on which the ``Preemption`` callback (added by default) writes
+``<output-dir>/resume-<job id>.ckpt`` at the end of the step and requeues the job (``--requeue``); the
+requeued job (same id, ``SLURM_RESTART_COUNT`` > 0) resumes from it, and no other job does. Logs are
+appended (``--open-mode=append``) across restarts. docs/slurm.md has the whole story.
 """
 
 from __future__ import annotations
@@ -75,18 +82,73 @@ def _sbatch_path(path: str) -> str:
     return f'"{path}"' if re.search(r"\s", path) else path
 
 
-def render_sbatch(configs: Sequence[str], *, nodes: int, devices: int, cpus_per_task: int, time: str,
-                  job_name: str, output_dir: str, partition: str | None = None, account: str | None = None,
+# Options of `ddo fit` that `ddo slurm` sets from the allocation; a different value would contradict it.
+_SET_BY_SLURM = ("--trainer.accelerator", "--trainer.devices", "--trainer.num_nodes")
+# sbatch options that ask for GPUs: `--gpus-per-node` writes them itself.
+_GPU_REQUEST = re.compile(r"^(?:#SBATCH\s+)?(?:--gres=\S*gpu|--gpus|--gpus-per-node|--gpus-per-task|-G\b)")
+
+
+def tasks_per_node(devices: int | None, gpus_per_node: int | None) -> int:
+    """Tasks per node: one per GPU (``gpus_per_node``) or ``devices`` CPU processes; both given must agree."""
+    if gpus_per_node is None and devices is None:
+        raise ValueError("give --gpus-per-node N (a GPU job) or --devices N (a CPU job)")
+    if gpus_per_node is not None:
+        _check_positive("gpus_per_node", gpus_per_node)
+        if devices is not None and devices != gpus_per_node:
+            raise ValueError(f"devices {devices!r} and gpus_per_node {gpus_per_node!r} disagree: a GPU job runs one "
+                             "task per GPU; give --gpus-per-node alone")
+        return gpus_per_node
+    return _check_positive("devices", devices)
+
+
+def per_device_batch(global_batch: int, nodes: int, tasks: int) -> int:
+    """``global_batch`` split over ``nodes`` x ``tasks`` ranks; refused (``ValueError``) when it does not divide:
+    a rounded batch would silently change the recipe (learning rate, kimg per step, pool rounds)."""
+    world = nodes * tasks
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise ValueError(f"data.init_args.batch_size {global_batch!r}: expected the global batch, an integer >= 1")
+    if global_batch % world:
+        divisors = [w for w in range(1, global_batch + 1) if global_batch % w == 0]
+        near = sorted({max(w for w in divisors if w < world), min((w for w in divisors if w > world), default=1)})
+        raise ValueError(f"global batch {global_batch} does not split over {world} ranks ({nodes} node(s) x {tasks} "
+                         f"task(s)): choose a world size that divides it (e.g. {' or '.join(map(str, near))}) "
+                         "or set --data.init_args.batch_size to a multiple of the world size")
+    return global_batch // world
+
+
+_RESUME_VAR = "$RESUME"
+
+
+def fit_command_args(nodes: int, tasks: int, gpu: bool, fit_args: Sequence[str], batch_per_device: int | None,
+                     resume_path: str | None) -> list[str]:
+    """The ``ddo fit`` arguments after the ``--config`` files: the allocation (accelerator, nodes, devices),
+    the Preemption callback writing ``resume_path`` (None: no callback), the user's ``fit_args``, and the
+    per-device batch last, so that it wins over a batch size in ``fit_args`` (which is the global one)."""
+    args = ["--trainer.accelerator", "gpu" if gpu else "cpu", "--trainer.num_nodes", str(nodes),
+            "--trainer.devices", str(tasks)]
+    if resume_path is not None:
+        args += ["--trainer.callbacks+=ddo_lightning.training.Preemption", f"--trainer.callbacks.path={resume_path}"]
+    args += list(fit_args)
+    if batch_per_device is not None:
+        args += ["--data.init_args.batch_size", str(batch_per_device)]
+    return args
+
+
+def render_sbatch(configs: Sequence[str], *, nodes: int, cpus_per_task: int, time: str, job_name: str,
+                  output_dir: str, devices: int | None = None, gpus_per_node: int | None = None,
+                  batch_per_device: int | None = None, partition: str | None = None, account: str | None = None,
                   qos: str | None = None, extra_sbatch: Sequence[str] = (), requeue_signal: str = "USR1",
                   signal_lead_seconds: int = 90, python: str = sys.executable,
                   fit_args: Sequence[str] = (), preemption: bool = True) -> str:
-    """The sbatch script (bash) of ``ddo fit --config ...`` on ``nodes`` x ``devices`` tasks.
+    """The sbatch script (bash) of ``ddo fit --config ...`` on ``nodes`` x tasks-per-node ranks.
 
-    ``devices`` is the number of tasks per node (one per GPU, or CPU processes for ``accelerator: cpu``).
-    ``extra_sbatch`` entries (``--gres=gpu:4`` or ``#SBATCH --gres=gpu:4``) are added as ``#SBATCH`` lines;
-    ``fit_args`` are appended to the ``ddo fit`` command line. ``preemption`` adds the ``Preemption``
-    callback writing ``<output_dir>/resume.ckpt`` (leave it off if a config already has one). Raises
-    ``ValueError`` naming a bad value.
+    ``gpus_per_node``: a GPU job, one task per GPU (``--gres=gpu:N``, ``--trainer.accelerator gpu``).
+    ``devices``: a CPU job of that many processes per node (``--trainer.accelerator cpu``).
+    ``batch_per_device``: passed as ``--data.init_args.batch_size`` after ``fit_args`` (see
+    :func:`per_device_batch`). ``extra_sbatch`` entries (``--exclusive`` or ``#SBATCH --exclusive``) are
+    added as ``#SBATCH`` lines; ``fit_args`` are appended to the ``ddo fit`` command line. ``preemption``
+    adds the ``Preemption`` callback writing ``<output_dir>/resume-<job id>.ckpt`` (leave it off if a
+    config already has one). Raises ``ValueError`` naming a bad value.
     """
     if isinstance(configs, str) or not configs:
         raise ValueError(f"configs {configs!r}: expected a non-empty list of config files")
@@ -94,8 +156,10 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, devices: int, cpus_per_
         if not isinstance(config, str) or not config:
             raise ValueError(f"config {config!r}: expected a path")
     _check_positive("nodes", nodes)
-    _check_positive("devices", devices)
+    tasks = tasks_per_node(devices, gpus_per_node)
     _check_positive("cpus_per_task", cpus_per_task)
+    if batch_per_device is not None:
+        _check_positive("batch_per_device", batch_per_device)
     time = _check_time(time)
     _check_word("job_name", job_name)
     if not isinstance(output_dir, str) or not output_dir:
@@ -106,11 +170,13 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, devices: int, cpus_per_
             or not 0 <= signal_lead_seconds <= 65535:
         raise ValueError(f"signal_lead_seconds {signal_lead_seconds!r}: expected an integer in 0-65535")
 
-    lines = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={devices}",
-             f"--cpus-per-task={cpus_per_task}", f"--time={time}",
-             f"--output={_sbatch_path(os.path.join(output_dir, '%x-%j.out'))}",
-             f"--error={_sbatch_path(os.path.join(output_dir, '%x-%j.err'))}",
-             f"--signal={requeue_signal}@{signal_lead_seconds}", "--requeue", "--open-mode=append"]
+    lines = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks}"]
+    if gpus_per_node is not None:
+        lines.append(f"--gres=gpu:{gpus_per_node}")
+    lines += [f"--cpus-per-task={cpus_per_task}", f"--time={time}",
+              f"--output={_sbatch_path(os.path.join(output_dir, '%x-%j.out'))}",
+              f"--error={_sbatch_path(os.path.join(output_dir, '%x-%j.err'))}",
+              f"--signal={requeue_signal}@{signal_lead_seconds}", "--requeue", "--open-mode=append"]
     for flag, value in (("partition", partition), ("account", account), ("qos", qos)):
         if value is not None:
             lines.append(f"--{flag}={_check_word(flag, value)}")
@@ -120,39 +186,58 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, devices: int, cpus_per_
             raise ValueError(f"{what} {seq!r}: expected a list of strings, not a string")
     for extra in extra_sbatch:
         if not isinstance(extra, str) or not extra.strip() or "\n" in extra:
-            raise ValueError(f"extra sbatch line {extra!r}: expected one non-empty line such as --gres=gpu:4")
+            raise ValueError(f"extra sbatch line {extra!r}: expected one non-empty line such as --exclusive")
         extra = extra.strip()
+        if _GPU_REQUEST.match(extra):
+            raise ValueError(f"extra sbatch line {extra!r}: GPUs are asked for with --gpus-per-node N (it also sets "
+                             "the tasks and the trainer's accelerator and devices)")
         sbatch_lines.append(extra if extra.startswith("#SBATCH") else f"#SBATCH {extra}")
+    for arg in fit_args:
+        if isinstance(arg, str) and arg.split("=")[0] in _SET_BY_SLURM:
+            raise ValueError(f"fit argument {arg!r}: ddo slurm sets {', '.join(_SET_BY_SLURM)} from --nodes and "
+                             "--gpus-per-node/--devices")
 
     command = [python, "-m", "ddo_lightning.cli", "fit"]
     for config in configs:
         command += ["--config", config]
-    command += ["--trainer.num_nodes", str(nodes), "--trainer.devices", str(devices)]
-    if preemption:
-        command += ["--trainer.callbacks+=ddo_lightning.training.Preemption",
-                    f"--trainer.callbacks.path={os.path.join(output_dir, 'resume.ckpt')}"]
-    command += list(fit_args)
-    srun = " ".join(shlex.quote(str(a)) for a in command)
-    resume = shlex.quote(os.path.join(output_dir, "resume.ckpt"))
+    command += fit_command_args(nodes, tasks, gpus_per_node is not None, fit_args, batch_per_device,
+                                _RESUME_VAR if preemption else None)
+    # the resume path holds the job id, known at run time only: that one argument is expanded by bash
+    srun = " ".join(f'"{a}"' if _RESUME_VAR in a else shlex.quote(str(a)) for a in command)
+    kind = f"{gpus_per_node} GPU(s) per node" if gpus_per_node is not None else f"{tasks} CPU task(s) per node"
     header = [
         "#!/bin/bash",
-        f"# ddo fit on SLURM: {nodes} node(s) x {devices} task(s) per node, one task per device.",
+        f"# ddo fit on SLURM: {nodes} node(s) x {kind}, one task per device"
+        + (f", {batch_per_device} samples per device and step." if batch_per_device else "."),
         "# Written by `ddo slurm` (ddo_lightning.launch.slurm); submit with `sbatch <this file>`.",
         f"# SLURM sends SIG{requeue_signal.split(':')[-1].removeprefix('SIG')} {signal_lead_seconds} s before "
         "the time limit; the Preemption callback then",
-        "# checkpoints at the end of the step (resume.ckpt in the output directory) and requeues the job,",
-        "# which resumes from that checkpoint.",
+        "# checkpoints at the end of the step (resume-<job id>.ckpt in the output directory) and requeues the job;",
+        "# the requeued job (same id) resumes from that checkpoint, no other job does.",
     ]
+    resume = [
+        ': "${SLURM_JOB_ID:?not running under SLURM: submit this script with sbatch}"',
+        f"OUT_DIR={shlex.quote(output_dir)}",
+        'RESUME="$OUT_DIR/resume-$SLURM_JOB_ID.ckpt"',
+        'RESTARTS="${SLURM_RESTART_COUNT:-0}"',
+        "set --",
+        'if [ "$RESTARTS" -gt 0 ] && [ -f "$RESUME" ]; then',
+        '  echo "job $SLURM_JOB_ID, restart $RESTARTS: resuming from $RESUME"',
+        '  set -- --ckpt_path "$RESUME"',
+        'elif [ "$RESTARTS" -gt 0 ]; then',
+        '  echo "job $SLURM_JOB_ID, restart $RESTARTS: no $RESUME, starting from the config"',
+        "fi",
+        "# A resume checkpoint of another job (or of an earlier job with this id) is never used: say so.",
+        'for old in "$OUT_DIR"/resume*.ckpt; do',
+        '  if [ -e "$old" ] && { [ "$old" != "$RESUME" ] || [ "$RESTARTS" -eq 0 ]; }; then',
+        '    echo "not resuming from $old: not written by an earlier run of this job (job $SLURM_JOB_ID, restart $RESTARTS)"',
+        "  fi",
+        "done",
+    ] if preemption else ["set --  # no Preemption callback (--no-preemption): nothing to resume from here"]
     body = [
         "set -euo pipefail",
         "",
-        f"RESUME={resume}",
-        'if [ -f "$RESUME" ]; then',
-        '  echo "resuming from $RESUME"',
-        '  set -- --ckpt_path "$RESUME"',
-        "else",
-        "  set --",
-        "fi",
+        *resume,
         "",
         "# One process per task. A failing rank ends the step (the others would wait for it); srun gets",
         "# --cpus-per-task again because srun of Slurm 22.05 does not inherit sbatch's.",
@@ -188,24 +273,99 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="ddo slurm", description="Run `ddo fit` under SLURM: render an sbatch script and submit it. "
-                "Arguments after `--` are passed on to `ddo fit`.")
+    p = _Parser(prog="ddo slurm", description="Run `ddo fit` under SLURM: check the config, render an sbatch "
+                "script and submit it. Arguments after `--` are passed on to `ddo fit`. The config's "
+                "data.init_args.batch_size is the global batch; each task gets global / (nodes x tasks per node).")
     p.add_argument("--config", action="append", required=True, help="config file (repeat to compose)")
     p.add_argument("--nodes", type=int, required=True, help="number of nodes")
-    p.add_argument("--devices", type=int, required=True, help="devices (= tasks) per node")
+    p.add_argument("--gpus-per-node", type=int, help="a GPU job: GPUs (= tasks) per node, --gres=gpu:N")
+    p.add_argument("--devices", type=int, help="a CPU job: processes (= tasks) per node")
     p.add_argument("--cpus-per-task", type=int, required=True, help="CPU cores per task")
     p.add_argument("--time", required=True, help="time limit: minutes, HH:MM:SS or D-HH:MM:SS")
     p.add_argument("--job-name", required=True, help="SLURM job name")
-    p.add_argument("--output-dir", required=True, help="where the job's logs (%%x-%%j.out/.err) go")
+    p.add_argument("--output-dir", required=True,
+                   help="where the job's logs (%%x-%%j.out/.err) and resume checkpoints go")
     p.add_argument("--partition")
     p.add_argument("--account")
     p.add_argument("--qos")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                   help="extra #SBATCH option, e.g. --sbatch-arg=--gres=gpu:4 (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+                   help="extra #SBATCH option, e.g. --sbatch-arg=--exclusive (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="check the config, print the script, submit nothing")
     p.add_argument("--no-preemption", action="store_true",
                    help="do not add the Preemption callback (a config already has one)")
     return p
+
+
+def _check_files(config: dict, base: str | None = None) -> None:
+    """Every input file the run names exists, or one ``ValueError`` listing all missing ones.
+
+    Inputs are the string values of ``config_check.FILE_KEYS`` anywhere under ``model`` and ``data``
+    (outputs live under ``trainer``); relative paths are taken from ``base`` (default: the current directory,
+    where sbatch runs the job). ``cache:NAME`` resolves to ``$DDO_CACHE/NAME`` (default
+    ``~/.cache/ddo_lightning/NAME``), the cache entry's folder, which must exist.
+    """
+    from .config_check import FILE_KEYS
+
+    def refs(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = where if key == "init_args" else f"{where}.{key}"  # model.evaluator.extractor.weights_path
+                if key in FILE_KEYS and isinstance(value, str) and value:
+                    yield here, value
+                else:
+                    yield from refs(value, here)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from refs(value, f"{where}[{i}]")
+
+    base = base or os.getcwd()
+    cache = os.environ.get("DDO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ddo_lightning")
+    missing = []
+    for section in ("model", "data"):
+        for where, value in refs(config.get(section), section):
+            path = os.path.join(cache, value[len("cache:"):]) if value.startswith("cache:") else value
+            if not os.path.exists(os.path.join(base, os.path.expanduser(path))):
+                missing.append(f"{where}: {value}" + (f" ({path})" if path != value else ""))
+    if missing:
+        raise ValueError(f"{len(missing)} input file(s) of the run missing (relative paths from {base}, "
+                         "where the job runs):\n  " + "\n  ".join(missing))
+
+
+def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
+    """Check the run and render its script: (script, notes). Raises ValueError naming the problem."""
+    from .config_check import dry_build, fit_config
+
+    tasks = tasks_per_node(ns.devices, ns.gpus_per_node)
+    render = dict(nodes=ns.nodes, devices=ns.devices, gpus_per_node=ns.gpus_per_node, cpus_per_task=ns.cpus_per_task,
+                  time=ns.time, job_name=ns.job_name, output_dir=ns.output_dir, partition=ns.partition,
+                  account=ns.account, qos=ns.qos, extra_sbatch=ns.sbatch_arg, fit_args=fit_args,
+                  preemption=not ns.no_preemption)
+    render_sbatch(ns.config, **render)  # bad flags first, before the config is read
+    missing = [c for c in ns.config if not os.path.isfile(c)]
+    if missing:
+        raise ValueError(f"config {missing[0]!r}: no such file")
+    config = fit_config(ns.config, fit_args)
+    accelerator = config.get("trainer", {}).get("accelerator")
+    if ns.gpus_per_node is None and accelerator not in (None, "auto", "cpu"):
+        raise ValueError(f"the config asks for trainer.accelerator {accelerator!r} but --devices makes a CPU job: "
+                         "use --gpus-per-node N for GPUs")
+    notes = [] if ns.gpus_per_node is not None else [
+        f"a CPU job: {tasks} process(es) per node, --trainer.accelerator cpu (GPUs: --gpus-per-node)"]
+    data_args = (config.get("data") or {}).get("init_args") or {}
+    batch = None
+    if "batch_size" in data_args:
+        batch = per_device_batch(data_args["batch_size"], ns.nodes, tasks)
+        notes.append(f"global batch {data_args['batch_size']} = {ns.nodes} node(s) x {tasks} task(s) x {batch} per task")
+    else:
+        notes.append("the data module has no batch_size: nothing split over the ranks")
+    script = render_sbatch(ns.config, **render, batch_per_device=batch)
+    resume = None if ns.no_preemption else os.path.join(ns.output_dir, "resume-JOBID.ckpt")
+    config, built = dry_build(ns.config, fit_command_args(ns.nodes, tasks, ns.gpus_per_node is not None, fit_args,
+                                                          batch, resume))  # exactly what the job will parse
+    chdir = [a.split("=", 1)[1] for a in (x.strip().removeprefix("#SBATCH").strip() for x in ns.sbatch_arg)
+             if a.startswith("--chdir=")]
+    _check_files(config, base=os.path.abspath(chdir[-1]) if chdir else None)  # sbatch --chdir: where the job runs
+    return script, notes + built
 
 
 def main(argv: Sequence[str]) -> int:
@@ -215,7 +375,7 @@ def main(argv: Sequence[str]) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, fit_args = argv[:cut], argv[cut + 1:]
-    joined: list[str] = []  # `--sbatch-arg --gres=gpu:4`: argparse would take the value for an option
+    joined: list[str] = []  # `--sbatch-arg --exclusive`: argparse would take the value for an option
     i = 0
     while i < len(argv):
         if argv[i] == "--sbatch-arg" and i + 1 < len(argv):
@@ -227,18 +387,14 @@ def main(argv: Sequence[str]) -> int:
     parser = _parser()
     ns = parser.parse_args(joined)
     try:
-        script = render_sbatch(ns.config, nodes=ns.nodes, devices=ns.devices, cpus_per_task=ns.cpus_per_task,
-                               time=ns.time, job_name=ns.job_name, output_dir=ns.output_dir,
-                               partition=ns.partition, account=ns.account, qos=ns.qos,
-                               extra_sbatch=ns.sbatch_arg, fit_args=fit_args, preemption=not ns.no_preemption)
-    except ValueError as err:
+        script, notes = _plan(ns, fit_args)
+    except ValueError as err:  # ConfigError included
         parser.error(str(err))
+    for note in notes:
+        print(f"ddo slurm: {note}", file=sys.stderr)
     if ns.dry_run:
         print(script, end="")
         return 0
-    missing = [c for c in ns.config if not os.path.isfile(c)]
-    if missing:
-        parser.error(f"config {missing[0]!r}: no such file")
     os.makedirs(ns.output_dir, exist_ok=True)  # SLURM does not create the directory of --output
     try:
         job_id = submit(script)

@@ -11,7 +11,8 @@ here: SIGTERM to rank 0 of a two-process CPU run then hangs both ranks).
 
 The checkpoint holds everything a resumed run needs (target, reference, EMA, optimizer, SelfPlay state,
 the real and fake stream positions): ``ddo fit ... --ckpt_path <path>`` continues the same round with the
-same reference at the same position; ``ddo slurm`` scripts pass it automatically when it exists.
+same reference at the same position; ``ddo slurm`` scripts pass it automatically to a requeued run of the
+same job (``resume-<job id>.ckpt``, never another job's; docs/slurm.md).
 """
 
 from __future__ import annotations
