@@ -321,30 +321,30 @@ def test_paper_presets_build_without_their_files(preset, tmp_path, monkeypatch):
 
 
 def test_missing_files_are_reported_before_submission(no_sbatch, capsys, tmp_path, monkeypatch):
+    """The same one message as `ddo fit`'s preflight, every missing input listed, before anything is submitted;
+    relative paths are the job's (from --chdir when given)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DDO_CACHE", str(tmp_path / "cache"))
-    overlay = {"model": {"init_args": {"init_from": "cache:edm-cifar10-uncond-vp"}}}
-    err = refused(cli_args(tmp_path, overlay, config=os.path.join(ROOT, "configs/edm_cifar10.yaml"),
-                           devices=("--gpus-per-node", "4")), capsys)
-    assert err.splitlines() == [
-        f"ddo slurm: error: 4 input file(s) of the run missing (relative paths from {tmp_path}, where the job runs):",
-        f"  model.init_from: cache:edm-cifar10-uncond-vp ({tmp_path}/cache/edm-cifar10-uncond-vp)",
-        "  model.evaluator.extractor.weights_path: checkpoints/weights-inception-2015-12-05-6726825d.pth",
-        "  model.evaluator.reference_stats: data/cifar10-32x32.npz",
-        "  data.real.root: data/cifar-10-batches-py"]
-    (tmp_path / "cache/edm-cifar10-uncond-vp").mkdir(parents=True)
-    for name in ("data/cifar10-32x32.npz", "checkpoints/weights-inception-2015-12-05-6726825d.pth"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    err = refused(cli_args(tmp_path, overlay, config=os.path.join(ROOT, "configs/edm_cifar10.yaml"),
-                           devices=("--gpus-per-node", "4")), capsys)
-    assert "1 input file(s)" in err and err.splitlines()[1:] == ["  data.real.root: data/cifar-10-batches-py"]
+    monkeypatch.delenv("DDO_FETCH_MIRROR", raising=False)
+    preset = os.path.join(ROOT, "configs/edm_cifar10.yaml")
+    overlay = {"data": {"init_args": {"real": {"class_path": "ddo_lightning.data.Cifar10Dataset",
+                                               "init_args": {"root": "data/cifar-10-batches-py"}}}}}
+    args = cli_args(tmp_path, overlay, config=preset, devices=("--gpus-per-node", "4"))
+    err = refused(args, capsys)
+    assert err.splitlines()[0] == "ddo slurm: error: 4 files needed by this config are missing; nothing was built:"
+    for name, file in [("edm-cifar10-uncond-vp", "edm-cifar10-32x32-uncond-vp.pkl"), ("fid-ref-cifar10", "cifar10-32x32.npz"),
+                       ("inception", "weights-inception-2015-12-05-6726825d.pth")]:
+        assert f"file: {tmp_path}/cache/{name}/{file}" in err
+    assert "  - data.init_args.real.init_args.root: data/cifar-10-batches-py" in err
+    assert f"(relative paths are looked up from {tmp_path}, where the job runs)" in err
+    (tmp_path / "data/cifar-10-batches-py").mkdir(parents=True)
+    err = refused(args, capsys)
+    assert "3 files needed" in err and "real.init_args.root" not in err
     # the job runs in --chdir's directory: relative paths are looked up there
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    err = refused(cli_args(tmp_path, overlay, config=os.path.join(ROOT, "configs/edm_cifar10.yaml"),
-                           devices=("--gpus-per-node", "4")) + [f"--sbatch-arg=--chdir={elsewhere}"], capsys)
-    assert f"3 input file(s) of the run missing (relative paths from {elsewhere}, where the job runs)" in err
+    err = refused(args + [f"--sbatch-arg=--chdir={elsewhere}"], capsys)
+    assert "4 files needed" in err and f"looked up from {elsewhere}, where the job runs" in err
 
 
 def test_submission_after_the_checks(capsys, tmp_path, monkeypatch):

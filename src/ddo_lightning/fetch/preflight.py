@@ -104,8 +104,8 @@ def _producer(path: str, config_dir: Path) -> str:
     return "written by another run (a file under outputs/): run the preset that produces it first"
 
 
-def _plain_problem(key: str, value: str, owner: str, config_dir: Path) -> Problem | None:
-    if os.path.exists(os.path.expanduser(value)):
+def _plain_problem(key: str, value: str, owner: str, config_dir: Path, base: str) -> Problem | None:
+    if os.path.exists(os.path.join(base, os.path.expanduser(value))):
         return None
     cls = owner.rsplit(".", 1)[-1]
     if Path(os.path.normpath(value)).parts[:1] == ("outputs",):
@@ -130,15 +130,16 @@ def _cache_problems(key: str, value: str) -> list[Problem]:
     return out
 
 
-def find_problems(config: Any, config_dir: str | Path = "configs") -> list[Problem]:
-    """Every missing (or tampered) needed file of ``config``; unknown cache names raise ``FetchError``."""
+def find_problems(config: Any, config_dir: str | Path = "configs", base: str = "") -> list[Problem]:
+    """Every missing (or tampered) needed file of ``config``; unknown cache names raise ``FetchError``.
+    Relative plain paths are looked up from ``base`` (default: the current directory)."""
     problems: list[Problem] = []
     for key, value, owner, _ in walk(config):
         if is_ref(value):
             problems += _cache_problems(key, value)
         elif (isinstance(value, str) and value and key.split(".", 1)[0] in INPUT_SECTIONS
               and key.rsplit(".", 1)[-1] in PATH_KEYS):
-            problems += [p for p in [_plain_problem(key, value, owner, Path(config_dir))] if p]
+            problems += [p for p in [_plain_problem(key, value, owner, Path(config_dir), base)] if p]
     return problems
 
 
@@ -149,7 +150,8 @@ def missing_message(problems: list[Problem], configs: list[str], prog: str = "dd
     for p in problems:
         files.setdefault(p.path, []).append(p)
     n = len(files)
-    lines = [f"{prog}: {n} file{'s' * (n != 1)} needed by this config {'are' if n != 1 else 'is'} missing; nothing was built:"]
+    head = f"{prog}: " if prog else ""  # "" where the caller adds its own prefix
+    lines = [f"{head}{n} file{'s' * (n != 1)} needed by this config {'are' if n != 1 else 'is'} missing; nothing was built:"]
     for path, ps in files.items():
         p = ps[0]
         lines.append(f"  - {', '.join(q.key for q in ps)}: {p.value}")

@@ -30,9 +30,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-# Input files a constructor may read; the values of these keys in `model` and `data` are the run's inputs.
-FILE_KEYS = ("init_from", "reference_stats", "weights_path", "vae_checkpoint", "var_checkpoint", "vae_path",
-             "root", "path")
+from ..fetch.preflight import PATH_KEYS
+
+# Input files a constructor may read (the values of these keys in `model` and `data`): the preflight's list.
+FILE_KEYS = PATH_KEYS
 # Of those, the ones that mean "weights (or statistics) to load" and may be None (built without them).
 WEIGHT_KEYS = ("init_from", "reference_stats", "vae_checkpoint", "var_checkpoint")
 

@@ -296,39 +296,17 @@ def _parser() -> _Parser:
     return p
 
 
-def _check_files(config: dict, base: str | None = None) -> None:
-    """Every input file the run names exists, or one ``ValueError`` listing all missing ones.
-
-    Inputs are the string values of ``config_check.FILE_KEYS`` anywhere under ``model`` and ``data``
-    (outputs live under ``trainer``); relative paths are taken from ``base`` (default: the current directory,
-    where sbatch runs the job). ``cache:NAME`` resolves to ``$DDO_CACHE/NAME`` (default
-    ``~/.cache/ddo_lightning/NAME``), the cache entry's folder, which must exist.
-    """
-    from .config_check import FILE_KEYS
-
-    def refs(node, where):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                here = where if key == "init_args" else f"{where}.{key}"  # model.evaluator.extractor.weights_path
-                if key in FILE_KEYS and isinstance(value, str) and value:
-                    yield here, value
-                else:
-                    yield from refs(value, here)
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                yield from refs(value, f"{where}[{i}]")
+def _check_files(config: dict, configs: Sequence[str], base: str | None = None) -> None:
+    """Every input file the run names exists, or one ``ValueError`` listing all missing ones: the same check
+    and message as ``ddo fit``'s (``fetch.preflight``), with relative paths taken from ``base`` (default:
+    the current directory, where sbatch runs the job)."""
+    from ..fetch.preflight import find_problems, missing_message
 
     base = base or os.getcwd()
-    cache = os.environ.get("DDO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ddo_lightning")
-    missing = []
-    for section in ("model", "data"):
-        for where, value in refs(config.get(section), section):
-            path = os.path.join(cache, value[len("cache:"):]) if value.startswith("cache:") else value
-            if not os.path.exists(os.path.join(base, os.path.expanduser(path))):
-                missing.append(f"{where}: {value}" + (f" ({path})" if path != value else ""))
-    if missing:
-        raise ValueError(f"{len(missing)} input file(s) of the run missing (relative paths from {base}, "
-                         "where the job runs):\n  " + "\n  ".join(missing))
+    problems = find_problems(config, base=base)
+    if problems:
+        raise ValueError(missing_message(problems, list(configs), prog="")
+                         + f"\n(relative paths are looked up from {base}, where the job runs)")
 
 
 def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
@@ -364,7 +342,7 @@ def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
                                                           batch, resume))  # exactly what the job will parse
     chdir = [a.split("=", 1)[1] for a in (x.strip().removeprefix("#SBATCH").strip() for x in ns.sbatch_arg)
              if a.startswith("--chdir=")]
-    _check_files(config, base=os.path.abspath(chdir[-1]) if chdir else None)  # sbatch --chdir: where the job runs
+    _check_files(config, ns.config, base=os.path.abspath(chdir[-1]) if chdir else None)  # sbatch --chdir: where the job runs
     return script, notes + built
 
 
