@@ -174,7 +174,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def _fmt(v: Any) -> str:
     v = _plain(v)
-    return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _config_path(kind: str, key: str) -> str:
