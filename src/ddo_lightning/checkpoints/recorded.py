@@ -179,7 +179,7 @@ def _fmt(v: Any) -> str:
 
 def _config_path(kind: str, key: str) -> str:
     """Where the config sets ``key`` of a declared network of ``kind``."""
-    if kind != _EDM2 and key in ("img_resolution", "img_channels", "label_dim"):
+    if kind != _EDM2 and key in _COMMON:
         raw = {"img_resolution": "img_resolution", "img_channels": "in_channels/out_channels", "label_dim": "label_dim"}
         return f"{NETWORK_PATH}.init_args.model.init_args.{raw[key]}"
     return f"{NETWORK_PATH}.init_args.{key}"
@@ -219,12 +219,8 @@ def _compare(net: nn.Module, kind: str, init_kwargs: Mapping[str, Any]) -> tuple
 
 def _own_settings(kind: str, init_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The preconditioner's own settings as recorded (for the class-mismatch message)."""
-    if kind == _EDM2:
-        keys = ("img_resolution", "img_channels", "label_dim", "sigma_data")
-        defaults = _recorded_defaults(kind)
-    else:
-        defaults = _recorded_defaults(kind)
-        keys = tuple(_edm_own_defaults(kind)) + ("img_resolution", "img_channels", "label_dim")
+    defaults = _recorded_defaults(kind)
+    keys = _COMMON + ("sigma_data",) if kind == _EDM2 else tuple(_edm_own_defaults(kind)) + _COMMON
     out = {}
     for k in keys:
         v = _recorded_value(k, init_kwargs, defaults)
