@@ -533,3 +533,188 @@ def test_ddo_convert_writes_plain_weights(tmp_path, capsys):
     main(["convert", str(src), str(tmp_path / "fp16.pt"), "--keep-dtype"])
     assert torch.load(tmp_path / "fp16.pt", weights_only=True)["state_dict"]["model.out.weight"].dtype == torch.float16
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Import checks what it loads: the recorded class and output-changing settings vs the declared network
+
+EDM_KW = dict(img_resolution=8, img_channels=3, label_dim=0, use_fp16=False, model_type="SongUNet", model_channels=16,
+              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], augment_dim=0, dropout=0.0)
+EDM2_KW = dict(img_resolution=8, img_channels=3, label_dim=0, use_fp16=True, model_channels=16, channel_mult=[1, 2],
+               num_blocks=1, attn_resolutions=[4], channels_per_head=8, dropout=0.0)
+
+
+class _Persisted:
+    """Pickles as ``torch_utils.persistence._reconstruct_persistent_obj(meta)``, the way an object of a
+    ``persistent_class`` does; ``meta['state']`` is a module's ``__dict__`` plus the recorded kwargs."""
+
+    def __init__(self, class_name, init_kwargs, module: nn.Module):
+        state = dict(module.__dict__, _init_args=(), _init_kwargs=copy.deepcopy(init_kwargs))
+        self.meta = dict(type="class", version=6, module_src=_DUMP["module_src"], class_name=class_name, state=state)
+
+    def __reduce__(self):
+        return _reconstruct_persistent_obj, (self.meta,)
+
+
+def plain_tree(state: dict) -> nn.Module:
+    """The tensors of ``state`` as buffers of a tree of plain ``torch.nn.Module`` objects (dotted names ->
+    submodules): pickled, it reads back with these names through the safe loader's Module stand-in."""
+    root = nn.Module()
+    for name, t in state.items():
+        *path, leaf = name.split(".")
+        m = root
+        for part in path:
+            if part not in m._modules:
+                m.add_module(part, nn.Module())
+            m = m._modules[part]
+        m.register_buffer(leaf, t.detach().clone())
+    return root
+
+
+def nvidia_file(tmp_path, name, class_name, init_kwargs, net: nn.Module):
+    """An EDM-format snapshot whose ``ema`` records ``class_name(**init_kwargs)`` with the weights of ``net``."""
+    path = tmp_path / name
+    _DUMP["module_src"] = "raise RuntimeError('never')\n"
+    path.write_bytes(dump(dict(ema=_Persisted(class_name, init_kwargs, plain_tree(net.state_dict())), loss_fn=Loss()),
+                          _DUMP["module_src"]))
+    return str(path)
+
+
+def edm_net(class_name="EDMPrecond", **changes):
+    from ddo_lightning.networks import build_edm_network
+
+    torch.manual_seed(0)
+    net = build_edm_network(class_name, dict(EDM_KW, **changes))
+    with torch.no_grad():  # every weight non-trivial (EDM zero-initialises output layers): F ≠ 0
+        for p in net.parameters():
+            p.normal_(0, 0.1)
+    return net.eval()
+
+
+def test_vp_file_into_an_edm_network_is_refused_naming_both(tmp_path):
+    """A VPPrecond file and an EDMPrecond config have the same weight names and shapes: the strict load
+    alone would accept it. The recorded class refuses it, naming both sides and the fix; the same for
+    `ddo convert`'s .pt of it and for DDOModule's init_from (before any training)."""
+    from ddo_lightning.checkpoints import RecordedNetworkMismatch, load_network_weights
+    from ddo_lightning.training import DDOModule
+
+    vp = edm_net("VPPrecond")
+    declared = edm_net("EDMPrecond")
+    assert declared.state_dict().keys() == vp.state_dict().keys()  # why names and shapes cannot tell
+    path = nvidia_file(tmp_path, "edm-cifar10-32x32-uncond-vp.pkl", "VPPrecond", EDM_KW, vp)
+    with pytest.raises(RecordedNetworkMismatch) as err:
+        load_network_weights(declared, path, what=f"init_from {path}")
+    msg = str(err.value)
+    assert msg.startswith(f"init_from {path} holds a VPPrecond(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-05, "
+                          "img_resolution=8, img_channels=3, label_dim=0) but the config declares EDMPrecond: "
+                          "set model.init_args.network.class_path to ddo_lightning.networks.VPPrecond")
+    assert "model: ddo_lightning.networks.SongUNet" in msg
+    assert isinstance(err.value, ValueError)
+    # nothing was loaded into the declared network
+    assert all(torch.equal(v, edm_net("EDMPrecond").state_dict()[k]) for k, v in declared.state_dict().items())
+
+    from ddo_lightning.cli import main
+
+    pt = tmp_path / "converted.pt"
+    main(["convert", path, str(pt)])
+    with pytest.raises(RecordedNetworkMismatch, match=r"converted\.pt holds a VPPrecond.*declares EDMPrecond"):
+        load_network_weights(edm_net("EDMPrecond"), str(pt))
+    with pytest.raises(RecordedNetworkMismatch, match=rf"^init_from {path} holds a VPPrecond"):
+        DDOModule(edm_net("EDMPrecond"), init_from=path)
+
+
+@pytest.mark.parametrize("change, key, file_value, config_value, where", [
+    (dict(sigma_data=0.6), "sigma_data", "0.6", "0.5", "model.init_args.network.init_args.sigma_data"),
+    (dict(label_dim=10), "label_dim", "10", "0", "model.init_args.network.init_args.model.init_args.label_dim"),
+    (dict(img_resolution=16), "img_resolution", "16", "8", "model.init_args.network.init_args.model.init_args.img_resolution"),
+])
+def test_settings_that_change_outputs_are_refused(tmp_path, change, key, file_value, config_value, where):
+    """Same class, another sigma_data / label width / resolution: refused, naming the setting, both values
+    and where the config sets it (checked before names and shapes, which a label width also changes)."""
+    from ddo_lightning.checkpoints import RecordedNetworkMismatch, load_network_weights
+
+    src = edm_net("EDMPrecond", **change)
+    path = nvidia_file(tmp_path, "snap.pkl", "EDMPrecond", dict(EDM_KW, **change), src)
+    with pytest.raises(RecordedNetworkMismatch) as err:
+        load_network_weights(edm_net("EDMPrecond"), path)
+    assert str(err.value) == (
+        f"checkpoint {path} holds an EDMPrecond whose settings differ from the declared EDMPrecond's, and they change "
+        f"its outputs: {key}: file {file_value}, config {config_value} ({where}). Set them to the file's values, or "
+        "choose a matching checkpoint")
+
+
+@pytest.mark.parametrize("class_name, changes", [
+    ("VPPrecond", dict(beta_min=0.2)), ("VEPrecond", dict(sigma_max=50.0)), ("iDDPMPrecond", dict(C_2=0.01)),
+])
+def test_class_specific_settings_are_compared(tmp_path, class_name, changes):
+    from ddo_lightning.checkpoints import RecordedNetworkMismatch, load_network_weights
+
+    key, value = next(iter(changes.items()))
+    path = nvidia_file(tmp_path, "snap.pkl", class_name, dict(EDM_KW, **changes), edm_net(class_name, **changes))
+    with pytest.raises(RecordedNetworkMismatch, match=rf"{key}: file {value:g}, config "):
+        load_network_weights(edm_net(class_name), path)
+
+
+@pytest.mark.parametrize("class_name", ["EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond"])
+def test_matching_file_loads_and_gives_the_files_denoiser(tmp_path, class_name):
+    """Same class and settings; settings that do not change outputs (use_fp16, dropout, recorded as
+    numpy float32 like EDM's) differ: it loads, and the declared network's D is the source network's."""
+    from ddo_lightning.checkpoints import load_network_weights
+
+    src = edm_net(class_name)
+    recorded = dict(EDM_KW, use_fp16=True, dropout=np.float32(0.13), **({"sigma_data": np.float32(0.5)} if class_name == "EDMPrecond" else {}))
+    path = nvidia_file(tmp_path, "snap.pkl", class_name, recorded, src)
+    declared = edm_net(class_name)
+    with torch.no_grad():
+        for p in declared.parameters():
+            p.zero_()
+    load_network_weights(declared, path)
+    x, sigma = torch.randn(2, 3, 8, 8) * 5, torch.tensor([5.0, 0.3])
+    assert torch.equal(declared(x, sigma), src(x, sigma))
+
+
+def test_edm2_file_checked_against_edm2precond(tmp_path):
+    """EDM2's `Precond` is our EDM2Precond: its sigma_data and attention heads are compared, use_fp16 is not;
+    into an EDMPrecond it is refused."""
+    from ddo_lightning.checkpoints import RecordedNetworkMismatch, load_network_weights
+    from ddo_lightning.networks import EDM2Precond
+
+    def edm2(**changes):
+        kw = dict(EDM2_KW, **changes)
+        kw.pop("use_fp16")
+        torch.manual_seed(0)
+        return EDM2Precond(**kw, use_fp16=False).eval()
+
+    path = nvidia_file(tmp_path, "edm2.pkl", "Precond", EDM2_KW, edm2())
+    load_network_weights(edm2(), path)  # recorded use_fp16=True, declared False: fine
+    with pytest.raises(RecordedNetworkMismatch, match=r"^checkpoint .* holds an EDM2 Precond\(img_resolution=8.*"
+                                                      r"declares EDMPrecond: set .*ddo_lightning.networks.EDM2Precond"):
+        load_network_weights(edm_net("EDMPrecond"), path)
+    other = nvidia_file(tmp_path, "edm2-sd.pkl", "Precond", dict(EDM2_KW, sigma_data=0.6), edm2(sigma_data=0.6))
+    with pytest.raises(RecordedNetworkMismatch, match=r"sigma_data: file 0.6, config 0.5"):
+        load_network_weights(edm2(), other)
+    heads = nvidia_file(tmp_path, "edm2-heads.pkl", "Precond", dict(EDM2_KW, channels_per_head=16), edm2(channels_per_head=16))
+    with pytest.raises(RecordedNetworkMismatch, match=r"channels_per_head: file 16, config 8 \(4 heads at width 32\)"):
+        load_network_weights(edm2(), heads)
+
+
+def test_ddo_sample_refuses_a_vp_file_for_an_edm_config(tmp_path, capsys):
+    """`ddo sample --ckpt vp.pkl` with a config declaring EDMPrecond: exit 2, one line naming both."""
+    from ddo_lightning.commands import run_command
+
+    unet = {k: v for k, v in EDM_KW.items() if k not in ("img_channels", "use_fp16", "model_type")}
+    cfg = {"model": {"class_path": "ddo_lightning.training.DDOModule", "init_args": {"network": {
+        "class_path": "ddo_lightning.networks.EDMPrecond",
+        "init_args": {"model": {"class_path": "ddo_lightning.networks.SongUNet",
+                                "init_args": dict(unet, in_channels=3, out_channels=3)}}}}}}
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    path = nvidia_file(tmp_path, "vp.pkl", "VPPrecond", EDM_KW, edm_net("VPPrecond"))
+    with pytest.raises(SystemExit) as ex:
+        run_command("sample", ["--config", str(tmp_path / "c.yaml"), "--ckpt", path, "--out", str(tmp_path / "o.npz"),
+                               "--device", "cpu", "--quiet"])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert f"ddo sample: error: --ckpt {path} holds a VPPrecond(" in err and "declares EDMPrecond" in err
+    assert not (tmp_path / "o.npz").exists()

@@ -256,3 +256,101 @@ def test_compile_option_compiles_each_network_once_and_keeps_the_samples(mixture
     assert calls == [mixture]  # compiled once, reused
     assert torch.equal(first, eager) and torch.equal(second, eager)
     assert sampler.with_steps(4).compile
+
+
+# ---- imported VP/VE/iDDPM networks: the grid of EDM's generator ----------------------------------------
+class _ZeroRaw(torch.nn.Module):
+    """A raw network F = 0 with ``mult``·C output channels (iDDPM: 2, it keeps the first C)."""
+
+    def __init__(self, mult: int = 1):
+        super().__init__()
+        self.mult = mult
+
+    def forward(self, x, noise_labels, class_labels):
+        return torch.zeros(x.shape[0], self.mult * x.shape[1], *x.shape[2:])
+
+
+def edm_generator_grid(num_steps, sigma_min, sigma_max, rho, net_min, net_max, levels=None):
+    """EDM's ``edm_sampler`` time steps, written out independently in numpy float64: clamp the range to
+    the network's, the Karras ρ-grid, each point moved to the nearest supported level (iDDPM: the table u;
+    others: unchanged), then a final 0."""
+    import numpy as np
+
+    lo, hi = max(sigma_min, net_min), min(sigma_max, net_max)
+    i = np.arange(num_steps, dtype=np.float64)
+    t = (hi ** (1 / rho) + i / (num_steps - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    if levels is not None:
+        u = np.asarray(levels, dtype=np.float64)
+        t = u[np.abs(t[:, None] - u[None, :]).argmin(axis=1)]
+    return np.concatenate([t, [0.0]])
+
+
+def visited_sigmas(net, sampler, steps) -> list[float]:
+    seen: list[float] = []
+    hook = net.register_forward_pre_hook(lambda m, args: seen.append(float(args[1][0])))
+    try:
+        sampler(net, torch.randn(2, 3, 4, 4), torch.zeros(2, 0))
+    finally:
+        hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["iddpm", "vp", "ve", "vp-wide"])
+def test_heun_follows_the_networks_range_and_rounding_like_edms_generator(kind):
+    """HeunSampler on an imported VP/VE/iDDPM network visits EDM's generator's σ: the Karras grid between
+    max(sigma_min, net.sigma_min) and min(sigma_max, net.sigma_max), through net.round_sigma."""
+    import numpy as np
+
+    from ddo_lightning.networks import VEPrecond, VPPrecond, iDDPMPrecond
+
+    steps = 18
+    net = {"iddpm": lambda: iDDPMPrecond(_ZeroRaw(2)), "ve": lambda: VEPrecond(_ZeroRaw()),
+           "vp": lambda: VPPrecond(_ZeroRaw()), "vp-wide": lambda: VPPrecond(_ZeroRaw())}[kind]()
+    # vp-wide: a sampler range wider than VP's own [σ(1e-5), σ(1)] ≈ [0.001, 152] on both ends
+    lo, hi = (1e-4, 500.0) if kind == "vp-wide" else (0.002, 80.0)
+    sampler = HeunSampler(num_steps=steps, sigma_min=lo, sigma_max=hi)
+    if kind.startswith("vp"):  # VP's range in closed form: σ(t) = √(exp(½β_d t² + β_min t) − 1)
+        net_min, net_max = math.sqrt(math.expm1(0.5 * 19.9 * 1e-10 + 0.1 * 1e-5)), math.sqrt(math.expm1(0.5 * 19.9 + 0.1))
+    elif kind == "ve":
+        net_min, net_max = 0.02, 100.0
+    else:
+        net_min, net_max = float(net.u[-2]), float(net.u[0])
+    levels = net.u.numpy() if kind == "iddpm" else None
+    want = edm_generator_grid(steps, lo, hi, 7.0, net_min, net_max, levels)
+    got = visited_sigmas(net, sampler, steps)
+    # Heun visits t_0, t_1, t_1, t_2, ..., t_{N-1} (each later point twice: correction, then next Euler)
+    assert len(got) == 2 * steps - 1
+    assert np.allclose(got[0::2], want[:steps], rtol=1e-6, atol=0) and np.allclose(got[1::2], want[1:steps], rtol=1e-6, atol=0)
+    plain = karras_sigmas(steps, lo, hi, 7.0).numpy()
+    if kind == "vp":  # VP's own range contains EDM's default one: the grid is EDM's unchanged
+        assert np.array_equal(sampler.sigmas_for(net).numpy(), plain)
+    else:  # the clamp or the rounding moved the grid, and the sampler followed
+        assert not np.allclose(want, plain, rtol=1e-3)
+    if kind == "iddpm":  # every visited σ is one of the network's levels (float32 values, exactly)
+        assert set(got) <= {float(v) for v in net.u} and len(set(got)) > steps // 2
+
+
+def test_edm_networks_keep_the_configured_grid():
+    """EDMPrecond (range 0..∞, identity rounding) and networks without the attributes: the grid as configured."""
+    from ddo_lightning.networks import EDMPrecond, ToyMLP
+
+    sampler = HeunSampler(num_steps=7)
+    assert torch.equal(sampler.sigmas_for(EDMPrecond(ToyMLP())), sampler.sigmas)
+    assert torch.equal(sampler.sigmas_for(torch.nn.Identity()), sampler.sigmas)
+
+
+def test_churn_step_is_rounded_like_edms_generator():
+    """With churn, EDM's generator rounds the raised level t̂ = t(1+γ) too: an iDDPM network sees only its levels."""
+    from ddo_lightning.networks import iDDPMPrecond
+
+    net = iDDPMPrecond(_ZeroRaw(2))
+    seen = visited_sigmas(net, HeunSampler(num_steps=10, S_churn=40.0), 10)
+    levels = {float(v) for v in net.u}
+    assert len(seen) == 19 and set(seen) <= levels
+
+
+def test_sampler_range_outside_the_network_s_is_refused():
+    from ddo_lightning.networks import VEPrecond
+
+    with pytest.raises(ValueError, match=r"\[0.001, 0.01\].*VEPrecond \[0.02, 100\] do not overlap"):
+        HeunSampler(num_steps=5, sigma_min=0.001, sigma_max=0.01).sigmas_for(VEPrecond(_ZeroRaw()))

@@ -353,3 +353,82 @@ def test_evaluation_reports_how_it_was_measured(tmp_path, toy_real, mle_ckpt):
     make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
     first = sp.history[0]["metrics"]
     assert first["num_samples"] == 500 and first["nfe"] == 11 and first["eval_seconds"] > 0
+
+
+# ---- data and network shapes are checked at setup, before the first step --------------------------------
+def _images(n=32, channels=1, res=16, classes=None):
+    from ddo_lightning.data import ImageDataset
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, channels, res, res), dtype=torch.uint8, generator=g)
+    labels = None if classes is None else torch.arange(n) % classes
+    return ImageDataset(images, labels, conditional=classes is not None)
+
+
+def _edm_net(res=8, channels=1, label_dim=0):
+    from ddo_lightning.networks import EDMPrecond, SongUNet
+
+    return EDMPrecond(SongUNet(img_resolution=res, in_channels=channels, out_channels=channels, label_dim=label_dim,
+                               model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0))
+
+
+class _NoStep(pl.Callback):
+    def on_train_batch_start(self, *args):
+        raise AssertionError("a training step started")
+
+
+def _fit_mle(tmp_path, net, real):
+    from ddo_lightning.training import MLEModule
+
+    module = MLEModule(net, sampler=HeunSampler(num_steps=2))
+    make_trainer(tmp_path, max_steps=1, callbacks=[_NoStep()]).fit(module, DDODataModule(real, batch_size=8))
+
+
+@pytest.mark.parametrize("data, net, message", [
+    (dict(res=16), dict(res=8), "the data does not fit the network EDMPrecond around SongUNet: ImageDataset has 16×16 "
+     "images, the network is built for 8×8 (model.init_args.network.init_args.model.init_args.img_resolution)"),
+    (dict(channels=3, res=8), dict(channels=1), "ImageDataset has 3-channel images, the network takes 1 channels "
+     "(model.init_args.network.init_args.model.init_args.in_channels)"),
+    (dict(res=8, classes=10), dict(label_dim=4), "ImageDataset has 10 classes, the network's label_dim is 4 "
+     "(model.init_args.network.init_args.model.init_args.label_dim)"),
+    (dict(res=8), dict(label_dim=10), "the network is class-conditional (label_dim 10, "
+     "model.init_args.network.init_args.model.init_args.label_dim) but ImageDataset has no labels"),
+    (dict(res=8, classes=10), dict(), "ImageDataset has 10 classes but the network is unconditional (label_dim 0"),
+])
+def test_data_and_network_shapes_checked_at_setup(tmp_path, data, net, message):
+    """16×16 images on an 8×8 network, 3 channels on a 1-channel one, 10 classes on a 4-class network, labels
+    missing or unexpected: refused at setup, naming both sides, before any training step."""
+    from ddo_lightning.training.base import DataNetworkMismatch
+
+    with pytest.raises(DataNetworkMismatch) as err:
+        _fit_mle(tmp_path, _edm_net(**net), _images(**data))
+    assert message in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_matching_data_and_network_train(tmp_path):
+    """The same path with sizes that fit: the check lets it train."""
+    from ddo_lightning.training import MLEModule
+
+    module = MLEModule(_edm_net(res=8, channels=1, label_dim=10), sampler=HeunSampler(num_steps=2))
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, DDODataModule(_images(res=8, classes=10), batch_size=8))
+    assert trainer.global_step == 1
+
+
+def test_vector_and_token_sizes_checked():
+    """ToyMLP's data_dim against vectors; TokenGPT's length, vocabulary and label_dim against token data."""
+    from ddo_lightning.data import MarkovTokenDataset
+    from ddo_lightning.networks import TokenGPT
+    from ddo_lightning.training.base import DataNetworkMismatch, check_data_fits_network
+
+    with pytest.raises(DataNetworkMismatch, match=r"samples of shape \[3\], the network takes vectors of length 2"):
+        check_data_fits_network(tiny_net(), (3,), 0)
+    check_data_fits_network(tiny_net(), (2,), 0)
+    tokens = MarkovTokenDataset(num_samples=16, num_classes=4, vocab_size=6, length=5)
+    check_data_fits_network(TokenGPT(vocab_size=6, length=5, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens)
+    with pytest.raises(DataNetworkMismatch, match=r"MarkovTokenDataset yields samples of shape \[5\], the network "
+                                                  r"takes sequences of length 7 \(model.init_args.network.init_args.length\)"):
+        check_data_fits_network(TokenGPT(vocab_size=6, length=7, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens)
+    with pytest.raises(DataNetworkMismatch, match=r"has 6 token values, the network's vocabulary has 5"):
+        check_data_fits_network(TokenGPT(vocab_size=5, length=5, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens)

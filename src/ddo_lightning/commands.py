@@ -31,7 +31,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints.load import ArchitectureMismatch, check_same_architecture, denoiser_state_dict
+from .checkpoints.load import ArchitectureMismatch, check_checkpoint_fits, read_denoiser
 from .fetch import FetchError, resolve, resolve_refs
 from .pixels import model_to_uint8
 from .samplers import HeunSampler, seeded_normal
@@ -112,6 +112,7 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
     init = model.get("init_args", {}) if isinstance(model, dict) else {}
     if "network" not in init:
         raise CommandError(f"{', '.join(configs)}: no model.init_args.network (a DDOModule or MLEModule preset is needed)")
+    what = f"--ckpt {ckpt}" if ckpt else f"init_from {init.get('init_from')}"
     ckpt = resolve(ckpt or init.get("init_from") or "")
     if not ckpt:
         raise CommandError("no weights: pass --ckpt (the config has no model.init_args.init_from either)")
@@ -120,10 +121,10 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
     net = _instantiate(copy.deepcopy(init["network"]), nn.Module, "model.init_args.network")
     sampler = HeunSampler() if init.get("sampler") is None else _instantiate(copy.deepcopy(init["sampler"]), HeunSampler, "model.init_args.sampler")
     try:
-        state = denoiser_state_dict(ckpt, None if which == "auto" else which)
+        state, recorded = read_denoiser(ckpt, None if which == "auto" else which)
     except (FileNotFoundError, ValueError) as err:
         raise CommandError(str(err)) from err
-    check_same_architecture(net, state, what=f"checkpoint {ckpt}")
+    check_checkpoint_fits(net, state, recorded, what)
     net.load_state_dict(state, strict=True)
     net = net.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     return net, sampler, {"checkpoint": ckpt, "net": which, "network": type(getattr(net, "model", net)).__name__}

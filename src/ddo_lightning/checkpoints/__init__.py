@@ -1,6 +1,13 @@
 """Loading weights into our networks from checkpoints: ours, NVIDIA's EDM/EDM2 pickles (safely); VAR later."""
 
-from .load import ArchitectureMismatch, check_same_architecture, denoiser_state_dict, load_network_weights
+from .load import (
+    ArchitectureMismatch,
+    check_checkpoint_fits,
+    check_same_architecture,
+    denoiser_state_dict,
+    load_network_weights,
+    read_denoiser,
+)
 from .nvidia_pickle import (
     NvidiaPickleError,
     PersistentRecord,
@@ -10,6 +17,7 @@ from .nvidia_pickle import (
     load_nvidia_pickle,
     network_from_record,
 )
+from .recorded import RecordedNetworkMismatch, check_recorded_network
 
 __all__ = [
     "ArchitectureMismatch",
@@ -23,4 +31,8 @@ __all__ = [
     "load_network_weights",
     "load_nvidia_pickle",
     "network_from_record",
+    "RecordedNetworkMismatch",
+    "check_checkpoint_fits",
+    "check_recorded_network",
+    "read_denoiser",
 ]

@@ -6,8 +6,10 @@ with ``torch.load(weights_only=True)``: nothing stored in them can execute on lo
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +39,13 @@ def denoiser_state_dict(path: str, which: str | None = None) -> dict[str, torch.
     ``WEIGHT_PREFIXES``), a plain state dict (``{name: tensor}``), or NVIDIA's EDM/EDM2 snapshot pickle
     (``.pkl``: its ``ema`` network, read without executing stored code, floats cast to fp32), or EDM2's
     ``training-state-*.pt`` (its first power-function EMA, fp32; tensors only, ``weights_only=True``)."""
+    return read_denoiser(path, which)[0]
+
+
+def read_denoiser(path: str, which: str | None = None) -> tuple[dict[str, torch.Tensor], tuple[str, dict[str, Any]] | None]:
+    """``(state_dict, recorded)``: the weights as :func:`denoiser_state_dict` reads them, and
+    ``recorded = (class_name, init_kwargs)`` of the network the file records (NVIDIA's pickles, and
+    ``ddo convert``'s ``.pt`` files through their ``nvidia_class``/``init_kwargs_json``), else None."""
     if which is not None and which not in WHICH_PREFIX:
         raise ValueError(f"which must be one of {sorted(WHICH_PREFIX)}, got {which!r}")
     if not os.path.isfile(path):
@@ -44,15 +53,30 @@ def denoiser_state_dict(path: str, which: str | None = None) -> dict[str, torch.
     if str(path).endswith(".pkl"):
         from .nvidia_pickle import read_nvidia_network  # it imports this module
 
-        state = read_nvidia_network(path, "ema")[2]
-        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        class_name, init_kwargs, state, _ = read_nvidia_network(path, "ema")
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, (class_name, init_kwargs)
     if os.path.basename(str(path)).startswith("training-state-"):
         from .nvidia_pickle import load_edm2_training_state
 
-        return load_edm2_training_state(path, "ema")
+        return load_edm2_training_state(path, "ema"), None
     obj = _load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint or a state dict")
+    return _select_weights(path, obj, which), _recorded_in(path, obj)
+
+
+def _recorded_in(path: str, obj: Mapping) -> tuple[str, dict[str, Any]] | None:
+    """What ``ddo convert`` kept of the NVIDIA network: its class name and constructor kwargs (JSON)."""
+    if not isinstance(obj.get("nvidia_class"), str):
+        return None
+    try:
+        init_kwargs = json.loads(obj.get("init_kwargs_json") or "{}")
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: init_kwargs_json is not readable JSON: {err}") from err
+    return obj["nvidia_class"], init_kwargs if isinstance(init_kwargs, dict) else {}
+
+
+def _select_weights(path: str, obj: Mapping, which: str | None) -> dict[str, torch.Tensor]:
     state = obj.get("state_dict", obj)
     if which is not None:
         sub = {k[len(WHICH_PREFIX[which]) :]: v for k, v in state.items() if k.startswith(WHICH_PREFIX[which])}
@@ -87,9 +111,21 @@ def check_same_architecture(net: nn.Module, state: Mapping[str, torch.Tensor], w
         )
 
 
-def load_network_weights(net: nn.Module, path: str) -> nn.Module:
-    """Load the denoiser weights of ``path`` into ``net`` strictly (after a readable architecture check)."""
-    state = denoiser_state_dict(path)
-    check_same_architecture(net, state, what=f"checkpoint {path}")
+def check_checkpoint_fits(net: nn.Module, state: Mapping[str, torch.Tensor],
+                          recorded: tuple[str, Mapping[str, Any]] | None, what: str) -> None:
+    """Everything checked before weights load: the recorded network class and output-changing settings
+    (when the file records them, see :mod:`.recorded`), then names and shapes. ``what`` names the file."""
+    if recorded is not None:
+        from .recorded import check_recorded_network
+
+        check_recorded_network(net, recorded[0], recorded[1], what)
+    check_same_architecture(net, state, what=what)
+
+
+def load_network_weights(net: nn.Module, path: str, what: str | None = None) -> nn.Module:
+    """Load the denoiser weights of ``path`` into ``net`` strictly, after :func:`check_checkpoint_fits`.
+    ``what`` names the file in errors (default ``"checkpoint <path>"``; DDOModule: ``"init_from <path>"``)."""
+    state, recorded = read_denoiser(path)
+    check_checkpoint_fits(net, state, recorded, what or f"checkpoint {path}")
     net.load_state_dict(state, strict=True)
     return net

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -29,12 +30,15 @@ def heun_sampler(
     S_max: float = float("inf"),
     S_noise: float = 1.0,
     generator: torch.Generator | None = None,
+    round_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Integrate the probability-flow ODE from σ = sigmas[0] to sigmas[-1] (normally 0).
 
     noise: [B, *D] standard normal (scaled here by sigmas[0]); labels: [B, K];
     sigmas: [N+1] decreasing grid ending in 0 (see ``karras_sigmas``). N steps cost 2N−1 network
     evaluations (the last step is Euler). State kept in float64 as EDM does; the network sees float32.
+    round_sigma: the network's nearest supported σ (EDM's ``net.round_sigma``), applied to the raised
+    noise level t̂ of a churn step as EDM's generator does (the grid itself comes rounded).
     Returns [B, *D] float32, no gradient.
     """
     num_steps = len(sigmas) - 1
@@ -54,6 +58,8 @@ def heun_sampler(
         # churn: temporarily raise the noise level (Algorithm 2, lines 4-6)
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_churn > 0 and S_min <= t_cur <= S_max else 0.0
         t_hat = t_cur + gamma * t_cur
+        if gamma > 0 and round_sigma is not None:
+            t_hat = torch.as_tensor(round_sigma(t_hat)).to(device=sig.device, dtype=torch.float64)
         if gamma > 0:
             eps = torch.randn(x_cur.shape, generator=generator, device=x_cur.device, dtype=torch.float64)
             x_hat = x_cur + (t_hat**2 - t_cur**2).sqrt() * S_noise * eps
@@ -69,6 +75,13 @@ def heun_sampler(
 
 class HeunSampler(Sampler):
     """EDM Heun sampler settings (defaults: EDM CIFAR-10, 18 steps = 35 NFE, no churn).
+
+    Like EDM's generator (``edm_sampler``), the grid follows the network it samples: a network with
+    ``sigma_min``/``sigma_max`` narrows the σ range to its own (σ_min = max(sigma_min, net.sigma_min),
+    σ_max = min(sigma_max, net.sigma_max)) and one with ``round_sigma`` has every grid σ (and a churn
+    step's t̂) moved to the nearest level it supports (iDDPM: its table ``u``); see :meth:`sigmas_for`.
+    EDMPrecond's range (0, ∞) and identity rounding leave the grid as configured; EDM2's Precond has
+    neither attribute.
 
     Args:
         num_steps: N grid points (2N−1 network evaluations).
@@ -107,12 +120,37 @@ class HeunSampler(Sampler):
     def nfe(self) -> int:
         return 2 * self.num_steps - 1
 
+    def sigmas_for(self, net: Denoiser) -> torch.Tensor:
+        """The [N+1] float64 grid used for ``net``: the Karras grid between the configured bounds clamped
+        to the network's ``sigma_min``/``sigma_max``, each point passed through its ``round_sigma``, then
+        a final 0 (EDM's ``edm_sampler``). Without those attributes: the configured grid."""
+        net_min, net_max = getattr(net, "sigma_min", None), getattr(net, "sigma_max", None)
+        round_sigma = getattr(net, "round_sigma", None)
+        lo, hi = self.grid["sigma_min"], self.grid["sigma_max"]
+        lo = max(lo, float(net_min)) if net_min is not None else lo
+        hi = min(hi, float(net_max)) if net_max is not None else hi
+        if (lo, hi) == (self.grid["sigma_min"], self.grid["sigma_max"]):
+            sig = self.sigmas.clone()
+        elif not lo < hi:
+            raise ValueError(
+                f"the sampler's σ range [{self.grid['sigma_min']:g}, {self.grid['sigma_max']:g}] and the range of "
+                f"{type(net).__name__} [{float(net_min or 0):g}, {float(net_max or math.inf):g}] do not overlap: "
+                "set the sampler's sigma_min/sigma_max inside the network's range")
+        else:
+            sig = karras_sigmas(self.num_steps, lo, hi, self.grid["rho"])
+        if callable(round_sigma):
+            sig[:-1] = torch.as_tensor(round_sigma(sig[:-1])).to(device=sig.device, dtype=torch.float64)
+        return sig
+
     def __call__(
         self, denoiser: Denoiser, noise: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        sigmas = self.sigmas_for(denoiser)
+        round_sigma = getattr(denoiser, "round_sigma", None)
         if self.compile:
             denoiser = self.compiled(denoiser)
-        return heun_sampler(denoiser, noise, labels, self.sigmas, generator=generator, **self.churn)
+        return heun_sampler(denoiser, noise, labels, sigmas, generator=generator,
+                            round_sigma=round_sigma if callable(round_sigma) else None, **self.churn)
 
     def compiled(self, denoiser: Denoiser) -> Denoiser:
         """``torch.compile(denoiser)``, made once per network object (the compiled wrapper reads the

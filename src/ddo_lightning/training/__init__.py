@@ -1,6 +1,6 @@
 """The Lightning layer: modules, data module, fake sources and callbacks."""
 
-from .base import DenoiserModule, disable_dropout
+from .base import DataNetworkMismatch, DenoiserModule, check_data_fits_network, disable_dropout
 from .callbacks import ImageGridFigure, Preemption, SampleGrids, ScatterFigure, SelfPlay, TokenFigure
 from .checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, usable_checkpoint
 from .datamodule import DDODataModule
@@ -12,4 +12,5 @@ from .pretrain import MLEModule
 __all__ = [
     "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "TokenFigure", "DenoiserModule", "EMA", "PowerEMA", "FakeSource", "MLEModule", "NonFiniteLossError",
     "OnlineFakeSource", "PoolFakeSource", "Preemption", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
+    "DataNetworkMismatch", "check_data_fits_network",
 ]

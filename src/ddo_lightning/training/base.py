@@ -52,6 +52,84 @@ def check_model_family(network: nn.Module, objective: Any, sampler: Any) -> None
                      "next-token model needs objective TokenDDO (TokenMLE for pretraining) and sampler TokenSampler")
 
 
+class DataNetworkMismatch(ValueError):
+    """The data's samples or labels do not fit the network's sizes (raised at setup, before any step)."""
+
+
+NETWORK = "model.init_args.network"
+
+
+def _network_attr(net: nn.Module, *names: str) -> tuple[Any, str] | None:
+    """(value, config key) of the first of ``names`` on the network or on its raw network (``net.model``:
+    EDM's wrappers keep the image sizes there), or None."""
+    for obj, where in ((net, f"{NETWORK}.init_args"), (getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args")):
+        if not isinstance(obj, nn.Module):
+            continue
+        for name in names:
+            value = getattr(obj, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value, f"{where}.{name}"
+    return None
+
+
+def _data_vocab(real: Any) -> int | None:
+    """How many token values the data can hold, where the dataset says (its own or its source's vocab_size)."""
+    for obj in (real, getattr(real, "source", None)):
+        v = getattr(obj, "vocab_size", None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def check_data_fits_network(net: nn.Module, sample_shape: tuple[int, ...], label_dim: int, real: Any = None) -> None:
+    """Raise :class:`DataNetworkMismatch` when the data cannot be what ``net`` was built for, naming both:
+
+    * images [C, H, W]: ``img_resolution`` (H = W = R) and ``img_channels``/``in_channels`` (C) of the network
+      (EDM2's Precond, or the raw network of EDM's wrappers); vectors [D]: ``data_dim`` (ToyMLP); token
+      sequences [L]: ``length`` and, where the dataset tells it, ``vocab_size`` (TokenGPT, VAR's adapter);
+    * labels: the data's K classes against the network's ``label_dim``. An unconditional network on labelled
+      data, and a conditional network on unlabelled data (it would only ever see the "no label" input), are
+      errors too.
+
+    A size the network does not expose is not checked. ``real`` (the dataset) names the data in messages.
+    """
+    data = type(real).__name__ if real is not None else "the data"
+    shape = tuple(int(d) for d in sample_shape)
+    net_name = type(net).__name__ + (f" around {type(net.model).__name__}" if isinstance(getattr(net, "model", None), nn.Module) else "")
+    problems: list[str] = []
+    res = _network_attr(net, "img_resolution")
+    ch = _network_attr(net, "img_channels", "in_channels")
+    if res is not None or ch is not None:
+        if len(shape) != 3:
+            problems.append(f"{data} yields samples of shape {list(shape)}, the network takes images [C, H, W]")
+        else:
+            if res is not None and shape[1:] != (res[0], res[0]):
+                problems.append(f"{data} has {shape[1]}×{shape[2]} images, the network is built for {res[0]}×{res[0]} "
+                                f"({res[1]})")
+            if ch is not None and shape[0] != ch[0]:
+                problems.append(f"{data} has {shape[0]}-channel images, the network takes {ch[0]} channels ({ch[1]})")
+    for attr, what in (("data_dim", "vectors of length"), ("length", "sequences of length")):
+        found = _network_attr(net, attr)
+        if found is not None and shape != (found[0],):
+            problems.append(f"{data} yields samples of shape {list(shape)}, the network takes {what} {found[0]} ({found[1]})")
+    vocab, data_vocab = _network_attr(net, "vocab_size"), _data_vocab(real)
+    if vocab is not None and data_vocab is not None and data_vocab > vocab[0]:
+        problems.append(f"{data} has {data_vocab} token values, the network's vocabulary has {vocab[0]} ({vocab[1]})")
+    labels = _network_attr(net, "label_dim")
+    if labels is not None and labels[0] != label_dim:
+        k, where = labels
+        if label_dim == 0:
+            problems.append(f"the network is class-conditional (label_dim {k}, {where}) but {data} has no labels: it "
+                            "would only ever see the no-label input; use labelled data or set label_dim: 0")
+        elif k == 0:
+            problems.append(f"{data} has {label_dim} classes but the network is unconditional (label_dim 0, {where}): "
+                            f"set label_dim: {label_dim}, or use the data without labels")
+        else:
+            problems.append(f"{data} has {label_dim} classes, the network's label_dim is {k} ({where})")
+    if problems:
+        raise DataNetworkMismatch(f"the data does not fit the network {net_name}: " + "; ".join(problems))
+
+
 class DenoiserModule(pl.LightningModule):
     """Base class; subclasses define which network is trained and how.
 
@@ -111,6 +189,7 @@ class DenoiserModule(pl.LightningModule):
         if dm is None or not hasattr(dm, "sample_shape"):
             raise TypeError("ddo_lightning modules need a DDODataModule (it tells the sample shape and labels)")
         self.sample_shape, self.label_dim = tuple(dm.sample_shape), int(dm.label_dim)
+        check_data_fits_network(self.trained_network(), self.sample_shape, self.label_dim, getattr(dm, "real", None))
         if self.evaluator is not None and hasattr(self.evaluator, "connect"):
             self.evaluator.connect(dm)  # the evaluator takes what it needs: ground truth, real images
 

@@ -63,7 +63,7 @@ class DDOModule(DenoiserModule):
     ):
         super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
         if init_from is not None:
-            load_network_weights(network, init_from)
+            load_network_weights(network, init_from, what=f"init_from {init_from}")
         else:
             rank_zero_warn("DDOModule without init_from: target and reference start from a random init")
         changed = disable_dropout(network)
