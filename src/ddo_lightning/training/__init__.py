@@ -1,7 +1,10 @@
 """The Lightning layer: modules, data module, fake sources and callbacks."""
 
 from .base import DenoiserModule, disable_dropout
-from .callbacks import ImageGridFigure, Preemption, SampleGrids, ScatterFigure, SelfPlay, TokenFigure
+from .callbacks import (
+    ImageGridFigure, LineProgress, Preemption, RoundProgressBar, SampleGrids, ScatterFigure, SelfPlay, TokenFigure,
+    WeightsNeverChangedError,
+)
 from .checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, usable_checkpoint
 from .datamodule import DDODataModule
 from .ema import EMA, PowerEMA
@@ -12,4 +15,5 @@ from .pretrain import MLEModule
 __all__ = [
     "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "TokenFigure", "DenoiserModule", "EMA", "PowerEMA", "FakeSource", "MLEModule", "NonFiniteLossError",
     "OnlineFakeSource", "PoolFakeSource", "Preemption", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
+    "LineProgress", "RoundProgressBar", "WeightsNeverChangedError",
 ]
