@@ -394,3 +394,16 @@ def test_round_whose_weights_never_change_is_reported(tmp_path, toy_real, mle_ck
     assert summary["rounds"][0]["weights_changed"] is False
     assert summary["warnings"][0].startswith("round 1: weights never changed (α=1e+30, β=1")
     assert "overflowed float32 in Adam's second moment" in summary["warnings"][0]
+
+
+def test_progress_bar_counts_rounds_and_kimg_not_epochs(tmp_path, toy_real, mle_ckpt, capsys):
+    from ddo_lightning.training import RoundProgressBar
+
+    sp = self_play(tmp_path, rounds=2, kimg_per_round=0.256, eval_every_kimg=0.256)
+    trainer = make_trainer(tmp_path, max_steps=100, enable_progress_bar=True, callbacks=[sp, RoundProgressBar()])
+    trainer.fit(ddo_module(mle_ckpt), pool_data(toy_real))
+    out = capsys.readouterr().out.replace("\r", "\n")
+    last = sp.history[-2]["metrics"]["energy_distance"]  # the last evaluation (the entry after it: the promotion)
+    assert "round 1/2 · kimg 0.128/0.256 · last energy_distance " in out
+    assert f"round 2/2 · kimg 0.256/0.256 · last energy_distance {last:.4g}" in out
+    assert "Epoch" not in out

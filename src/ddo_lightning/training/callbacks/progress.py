@@ -53,6 +53,9 @@ class RoundProgressBar(TQDMProgressBar):
     """A tqdm bar over the current round's images (over the steps without self-play), described as
     ``round r/R · kimg x/y · last <monitor> v``; step statistics after it."""
 
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        return train_metrics(trainer)  # short names, no logger version
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
         self._refresh(trainer, trainer.lightning_module, reset=True)
 
@@ -72,9 +75,10 @@ class RoundProgressBar(TQDMProgressBar):
             total, n = (trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None), trainer.global_step
         if reset or n < bar.n:  # a new round starts the bar again
             bar.reset(total=total)
+            bar.unit = "img" if sp is not None else "step"
         bar.set_description(status_text(trainer, pl_module), refresh=False)
         bar.n = n
-        bar.set_postfix(train_metrics(trainer))
+        bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
 class LineProgress(ProgressBar):
