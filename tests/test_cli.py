@@ -218,3 +218,175 @@ def test_token_presets_run_tiny_steps(tmp_path, monkeypatch):
     assert summary["reference"]["kl_sym"] == pytest.approx(
         summary["reference"]["kl_data_model"] + summary["reference"]["kl_model_data"])
     assert (tmp_path / "outputs/tokens/samples.png").stat().st_size > 1000
+
+
+# ---- a CLI people can read ---------------------------------------------------------------------------
+def _header_text(path):
+    return " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#"))
+
+
+def test_help_lists_every_preset_with_its_expected_result(capsys):
+    assert run(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for config in CONFIGS:
+        line = next((x for x in lines if x.split()[:1] == [config.stem]), None)
+        assert line is not None, config.name
+        kind = "MLE" if "MLEModule" in config.read_text() else "DDO"
+        result = line.split(kind, 1)[1].strip().rstrip("…")
+        assert result and result in _header_text(config).replace("Expected: ", ""), (config.name, result)
+    cifar = next(x for x in lines if x.startswith("  edm_cifar10 "))
+    assert "FID 1.97 -> 1.38" in cifar  # the paper's number, from the preset's first line
+
+
+def test_fit_help_is_short_and_lists_ddo_options_first(capsys):
+    assert run(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) <= 80  # a screen or two, against jsonargparse's 479 lines
+    order = ["--model.init_from", "--model.objective.alpha", "--selfplay.rounds", "--data.batch_size",
+             "--data.fake.size", "--trainer.accelerator"]
+    positions = [out.index(option) for option in order]
+    assert positions == sorted(positions)
+    # every option it shows is a key of the resolved config of a preset of those classes, under that name
+    options = [w for line in out.splitlines() for w in line.split() if w.startswith("--") and "." in w
+               and not w.endswith(".help")]
+    assert len(options) > 30
+    assert run(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for option in options:
+        node = printed
+        for key in option[2:].split("."):
+            node = node["init_args"] if isinstance(node, dict) and "class_path" in node else node
+            assert isinstance(node, dict) and key in node, option
+            node = node[key]
+    assert run(["fit", "--help-all"]) == 0
+    full = capsys.readouterr().out
+    assert "--trainer.gradient_clip_val" in full and "--selfplay.kimg_per_round" in full
+
+
+def test_fit_help_follows_the_config_classes(capsys):
+    assert run(["fit", "--config", str(ROOT / "configs/tokens.yaml"), "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "objective (TokenDDO;" in out and "--model.objective.label_drop" in out
+    assert "fakes (OnlineFakeSource;" in out
+
+
+def test_model_help_lists_the_projects_classes_not_all_of_torch_nn(capsys):
+    assert run(["fit", "--model.help", "ddo_lightning.training.DDOModule"]) == 0
+    out = capsys.readouterr().out
+    assert "torch.nn.modules" not in out and "ddo_lightning.networks.EDMPrecond" in out
+    assert len(out.splitlines()) < 150  # was 722
+
+
+def test_self_play_settings_from_the_command_line(capsys):
+    assert run(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--selfplay.rounds", "5",
+                "--selfplay.kimg_per_round", "100", "--selfplay.eval_every_kimg", "10", "--selfplay.monitor", "fid",
+                "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    sp = next(c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("SelfPlay"))
+    # --print_config shows the parsed values; they reach the callback when the classes are built
+    assert printed["selfplay"] == {"rounds": 5, "kimg_per_round": 100.0, "eval_every_kimg": 10.0, "monitor": "fid",
+                                   "mode": None}
+    assert sp["init_args"]["rounds"] == 3  # the preset's, until built
+    from ddo_lightning.cli import DDOCLI
+    from ddo_lightning.training import SelfPlay
+
+    class Built(DDOCLI):
+        def _run_subcommand(self, subcommand):  # build everything, train nothing
+            pass
+
+    cli = Built(pl_module_class(), pl_data_class(), subclass_mode_model=True, subclass_mode_data=True,
+                args=["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--model.init_from", "null",
+                      "--selfplay.rounds", "5", "--selfplay.kimg_per_round", "100", "--selfplay.eval_every_kimg", "10",
+                      "--selfplay.monitor", "energy_distance"],
+                auto_configure_optimizers=False, save_config_callback=None)
+    sp = next(c for c in cli.trainer.callbacks if isinstance(c, SelfPlay))
+    assert (sp.rounds, sp.images_per_round, sp.eval_every_images, sp.monitor) == (5, 100_000, 10_000, "energy_distance")
+    with pytest.raises(ValueError, match="--selfplay.rounds .* has none in trainer.callbacks"):
+        main(["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--selfplay.rounds", "2"])
+
+
+def pl_module_class():
+    from lightning.pytorch import LightningModule
+    return LightningModule
+
+
+def pl_data_class():
+    from lightning.pytorch import LightningDataModule
+    return LightningDataModule
+
+
+def _ddo_cli(args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "ddo_lightning.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _last_line(text):
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--model.objective.alpha", "-1", "ValueError: DDO alpha must be finite and >= 0, got -1.0"),
+    ("--trainer.precision", "16-mixed", "trainer.precision must be '32-true', got '16-mixed'"),
+    ("--selfplay.rounds", "0", "ValueError: rounds, kimg_per_round and eval_every_kimg must be positive"),
+])
+def test_an_error_while_the_config_is_built_is_the_last_line(tmp_path, option, value, message):
+    code, out = _ddo_cli(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--model.init_from", "null",
+                          option, value], tmp_path)
+    assert code != 0 and message in _last_line(out), out[-2000:]
+    assert "Given value" not in out  # no dump of the whole config
+
+
+def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_path, monkeypatch):
+    """Two short rounds through `ddo` in a subprocess (stdout a file, so the plain progress lines): the
+    round numbers of console, CSV, summary.json and file names agree; a round checkpoint rebuilds the module
+    without the YAML; an MLE checkpoint as --ckpt_path is named as such."""
+    import csv
+
+    import torch
+
+    from ddo_lightning.training import DDOModule
+
+    monkeypatch.chdir(tmp_path)
+    small = {"num_eval_samples": 100, "eval_batch_size": 100,
+             "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}}}
+    real = {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 1024}}
+    pre = write(tmp_path / "pre.yaml", {
+        "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"dirpath": "outputs/demo/pretrain", "save_last": True, "every_n_train_steps": 2}}]},
+        "model": {"init_args": small}, "data": {"init_args": {"batch_size": 64, "real": real}}})
+    main(["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
+    ddo = write(tmp_path / "ddo.yaml", {"model": {"init_args": small}, "data": {"init_args": {
+        "batch_size": 64, "real": real,
+        "fake": {"class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 128, "progress": False}}}}})
+    args = ["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo, "--selfplay.rounds", "2",
+            "--selfplay.kimg_per_round", "0.128", "--selfplay.eval_every_kimg", "0.064", "--trainer.log_every_n_steps", "1"]
+    code, out = _ddo_cli(args, tmp_path)
+    assert code == 0, out[-3000:]
+    console = {int(m) for m in __import__("re").findall(r"\[round (\d+)", out)}
+    progress = [line for line in out.splitlines() if line.startswith("step ") and " · round " in line]
+    assert len(progress) >= 4 and "round 1/2 · kimg 0.064/0.128 · last mmd " in progress[0]
+    with open(next((tmp_path / "outputs/demo/ddo_logs").glob("version_*/metrics.csv"))) as f:
+        logged = {int(float(r["round"])) for r in csv.DictReader(f) if r.get("round")}
+    summary = json.loads((tmp_path / "outputs/demo/summary.json").read_text())
+    files = {int(p.stem.split("-")[1]) for p in (tmp_path / "outputs/demo/ddo").glob("round-*.ckpt")}
+    assert console == logged == {r["round"] for r in summary["rounds"]} == files == {1, 2}
+    assert all(r["weights_changed"] for r in summary["rounds"]) and "warnings" not in summary
+    # the checkpoint rebuilds the module: same classes and settings, the same weights
+    path = tmp_path / "outputs/demo/ddo/round-2.ckpt"
+    module = DDOModule.load_from_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert module.lr == 2e-3 and module.objective.alpha == 1.0 and module.sampler.num_steps == 4
+    for name, value in module.target.state_dict().items():
+        assert torch.equal(value, state[f"target.{name}"]), name
+    # an MLE checkpoint given as --ckpt_path to a DDO run
+    mle = "outputs/demo/pretrain/last.ckpt"
+    with pytest.raises(ValueError, match="is an MLE checkpoint") as err:
+        main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo, "--ckpt_path", mle])
+    assert f"use --model.init_args.init_from {mle}" in str(err.value)

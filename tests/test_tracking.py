@@ -47,7 +47,7 @@ def _ddo_override(root, name, pretrained):
 
 
 def _evaluations(summary):
-    return [(r["round"] - 1, p["kimg_in_round"], p["digits_fid"]) for r in summary["rounds"] for p in r["curve"]]
+    return [(r["round"], p["kimg_in_round"], p["digits_fid"]) for r in summary["rounds"] for p in r["curve"]]
 
 
 def test_wandb_offline_run_holds_config_curve_diagnostics_and_grids(pretrained, tmp_path):
@@ -69,9 +69,9 @@ def test_wandb_offline_run_holds_config_curve_diagnostics_and_grids(pretrained, 
     summary = json.loads((tmp_path / "outputs/digits/summary.json").read_text())
     rows = [row for row, _ in run.series("eval/digits_fid")]
     logged = [(int(r["round"]), round(r["eval/kimg_in_round"], 6), r["eval/digits_fid"]) for r in rows]
-    assert logged[0][:2] == (0, 0.0)  # the starting reference
+    assert logged[0][:2] == (1, 0.0)  # the starting reference, evaluated as round 1 begins
     assert logged == [(r, round(k, 6), v) for r, k, v in _evaluations(summary)]
-    assert {r for r, _, _ in logged} == {0, 1}  # both rounds are segments of the one curve
+    assert {r for r, _, _ in logged} == {1, 2}  # both rounds (numbered from 1, as in summary.json) are segments of the one curve
     assert all(r["eval/nfe"] == 5 and r["eval/num_samples"] == 40 and r["eval/eval_seconds"] > 0 for r in rows)
     assert [r["eval/kimg"] for r in rows] == sorted(r["eval/kimg"] for r in rows)
     # per-step diagnostics

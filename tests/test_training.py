@@ -125,6 +125,7 @@ def test_non_finite_loss_stops_with_step_and_stats_and_keeps_checkpoint(tmp_path
         trainer.fit(ddo_module(mle_ckpt), pool_data(toy_real))
     msg = str(err.value)
     assert "step 3" in msg and "delta_real_mean=" in msg and "loss=" in msg
+    assert "Cause: the target's weights are already NaN/inf" in msg  # PoisonAfter wrote NaN into a weight
     last = ckpt_cb.last_model_path
     assert last and last in msg
     state = torch.load(last, weights_only=True)["state_dict"]
@@ -432,3 +433,56 @@ def test_vector_and_token_sizes_checked():
         check_data_fits_network(TokenGPT(vocab_size=6, length=7, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens)
     with pytest.raises(DataNetworkMismatch, match=r"has 6 token values, the network's vocabulary has 5"):
         check_data_fits_network(TokenGPT(vocab_size=5, length=5, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens)
+
+
+class NaNFakes(FakeSource):
+    """A broken fake source: NaN samples."""
+
+    def next(self, batch_size, device):
+        return Samples(torch.full((batch_size, 2), float("nan"), device=device), torch.zeros(batch_size, 0, device=device))
+
+
+@pytest.mark.parametrize("alpha, beta, data, advice", [
+    # step 0: θ = θ_ref so Δ = 0 exactly; each case makes exactly one part non-finite
+    (1e300, 1.0, "pool", "alpha × fake term overflowed"),  # float32(1e300) = inf times ln 2 > 0
+    (1.0, 1e300, "pool", "beta·Δ overflowed"),  # inf · 0 = NaN inside the sigmoid, Δ itself finite
+    (1.0, 1.0, "nan", "the fake batch holds NaN/inf"),
+])
+def test_non_finite_loss_advice_names_the_term(tmp_path, toy_real, mle_ckpt, alpha, beta, data, advice):
+    fakes = pool_data(toy_real) if data == "pool" else DDODataModule(toy_real, batch_size=64, fake=NaNFakes())
+    with pytest.raises(NonFiniteLossError, match="step 0") as err:
+        make_trainer(tmp_path, max_steps=1).fit(ddo_module(mle_ckpt, alpha=alpha, beta=beta), fakes)
+    assert advice in str(err.value)
+
+
+def test_round_whose_weights_never_change_is_reported(tmp_path, toy_real, mle_ckpt):
+    """α = 1e30: the gradients' squares overflow float32 in Adam's second moment, every update m/√v is 0,
+    so the round ends with the target bit-identical to its reference: said in the summary, and the run,
+    in which no round changed anything, does not end as a success."""
+    import json
+
+    from ddo_lightning.training import WeightsNeverChangedError
+
+    sp = self_play(tmp_path, rounds=1, kimg_per_round=0.512, eval_every_kimg=0.256)
+    module = ddo_module(mle_ckpt, alpha=1e30)
+    start = {k: v.clone() for k, v in module.target.state_dict().items()}
+    with pytest.raises(WeightsNeverChangedError, match=r"round 1: weights never changed \(α=1e\+30, β=1: Adam's update vanished\)"):
+        make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(module, pool_data(toy_real))
+    assert all(torch.equal(v, start[k]) for k, v in module.target.state_dict().items())  # the claim is true
+    summary = json.loads((tmp_path / "sp" / "summary.json").read_text())
+    assert summary["rounds"][0]["weights_changed"] is False
+    assert summary["warnings"][0].startswith("round 1: weights never changed (α=1e+30, β=1")
+    assert "overflowed float32 in Adam's second moment" in summary["warnings"][0]
+
+
+def test_progress_bar_counts_rounds_and_kimg_not_epochs(tmp_path, toy_real, mle_ckpt, capsys):
+    from ddo_lightning.training import RoundProgressBar
+
+    sp = self_play(tmp_path, rounds=2, kimg_per_round=0.256, eval_every_kimg=0.256)
+    trainer = make_trainer(tmp_path, max_steps=100, enable_progress_bar=True, callbacks=[sp, RoundProgressBar()])
+    trainer.fit(ddo_module(mle_ckpt), pool_data(toy_real))
+    out = capsys.readouterr().out.replace("\r", "\n")
+    last = sp.history[-2]["metrics"]["energy_distance"]  # the last evaluation (the entry after it: the promotion)
+    assert "round 1/2 · kimg 0.128/0.256 · last energy_distance " in out
+    assert f"round 2/2 · kimg 0.256/0.256 · last energy_distance {last:.4g}" in out
+    assert "Epoch" not in out

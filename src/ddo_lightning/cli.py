@@ -3,7 +3,9 @@
     ddo fit --config configs/toy2d_pretrain.yaml     # MLE pretraining (model: MLEModule)
     ddo fit --config configs/toy2d.yaml              # DDO rounds (model: DDOModule + SelfPlay)
     ddo validate --config configs/toy2d.yaml --ckpt_path outputs/demo/ddo/round-3.ckpt
-    ddo fit --help / --print_config
+    ddo --help                                       # the commands and the presets, one line each
+    ddo fit --help / --help-all / --print_config      # DDO's options first / everything / the config
+    ddo fit --config configs/toy2d.yaml --selfplay.rounds 5 --selfplay.kimg_per_round 100
     ddo convert edm-cifar10-32x32-uncond-vp.pkl edm-cifar10-uncond.pt   # NVIDIA pickle -> plain weights
     ddo fetch --config configs/edm_cifar10.yaml     # the files a preset names as "cache:NAME" (docs/fetch.md)
     ddo sample --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --seeds 0-99 --out grid/
@@ -55,23 +57,7 @@ class DDOCLI(LightningCLI):
         sharded = "ModelParallel" in type(strategy).__name__ or "ModelParallel" in str(strategy)
         if not sharded and not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
-
-    def before_instantiate_classes(self) -> None:
-        # Every needed file checked before anything is built (one message, no traceback), and the
-        # config's "cache:NAME" strings replaced by their paths (docs/fetch.md).
-        from .fetch import FetchError, preflight
-
-        sub = self.config.get("subcommand")
-        config = self.config[sub] if sub else self.config
-        configs = [str(c) for c in (config.get("config") or [])]
-        try:
-            message = preflight(config, configs, prog=f"ddo {sub or 'fit'}")
-        except FetchError as err:  # an unknown cache name
-            message = f"ddo {sub or 'fit'}: {err}"
-        if message:
-            print(message, file=sys.stderr)
-            raise SystemExit(2)
+        return super()._instantiate_trainer(config, self._with_progress_bar(config, callbacks))
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint here first (for hyperparameters): check it before that
@@ -81,13 +67,151 @@ class DDOCLI(LightningCLI):
             from .training.checkpoint_io import usable_checkpoint
 
             self.config[sub].ckpt_path = usable_checkpoint(path)
+            check_checkpoint_kind(self.config[sub].ckpt_path, self.config[sub].get("model"))
         super()._parse_ckpt_path()
+
+    # ---- readable command line (cli_help.py, training/callbacks/progress.py) -----------------------
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        add_selfplay_arguments(parser)
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        config = self.config[sub] if sub else self.config
+        from .training.base import check_precision
+
+        check_precision(config.trainer.get("precision"))  # as given, before Lightning normalises it
+        apply_selfplay_arguments(config)
+        self._check_files(config, sub)
+
+    @staticmethod
+    def _check_files(config: Any, sub: str | None) -> None:
+        """Every needed file checked before anything is built (one message, no traceback), and the config's
+        "cache:NAME" strings replaced by their paths (docs/fetch.md)."""
+        from .fetch import FetchError, preflight
+
+        configs = [str(c) for c in (config.get("config") or [])]
+        try:
+            message = preflight(config, configs, prog=f"ddo {sub or 'fit'}")
+        except FetchError as err:  # an unknown cache name
+            message = f"ddo {sub or 'fit'}: {err}"
+        if message:
+            print(message, file=sys.stderr)
+            raise SystemExit(2)
+
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's, but an error raised by a class while the config is built surfaces as itself
+        (its message the last line of the output), not inside jsonargparse's dump of the whole config."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # noqa: BLE001 - re-raised, unwrapped
+            root = root_cause(err)
+            if root is err:
+                raise
+            raise root from None
+
+    @staticmethod
+    def _with_progress_bar(config: dict, callbacks: list) -> list:
+        """Add ``default_progress_bar`` (round, kimg, last evaluation) unless the progress bar is off or the
+        config names its own."""
+        from lightning.pytorch.callbacks import ProgressBar
+
+        from .training.callbacks.progress import default_progress_bar
+
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, (list, tuple)) else [given]
+        if config.get("enable_progress_bar") is False or config.get("barebones") or \
+                any(isinstance(c, ProgressBar) for c in [*given, *callbacks]):
+            return callbacks
+        return [*callbacks, default_progress_bar(int(config.get("log_every_n_steps") or 50))]
+
+
+SELFPLAY_ARGUMENTS = {  # --selfplay.NAME: type, help (the SelfPlay callback's arguments)
+    "rounds": (int, "number of self-play rounds"),
+    "kimg_per_round": (float, "real images per round, in thousands"),
+    "eval_every_kimg": (float, "evaluate the EMA every this many kimg"),
+    "monitor": (str, "the evaluator's metric that picks each round's best checkpoint"),
+    "mode": (str, "'min' or 'max': whether lower or higher monitor values are better"),
+}
+
+
+def add_selfplay_arguments(parser: Any) -> None:
+    """``--selfplay.rounds`` etc.: set on the config's SelfPlay callback (``trainer.callbacks``) before it
+    is built; unset (null) leaves the preset's value."""
+    from typing import Optional
+
+    for name, (kind, text) in SELFPLAY_ARGUMENTS.items():
+        parser.add_argument(f"--selfplay.{name}", type=Optional[kind], default=None,
+                            help=f"{text} (sets SelfPlay's {name} in trainer.callbacks; default: the preset's)")
+
+
+def apply_selfplay_arguments(config: Any) -> None:
+    """Copy the given ``--selfplay.*`` values into the SelfPlay entry of ``config.trainer.callbacks``."""
+    given = {k: v for k, v in vars(config.get("selfplay") or argparse.Namespace()).items() if v is not None}
+    if not given:
+        return
+    from .training import SelfPlay
+
+    callbacks = config.trainer.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    targets = [c for c in callbacks if _is_subclass_path(getattr(c, "class_path", None), SelfPlay)]
+    if not targets:
+        names = ", ".join(f"--selfplay.{k}" for k in given)
+        raise ValueError(f"{names} set(s) the SelfPlay callback, but this config has none in trainer.callbacks "
+                         "(an MLE pretraining preset?): use a DDO preset, or add SelfPlay to trainer.callbacks")
+    for cb in targets:
+        for k, v in given.items():
+            cb.init_args[k] = v
+
+
+def _is_subclass_path(class_path: Any, cls: type) -> bool:
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, name = class_path.rsplit(".", 1)
+    try:
+        obj = getattr(__import__(module, fromlist=[name]), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(obj, type) and issubclass(obj, cls)
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of ``err``'s chain (``raise ... from``, or raised while handling another)."""
+    seen = {id(err)}
+    while True:
+        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if nxt is None or id(nxt) in seen:
+            return err
+        seen.add(id(nxt))
+        err = nxt
+
+
+def check_checkpoint_kind(path: str, model_config: Any) -> None:
+    """Refuse an MLE checkpoint as ``--ckpt_path`` of a DDO run: ``--ckpt_path`` resumes a run of the same
+    kind, and an MLE checkpoint has no reference weights (``reference.*``) to resume DDO from."""
+    from .training import DDOModule
+
+    if not _is_subclass_path(getattr(model_config, "class_path", None), DDOModule):
+        return
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not readable this way: Lightning's own load reports it
+        return
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    if state and not any(k.startswith("reference.") for k in state):
+        kind = (ckpt.get("hyper_parameters") or {}).get("_class_path") or "no reference.* weights"
+        raise ValueError(
+            f"--ckpt_path {path} is an MLE checkpoint ({kind}), not a DDO run's: --ckpt_path resumes a run of "
+            f"the same kind. To start DDO from an MLE checkpoint, use --model.init_args.init_from {path}")
 
 
 def run(args: list[str] | None = None, cli_class: type[DDOCLI] | None = None, **kwargs: Any) -> DDOCLI:
     """Parse ``args`` (default: the command line), run the subcommand, return the CLI object.
     ``cli_class`` (a DDOCLI subclass) and ``kwargs`` (LightningCLI arguments) serve ``ddo slurm``'s
     config check, which parses exactly as ``ddo fit`` does."""
+    from .cli_help import DDOArgumentParser
+
     return (cli_class or DDOCLI)(
         LightningModule,
         LightningDataModule,
@@ -97,6 +221,7 @@ def run(args: list[str] | None = None, cli_class: type[DDOCLI] | None = None, **
         save_config_kwargs={"overwrite": True},
         args=args,
         auto_configure_optimizers=False,
+        parser_class=DDOArgumentParser,
         **kwargs,
     )
 
@@ -133,13 +258,7 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["convert"]:
         convert(argv[1:])
         return
-    if argv[:1] in (["-h"], ["--help"]) or not argv:
-        print("ddo: LightningCLI subcommands below (fit, validate, test, ...), plus:\n"
-              "  ddo sample --help    samples of a checkpoint to PNGs or .npz\n"
-              "  ddo fid --help       FID of a checkpoint or image set; reference statistics of a dataset\n"
-              "  ddo convert --help   an NVIDIA EDM/EDM2 pickle to plain weights\n"
-              "  ddo fetch --help     download checkpoints, datasets and statistics a preset needs\n"
-              "  ddo slurm --help     run ddo fit under SLURM (sbatch script, one task per device)\n")
+    readable_help(argv)
     if argv[:1] == ["slurm"]:
         from .launch.slurm import main as slurm_main
 
@@ -149,8 +268,23 @@ def main(args: list[str] | None = None) -> None:
 
         run_command(argv[0], argv[1:])
         return
-    run(args)
+    from .cli_help import FULL_HELP_FLAG
+
+    run([("--help" if a == FULL_HELP_FLAG else a) for a in argv] if FULL_HELP_FLAG in argv else args)
+
+
+def readable_help(argv: list[str]) -> None:
+    """``ddo --help`` (commands and presets) and ``ddo fit --help`` (DDO's options first, one line
+    each) print and exit; ``--help-all`` goes on to jsonargparse's full help."""
+    from .cli_help import SUBCOMMANDS, fit_help, main_help
+
+    if argv[:1] in (["-h"], ["--help"]) or not argv:
+        print(main_help(), end="")
+        raise SystemExit(0)
+    if argv[:1] and argv[0] in SUBCOMMANDS and ("-h" in argv or "--help" in argv):
+        print(fit_help(argv[0], argv[1:]), end="")
+        raise SystemExit(0)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

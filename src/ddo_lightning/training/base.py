@@ -25,6 +25,18 @@ warnings.filterwarnings("ignore", message=r".*in eval mode at the start of train
 REQUIRED_PRECISION = "32-true"
 
 
+def check_precision(precision: Any) -> None:
+    """Refuse any precision but fp32, naming ``precision`` as given (the ``ddo`` command checks the
+    config's value before Lightning normalises it, e.g. '16-mixed' to 'bf16-mixed' on CPU)."""
+    if precision is None or str(precision) in (REQUIRED_PRECISION, "32"):
+        return
+    raise ValueError(
+        f"ddo_lightning runs in full fp32: trainer.precision must be '{REQUIRED_PRECISION}', got "
+        f"'{precision}'. The DDO log-ratio is a small difference of two large sums and mixed precision "
+        "destroys it; set `trainer.precision: 32-true`."
+    )
+
+
 def disable_dropout(net: nn.Module) -> int:
     """Set p = 0 in every dropout layer (method.md §2: dropout off in target and reference).
     Returns how many layers were changed."""
@@ -172,19 +184,27 @@ class DenoiserModule(pl.LightningModule):
         self.label_dim = 0
         self.register_buffer("images_seen", torch.zeros((), dtype=torch.int64))
 
+    def save_config_hyperparameters(self, object_args: list[str]) -> None:
+        """Store the module's arguments in every checkpoint (``hyper_parameters``), so that
+        ``load_from_checkpoint(path)`` rebuilds it without the YAML. Built by ``ddo`` (LightningCLI), they
+        are the config itself: networks, objective, sampler and evaluator as ``class_path`` + ``init_args``.
+        Built in Python, the objects in ``object_args`` are left out (a checkpoint stores weights, not
+        pickled modules): give them to ``load_from_checkpoint`` as keyword arguments."""
+        import inspect
+
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+        from_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=[] if from_cli else object_args, frame=inspect.currentframe().f_back,
+                                  logger=False)  # the CLI logs the whole config (LogConfigCallback)
+
     # ---- the trained network: subclasses set self.ema and implement trained_network -------------
     def trained_network(self) -> nn.Module:
         raise NotImplementedError
 
     # ---- setup -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        precision = str(self.trainer.precision)
-        if precision != REQUIRED_PRECISION:
-            raise ValueError(
-                f"ddo_lightning runs in full fp32: trainer.precision must be '{REQUIRED_PRECISION}', got "
-                f"'{precision}'. The DDO log-ratio is a small difference of two large sums and mixed precision "
-                "destroys it (method.md §2); set `trainer.precision: 32-true`."
-            )
+        check_precision(self.trainer.precision)
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "sample_shape"):
             raise TypeError("ddo_lightning modules need a DDODataModule (it tells the sample shape and labels)")

@@ -132,7 +132,7 @@ class PoolFakeSource(FakeSource):
             raise ValueError(f"pool of {self.size} samples leaves rank {self.rank} of {self.world_size} with none")
         xs = []
         chunks = list(lockstep_chunks(self.indices, self.size, self.world_size, self.generation_batch_size, self.world_size > 1))
-        bar = tqdm(chunks, desc=f"fake pool, round {self.round}", unit="batch", disable=not self.progress or self.rank != 0, leave=False)
+        bar = tqdm(chunks, desc=f"fake pool, round {self.round + 1}", unit="batch", disable=not self.progress or self.rank != 0, leave=False)
         for idx, n in bar:  # every rank makes the same number of sampler calls (sharded references need it)
             seeds = torch.tensor([mix_seed(self.seed, self.round, int(i)) for i in idx])
             x = sample_fn(seeds, balanced_labels(idx, self.label_dim))[:n].detach().cpu()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from contextvars import ContextVar
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -18,6 +20,7 @@ from .ema import make_ema
 from .sharding import is_sharded, load_full_state_dict, reset_optimizer_state, shard_network
 
 PROGRESS_BAR_STATS = ("loss", "disc_acc")
+_RESTORING: ContextVar[bool] = ContextVar("ddo_restoring", default=False)  # inside load_from_checkpoint
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -62,9 +65,10 @@ class DDOModule(DenoiserModule):
         ema_sigma_rel: float | None = None,
     ):
         super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
+        self.save_config_hyperparameters(["network", "objective", "sampler", "evaluator"])
         if init_from is not None:
             load_network_weights(network, init_from, what=f"init_from {init_from}")
-        else:
+        elif not _RESTORING.get():
             rank_zero_warn("DDOModule without init_from: target and reference start from a random init")
         changed = disable_dropout(network)
         if changed:
@@ -78,6 +82,17 @@ class DDOModule(DenoiserModule):
 
     def trained_network(self) -> nn.Module:
         return self.target
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "DDOModule":
+        """Lightning's, with ``init_from`` skipped: the checkpoint holds target, reference and EMA, so the
+        run's starting weights (which may no longer exist on this machine) are not read."""
+        kwargs.setdefault("init_from", None)
+        token = _RESTORING.set(True)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _RESTORING.reset(token)
 
     def train(self, mode: bool = True) -> "DDOModule":
         super().train(mode)
@@ -108,13 +123,35 @@ class DDOModule(DenoiserModule):
             stats = ", ".join(f"{k}={float(v):.4g}" for k, v in out.stats.items())
             last = newest_checkpoint(self.trainer)
             raise NonFiniteLossError(
-                f"non-finite DDO loss at step {self.global_step} (round {self.round_index}, "
+                f"non-finite DDO loss at step {self.global_step} (round {self.round_index + 1}, "
                 f"{int(self.images_seen) / 1000:.1f} kimg): {stats}. Training stopped before this step "
                 f"changed any weight; last good checkpoint: {last or 'none written yet'}. "
-                "Lower lr, alpha or beta, or resume from that checkpoint."
+                + self.non_finite_advice(out.stats, batch)
             )
         self.log_stats(out.stats, PROGRESS_BAR_STATS)
         return out.loss
+
+    def non_finite_advice(self, stats: dict[str, torch.Tensor], batch: PairedBatch) -> str:
+        """What to do about a non-finite loss, from which of its parts went non-finite first: the target's
+        weights, the real or fake batch, the log-ratios Δ (the networks' outputs), or only the loss terms
+        (finite Δ, so β·Δ or α·term overflowed)."""
+        bad = {k for k, v in stats.items() if not torch.isfinite(v).all()}
+        alpha, beta = getattr(self.objective, "alpha", None), getattr(self.objective, "beta", None)
+        if any(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in self.target.parameters()):
+            return ("Cause: the target's weights are already NaN/inf (an earlier update diverged): lower lr and "
+                    "resume from that checkpoint.")
+        for name, part in (("real", batch.real), ("fake", batch.fake)):
+            if not torch.isfinite(part.x).all():
+                source = "the data set" if name == "real" else "the fake source (the reference's samples)"
+                return f"Cause: the {name} batch holds NaN/inf: check {source}; the weights are fine."
+        if any(k.startswith(("delta_", "dsm_", "nll_")) for k in bad):
+            return ("Cause: the log-ratio Δ = log p_θ − log p_ref is non-finite with finite weights and inputs "
+                    "(the network's output overflowed): lower lr, or resume from that checkpoint.")
+        if bad & {"loss_real", "loss_fake"}:  # -log σ(±βΔ) is finite for finite βΔ: βΔ itself overflowed
+            return (f"Cause: beta·Δ overflowed float32 with finite Δ (beta={beta}): lower beta (the paper: "
+                    "0.01 to 0.1).")
+        return (f"Cause: both loss terms are finite, so alpha × fake term overflowed float32 (alpha={alpha}): "
+                "lower alpha (the paper: 0.5 to 50).")
 
     # ---- self-play -----------------------------------------------------------------------------------
     @torch.no_grad()

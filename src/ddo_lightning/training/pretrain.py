@@ -45,6 +45,7 @@ class MLEModule(DenoiserModule):
         ema_sigma_rel: float | None = None,
     ):
         super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
+        self.save_config_hyperparameters(["network", "objective", "sampler", "evaluator"])
         self.net = network
         self.objective = objective if objective is not None else DenoisingScoreMatching()
         check_model_family(network, self.objective, self.sampler)

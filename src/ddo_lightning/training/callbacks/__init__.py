@@ -1,6 +1,7 @@
 from .evaluation import SampleGrids, publish_evaluation
 from .figures import ImageGridFigure, ScatterFigure, TokenFigure
 from .preemption import Preemption
-from .self_play import SelfPlay, atomic_torch_save
+from .progress import LineProgress, RoundProgressBar, default_progress_bar
+from .self_play import SelfPlay, WeightsNeverChangedError, atomic_torch_save
 
-__all__ = ["ImageGridFigure", "Preemption", "SampleGrids", "ScatterFigure", "SelfPlay", "TokenFigure", "atomic_torch_save", "publish_evaluation"]
+__all__ = ["ImageGridFigure", "LineProgress", "Preemption", "RoundProgressBar", "WeightsNeverChangedError", "default_progress_bar", "SampleGrids", "ScatterFigure", "SelfPlay", "TokenFigure", "atomic_torch_save", "publish_evaluation"]

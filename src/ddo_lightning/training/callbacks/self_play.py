@@ -7,6 +7,15 @@ fakes are regenerated from the new reference, and ``round-N.ckpt`` is written at
 The callback's state (round, images in the round, best score) is in every checkpoint, and so are the
 reference weights (they are part of the module), so a resumed run continues the same round with the
 same reference.
+
+Rounds are numbered from 1 wherever a person sees them: console messages, the logged ``round`` column,
+``summary.json`` and ``round-N.ckpt`` (round N's promoted weights). The ``round`` attribute (saved state)
+counts finished rounds, so it is the 0-based index of the round in progress.
+
+A round whose target never moved (bit-identical to its reference at the round's end: Adam's update
+vanished, e.g. α or β so large that the squared gradients overflow float32) is reported as such, in the
+console and in ``summary.json``; a run in which no round moved the weights ends with
+``WeightsNeverChangedError`` (after writing the summary), so it does not pass for a finished run.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..sharding import full_state_dict, is_sharded
 from .evaluation import logger_dirs, publish_evaluation
@@ -34,6 +43,37 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class WeightsNeverChangedError(RuntimeError):
+    """No round of a self-play run changed the target's weights (the summary says which round and why)."""
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly FSDP2-sharded) tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+@torch.no_grad()
+def target_moved(trainer: pl.Trainer, pl_module: Any) -> bool:
+    """Whether any trained parameter differs from the reference's (the round's starting weights), on any
+    rank. Exact comparison: a vanished update leaves the weights bit-identical."""
+    ref = dict(pl_module.reference.named_parameters())
+    moved = any(not torch.equal(_local(p), _local(ref[name])) for name, p in pl_module.target.named_parameters())
+    return bool(trainer.strategy.reduce_boolean_decision(moved, all=False))
+
+
+def vanished_update_message(round_number: int, pl_module: Any) -> str:
+    """Why round ``round_number``'s weights did not move, from the objective's α, β and Adam's state."""
+    objective = getattr(pl_module, "objective", None)
+    alpha, beta = getattr(objective, "alpha", float("nan")), getattr(objective, "beta", float("nan"))
+    overflow = any(not torch.isfinite(_local(s["exp_avg_sq"])).all()
+                   for opt in pl_module.trainer.optimizers for s in opt.state.values() if "exp_avg_sq" in s)
+    why = ("the squared gradients overflowed float32 in Adam's second moment, so every update m/√v was 0"
+           if overflow else f"every update lr·m/√v (lr={pl_module.lr:g}) was below float32's resolution of the weights")
+    return (f"round {round_number}: weights never changed (α={float(alpha):g}, β={float(beta):g}: Adam's update vanished) — "
+            f"{why}; the target is bit-identical to the round's reference. Lower alpha/beta (the paper: alpha in "
+            "[0.5, 50], beta in [0.01, 0.1]) or raise lr.")
 
 
 class SelfPlay(pl.Callback):
@@ -75,6 +115,7 @@ class SelfPlay(pl.Callback):
         self.best_images = 0  # images into the round at the best evaluation (0: the starting weights)
         self.history: list[dict[str, Any]] = []  # one entry per evaluation
         self.last_round_path: str | None = None
+        self.warnings: list[str] = []  # rounds whose weights never changed (also in summary.json)
 
     @property
     def best_path(self) -> str:
@@ -82,7 +123,7 @@ class SelfPlay(pl.Callback):
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("round", "images_in_round", "best_score", "best_images", "history", "last_round_path")}
+        return {k: getattr(self, k) for k in ("round", "images_in_round", "best_score", "best_images", "history", "last_round_path", "warnings")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
@@ -112,7 +153,7 @@ class SelfPlay(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         before = self.images_in_round
         self.images_in_round += pl_module.batch_images(batch) * trainer.world_size
-        pl_module.log("round", float(self.round))
+        pl_module.log("round", float(self.display_round))
         round_done = self.images_in_round >= self.images_per_round
         if round_done or self.images_in_round // self.eval_every_images > before // self.eval_every_images:
             self._evaluate(trainer, pl_module)
@@ -124,6 +165,16 @@ class SelfPlay(pl.Callback):
             self._write_summary()
             self._write_curve(trainer)
             rank_zero_info(self.table())
+        ends = [h for h in self.history if "improved" in h]
+        if ends and not any(h.get("weights_changed", True) for h in ends):
+            # after the summary is written: nothing is lost, but the exit status says the run did nothing
+            raise WeightsNeverChangedError(
+                f"no round changed the weights ({len(ends)} round(s), summary: {self.summary_path}): " + self.warnings[-1])
+
+    @property
+    def display_round(self) -> int:
+        """The round in progress, counted from 1 (what messages, logs and file names show)."""
+        return self.round + 1
 
     def _start_round(self, pl_module: pl.LightningModule) -> None:
         """Tell the module (and its objective, e.g. DiffusionDDO's per-round ``P_std_schedule``) the round."""
@@ -148,7 +199,7 @@ class SelfPlay(pl.Callback):
         entry = {"round": self.round, "kimg_in_round": self.images_in_round / 1000,
                  "kimg": int(pl_module.images_seen) / 1000, "metrics": metrics}
         self.history.append(entry)
-        publish_evaluation(trainer, pl_module, metrics, round_index=self.round, kimg_in_round=entry["kimg_in_round"])
+        publish_evaluation(trainer, pl_module, metrics, round_index=self.display_round, kimg_in_round=entry["kimg_in_round"])
         if self._better(score):
             self.best_score, self.best_images = score, self.images_in_round
             net = pl_module.ema.model
@@ -158,20 +209,24 @@ class SelfPlay(pl.Callback):
                     atomic_torch_save(weights, self.best_path)
             trainer.strategy.barrier("selfplay-best")
         others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != self.monitor)
-        rank_zero_info(f"[round {self.round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
+        rank_zero_info(f"[round {self.display_round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
                        f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg) | {others}")
 
     def _end_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         weights = torch.load(self.best_path, map_location=pl_module.device, weights_only=True)
         improved = self.best_images > 0
+        changed = target_moved(trainer, pl_module)  # before promote() overwrites the target
+        if not changed:
+            self.warnings.append(vanished_update_message(self.display_round, pl_module))
+            rank_zero_warn(self.warnings[-1])
         pl_module.promote(weights)
         rank_zero_info(
-            f"[round {self.round}] promoted the EMA at {self.best_images / 1000:.1f} kimg ({self.monitor}={_fmt(self.best_score)})"
+            f"[round {self.display_round}] promoted the EMA at {self.best_images / 1000:.1f} kimg ({self.monitor}={_fmt(self.best_score)})"
             if improved else
-            f"[round {self.round}] nothing beat the round's starting weights: the reference carries over unchanged"
+            f"[round {self.display_round}] nothing beat the round's starting weights: the reference carries over unchanged"
         )
         self.history.append({"round": self.round, "promoted_kimg_in_round": self.best_images / 1000,
-                             "improved": improved, "best_score": self.best_score})
+                             "improved": improved, "best_score": self.best_score, "weights_changed": changed})
         finished = self.round + 1
         self.round, self.images_in_round, self.best_images = finished, 0, 0  # best_score: the new reference's
         self._start_round(pl_module)
@@ -204,9 +259,12 @@ class SelfPlay(pl.Callback):
             if best is None:  # carried over: the previous promoted metrics
                 best = out["rounds"][-1]["metrics"] if out["rounds"] else out["reference"]
             out["rounds"].append({"round": r + 1, "improved": end["improved"],
+                                  "weights_changed": end.get("weights_changed", True),
                                   "promoted_kimg_in_round": end["promoted_kimg_in_round"], "metrics": best,
                                   "curve": [{"kimg_in_round": h["kimg_in_round"], self.monitor: h["metrics"][self.monitor]}
                                             for h in evals if h["round"] == r]})
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         if hasattr(self, "_t0"):
             out["wall_seconds_this_run"] = time.perf_counter() - self._t0
         return out
@@ -218,7 +276,8 @@ class SelfPlay(pl.Callback):
         keys = [k for k in s["reference"] if k not in ("num_samples", "eval_seconds", "nfe", "sampler_steps")]
         rows = [["reference (start)", "-"] + [_fmt(s["reference"][k]) for k in keys]]
         for r in s["rounds"]:
-            tag = f"round {r['round']}" + ("" if r["improved"] else " (carried over)")
+            tag = f"round {r['round']}" + ("" if r["improved"] else " (carried over)") + \
+                ("" if r["weights_changed"] else " (weights never changed)")
             rows.append([tag, _fmt(r["promoted_kimg_in_round"])] + [_fmt(r["metrics"][k]) for k in keys])
         header = ["model", "best@kimg"] + keys
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
