@@ -2,6 +2,7 @@
 
 from .base import DenoiserModule, disable_dropout
 from .callbacks import ImageGridFigure, Preemption, SampleGrids, ScatterFigure, SelfPlay, TokenFigure
+from .csv_logger import RunCSVLogger
 from .checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, usable_checkpoint
 from .datamodule import DDODataModule
 from .ema import EMA, PowerEMA
@@ -11,5 +12,5 @@ from .pretrain import MLEModule
 
 __all__ = [
     "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "TokenFigure", "DenoiserModule", "EMA", "PowerEMA", "FakeSource", "MLEModule", "NonFiniteLossError",
-    "OnlineFakeSource", "PoolFakeSource", "Preemption", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
+    "OnlineFakeSource", "PoolFakeSource", "Preemption", "RunCSVLogger", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
 ]
