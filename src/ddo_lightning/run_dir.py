@@ -247,8 +247,8 @@ def _get(ns: Any, key: str, default: Any = None) -> Any:
 
 def fill_paths(trainer: Any, run_dir: str, subcommand: str = "fit") -> None:
     """Fill the unset output paths of a parsed ``trainer`` config (a jsonargparse Namespace) from ``run_dir``
-    (see the module docstring). ``fit`` logs to ``RunCSVLogger`` in ``DIR/logs``; other subcommands to
-    Lightning's ``CSVLogger`` in ``DIR/logs/<subcommand>/version_N``."""
+    (see the module docstring). ``fit`` logs to ``RunCSVLogger`` in ``DIR/logs``; other subcommands
+    (``validate``, ``test``, ``predict``) to ``DIR/logs/<subcommand>/version_N``."""
     from jsonargparse import Namespace
 
     trainer.default_root_dir = run_dir
@@ -265,6 +265,9 @@ def fill_paths(trainer: Any, run_dir: str, subcommand: str = "fit") -> None:
             args = _get(entry, "init_args")
             if args is not None and "save_dir" in args and args.save_dir in (None, "."):
                 args.save_dir = run_dir
+                if subcommand != "fit" and str(_get(entry, "class_path", "")).endswith("RunCSVLogger"):
+                    # `ddo validate` and co. log beside the run's metrics.csv, not into it
+                    args.save_dir, args.name, args.version = os.path.join(run_dir, "logs"), subcommand, None
     for entry in _get(trainer, "callbacks") or []:
         args = _get(entry, "init_args")
         if str(_get(entry, "class_path", "")).endswith("ModelCheckpoint") and args is not None \
