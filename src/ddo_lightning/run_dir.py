@@ -196,6 +196,10 @@ def prepare_fit(run_dir: str, config: dict, *, ckpt_path: str | None = None, new
         return RunPlan(new, ckpt_path=ckpt_path,
                        message=f"[run_dir] {run_dir} already holds a run: starting a new one in {new} (--new_version)"
                                + (f" from {ckpt_path}" if ckpt_path else ""))
+    if ckpt_path and os.path.isfile(ckpt_path):
+        from .training.checkpoint_io import usable_checkpoint
+
+        ckpt_path = usable_checkpoint(ckpt_path)  # an unreadable one: the newest good one beside it, with a warning
     resume = ckpt_path or newest_readable_checkpoint(run_dir)
     if resume is None:
         if results:
