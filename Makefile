@@ -1,5 +1,6 @@
 # ddo_lightning — two commands do everything on a fresh machine:
-#   make demo   install, then pretrain the 2-D reference by MLE and run 3 DDO rounds (CPU, < 5 min)
+#   make demo   install, then pretrain the 2-D reference by MLE and run 3 DDO rounds (CPU, < 5 min);
+#               again: resumes both runs, which are finished, so nothing is retrained or overwritten
 #   make test   install, then run the whole test suite (slow end-to-end tests included)
 #   make bench  install, then the CPU benchmarks (benchmarks/, < 15 min; not part of `make test`)
 # Everything lives in a local virtual environment, .venv/.
@@ -63,21 +64,21 @@ demo: install
 	@start=$$(date +%s); \
 	$(VENV)/bin/ddo fit --config configs/toy2d_pretrain.yaml && \
 	$(VENV)/bin/ddo fit --config configs/toy2d.yaml && \
-	echo "[demo] wrote outputs/demo/summary.json and outputs/demo/samples.png in $$(( $$(date +%s) - start )) s"
+	echo "[demo] results in outputs/toy2d (summary.json, samples.png; MLE reference: outputs/toy2d_pretrain) in $$(( $$(date +%s) - start )) s"
 
 # Digits: a small EDM UNet pretrained by MLE on the embedded 8x8 digits, then 3 DDO rounds (~20 min CPU).
 demo-digits: install
 	@start=$$(date +%s); \
 	$(VENV)/bin/ddo fit --config configs/digits_pretrain.yaml && \
 	$(VENV)/bin/ddo fit --config configs/digits.yaml && \
-	echo "[demo-digits] wrote outputs/digits/summary.json and outputs/digits/samples.png in $$(( $$(date +%s) - start )) s"
+	echo "[demo-digits] results in outputs/digits (summary.json, samples.png; MLE reference: outputs/digits_pretrain) in $$(( $$(date +%s) - start )) s"
 
 # Tokens: a tiny GPT pretrained by MLE on a known Markov source, then 3 DDO rounds; exact KL (~5 min CPU).
 demo-tokens: install
 	@start=$$(date +%s); \
 	$(VENV)/bin/ddo fit --config configs/tokens_pretrain.yaml && \
 	$(VENV)/bin/ddo fit --config configs/tokens.yaml && \
-	echo "[demo-tokens] wrote outputs/tokens/summary.json and outputs/tokens/samples.png in $$(( $$(date +%s) - start )) s"
+	echo "[demo-tokens] results in outputs/tokens (summary.json, samples.png; MLE reference: outputs/tokens_pretrain) in $$(( $$(date +%s) - start )) s"
 
 # Every test; the `fid` ones (torch-fidelity) skip in .venv when it has no torchvision and run in .venv-fid.
 test: install

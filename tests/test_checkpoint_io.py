@@ -28,6 +28,93 @@ def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     assert torch.load(path, weights_only=True)["global_step"] == 1
 
 
+def _disk_full_after(nbytes):
+    """A write that puts ``nbytes`` into the file, then fails as a full disk does."""
+    import errno
+
+    def write(f):
+        f.write(b"x" * nbytes)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return write
+
+
+def _torch_save_fails(monkeypatch):
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: _disk_full_after(100)(f))
+
+
+def _json_fails(monkeypatch):
+    import ddo_lightning.training.atomic as atomic
+
+    real_open = open
+
+    class Full:
+        def __init__(self, path, mode):
+            self.f = real_open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            _disk_full_after(len(data) // 2)(self.f)
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return self.f.fileno()
+
+    monkeypatch.setattr(atomic, "open", Full, raising=False)
+
+
+def _savefig_fails(monkeypatch):
+    from matplotlib.figure import Figure
+
+    def savefig(self, fname, *a, **k):
+        with open(fname, "wb") as f:
+            _disk_full_after(100)(f)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+
+
+@pytest.mark.parametrize("writer", ["checkpoint", "best.pt", "summary.json", "curve.png"])
+def test_a_failed_write_leaves_no_temporary_file_and_names_the_path(writer, tmp_path, monkeypatch):
+    """A full disk in the middle of a write: the previous file is intact, no temporary file is left, and the
+    error (an OSError with errno ENOSPC) names the destination."""
+    import errno
+
+    from ddo_lightning.training import SelfPlay
+    from ddo_lightning.training.atomic import WriteError, atomic_torch_save
+
+    name = {"checkpoint": "last.ckpt", "curve.png": "curve.png"}.get(writer, writer)
+    dest = tmp_path / name
+    dest.write_bytes(b"the previous version")
+    cb = SelfPlay(rounds=1, monitor="mmd", dirpath=str(tmp_path))
+    cb.summary_path = str(tmp_path / "summary.json")
+    cb.history = [{"round": 0, "kimg_in_round": 0.0, "kimg": 0.0, "metrics": {"mmd": 1.0}}]
+
+    class Trainer:  # curve.png goes to the file loggers' directories, else to dirpath
+        loggers = []
+
+    write, fail = {
+        "checkpoint": (lambda: AtomicCheckpointIO().save_checkpoint({"global_step": 2}, dest), _torch_save_fails),
+        "best.pt": (lambda: atomic_torch_save({"w": torch.ones(2)}, dest), _torch_save_fails),
+        "summary.json": (cb._write_summary, _json_fails),
+        "curve.png": (lambda: cb._write_curve(Trainer()), _savefig_fails),
+    }[writer]
+    fail(monkeypatch)
+    with pytest.raises(WriteError) as err:
+        write()
+    monkeypatch.undo()
+    assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
+    assert str(dest) in str(err.value) and err.value.filename == str(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file
+    assert dest.read_bytes() == b"the previous version"
+
+
 def test_truncated_checkpoint_is_named_and_the_previous_good_one_is_used(tmp_path, recwarn):
     io = AtomicCheckpointIO()
     older, newer = tmp_path / "step=2.ckpt", tmp_path / "step=4.ckpt"

@@ -1,6 +1,7 @@
 """The `ddo` command: help, every preset parses, each preset runs a tiny step, bad input is named."""
 
 import json
+import logging
 import pathlib
 
 import pytest
@@ -77,33 +78,56 @@ def write(path, data):
     return str(path)
 
 
-def test_toy_presets_run_tiny_steps(tmp_path, monkeypatch):
-    """Both presets, as `make demo` runs them, with sizes overridden by a second --config."""
+def _files(root):
+    """{relative path: (mtime_ns, bytes)} of every file under ``root``."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_toy_presets_run_tiny_steps_and_a_rerun_keeps_their_results(tmp_path, monkeypatch, capsys, caplog):
+    """Both presets, as `make demo` runs them, with sizes overridden by a second --config: every output in
+    the preset's run directory, the DDO stage chained to the pretraining run's last.ckpt. Running both
+    again (`make demo` twice) resumes the finished runs, trains nothing and rewrites no file."""
     monkeypatch.chdir(tmp_path)
     small_data = {"data": {"init_args": {"batch_size": 64, "real": {"class_path": "ddo_lightning.data.Toy2DDataset",
                                                                       "init_args": {"num_samples": 1024}}}}}
+    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"save_last": True, "every_n_train_steps": 3, "save_top_k": -1}}
     pre = write(tmp_path / "pre.yaml", {
-        "trainer": {"max_steps": 3, "val_check_interval": 3, "enable_progress_bar": False, "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": "outputs/demo/pretrain", "save_last": True, "every_n_train_steps": 3}}]},
+        "trainer": {"max_steps": 3, "val_check_interval": 3, "enable_progress_bar": False, "callbacks": [checkpoint]},
         "model": {"init_args": {"num_eval_samples": 200}}, **small_data})
-    main(["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
-    assert (tmp_path / "outputs/demo/pretrain/last.ckpt").is_file()
+    stage1 = ["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre]
+    main(stage1)
+    assert (tmp_path / "outputs/toy2d_pretrain/checkpoints/last.ckpt").is_file()
     ddo = write(tmp_path / "ddo.yaml", {
         "trainer": {"enable_progress_bar": False, "callbacks": [
             {"class_path": "ddo_lightning.training.SelfPlay",
-             "init_args": {"rounds": 1, "kimg_per_round": 0.128, "eval_every_kimg": 0.064, "monitor": "mmd",
-                           "dirpath": "outputs/demo/ddo"}}]},
+             "init_args": {"rounds": 1, "kimg_per_round": 0.128, "eval_every_kimg": 0.064, "monitor": "mmd"}},
+            checkpoint, {"class_path": "ddo_lightning.training.ScatterFigure", "init_args": {"num_samples": 200}}]},
         "model": {"init_args": {"num_eval_samples": 200}},
         "data": {"init_args": {**small_data["data"]["init_args"], "fake": {
             "class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 256}}}}})
-    main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo])
-    summary = json.loads((tmp_path / "outputs/demo/ddo/summary.json").read_text())
+    stage2 = ["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo]
+    main(stage2)
+    run = tmp_path / "outputs/toy2d"
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["monitor"] == "mmd" and len(summary["rounds"]) == 1
-    assert (tmp_path / "outputs/demo/ddo/round-1.ckpt").is_file()
+    for name in ("rounds/round-1.ckpt", "best.pt", "samples.png", "config.yaml", "checkpoints/last.ckpt", "logs/metrics.csv"):
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lr"] == 2e-3  # the preset's
+    before = {**_files(run), **{f"pre/{k}": v for k, v in _files(tmp_path / "outputs/toy2d_pretrain").items()}}
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO):
+        main(stage1)
+        main(stage2)
+    out = capsys.readouterr().out + caplog.text
+    assert "[run_dir] resuming outputs/toy2d_pretrain from outputs/toy2d_pretrain/checkpoints/last.ckpt (step 3)" in out
+    assert "[run_dir] resuming outputs/toy2d from" in out and "already finished its 1 rounds" in out
+    after = {**_files(run), **{f"pre/{k}": v for k, v in _files(tmp_path / "outputs/toy2d_pretrain").items()}}
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert changed == ["logs/hparams.yaml", "pre/logs/hparams.yaml"], changed  # the logged config, rewritten alike
     # `ddo validate` on the round checkpoint re-evaluates the promoted EMA: the same fixed-seed numbers
     cli = run_cli(["validate", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo,
-                "--ckpt_path", "outputs/demo/ddo/round-1.ckpt"])
+                   "--ckpt_path", "outputs/toy2d/rounds/round-1.ckpt"])
     promoted = summary["rounds"][0]["metrics"]
     for key in ("mmd", "precision", "recall"):
         assert float(cli.trainer.callback_metrics[f"val/{key}"]) == pytest.approx(promoted[key], rel=1e-5), key
@@ -173,16 +197,14 @@ def test_digits_presets_run_tiny_steps(tmp_path, monkeypatch):
     pre = write(tmp_path / "pre.yaml", {
         "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": "outputs/digits/pretrain", "save_last": True, "every_n_train_steps": 2}}]},
+             "init_args": {"save_last": True, "every_n_train_steps": 2}}]},
         "model": {"init_args": small}, "data": {"init_args": {"batch_size": 16}}})
     main(["fit", "--config", str(ROOT / "configs/digits_pretrain.yaml"), "--config", pre])
     ddo = write(tmp_path / "ddo.yaml", {
         "trainer": {"enable_progress_bar": False, "callbacks": [
             {"class_path": "ddo_lightning.training.SelfPlay",
-             "init_args": {"rounds": 1, "kimg_per_round": 0.032, "eval_every_kimg": 0.016, "monitor": "digits_fid",
-                           "dirpath": "outputs/digits/ddo", "summary_path": "outputs/digits/summary.json"}},
-            {"class_path": "ddo_lightning.training.ImageGridFigure",
-             "init_args": {"path": "outputs/digits/samples.png", "num_samples": 20}}]},
+             "init_args": {"rounds": 1, "kimg_per_round": 0.032, "eval_every_kimg": 0.016, "monitor": "digits_fid"}},
+            {"class_path": "ddo_lightning.training.ImageGridFigure", "init_args": {"num_samples": 20}}]},
         "model": {"init_args": small},
         "data": {"init_args": {"batch_size": 16, "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
                                                           "init_args": {"size": 64, "quantize": True}}}}})
@@ -201,16 +223,14 @@ def test_token_presets_run_tiny_steps(tmp_path, monkeypatch):
     pre = write(tmp_path / "pre.yaml", {
         "trainer": {"max_steps": 4, "val_check_interval": 4, "enable_progress_bar": False, "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": "outputs/tokens/pretrain", "save_last": True, "every_n_train_steps": 4}}]},
+             "init_args": {"save_last": True, "every_n_train_steps": 4}}]},
         "model": {"init_args": small}, "data": data})
     main(["fit", "--config", str(ROOT / "configs/tokens_pretrain.yaml"), "--config", pre])
     ddo = write(tmp_path / "ddo.yaml", {
         "trainer": {"enable_progress_bar": False, "callbacks": [
             {"class_path": "ddo_lightning.training.SelfPlay",
-             "init_args": {"rounds": 1, "kimg_per_round": 0.064, "eval_every_kimg": 0.032, "monitor": "kl_sym",
-                           "dirpath": "outputs/tokens/ddo", "summary_path": "outputs/tokens/summary.json"}},
-            {"class_path": "ddo_lightning.training.TokenFigure",
-             "init_args": {"path": "outputs/tokens/samples.png", "num_samples": 64}}]},
+             "init_args": {"rounds": 1, "kimg_per_round": 0.064, "eval_every_kimg": 0.032, "monitor": "kl_sym"}},
+            {"class_path": "ddo_lightning.training.TokenFigure", "init_args": {"num_samples": 64}}]},
         "model": {"init_args": small}, "data": data})
     main(["fit", "--config", str(ROOT / "configs/tokens.yaml"), "--config", ddo])
     summary = json.loads((tmp_path / "outputs/tokens/summary.json").read_text())
@@ -359,7 +379,7 @@ def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_p
     pre = write(tmp_path / "pre.yaml", {
         "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": "outputs/demo/pretrain", "save_last": True, "every_n_train_steps": 2}}]},
+             "init_args": {"save_last": True, "every_n_train_steps": 2}}]},
         "model": {"init_args": small}, "data": {"init_args": {"batch_size": 64, "real": real}}})
     main(["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
     ddo = write(tmp_path / "ddo.yaml", {"model": {"init_args": small}, "data": {"init_args": {
@@ -372,21 +392,150 @@ def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_p
     console = {int(m) for m in __import__("re").findall(r"\[round (\d+)", out)}
     progress = [line for line in out.splitlines() if line.startswith("step ") and " · round " in line]
     assert len(progress) >= 4 and "round 1/2 · kimg 0.064/0.128 · last mmd " in progress[0]
-    with open(next((tmp_path / "outputs/demo/ddo_logs").glob("version_*/metrics.csv"))) as f:
+    with open(tmp_path / "outputs/toy2d/logs/metrics.csv") as f:
         logged = {int(float(r["round"])) for r in csv.DictReader(f) if r.get("round")}
-    summary = json.loads((tmp_path / "outputs/demo/summary.json").read_text())
-    files = {int(p.stem.split("-")[1]) for p in (tmp_path / "outputs/demo/ddo").glob("round-*.ckpt")}
+    summary = json.loads((tmp_path / "outputs/toy2d/summary.json").read_text())
+    files = {int(p.stem.split("-")[1]) for p in (tmp_path / "outputs/toy2d/rounds").glob("round-*.ckpt")}
     assert console == logged == {r["round"] for r in summary["rounds"]} == files == {1, 2}
     assert all(r["weights_changed"] for r in summary["rounds"]) and "warnings" not in summary
     # the checkpoint rebuilds the module: same classes and settings, the same weights
-    path = tmp_path / "outputs/demo/ddo/round-2.ckpt"
+    path = tmp_path / "outputs/toy2d/rounds/round-2.ckpt"
     module = DDOModule.load_from_checkpoint(path)
     state = torch.load(path, weights_only=True)["state_dict"]
     assert module.lr == 2e-3 and module.objective.alpha == 1.0 and module.sampler.num_steps == 4
     for name, value in module.target.state_dict().items():
         assert torch.equal(value, state[f"target.{name}"]), name
     # an MLE checkpoint given as --ckpt_path to a DDO run
-    mle = "outputs/demo/pretrain/last.ckpt"
+    mle = "outputs/toy2d_pretrain/checkpoints/last.ckpt"
     with pytest.raises(ValueError, match="is an MLE checkpoint") as err:
         main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo, "--ckpt_path", mle])
     assert f"use --model.init_args.init_from {mle}" in str(err.value)
+
+
+# ---- the run directory ------------------------------------------------------------------------------------
+def _tiny_pretrain(tmp_path, **trainer):
+    """A toy MLE run of a few steps (checkpoint every 2 steps, a CSV row every step)."""
+    return write(tmp_path / "tiny.yaml", {
+        "trainer": {"max_steps": 4, "val_check_interval": 100, "log_every_n_steps": 1, "enable_progress_bar": False,
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"filename": "{step}", "save_last": True, "every_n_train_steps": 2,
+                                                 "save_top_k": -1}}], **trainer},
+        "model": {"init_args": {"num_eval_samples": 50}},
+        "data": {"init_args": {"batch_size": 32, "real": {"class_path": "ddo_lightning.data.Toy2DDataset",
+                                                            "init_args": {"num_samples": 512}}}}})
+
+
+def _train_rows(path):
+    import csv
+
+    with open(path) as f:
+        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_resume_extends_the_run_continues_its_csv_and_last_ckpt_is_the_final_state(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", _tiny_pretrain(tmp_path)]
+    run_cli(args)
+    run = tmp_path / "outputs/toy2d_pretrain"
+    first = _train_rows(run / "logs/metrics.csv")
+    assert [s for s, _ in first] == [0, 1, 2, 3]  # Lightning logs the k-th step at step k - 1
+    assert "[run_dir] new run in outputs/toy2d_pretrain" in capsys.readouterr().out
+    run_cli(args + ["--trainer.max_steps", "6"])
+    assert capsys.readouterr().out.startswith(
+        "[run_dir] resuming outputs/toy2d_pretrain from outputs/toy2d_pretrain/checkpoints/last.ckpt (step 4); "
+        "changed settings that do not change the result: trainer.max_steps")
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
+    rows = _train_rows(run / "logs/metrics.csv")
+    assert rows[:4] == first and [s for s, _ in rows] == [0, 1, 2, 3, 4, 5]  # one file, each step once
+    # a kill after step 6 whose last checkpoints are lost or truncated: the newest readable one (step 4) is
+    # resumed, the rows the lost steps had logged are dropped and logged again
+    (run / "checkpoints/step=6.ckpt").unlink()
+    last = run / "checkpoints/last.ckpt"
+    last.write_bytes(last.read_bytes()[:500])
+    with pytest.warns(UserWarning, match="last.ckpt cannot be read.*Resuming from the newest readable checkpoint"):
+        run_cli(args + ["--trainer.max_steps", "6"])
+    assert "from outputs/toy2d_pretrain/checkpoints/step=4.ckpt (step 4)" in capsys.readouterr().out
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    again = _train_rows(run / "logs/metrics.csv")
+    assert [s for s, _ in again] == [0, 1, 2, 3, 4, 5] and again[:4] == first
+    assert [l for _, l in again[4:]] == pytest.approx([l for _, l in rows[4:]], rel=1e-6)  # replayed: same losses
+
+
+def test_a_changed_config_is_refused_with_its_keys_unless_forced(tmp_path, monkeypatch, capsys):
+    from ddo_lightning.run_dir import RunDirError
+
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", _tiny_pretrain(tmp_path, max_steps=2)]
+    run_cli(args)
+    run = tmp_path / "outputs/toy2d_pretrain"
+    before = _files(run)
+    changed = args + ["--model.init_args.lr", "0.01", "--data.init_args.batch_size", "16", "--trainer.max_steps", "4"]
+    with pytest.raises(RunDirError) as err:
+        run_cli(changed)
+    message = str(err.value)
+    assert message.startswith("cannot resume outputs/toy2d_pretrain: the config differs from the run's "
+                              "(outputs/toy2d_pretrain/config.yaml) in settings that change the result:")
+    assert "  data.init_args.batch_size: 32 -> 16\n  model.init_args.lr: 0.002 -> 0.01\n" in message
+    assert "max_steps" not in message and "--force_resume" in message and "--new_version" in message
+    assert _files(run) == before  # nothing written
+    with pytest.raises(SystemExit, match="ddo fit: error: cannot resume"):  # the command: a one-line error
+        main(changed)
+    capsys.readouterr()
+    cli = run_cli(changed + ["--force_resume", "true"])
+    assert cli.trainer.global_step == 4
+    out = capsys.readouterr().out
+    assert "--force_resume with a changed config (data.init_args.batch_size, model.init_args.lr)" in out
+    assert (run / "config.before-step-2.yaml").read_bytes() == before["config.yaml"][1]
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lr"] == 0.01
+
+
+def test_new_version_starts_beside_the_run_and_results_without_a_checkpoint_are_refused(tmp_path, monkeypatch, capsys):
+    from ddo_lightning.run_dir import RunDirError
+
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", _tiny_pretrain(tmp_path, max_steps=2),
+            "--run_dir", "runs/a"]
+    run_cli(args)
+    first = _files(tmp_path / "runs/a")
+    run_cli(args + ["--new_version", "true"])
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "[run_dir] runs/a already holds a run: starting a new one in runs/a-v2 (--new_version)"
+    run_cli(args + ["--new_version", "true"])
+    assert (tmp_path / "runs/a-v2/checkpoints/last.ckpt").is_file() and (tmp_path / "runs/a-v3/checkpoints/last.ckpt").is_file()
+    assert _files(tmp_path / "runs/a") == first
+    # killed before its first checkpoint: results but nothing to resume from
+    (tmp_path / "runs/b/logs").mkdir(parents=True)
+    (tmp_path / "runs/b/logs/metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    b = args[:-2] + ["--run_dir", "runs/b"]
+    with pytest.raises(RunDirError, match=r"run directory runs/b holds results of an earlier run \(logs/metrics.csv\) "
+                                          r"but no checkpoint to resume from: add --new_version to start runs/b-v2"):
+        run_cli(b)
+    assert (tmp_path / "runs/b/logs/metrics.csv").read_text() == "step,train/loss\n0,1.0\n"
+    # a run that failed while setting up leaves only its config.yaml: the directory is reused
+    (tmp_path / "runs/c").mkdir()
+    (tmp_path / "runs/c/config.yaml").write_text("stale: true\n")
+    run_cli(args[:-2] + ["--run_dir", "runs/c"])
+    assert "stale" not in (tmp_path / "runs/c/config.yaml").read_text()
+
+
+def test_config_differences_compare_what_changes_the_result():
+    from ddo_lightning.run_dir import config_differences
+
+    def cfg(lr=1e-3, rounds=3, kimg=64, devices=1, workers=2, steps=100, extra_callback=False, seed=0):
+        callbacks = [{"class_path": "ddo_lightning.training.SelfPlay", "init_args": {"rounds": rounds, "kimg_per_round": kimg}},
+                     {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"every_n_train_steps": 5}}]
+        if extra_callback:
+            callbacks.insert(0, {"class_path": "ddo_lightning.training.Preemption", "init_args": {"path": None}})
+        return {"seed_everything": seed, "trainer": {"devices": devices, "max_steps": steps, "callbacks": callbacks},
+                "model": {"init_args": {"lr": lr}}, "data": {"init_args": {"num_workers": workers}}}
+
+    assert config_differences(cfg(), cfg()) == ([], [])
+    result, harmless = config_differences(cfg(), cfg(rounds=5, workers=0, steps=500, extra_callback=True))
+    assert result == [] and harmless == ["data.init_args.num_workers", "trainer.callbacks.Preemption.class_path",
+                                         "trainer.callbacks.Preemption.init_args.path",
+                                         "trainer.callbacks.SelfPlay.init_args.rounds", "trainer.max_steps"]
+    result, _ = config_differences(cfg(), cfg(lr=2e-3, kimg=32, devices=2, seed=1))
+    assert result == [("model.init_args.lr", 1e-3, 2e-3), ("seed_everything", 0, 1),
+                      ("trainer.callbacks.SelfPlay.init_args.kimg_per_round", 64, 32), ("trainer.devices", 1, 2)]

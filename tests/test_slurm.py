@@ -627,7 +627,7 @@ def test_two_task_ddo_training_on_a_real_slurm_cluster(slurm_cluster, tmp_path, 
     assert [(r["round"], r["promoted_kimg_in_round"]) for r in summary["rounds"]] == [(1, 0.256)]
     import torch
 
-    assert torch.load(tmp_path / "ddo/round-1.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    assert torch.load(tmp_path / "ddo/rounds/round-1.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
 
 
 @pytest.mark.slow

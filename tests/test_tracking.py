@@ -27,7 +27,7 @@ def pretrained(tmp_path_factory):
     pre = write_yaml(root / "pre.yaml", {
         "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "logger": False,
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": "outputs/digits/pretrain", "save_last": True, "every_n_train_steps": 2}}]},
+                                   "init_args": {"save_last": True, "every_n_train_steps": 2}}]},
         "model": {"init_args": SMALL}, "data": {"init_args": {"batch_size": 16}}})
     fit_in(root, ["--config", str(ROOT / "configs/digits_pretrain.yaml"), "--config", pre])
     return root
@@ -38,10 +38,9 @@ def _ddo_override(root, name, pretrained):
     return write_yaml(root / name, {
         "trainer": {"enable_progress_bar": False, "log_every_n_steps": 1, "callbacks": [
             {"class_path": "ddo_lightning.training.SelfPlay",
-             "init_args": {"rounds": 2, "kimg_per_round": 0.064, "eval_every_kimg": 0.032, "monitor": "digits_fid",
-                           "dirpath": "outputs/digits/ddo", "summary_path": "outputs/digits/summary.json"}},
+             "init_args": {"rounds": 2, "kimg_per_round": 0.064, "eval_every_kimg": 0.032, "monitor": "digits_fid"}},
             {"class_path": "ddo_lightning.training.SampleGrids", "init_args": {"num_samples": 16, "columns": 4}}]},
-        "model": {"init_args": SMALL | {"init_from": str(pretrained / "outputs/digits/pretrain/last.ckpt")}},
+        "model": {"init_args": SMALL | {"init_from": str(pretrained / "outputs/digits_pretrain/checkpoints/last.ckpt")}},
         "data": {"init_args": {"batch_size": 16, "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
                                                           "init_args": {"size": 64, "quantize": True}}}}})
 
@@ -60,7 +59,7 @@ def test_wandb_offline_run_holds_config_curve_diagnostics_and_grids(pretrained, 
            "--config", str(ROOT / "configs/trainer/wandb.yaml"), "--config", override]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = read_run(str(tmp_path / "outputs/wandb"))
+    run = read_run(str(tmp_path / "outputs/digits/wandb"))  # W&B's save_dir: the run directory
     # the full resolved config
     assert run.config["model"]["class_path"] == "ddo_lightning.training.DDOModule"
     assert run.config["model"]["init_args"]["lr"] == 5e-4 and run.config["trainer"]["precision"] == "32-true"
@@ -87,7 +86,7 @@ def test_wandb_offline_run_holds_config_curve_diagnostics_and_grids(pretrained, 
 def test_without_wandb_curve_and_grids_land_in_the_csv_logger_directory(pretrained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(ROOT / "configs/digits.yaml"), "--config", _ddo_override(tmp_path, "ddo.yaml", pretrained)])
-    log_dir = tmp_path / "outputs/digits/ddo_logs/version_0"
+    log_dir = tmp_path / "outputs/digits/logs"
     with open(log_dir / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("eval/digits_fid")]
     summary = json.loads((tmp_path / "outputs/digits/summary.json").read_text())

@@ -252,7 +252,7 @@ def test_self_play_promotes_best_ema_and_restarts_optimizer(tmp_path, toy_real, 
         for k, v in net.state_dict().items():
             assert torch.equal(v, best[k]), k
     assert len(trainer.optimizers[0].state) == 0
-    ckpt = torch.load(tmp_path / "sp" / "round-1.ckpt", weights_only=True)
+    ckpt = torch.load(tmp_path / "sp" / "rounds" / "round-1.ckpt", weights_only=True)
     assert ckpt["state_dict"].keys() >= {f"reference.{k}" for k in best}
     for k, v in best.items():
         assert torch.equal(ckpt["state_dict"][f"reference.{k}"], v)
@@ -298,8 +298,24 @@ def test_resume_mid_round_keeps_round_reference_and_fake_position(tmp_path, toy_
 def test_checkpoints_load_weights_only(tmp_path, toy_real, mle_ckpt):
     sp = self_play(tmp_path, rounds=1)
     make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
-    for name in ("round-1.ckpt", "best.pt"):
+    for name in ("rounds/round-1.ckpt", "best.pt"):
         torch.load(tmp_path / "sp" / name, weights_only=True)  # raises if anything but tensors/containers
+
+
+def test_self_play_writes_under_the_trainer_root_and_a_finished_run_resumed_rewrites_nothing(tmp_path, toy_real, mle_ckpt):
+    """Without ``dirpath`` SelfPlay writes under ``default_root_dir`` (``ddo fit``: the run directory). Fitting
+    a finished run again (from its last round checkpoint) takes no step and leaves every file as it was."""
+    root = tmp_path / "run"
+    sp = SelfPlay(rounds=1, kimg_per_round=1.024, eval_every_kimg=1.024, monitor="energy_distance", mode="min")
+    make_trainer(root, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
+    names = ["best.pt", "summary.json", "rounds/round-1.ckpt"]
+    before = {n: ((root / n).stat().st_mtime_ns, (root / n).read_bytes()) for n in names}
+    sp2 = SelfPlay(rounds=1, kimg_per_round=1.024, eval_every_kimg=1.024, monitor="energy_distance", mode="min")
+    trainer = make_trainer(root, max_steps=100, callbacks=[sp2])
+    trainer.fit(ddo_module(mle_ckpt), pool_data(toy_real), ckpt_path=str(root / "rounds/round-1.ckpt"))
+    assert trainer.global_step == 8 and sp2.round == 1  # restored, nothing trained
+    assert {n: ((root / n).stat().st_mtime_ns, (root / n).read_bytes()) for n in names} == before
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == sorted(names + ["curve.png"])
 
 
 def test_ema_half_life_is_exact():

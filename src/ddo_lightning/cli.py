@@ -2,19 +2,21 @@
 
     ddo fit --config configs/toy2d_pretrain.yaml     # MLE pretraining (model: MLEModule)
     ddo fit --config configs/toy2d.yaml              # DDO rounds (model: DDOModule + SelfPlay)
-    ddo validate --config configs/toy2d.yaml --ckpt_path outputs/demo/ddo/round-3.ckpt
+    ddo fit --config configs/toy2d.yaml --run_dir outputs/mine  # all outputs under one run directory
+    ddo validate --config configs/toy2d.yaml --ckpt_path outputs/toy2d/rounds/round-3.ckpt
     ddo --help                                       # the commands and the presets, one line each
     ddo fit --help / --help-all / --print_config      # DDO's options first / everything / the config
     ddo fit --config configs/toy2d.yaml --selfplay.rounds 5 --selfplay.kimg_per_round 100
     ddo convert edm-cifar10-32x32-uncond-vp.pkl edm-cifar10-uncond.pt   # NVIDIA pickle -> plain weights
     ddo fetch --config configs/edm_cifar10.yaml     # the files a preset names as "cache:NAME" (docs/fetch.md)
-    ddo sample --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --seeds 0-99 --out grid/
-    ddo fid --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --features digits --ref ref.npz
+    ddo sample --config configs/digits.yaml --ckpt outputs/digits/best.pt --seeds 0-99 --out grid/
+    ddo fid --config configs/digits.yaml --ckpt outputs/digits/best.pt --features digits --ref ref.npz
     ddo fid --write-stats ref.npz --config configs/digits.yaml --features digits  (see commands.py)
     ddo slurm --config configs/toy2d.yaml --nodes 1 --devices 2 --cpus-per-task 1 --time 00:30:00 --job-name toy --output-dir runs/toy --dry-run
 
 Pretraining and DDO are the same subcommand with different presets: the preset's ``model.class_path``
-selects ``MLEModule`` or ``DDOModule``.
+selects ``MLEModule`` or ``DDOModule``. Every output of a run goes under its run directory; a rerun
+resumes it, ``--new_version`` starts ``DIR-v2`` beside it (``ddo_lightning.run_dir``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,59 @@ class DDOCLI(LightningCLI):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, self._with_progress_bar(config, callbacks))
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        from .run_dir import add_run_dir_arguments
+
+        add_run_dir_arguments(parser)
+        add_selfplay_arguments(parser)
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self._use_run_dir()
+
+    def _use_run_dir(self) -> None:
+        """One root for every output of the run (``ddo_lightning.run_dir``): fill the unset paths from it and,
+        for ``fit``, resume it, version it or refuse; store its config as ``DIR/config.yaml``."""
+        import yaml
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        from .run_dir import default_run_dir, fill_paths, prepare_fit
+        from .training.atomic import atomic_write_text
+
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
+        run_dir = cfg.get("run_dir") or default_run_dir(cfg.get("config"))
+        self.run_plan = None
+        if sub != "fit":
+            fill_paths(cfg.trainer, run_dir, sub)
+            return
+        dump = lambda c: self._parser(sub).dump(c, skip_none=False)  # noqa: E731
+        as_if_resumed = cfg.clone()  # compared with DIR/config.yaml as it would be stored: paths filled alike
+        as_if_resumed.run_dir = run_dir
+        fill_paths(as_if_resumed.trainer, run_dir, sub)
+        plan = prepare_fit(run_dir, yaml.safe_load(dump(as_if_resumed)), ckpt_path=cfg.get("ckpt_path"),
+                           new_version=bool(cfg.get("new_version")), force_resume=bool(cfg.get("force_resume")))
+        cfg.run_dir, cfg.ckpt_path, self.run_plan = plan.path, plan.ckpt_path, plan
+        fill_paths(cfg.trainer, plan.path, sub)
+        if rank_zero_only.rank == 0:  # every rank decides alike (same files); one writes and speaks
+            print(plan.message, flush=True)
+            stored = os.path.join(plan.path, "config.yaml")
+            if plan.keep_old_config_as and os.path.isfile(stored):
+                os.replace(stored, plan.keep_old_config_as)
+            if plan.write_config:
+                atomic_write_text(stored, dump(cfg))
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        from .training.csv_logger import RunCSVLogger
+
+        step = getattr(getattr(self, "run_plan", None), "resume_step", None)
+        for logger in self.trainer.loggers if step is not None else []:
+            if isinstance(logger, RunCSVLogger):
+                logger.resume_step = step  # it drops the rows the interrupted run logged after that step
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint here first (for hyperparameters): check it before that
         sub = self.config.get("subcommand")
@@ -71,9 +126,6 @@ class DDOCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     # ---- readable command line (cli_help.py, training/callbacks/progress.py) -----------------------
-    def add_arguments_to_parser(self, parser: Any) -> None:
-        add_selfplay_arguments(parser)
-
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
         config = self.config[sub] if sub else self.config
@@ -218,7 +270,7 @@ def run(args: list[str] | None = None, cli_class: type[DDOCLI] | None = None, **
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=LogConfigCallback,
-        save_config_kwargs={"overwrite": True},
+        save_config_kwargs={"overwrite": True, "save_to_log_dir": False},  # the run's config: <run dir>/config.yaml
         args=args,
         auto_configure_optimizers=False,
         parser_class=DDOArgumentParser,
@@ -269,8 +321,12 @@ def main(args: list[str] | None = None) -> None:
         run_command(argv[0], argv[1:])
         return
     from .cli_help import FULL_HELP_FLAG
+    from .run_dir import RunDirError
 
-    run([("--help" if a == FULL_HELP_FLAG else a) for a in argv] if FULL_HELP_FLAG in argv else args)
+    try:
+        run([("--help" if a == FULL_HELP_FLAG else a) for a in argv] if FULL_HELP_FLAG in argv else args)
+    except RunDirError as err:
+        raise SystemExit(f"ddo {argv[0] if argv else 'fit'}: error: {err}") from None
 
 
 def readable_help(argv: list[str]) -> None:

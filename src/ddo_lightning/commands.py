@@ -1,7 +1,7 @@
 """``ddo sample``, ``ddo fid`` and ``ddo fetch``: sampling, FID and downloads outside a training run.
 
-    ddo sample --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --seeds 0-999 --out samples.npz
-    ddo fid --config configs/digits.yaml --ckpt outputs/digits/ddo/best.pt --features digits --ref digits-ref.npz
+    ddo sample --config configs/digits.yaml --ckpt outputs/digits/best.pt --seeds 0-999 --out samples.npz
+    ddo fid --config configs/digits.yaml --ckpt outputs/digits/best.pt --features digits --ref digits-ref.npz
     ddo fid --images samples/ --ref cifar10-32x32.npz               # a folder, a .zip or an .npz of images
     ddo fid --write-stats cifar10-32x32.npz --config configs/edm_cifar10.yaml   # the config's real data
     ddo fetch --config configs/edm_cifar10.yaml      # every "cache:NAME" file of a preset (docs/fetch.md)

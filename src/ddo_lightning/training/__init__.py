@@ -5,6 +5,7 @@ from .callbacks import (
     ImageGridFigure, LineProgress, Preemption, RoundProgressBar, SampleGrids, ScatterFigure, SelfPlay, TokenFigure,
     WeightsNeverChangedError,
 )
+from .csv_logger import RunCSVLogger
 from .checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, usable_checkpoint
 from .datamodule import DDODataModule
 from .ema import EMA, PowerEMA
@@ -14,7 +15,7 @@ from .pretrain import MLEModule
 
 __all__ = [
     "AtomicCheckpointIO", "CorruptCheckpoint", "DDODataModule", "DDOModule", "ImageGridFigure", "TokenFigure", "DenoiserModule", "EMA", "PowerEMA", "FakeSource", "MLEModule", "NonFiniteLossError",
-    "OnlineFakeSource", "PoolFakeSource", "Preemption", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
+    "OnlineFakeSource", "PoolFakeSource", "Preemption", "RunCSVLogger", "SampleGrids", "ScatterFigure", "SelfPlay", "disable_dropout", "usable_checkpoint",
     "DataNetworkMismatch", "check_data_fits_network",
     "LineProgress", "RoundProgressBar", "WeightsNeverChangedError",
 ]

@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .atomic import atomic_torch_save
+
 
 class CorruptCheckpoint(ValueError):
     """A checkpoint that cannot be read (truncated, not a checkpoint, …)."""
@@ -26,14 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """TorchCheckpointIO with write-to-temporary-then-rename saves and a clear error for unreadable files."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = str(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_torch_save(checkpoint, str(path))  # a failed write removes its temporary file and names `path`
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         try:

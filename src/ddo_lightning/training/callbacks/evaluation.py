@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ...pixels import model_to_uint8, uint8_to_model
 from ...samplers import mix_seed
+from ..atomic import atomic_path
 from ..fake_sources import balanced_labels
 from ..sharding import is_sharded
 
@@ -82,10 +83,8 @@ def save_png(image_hwc: torch.Tensor, path: str, scale: int = 1) -> None:
     img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp)
 
 
 class SampleGrids(pl.Callback):

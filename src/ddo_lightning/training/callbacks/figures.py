@@ -1,5 +1,9 @@
 """Figures comparing the reference at fit start with the final reference on the same seeds:
-a scatter plot for 2-D data, an image grid for images."""
+a scatter plot for 2-D data, an image grid for images.
+
+Each figure goes to its ``path``, by default ``samples.png`` in the trainer's ``default_root_dir`` (which
+``ddo fit`` sets to the run directory); a fit that takes no training step (a finished run resumed) does
+not redraw it."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch
 
 from ...samplers import mix_seed
 from ..fake_sources import balanced_labels
+from ..atomic import atomic_path
 from ..sharding import is_sharded
 from .evaluation import image_grid
 
@@ -18,9 +23,10 @@ from .evaluation import image_grid
 class _StartVersusEnd(pl.Callback):
     """Samples the reference at fit start and at fit end with the same seeds; subclasses plot them."""
 
-    def __init__(self, path: str, num_samples: int, seed: int):
+    def __init__(self, path: str | None, num_samples: int, seed: int):
         self.path, self.num_samples, self.seed = path, num_samples, seed
         self._start: torch.Tensor | None = None
+        self._start_step = 0
 
     def _draw(self, pl_module: Any) -> torch.Tensor:
         idx = torch.arange(self.num_samples)
@@ -31,14 +37,18 @@ class _StartVersusEnd(pl.Callback):
     def _check(self, pl_module: Any) -> None:
         pass
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.path = self.path or os.path.join(trainer.default_root_dir, "samples.png")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check(pl_module)
+        self._start_step = trainer.global_step
         if trainer.is_global_zero or is_sharded(pl_module.reference):  # sharded: all ranks sample together
             self._start = self._draw(pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._start is None:
-            return
+        if self._start is None or trainer.global_step == self._start_step:
+            return  # nothing trained in this fit: the figure on disk stays as it is
         if not trainer.is_global_zero:
             self._draw(pl_module)  # a sharded reference: join rank 0's sampling
             return
@@ -49,9 +59,11 @@ class _StartVersusEnd(pl.Callback):
 
         end = self._draw(pl_module)
         fig = self._plot(plt, trainer, pl_module, self._start, end)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fig.savefig(self.path, dpi=110)
-        plt.close(fig)
+        try:
+            with atomic_path(self.path, suffix=".png") as tmp:
+                fig.savefig(tmp, dpi=110)
+        finally:
+            plt.close(fig)
 
     def _plot(self, plt: Any, trainer: pl.Trainer, pl_module: Any, start: torch.Tensor, end: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -61,12 +73,12 @@ class ScatterFigure(_StartVersusEnd):
     """Data, the starting reference (MLE) and the final reference as 2-D scatter plots.
 
     Args:
-        path: output PNG.
+        path: output PNG (default: ``samples.png`` in the trainer's ``default_root_dir``).
         num_samples: points per panel.
         seed: seed of the plotted samples (the same for both models).
     """
 
-    def __init__(self, path: str = "outputs/demo/samples.png", num_samples: int = 5000, seed: int = 2024):
+    def __init__(self, path: str | None = None, num_samples: int = 5000, seed: int = 2024):
         super().__init__(path, num_samples, seed)
 
     def _check(self, pl_module: Any) -> None:
@@ -94,13 +106,13 @@ class ImageGridFigure(_StartVersusEnd):
     class-balanced labels (one column per class for conditional models).
 
     Args:
-        path: output PNG.
+        path: output PNG (default: ``samples.png`` in the trainer's ``default_root_dir``).
         num_samples: images per grid.
         columns: images per row.
         seed: seed of the plotted samples (the same for both models).
     """
 
-    def __init__(self, path: str = "outputs/samples.png", num_samples: int = 100, columns: int = 10, seed: int = 2024):
+    def __init__(self, path: str | None = None, num_samples: int = 100, columns: int = 10, seed: int = 2024):
         super().__init__(path, num_samples, seed)
         self.columns = columns
 
@@ -124,12 +136,12 @@ class TokenFigure(_StartVersusEnd):
     references.
 
     Args:
-        path: output PNG.
+        path: output PNG (default: ``samples.png`` in the trainer's ``default_root_dir``).
         num_samples: sequences per histogram.
         seed: seed of the plotted samples (the same for both models).
     """
 
-    def __init__(self, path: str = "outputs/tokens/samples.png", num_samples: int = 4000, seed: int = 2024):
+    def __init__(self, path: str | None = None, num_samples: int = 4000, seed: int = 2024):
         super().__init__(path, num_samples, seed)
         self._kl_start: dict[str, float] | None = None
 

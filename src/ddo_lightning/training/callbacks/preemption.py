@@ -32,12 +32,14 @@ class Preemption(pl.Callback):
     """Checkpoint and requeue on a signal, at a step boundary.
 
     Args:
-        path: the resume checkpoint (written atomically; the previous one is replaced).
+        path: the resume checkpoint (written atomically; the previous one is replaced). Default:
+            ``checkpoints/resume.ckpt`` in the trainer's ``default_root_dir`` (``ddo fit``: the run directory,
+            whose newest readable checkpoint a rerun resumes).
         signals: signal names to handle.
         requeue: under SLURM (``SLURM_JOB_ID`` set), rank 0 runs ``scontrol requeue <job>`` after saving.
     """
 
-    def __init__(self, path: str = "outputs/resume.ckpt", signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM"),
+    def __init__(self, path: str | None = None, signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM"),
                  requeue: bool = True):
         unknown = [s for s in signals if s not in SIGNALS]
         if unknown:
@@ -50,6 +52,9 @@ class Preemption(pl.Callback):
     # ---- signals -----------------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
         self.received = signum  # nothing else here: the step boundary does the work
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.path = self.path or os.path.join(trainer.default_root_dir, "checkpoints", "resume.ckpt")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # after Lightning registered its own handlers, so ours come first (and replace its SIGUSR1 saver)

@@ -30,15 +30,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ..atomic import atomic_path, atomic_torch_save, atomic_write_text
 from ..sharding import full_state_dict, is_sharded
 from .evaluation import logger_dirs, publish_evaluation
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary name, then rename: a crash never leaves a half-written ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _fmt(v: Any) -> str:
@@ -85,9 +79,13 @@ class SelfPlay(pl.Callback):
         eval_every_kimg: evaluate the EMA every this many kimg (the round's end is always evaluated).
         monitor: the evaluator's metric that picks the best checkpoint (e.g. 'energy_distance', 'fid').
         mode: 'min' if lower is better.
-        dirpath: where ``best.pt`` and ``round-N.ckpt`` go.
+        dirpath: where ``best.pt``, ``summary.json`` and ``rounds/round-N.ckpt`` go (default: the trainer's
+            ``default_root_dir``, which ``ddo fit`` sets to the run directory).
         summary_path: where the JSON summary goes (default ``<dirpath>/summary.json``): the starting
             reference's metrics, and per round the promoted checkpoint's metrics and its evaluation curve.
+
+    A fit that starts with every round done (``ddo fit`` resuming a finished run) trains nothing and
+    rewrites none of these files.
     """
 
     def __init__(
@@ -97,7 +95,7 @@ class SelfPlay(pl.Callback):
         eval_every_kimg: float = 100.0,
         monitor: str = "fid",
         mode: Literal["min", "max"] = "min",
-        dirpath: str = "outputs/selfplay",
+        dirpath: str | None = None,
         summary_path: str | None = None,
     ):
         if rounds < 1 or not kimg_per_round > 0 or not eval_every_kimg > 0:
@@ -105,7 +103,7 @@ class SelfPlay(pl.Callback):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.rounds, self.monitor, self.mode, self.dirpath = rounds, monitor, mode, dirpath
-        self.summary_path = summary_path or os.path.join(dirpath, "summary.json")
+        self.summary_path = summary_path  # None: <dirpath>/summary.json, once dirpath is known (setup)
         self.images_per_round = int(kimg_per_round * 1000)
         self.eval_every_images = int(eval_every_kimg * 1000)
         # state (saved in every checkpoint)
@@ -116,10 +114,15 @@ class SelfPlay(pl.Callback):
         self.history: list[dict[str, Any]] = []  # one entry per evaluation
         self.last_round_path: str | None = None
         self.warnings: list[str] = []  # rounds whose weights never changed (also in summary.json)
+        self._trained = False  # whether this fit ran (a finished run resumed does not: nothing is rewritten)
 
     @property
     def best_path(self) -> str:
         return os.path.join(self.dirpath, "best.pt")
+
+    def round_path(self, n: int) -> str:
+        """The full checkpoint written when round ``n`` (1-based) ends."""
+        return os.path.join(self.dirpath, "rounds", f"round-{n}.ckpt")
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -137,14 +140,31 @@ class SelfPlay(pl.Callback):
                     raise TypeError(f"SelfPlay needs a DDOModule; {type(pl_module).__name__} has no `{attr}`")
             if getattr(pl_module, "evaluator", None) is None:
                 raise ValueError("SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`")
+            self.dirpath = self.dirpath or trainer.default_root_dir
+            self.summary_path = self.summary_path or os.path.join(self.dirpath, "summary.json")
             os.makedirs(self.dirpath, exist_ok=True)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the checkpoint's callback states are restored before on_fit_start (except with ModelParallelStrategy:
+        # on_train_start checks again); stopping here skips the training loop and every write
+        self._stop_if_finished(trainer)
+
+    def _stop_if_finished(self, trainer: pl.Trainer) -> bool:
+        if self.round < self.rounds:
+            return False
+        if not trainer.should_stop:
+            rank_zero_info(f"[selfplay] this run already finished its {self.rounds} rounds: nothing to train, "
+                           "nothing rewritten (give more `rounds` to continue it)")
+        trainer.should_stop = True
+        return True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_train_start, not on_fit_start: with ModelParallelStrategy (FSDP2) Lightning restores a
         # checkpoint after on_fit_start, and the round, reference and pool must be the restored ones
         self._t0 = time.perf_counter()
-        if self.round >= self.rounds:
-            raise ValueError(f"this run already finished its {self.rounds} rounds (resume with more `rounds`)")
+        if self._stop_if_finished(trainer):
+            return
+        self._trained = True
         self._start_round(pl_module)
         pl_module.refresh_fakes(self.round)
         if self.best_score is None:  # a fresh start: the reference itself is the first candidate
@@ -161,7 +181,7 @@ class SelfPlay(pl.Callback):
             self._end_round(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self._trained:
             self._write_summary()
             self._write_curve(trainer)
             rank_zero_info(self.table())
@@ -234,8 +254,9 @@ class SelfPlay(pl.Callback):
             trainer.should_stop = True
         else:
             pl_module.refresh_fakes(self.round)
-        path = os.path.join(self.dirpath, f"round-{finished}.ckpt")
-        tmp = path + ".tmp"
+        path = self.round_path(finished)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"  # a sharded checkpoint is a directory that its IO does not write atomically
         trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, path)
@@ -309,17 +330,12 @@ class SelfPlay(pl.Callback):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        for d in logger_dirs(trainer) or [self.dirpath]:
-            os.makedirs(d, exist_ok=True)
-            path = os.path.join(d, "curve.png")
-            fig.savefig(path + ".tmp.png", dpi=110)
-            os.replace(path + ".tmp.png", path)
-        plt.close(fig)
+        try:
+            for d in logger_dirs(trainer) or [self.dirpath]:
+                with atomic_path(os.path.join(d, "curve.png"), suffix=".png") as tmp:
+                    fig.savefig(tmp, dpi=110)
+        finally:
+            plt.close(fig)
 
     def _write_summary(self) -> None:
-        path = self.summary_path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.summary(), f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_text(self.summary_path, json.dumps(self.summary(), indent=2))
