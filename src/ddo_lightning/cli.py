@@ -78,7 +78,6 @@ class DDOCLI(LightningCLI):
         from lightning.fabric.utilities.rank_zero import rank_zero_only
 
         from .run_dir import default_run_dir, fill_paths, prepare_fit
-        from .training.atomic import atomic_write_text
 
         sub = self.config.get("subcommand")
         if not sub:
@@ -99,14 +98,28 @@ class DDOCLI(LightningCLI):
         fill_paths(cfg.trainer, plan.path, sub)
         if rank_zero_only.rank == 0:  # every rank decides alike (same files); one writes and speaks
             print(plan.message, flush=True)
-            stored = os.path.join(plan.path, "config.yaml")
-            if plan.keep_old_config_as and os.path.isfile(stored):
-                os.replace(stored, plan.keep_old_config_as)
-            if plan.write_config:
-                atomic_write_text(stored, dump(cfg))
+        # written once the classes are built (after the files' preflight): a config that fails to start leaves
+        # nothing behind; the text is taken now, before "cache:NAME" values are resolved to this machine's paths
+        self._run_config_text = dump(cfg) if plan.write_config else None
+
+    def _write_run_config(self) -> None:
+        """``DIR/config.yaml`` (the previous one kept as ``config.before-step-N.yaml`` on a forced resume)."""
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        from .training.atomic import atomic_write_text
+
+        plan = getattr(self, "run_plan", None)
+        if plan is None or rank_zero_only.rank != 0:
+            return
+        stored = os.path.join(plan.path, "config.yaml")
+        if plan.keep_old_config_as and os.path.isfile(stored):
+            os.replace(stored, plan.keep_old_config_as)
+        if self._run_config_text is not None:
+            atomic_write_text(stored, self._run_config_text)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        self._write_run_config()
         from .training.csv_logger import RunCSVLogger
 
         step = getattr(getattr(self, "run_plan", None), "resume_step", None)
