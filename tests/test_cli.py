@@ -408,7 +408,8 @@ def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_p
     # an MLE checkpoint given as --ckpt_path to a DDO run
     mle = "outputs/toy2d_pretrain/checkpoints/last.ckpt"
     with pytest.raises(ValueError, match="is an MLE checkpoint") as err:
-        main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo, "--ckpt_path", mle])
+        main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo, "--ckpt_path", mle,
+              "--run_dir", "outputs/other"])
     assert f"use --model.init_args.init_from {mle}" in str(err.value)
 
 

@@ -69,6 +69,9 @@ class DDOCLI(LightningCLI):
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        if sub:  # --selfplay.* folded into the SelfPlay callback first: the run directory compares the result
+            apply_selfplay_arguments(self.config[sub])
         self._use_run_dir()
 
     def _use_run_dir(self) -> None:
@@ -145,7 +148,6 @@ class DDOCLI(LightningCLI):
         from .training.base import check_precision
 
         check_precision(config.trainer.get("precision"))  # as given, before Lightning normalises it
-        apply_selfplay_arguments(config)
         self._check_files(config, sub)
 
     @staticmethod

@@ -48,7 +48,7 @@ CHECKPOINT_GLOBS = (os.path.join("checkpoints", "*.ckpt"), os.path.join("rounds"
 # output and logging, hardware placement, evaluation/generation batch sizes, the pretrained weights file
 # (a resume takes every weight from the checkpoint). Everything else is compared.
 HARMLESS = (
-    "config", "run_dir", "new_version", "force_resume", "ckpt_path",
+    "config", "run_dir", "new_version", "force_resume", "ckpt_path", "selfplay.*",  # --selfplay.*: in SelfPlay's
     "trainer.default_root_dir", "trainer.logger", "trainer.logger.*", "trainer.callbacks.*",
     "trainer.max_steps", "trainer.max_epochs", "trainer.max_time", "trainer.min_steps", "trainer.min_epochs",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing",
