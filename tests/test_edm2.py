@@ -475,6 +475,28 @@ def test_latent_dataset_draws_and_scales_like_edm2(tmp_path, zip_it):
         LatentFolderDataset(tmp_path / "empty")
 
 
+def test_latent_zip_read_by_forked_dataloader_workers(tmp_path):
+    """The parent has the zip open (it read the first latent at construction); forked workers must read
+    through handles of their own. Through the inherited one they would move the file offset the parent and
+    every other worker share, and interleaved reads then fail (BadZipFile) or return wrong bytes: the
+    parent's offset must not move while workers read."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    from ddo_lightning.data import LatentFolderDataset
+
+    ds = LatentFolderDataset(write_latents(tmp_path / "lat.zip", n=6, hw=64, zip_it=True), latent_seed=3)  # 128 KiB members: past the read buffer
+    want = torch.stack([ds[i].x for i in range(len(ds))])
+    ds[0]  # the parent's offset: after the first member (the workers' last read ends after the last one)
+    fd = ds._zip.fp.fileno()
+    before = os.lseek(fd, 0, os.SEEK_CUR)
+    loader = DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context=multiprocessing.get_context("fork"))
+    got = torch.cat([batch.x for batch in loader])
+    assert os.lseek(fd, 0, os.SEEK_CUR) == before
+    assert torch.equal(got, want)
+
+
 def test_vae_decoder_and_fid_hook(tmp_path, tiny_vae_dir):
     from diffusers import AutoencoderKL
 
