@@ -102,6 +102,9 @@ def write_cifar10(dest: Path, per_batch: int = 16, seed: int = 0) -> Path:
     files = cifar10_members(per_batch, seed)
     if dest.name.endswith(".tar.gz"):
         with tarfile.open(dest, "w:gz") as tar:
+            top = tarfile.TarInfo("cifar-10-batches-py")
+            top.type, top.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(top)
             for name, data in files.items():
                 info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
                 info.size = len(data)
