@@ -1,4 +1,4 @@
-"""EDM2 (issue 7): network, snapshot import, power-function EMA, latent pipeline, presets.
+"""EDM2 (issue 7): network, snapshot import, power-function EMA, latent pipeline (the presets: test_presets.py).
 
 Oracles:
 * ``tests/data/edm2_state_dict_shapes.json``: state_dict keys/shapes (img64-S, img512-XS) and parameter
@@ -25,7 +25,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from ddo_lightning.checkpoints import NvidiaPickleError, denoiser_state_dict, load_network_from_nvidia_pickle
@@ -41,7 +40,6 @@ from ddo_lightning.training.ema import PowerEMA, gamma_to_sigma_rel, make_ema, s
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = pathlib.Path(__file__).parent / "data"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(img_resolution=8, img_channels=3, label_dim=4, model_channels=8, channel_mult=[1, 2], num_blocks=1,
             attn_resolutions=[4], channels_per_head=8, logvar_channels=8)
 
@@ -475,6 +473,29 @@ def test_latent_dataset_draws_and_scales_like_edm2(tmp_path, zip_it):
         LatentFolderDataset(tmp_path / "empty")
 
 
+def test_latent_zip_read_by_forked_dataloader_workers(tmp_path):
+    """The parent has the zip open (it read the first latent at construction); forked workers must read
+    through handles of their own. Through the inherited one they would move the file offset the parent and
+    every other worker share, and interleaved reads then fail (BadZipFile) or return wrong bytes: the
+    parent's offset must not move while workers read."""
+    import multiprocessing
+
+    from torch.utils.data import DataLoader
+
+    from ddo_lightning.data import LatentFolderDataset
+
+    # 128 KiB members: reads go past the file's read buffer, to the shared offset
+    ds = LatentFolderDataset(write_latents(tmp_path / "lat.zip", n=6, hw=64, zip_it=True), latent_seed=3)
+    want = torch.stack([ds[i].x for i in range(len(ds))])
+    ds[0]  # the parent's offset: after the first member (the workers' last read ends after the last one)
+    fd = ds._zip.fp.fileno()
+    before = os.lseek(fd, 0, os.SEEK_CUR)
+    loader = DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context=multiprocessing.get_context("fork"))
+    got = torch.cat([batch.x for batch in loader])
+    assert os.lseek(fd, 0, os.SEEK_CUR) == before
+    assert torch.equal(got, want)
+
+
 def test_vae_decoder_and_fid_hook(tmp_path, tiny_vae_dir):
     from diffusers import AutoencoderKL
 
@@ -504,92 +525,3 @@ def test_vae_decoder_and_fid_hook(tmp_path, tiny_vae_dir):
     fid.load_state_dict(fid.state_dict())
     with pytest.raises(FileNotFoundError):
         StabilityVAE(vae_path=str(tmp_path / "absent"))
-
-
-# ------------------------------------------------------------------------------------------------
-# 5. Presets: parse, and one tiny training step on CPU with sizes overridden
-
-
-def _write_png_folder(root, n=8, classes=4):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    root.mkdir()
-    labels = []
-    for i in range(n):
-        name = f"00000/img{i:08d}.png"
-        (root / name).parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / name)
-        labels.append([name, i % classes])
-    (root / "dataset.json").write_text(json.dumps({"labels": labels}))
-    return root
-
-
-@pytest.mark.parametrize("preset", ["edm2_img64_s.yaml", "edm2_img512_l.yaml"])
-def test_edm2_presets_run_a_tiny_step(preset, tmp_path, monkeypatch, request):
-    from ddo_lightning.cli import run as run_cli
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["ddo"])
-    printed = yaml.safe_load((ROOT / "configs" / preset).read_text())  # test_cli parses every preset
-    init = printed["model"]["init_args"]
-    assert init["lr"] == 5e-5 and init["ema_sigma_rel"] == 0.05
-    assert init["sampler"]["init_args"]["num_steps"] == 32
-    obj = init["objective"]["init_args"]
-    assert obj["P_mean"] == -0.8 and obj["P_std_schedule"][0] == 1.6 and obj["P_std_schedule"][-1] == 3.0
-    net = init["network"]["init_args"]
-    assert net["use_fp16"] is False and net["label_dim"] == 1000
-    latent = "img512" in preset
-    assert net["model_channels"] == (320 if latent else 192) and net["img_channels"] == (4 if latent else 3)
-    channels = 4 if latent else 3
-    tiny = {**EDM2_KWARGS, "img_channels": channels, "use_fp16": True}
-    ckpt = tmp_path / "edm2-tiny.pkl"
-    write_edm2_pickle(ckpt, tiny_edm2(seed=2, img_channels=channels), tiny, tmp_path / "marker")
-    evaluator = {"name": "fid", "reference_stats": None, "extractor": "conftest.RandomFeatures"}
-    if latent:
-        real = {"class_path": "ddo_lightning.data.LatentFolderDataset",
-                "init_args": {"path": str(write_latents(tmp_path / "lat", n=8)), "conditional": True, "num_classes": 4}}
-        evaluator["decoder"] = {"class_path": "ddo_lightning.data.StabilityVAE",
-                                "init_args": {"vae_path": request.getfixturevalue("tiny_vae_dir")}}
-        # the FID's reference: statistics of decoded latents (real latents have no uint8 images)
-        stats = tmp_path / "ref.npz"
-        np.savez(stats, mu=np.zeros(16), sigma=np.eye(16))
-        evaluator["reference_stats"] = str(stats)
-    else:
-        real = {"class_path": "ddo_lightning.data.ImageFolderDataset",
-                "init_args": {"path": str(_write_png_folder(tmp_path / "png")), "conditional": True, "num_classes": 4,
-                              "resolution": 8, "channels": 3}}
-    override = {
-        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "max_steps": 1, "callbacks": [
-            {"class_path": "ddo_lightning.training.SelfPlay",
-             "init_args": {"rounds": 1, "kimg_per_round": 0.004, "eval_every_kimg": 0.004, "monitor": "fid",
-                           "dirpath": "out"}},
-            {"class_path": "ddo_lightning.training.SampleGrids",
-             "init_args": {"num_samples": 4, "columns": 2, "scale": 1}}],
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}},
-        "model": {"init_args": {
-            "init_from": str(ckpt),
-            "network": {"class_path": "ddo_lightning.networks.EDM2Precond", "init_args": {**tiny, "use_fp16": False}},
-            "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 2}},
-            "evaluator": {"class_path": "ddo_lightning.metrics.FrechetDistance", "init_args": evaluator},
-            "num_eval_samples": 8, "eval_batch_size": 8}},
-        "data": {"init_args": {"batch_size": 4, "num_workers": 0, "real": real,
-                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
-                                        "init_args": {"size": 8, "generation_batch_size": 8, "progress": False}}}},
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(override))
-    cli = run_cli(["fit", "--config", str(ROOT / "configs" / preset), "--config", str(tmp_path / "tiny.yaml")])
-    assert cli.trainer.global_step == 1
-    module = cli.model
-    assert isinstance(module.ema, PowerEMA) and module.objective.P_std == 1.6
-    assert module.label_dim == 4 and not module.target.logvar_linear.weight.requires_grad
-    fake = module.trainer.datamodule.fake
-    assert fake.quantize is (not latent)
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert len(summary["rounds"]) == 1 and "fid" in summary["reference"]
-    from PIL import Image
-
-    grids = sorted(tmp_path.glob("logs/**/samples/step-*.png"))
-    assert grids  # 2×2 tiles with 1-pixel gaps: decoded 16×16 pixels for latents (the tiny VAE), else 8×8
-    side = 2 * ((16 if latent else 8) + 1) + 1
-    assert Image.open(grids[-1]).size == (side, side)

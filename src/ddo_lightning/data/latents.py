@@ -104,6 +104,7 @@ class LatentFolderDataset(Dataset):
         self.scaling = LatentScaling(raw_mean, raw_std, final_mean, final_std)
         self.latent_seed = latent_seed
         self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
         if self.path.is_dir():
             names = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
         elif self.path.is_file():
@@ -139,12 +140,14 @@ class LatentFolderDataset(Dataset):
     def _read(self, name: str) -> bytes:
         if self.path.is_dir():
             return (self.path / name).read_bytes()
-        if self._zip is None:  # opened lazily, once per process (DataLoader workers included)
-            self._zip = zipfile.ZipFile(self.path)
+        # opened lazily, once per process: forked DataLoader workers inherit the parent's handle without
+        # pickling, and reads through one file offset shared by several processes corrupt each other
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
         return self._zip.read(name)
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__, _zip=None)  # an open zip handle does not travel to workers
+        return dict(self.__dict__, _zip=None)  # an open zip handle does not travel to spawned workers
 
     def _load(self, j: int) -> np.ndarray:
         name = self.fnames[j]
