@@ -170,14 +170,19 @@ def test_place_follows_plain_paths_and_cache_references(tmp_path, monkeypatch):
 
 
 def trust_standins(monkeypatch) -> None:
-    """Stand-ins cannot have the published hashes of the real files: switch the cache's hash check off
-    (when the cache module exists)."""
-    try:
-        import ddo_lightning.fetch.cache as cache
-    except ImportError:
-        return
-    if hasattr(cache, "verify_file"):
-        monkeypatch.setattr(cache, "verify_file", lambda *args, **kwargs: None)
+    """Stand-ins cannot have the published hashes of the real files: the manifest is taken as if nothing were
+    published, so the cache's own rule for such files applies (the first use records the file's sha256 in the
+    lock file; every later use, the resume included, is checked against it)."""
+    import dataclasses
+
+    from ddo_lightning.fetch import manifest
+
+    unpublished = {name: dataclasses.replace(e, files=tuple(dataclasses.replace(f, known_hash=None, size=None)
+                                                            for f in e.files))
+                   for name, e in manifest.MANIFEST.items()}
+    monkeypatch.setattr(manifest, "MANIFEST", unpublished)
+    for module in ("ddo_lightning.fetch", "ddo_lightning.fetch.cache"):
+        monkeypatch.setattr(f"{module}.MANIFEST", unpublished, raising=False)
 
 
 def test_cifar10_archive_and_folder_hold_the_same_batches(tmp_path):
@@ -309,13 +314,19 @@ def rehearse(preset: str, tmp_path: Path, monkeypatch, swap: bool, inception: Pa
         assert torch.equal(ref[k], v.float()), k
     check_family(preset, first)
     last = only(sorted(tmp_path.rglob("last.ckpt")), "last.ckpt")
+    assert last == tmp_path / "outputs" / preset / "checkpoints" / "last.ckpt"  # the run directory's layout
     assert (last.parent / "step=2.ckpt").is_file()
+    from ddo_lightning.fetch.cache import lock_path, read_lock  # no published hash: the first use recorded each
+
+    cached = {str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").rglob("*")
+              if p.is_file() and p != lock_path()}
+    assert cached and cached <= set(read_lock()), (cached, read_lock())
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["global_step"] == 2
     assert not list(tmp_path.rglob("round-1.ckpt"))
 
     t0 = time.perf_counter()
-    second = fit([*args, "--ckpt_path", str(last)], monkeypatch)
+    second = fit(args, monkeypatch)  # run again, as a user would: the run directory resumes from last.ckpt
     times["resume"] = time.perf_counter() - t0
     sp = selfplay_of(second)
     # the round's state came back: it ends after 2 more steps (not 4), and the reference was not evaluated again
