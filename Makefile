@@ -10,7 +10,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # torch for machines without CUDA. pip finds a CPU build of this version on the project's machines;
-# elsewhere set TORCH_SPEC (e.g. `make test TORCH_SPEC=torch`) or install torch first (see README).
+# elsewhere set TORCH_SPEC (e.g. `make test TORCH_SPEC=torch`) or install torch first (docs/install.md).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Inception FID goes through torch-fidelity, which needs a torchvision matching torch exactly. PyPI has no
