@@ -92,7 +92,7 @@ test-fid: install-fid
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# CPU benchmarks: tables on stdout, JSON per benchmark and summary.md in benchmarks/results/ (docs/performance.md).
+# CPU benchmarks: tables on stdout, JSON per benchmark and benchmarks/results/summary.md (docs/performance.md).
 bench: install
 	$(PIP) install -q --no-deps $(BENCH_SPEC)
 	$(PY) -m benchmarks $(BENCH_ARGS)
