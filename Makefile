@@ -10,7 +10,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # torch for machines without CUDA. pip finds a CPU build of this version on the project's machines;
-# elsewhere set TORCH_SPEC (e.g. `make test TORCH_SPEC=torch`) or install torch first (see README).
+# elsewhere set TORCH_SPEC (e.g. `make test TORCH_SPEC=torch`) or install torch first (docs/install.md).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Inception FID goes through torch-fidelity, which needs a torchvision matching torch exactly. PyPI has no
@@ -92,7 +92,7 @@ test-fid: install-fid
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# CPU benchmarks: tables on stdout, JSON per benchmark and summary.md in benchmarks/results/ (docs/performance.md).
+# CPU benchmarks: tables on stdout, JSON per benchmark and benchmarks/results/summary.md (docs/performance.md).
 bench: install
 	$(PIP) install -q --no-deps $(BENCH_SPEC)
 	$(PY) -m benchmarks $(BENCH_ARGS)

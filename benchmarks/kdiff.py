@@ -3,7 +3,7 @@
 k-diffusion (PyPI ``k-diffusion``) is the peer implementation of EDM's Heun sampler the sampler
 benchmark compares against. Installing it normally is impossible beside a CPU-only torch: it depends
 on torchvision (and more), and PyPI's torchvision for torch 2.13.0 is a CUDA build that fails to import
-(docs/environment.md) while an unpinned one replaces torch. So the benchmark extra is installed with
+(docs/install.md) while an unpinned one replaces torch. So the benchmark extra is installed with
 ``pip install --no-deps`` (``make bench`` does it, see pyproject's ``bench`` extra):
 k-diffusion, torchdiffeq and torchsde (imported at the top of sampling.py) and trampoline (torchsde's).
 

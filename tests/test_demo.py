@@ -1,6 +1,6 @@
 """The main job end to end, exactly as `make demo` runs it: MLE pretraining then 3 DDO rounds.
 
-Asserts the claims the README makes: DDO beats its MLE reference on precision and on the two-sample
+Asserts the claims docs/demos.md makes: DDO beats its MLE reference on precision and on the two-sample
 distance (MMD) without losing recall, the outputs exist, and running `make demo` again keeps them (it
 resumes the finished runs and rewrites nothing)."""
 
@@ -54,7 +54,7 @@ def test_demo_beats_mle_reference(tmp_path):
 @pytest.mark.slow
 def test_token_demo_improves_the_exact_kl_of_its_mle_reference(tmp_path):
     """`make demo-tokens`: DDO without CFG lowers the exact KL to the source in both directions, round
-    after round (the README's numbers; every sequence is enumerated, so there is no sampling noise in
+    after round (docs/demos.md's numbers; every sequence is enumerated, so there is no sampling noise in
     the metric)."""
     run_stages(tmp_path, "configs/tokens_pretrain.yaml", "configs/tokens.yaml")
     summary = json.loads((tmp_path / "outputs/tokens/summary.json").read_text())  # the run directory of tokens.yaml

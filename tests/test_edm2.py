@@ -7,7 +7,7 @@ Oracles:
 * ``tests/data/edm2_tiny_reference.pt``: a tiny Precond of the original code (weights, inputs, eval and
   train-mode outputs, logvar, and per-tensor sums of the weights after one train-mode forward, which
   renormalises them in place);
-* the published parameter counts (EDM2 paper / anchors.md §2.2), closed forms (σ_rel(γ), the power-EMA
+* the published parameter counts (EDM2 paper Table 2; docs/edm2.md), closed forms (σ_rel(γ), the power-EMA
   weights), a gradient computed without any in-place step, and formulas written out here.
 """
 
@@ -72,7 +72,7 @@ def test_state_dict_keys_and_shapes_are_edm2s(original, preset):
     assert got == original["presets"][preset]  # same names, shapes and order
 
 
-# anchors.md §2.2 / EDM2 paper Table 2: millions of parameters, the same for img64 and img512
+# EDM2 paper Table 2 (docs/edm2.md): millions of parameters, the same for img64 and img512
 PUBLISHED_M = {"xs": 124.7, "s": 280.2, "m": 497.8, "l": 777.5, "xl": 1119.3, "xxl": 1523.2}
 
 

@@ -1,4 +1,4 @@
-"""Imports point down only (architecture.md): a module may import modules of lower layers (or its own
+"""Imports point down only (docs/architecture.md): a module may import modules of lower layers (or its own
 subpackage); only training/ and cli.py import lightning or wandb; only training/ touches torch.distributed."""
 
 import ast
@@ -7,7 +7,7 @@ import shutil
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "src" / "ddo_lightning"
 # checkpoints/ sits above networks/: importing a released checkpoint builds our network from its
-# recorded constructor arguments (a refinement of architecture.md, where they were siblings).
+# recorded constructor arguments (docs/architecture.md, "Layers").
 RANK = {"protocols": 0, "pixels": 1, "schedules": 1, "losses": 1, "likelihood": 2, "objectives": 3, "samplers": 2, "networks": 3,
         "data": 3, "metrics": 3, "checkpoints": 4, "training": 5, "fetch": 5, "commands": 6, "launch": 6, "run_dir": 6, "cli_help": 6,
         "cli": 7}

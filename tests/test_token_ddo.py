@@ -1,4 +1,4 @@
-"""Token DDO core (method.md §3): the exact sequence log-likelihood against a brute-force product of
+"""Token DDO core (docs/method.md §3): the exact sequence log-likelihood against a brute-force product of
 conditionals, Δ ≡ 0 at θ = θ_ref, one label-drop mask shared by target and reference, and no gradient
 from label-dropped fake examples."""
 

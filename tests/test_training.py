@@ -344,7 +344,7 @@ def test_ema_half_life_is_exact():
 
 
 def test_quantized_pool_matches_real_image_preprocessing():
-    """Images: fakes are rounded to the uint8 grid exactly as real images are (method.md §4)."""
+    """Images: fakes are rounded to the uint8 grid exactly as real images are (docs/method.md §4)."""
     from ddo_lightning.data.images import model_to_uint8, uint8_to_model
 
     def sample_fn(seeds, labels):

@@ -116,7 +116,7 @@ def test_state_dict_keys_shapes_and_counts_match_the_original():
             assert sum(p.numel() for p in var.parameters()) == entry["num_params"]
             del var
     counts = {d: ref["var"][f"d{d}"]["num_params"] for d in (16, 30)}
-    assert round(counts[16] / 1e6, 1) == 310.3 and round(counts[30] / 1e9, 2) == 2.01  # README: 310M, 2.0B
+    assert round(counts[16] / 1e6, 1) == 310.3 and round(counts[30] / 1e9, 2) == 2.01  # the VAR paper: 310M, 2.0B
 
 
 def test_numerical_parity_with_the_original_code(model):

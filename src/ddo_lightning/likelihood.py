@@ -1,9 +1,9 @@
 """Log-likelihood-ratio estimators: what each model family plugs into the DDO loss.
 
-Next-token models (method.md §3): log p(x|c) is exact, the sum over all tokens of the teacher-forced
+Next-token models (docs/method.md §3): log p(x|c) is exact, the sum over all tokens of the teacher-forced
 log-probabilities (no length normalisation), so Δ = log p_θ(x|c) − log p_ref(x|c) needs no noise.
 
-Diffusion (method.md §2, paper Eq. 14–16): log p_θ(x) − log p_ref(x) is estimated from one noise draw
+Diffusion (docs/method.md §2, paper Eq. 14–16): log p_θ(x) − log p_ref(x) is estimated from one noise draw
 (σ, ε) per sample, shared by target and reference, as the negative difference of λ-weighted
 denoising errors summed over dimensions:
 
@@ -58,8 +58,8 @@ def diffusion_log_ratio(
     noisy = x + sigma.reshape(shape) * noise
     weight = edm_weight(sigma, target.sigma_data)
     # Reference first: its no-grad working memory is freed before the target's autograd activations pile
-    # up, so it never stacks on top of them: the step's peak memory is lower (CPU, 3 steps: −7% on the
-    # reduced CIFAR net, −8% on digits; speed unchanged; docs/performance.md). The two forwards are
+    # up, so it never stacks on top of them: the step's peak memory is lower (measured in
+    # docs/performance.md). The two forwards are
     # independent: the results are identical.
     with torch.no_grad():
         err_reference = denoising_error(reference(noisy, sigma, labels), x, weight)

@@ -49,7 +49,7 @@ class DDOLoss:
     delta_fake: torch.Tensor
 
     def stats(self) -> dict[str, torch.Tensor]:
-        """Detached scalar diagnostics (method.md §7): loss terms, Δ mean/std, discriminator accuracy."""
+        """Detached scalar diagnostics (docs/method.md §7): loss terms, Δ mean/std, discriminator accuracy."""
         dr, df = self.delta_real.detach(), self.delta_fake.detach()
         return {
             "loss": self.loss.detach().mean(),
@@ -76,7 +76,7 @@ def ddo_loss(
 
     delta_real: [B] r_θ on real samples; delta_fake: [B] r_θ on fake (reference) samples; real i and
     fake i form pair i. alpha: scalar or [B] per fake sample (a per-sample α = 0 removes a fake, as
-    CFG-compatible AR training needs for label-dropped fakes, method.md §3). Gradient flows through
+    CFG-compatible AR training needs for label-dropped fakes, docs/method.md §3). Gradient flows through
     both deltas. Returns per-sample terms, unreduced.
     """
     if delta_real.shape != delta_fake.shape:
@@ -99,7 +99,7 @@ def denoising_error(
     denoised: torch.Tensor, clean: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
     """λ-weighted squared error per sample: λ(σ_i)·Σ_dims (D_i − x_i)², SUMMED over all non-batch
-    dimensions (the ELBO-style per-sample quantity of method.md §2, not a mean). Returns [B]."""
+    dimensions (the ELBO-style per-sample quantity of docs/method.md §2, not a mean). Returns [B]."""
     err = (denoised.float() - clean.float()).square().flatten(1).sum(dim=1)
     return weight * err
 

@@ -74,7 +74,7 @@ class MLEObjective:
 
 
 class DiffusionDDO(DDOObjective):
-    """DDO for diffusion models (paper Eq. 13–16, method.md §2).
+    """DDO for diffusion models (paper Eq. 13–16, docs/method.md §2).
 
     Args:
         alpha: weight of the fake term (α ≥ 0). Paper range [0.5, 50]; diffusion ablations 0.5–6.
@@ -126,7 +126,7 @@ class DiffusionDDO(DDOObjective):
         stats = out.stats()
         numel = real.x[0].numel()
         # plain denoising loss of the target on real data (per dimension, like EDM's training loss):
-        # it blowing up means the round went too far (method.md §7)
+        # it blowing up means the round went too far (docs/method.md §7)
         stats["dsm_real"] = est.err_target[:B].detach().mean() / numel
         stats["dsm_fake"] = est.err_target[B:].detach().mean() / numel
         return ObjectiveOutput(out.loss.mean(), out.loss, stats)
@@ -144,7 +144,7 @@ def drop_labels(labels: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
 
 
 class TokenDDO(DDOObjective):
-    """DDO for next-token models (paper §4.2, method.md §3), CFG-compatible.
+    """DDO for next-token models (paper §4.2, docs/method.md §3), CFG-compatible.
 
     One label-drop mask per example (real and fake alike), drawn here and applied to the labels that
     BOTH target and reference see (the models' own label dropout must be off); a dropped example gets

@@ -3,7 +3,7 @@
 Real images enter the model as ``x / 127.5 - 1``; generated images leave it as EDM's ``generate.py``
 writes them, ``floor(x * 127.5 + 128)`` clipped to [0, 255] (round half up). FID features, sample
 files, the quantised fake pool and the sample grids all use these two functions, so generated and real
-images are quantised identically (method.md §4).
+images are quantised identically (docs/method.md §4).
 """
 
 from __future__ import annotations

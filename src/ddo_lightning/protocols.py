@@ -52,7 +52,7 @@ class TokenModel(Protocol):
     (the model shifts its inputs itself: a start token, VAR's class token, ...).
 
     tokens: [B, L] int64 in [0, V); labels: [B, K] one-hot, an all-zero row meaning "no condition"
-    (CFG's unconditional branch: label dropout is applied outside the model, method.md §3).
+    (CFG's unconditional branch: label dropout is applied outside the model, docs/method.md §3).
     """
 
     def __call__(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...

@@ -3,7 +3,7 @@ dataset_tool format (a folder or a .zip of PNG/JPEG images with an optional ``da
 
 Every dataset holds its images as uint8 [N, C, H, W] and yields ``Samples(x, labels)`` with
 ``x = uint8_to_model(image)`` in [-1, 1]. Fake samples must go through the same quantisation
-(method.md §4): ``quantize(x) = uint8_to_model(model_to_uint8(x))``.
+(docs/method.md §4): ``quantize(x) = uint8_to_model(model_to_uint8(x))``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ with the path it expected and the address to fetch it from.
 torch-fidelity needs torchvision, and torchvision must match torch exactly (the extra ``.[fid]``).
 ``make install`` gives CPU-only machines a CPU build of torch, for which PyPI has no matching torchvision,
 so there torch-fidelity is not installed and this extractor says so when built; ``make test-fid`` runs the
-Inception tests in a second environment with a matching pair (README, "FID").
+Inception tests in a second environment with a matching pair (docs/install.md).
 """
 
 from __future__ import annotations

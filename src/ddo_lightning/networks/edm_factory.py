@@ -81,7 +81,7 @@ def build_edm2_network(init_kwargs: Mapping[str, Any], use_fp16: bool = False) -
     """Our :class:`~ddo_lightning.networks.edm2.Precond` from the constructor kwargs an EDM2 pickle
     recorded (``img_resolution``, ``img_channels``, ``label_dim``, ``model_channels``, ``dropout``, ...).
 
-    ``use_fp16`` replaces the recorded flag (EDM2 trains with True): DDO runs in fp32 (method.md §2), so
+    ``use_fp16`` replaces the recorded flag (EDM2 trains with True): DDO runs in fp32 (docs/method.md §2), so
     the default is False; the recorded value is kept as ``net.recorded_use_fp16``. Unknown arguments
     raise TypeError (from the U-Net/Block constructors)."""
     kwargs = dict(init_kwargs)

@@ -11,7 +11,7 @@
 
 The raw network is stored as ``self.model`` (EDM's attribute name, so parameters are ``model.*``);
 iDDPM also keeps EDM's buffer ``u``. Every wrapper runs in float32 (no autocast, no ``use_fp16``: the
-DDO log-ratio is a small difference of large sums, method.md §2) and exposes ``sigma_data``,
+DDO log-ratio is a small difference of large sums, docs/method.md §2) and exposes ``sigma_data``,
 ``sigma_min``, ``sigma_max`` and ``round_sigma`` like EDM's preconditioners.
 
 ``sigma_data`` of VP/VE/iDDPM: those parameterisations have no σ_d; the attribute is 0.5 (the std of
@@ -104,7 +104,7 @@ class EDMPrecond(_Preconditioner):
         sigma_min, sigma_max: the supported noise range (EDM's attributes; 0 and ∞ by default).
 
     forward(x [B,*D], sigma [B] or scalar, labels [B,K]) -> [B,*D] float32. Runs in float32 (no
-    autocast: the DDO log-ratio is a small difference of large sums, method.md §2).
+    autocast: the DDO log-ratio is a small difference of large sums, docs/method.md §2).
     """
 
     def __init__(self, model: nn.Module, sigma_data: float = 0.5, *, sigma_min: float = 0.0,

@@ -88,9 +88,9 @@ class HeunSampler(Sampler):
         sigma_min, sigma_max, rho: Karras grid (EDM Eq. 5).
         S_churn, S_min, S_max, S_noise: stochasticity (EDM Algorithm 2); S_churn = 0 is deterministic.
         compile: run the denoiser through ``torch.compile`` (compiled once per network object and reused;
-            the weights may change between calls). Measured on CPU (``make bench``): the sampler 16% faster
-            on the digits UNet after a 33 s first compilation, so worth it for large pools (CIFAR-10's 50k
-            pool), not for small ones. Samples agree with eager mode to float rounding.
+            the weights may change between calls). It pays for large pools (CIFAR-10's 50k), not small ones:
+            the first call compiles (docs/performance.md, "torch.compile"). Samples agree with eager mode
+            to float rounding.
     """
 
     def __init__(

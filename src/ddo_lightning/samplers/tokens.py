@@ -5,7 +5,7 @@ Each sample's randomness is one row of uniforms u ∈ [0, 1)^L drawn from its ow
 (``seeded_uniform``), and token t is the inverse CDF of the model's conditional at u_t: a sample is a
 function of its seed only — not of the batch it was drawn in, the device count or the rank — exactly as
 ``seeded_normal`` makes diffusion samples. Guidance-free by default (what DDO's reference samples must
-be, method.md §3); classifier-free guidance, temperature, top-k and top-p are for evaluation.
+be, docs/method.md §3); classifier-free guidance, temperature, top-k and top-p are for evaluation.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def sample_tokens(model: TokenModel, labels: torch.Tensor, uniforms: torch.Tenso
 
 class TokenSampler(Sampler):
     """Autoregressive sampling settings. Guidance-free by default, which is what DDO's reference
-    samples must be (method.md §3); ``cfg``, ``temperature``, ``top_k``, ``top_p`` are for evaluation.
+    samples must be (docs/method.md §3); ``cfg``, ``temperature``, ``top_k``, ``top_p`` are for evaluation.
 
     A network with its own ``sample_tokens(labels, uniforms, cfg=, temperature=, top_k=, top_p=)``
     method (e.g. VAR, which samples a whole scale at once) is sampled with it; any other

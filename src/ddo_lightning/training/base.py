@@ -19,7 +19,7 @@ from .fake_sources import balanced_labels, lockstep_chunks
 from .sharding import is_sharded
 
 # Lightning ≥ 2.2 warns when submodules are in eval mode at fit start; our frozen reference and EMA are
-# in eval mode on purpose (anchors.md §0.11).
+# in eval mode on purpose (docs/architecture.md, "Settled choices").
 warnings.filterwarnings("ignore", message=r".*in eval mode at the start of training.*")
 
 REQUIRED_PRECISION = "32-true"
@@ -38,7 +38,7 @@ def check_precision(precision: Any) -> None:
 
 
 def disable_dropout(net: nn.Module) -> int:
-    """Set p = 0 in every dropout layer (method.md §2: dropout off in target and reference).
+    """Set p = 0 in every dropout layer (docs/method.md §2: dropout off in target and reference).
     Returns how many layers were changed."""
     n = 0
     for m in net.modules():

@@ -1,4 +1,4 @@
-"""VAR as a ``protocols.TokenModel`` for autoregressive DDO (method.md §3).
+"""VAR as a ``protocols.TokenModel`` for autoregressive DDO (docs/method.md §3).
 
 A sample is the concatenation of all scales' index maps, row-major, coarse to fine: tokens [B, L],
 L = Σ pn² (680 at 256 px). ``VARTokenModel(tokens, labels)`` returns VAR's teacher-forced logits

@@ -1,4 +1,4 @@
-"""SelfPlay: multi-round DDO (paper §3.3, method.md §5).
+"""SelfPlay: multi-round DDO (paper §3.3, docs/method.md §5).
 
 Rounds are measured in real images. Within a round the EMA is evaluated every
 ``eval_every_kimg``; the best evaluation (the round's starting weights included) is kept on disk. At the
