@@ -232,6 +232,16 @@ class DDOArgumentParser(LightningArgumentParser):
         kwargs.setdefault("formatter_class", ShortHelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        """As jsonargparse's; ``--config`` also reads the bases a preset names (``config_files.py``)."""
+        from jsonargparse import ActionConfigFile
+
+        from .config_files import PresetConfigFile
+
+        if kwargs.get("action") is ActionConfigFile:
+            kwargs["action"] = PresetConfigFile
+        return super().add_argument(*args, **kwargs)
+
     def format_usage(self) -> str:
         prog = re.sub(r"^\S+ (\[options\] )?", "ddo ", self.prog + " ") .strip()
         return f"usage: {prog} [--config PRESET.yaml] [--KEY VALUE ...]   ({prog} --help: the options)\n"
