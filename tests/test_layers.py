@@ -9,8 +9,8 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "src" / "ddo_lightning"
 # checkpoints/ sits above networks/: importing a released checkpoint builds our network from its
 # recorded constructor arguments (docs/architecture.md, "Layers").
 RANK = {"protocols": 0, "pixels": 1, "schedules": 1, "losses": 1, "likelihood": 2, "objectives": 3, "samplers": 2, "networks": 3,
-        "data": 3, "metrics": 3, "checkpoints": 4, "training": 5, "fetch": 5, "commands": 6, "launch": 6, "run_dir": 6, "cli_help": 6,
-        "cli": 7}
+        "data": 3, "metrics": 3, "checkpoints": 4, "training": 5, "fetch": 5, "config_files": 5, "commands": 6, "launch": 6,
+        "run_dir": 6, "cli_help": 6, "cli": 7}
 
 
 def imported_names(path: pathlib.Path, root: pathlib.Path):

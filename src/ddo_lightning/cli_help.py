@@ -72,9 +72,20 @@ def preset_lines(width: int) -> list[str]:
         return []
     out = [f"presets (ddo fit --config {d.name}/NAME.yaml; MLE = pretraining, DDO = self-play):"]
     for path in sorted(d.glob("*.yaml")):
-        kind = "MLE" if "MLEModule" in path.read_text(encoding="utf-8") else "DDO"
+        kind = "MLE" if "MLEModule" in _chain_text(path) else "DDO"
         out.append(_clip(f"  {path.stem:<16} {kind}  {preset_expectation(path)}", width))
     return out
+
+
+def _chain_text(path: Path) -> str:
+    """The text of a preset and of the bases it names (``config_files.py``), the model class among them."""
+    from .config_files import ConfigIncludeError, with_bases
+
+    try:
+        paths = with_bases([str(path)])
+    except ConfigIncludeError:
+        paths = [str(path)]
+    return "".join(Path(p).read_text(encoding="utf-8") for p in paths)
 
 
 def main_help() -> str:
@@ -157,9 +168,15 @@ def _config_class_paths(argv: list[str]) -> dict[str, str]:
     """The class paths the given ``--config`` files choose for the help's sections (later files win)."""
     import yaml
 
+    from .config_files import ConfigIncludeError, with_bases
+
     chosen: dict[str, str] = {}
     paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
     paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    try:
+        paths = with_bases(paths)  # a preset's base first (config_files.py)
+    except ConfigIncludeError:
+        pass  # the real parse reports it
     for path in paths:
         try:
             cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -231,6 +248,16 @@ class DDOArgumentParser(LightningArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", ShortHelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        """As jsonargparse's; ``--config`` also reads the bases a preset names (``config_files.py``)."""
+        from jsonargparse import ActionConfigFile
+
+        from .config_files import PresetConfigFile
+
+        if kwargs.get("action") is ActionConfigFile:
+            kwargs["action"] = PresetConfigFile
+        return super().add_argument(*args, **kwargs)
 
     def format_usage(self) -> str:
         prog = re.sub(r"^\S+ (\[options\] )?", "ddo ", self.prog + " ") .strip()

@@ -59,7 +59,10 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def read_configs(paths: list[str]) -> dict[str, Any]:
-    """The YAML configs merged left to right (later keys win, nested dicts merged), as LightningCLI does."""
+    """The YAML configs merged left to right (later keys win, nested dicts merged), as LightningCLI does;
+    a preset that names a base (``config: BASE.yaml``, ``config_files.py``) is read after its base."""
+    from .config_files import ConfigIncludeError, strip_include, with_bases
+
     merged: dict[str, Any] = {}
 
     def merge(a: dict, b: dict) -> dict:
@@ -67,11 +70,16 @@ def read_configs(paths: list[str]) -> dict[str, Any]:
             a[k] = merge(dict(a[k]), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
         return a
 
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise CommandError(f"config not found: {missing[0]}")
+    try:
+        paths = with_bases(paths)
+    except ConfigIncludeError as err:
+        raise CommandError(str(err)) from err
     for p in paths:
-        if not os.path.isfile(p):
-            raise CommandError(f"config not found: {p}")
         with open(p) as f:
-            cfg = yaml.safe_load(f) or {}
+            cfg = strip_include(yaml.safe_load(f) or {})
         if not isinstance(cfg, dict):
             raise CommandError(f"{p} is not a YAML mapping")
         merge(merged, cfg)

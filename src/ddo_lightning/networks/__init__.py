@@ -1,5 +1,6 @@
 """Networks: preconditioning wrappers and raw architectures."""
 
+from .base import Backbone, Network
 from .edm2 import EDM2_PRESETS, edm2_preset_kwargs
 from .edm2 import Precond as EDM2Precond
 from .edm2 import UNet as EDM2UNet
@@ -10,7 +11,9 @@ from .token_gpt import TokenGPT
 from .toy import ToyMLP
 from .var import VAR, VQVAE, VARNetwork, VARTokenModel, build_vae, build_var, load_vae_checkpoint, load_var_checkpoint
 
-__all__ = ["TokenGPT", 
+__all__ = ["TokenGPT",
+    "Backbone",
+    "Network",
     "EDM2_PRESETS",
     "EDM2Precond",
     "EDM2UNet",

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Network
+
 __all__ = ["EDM2_PRESETS", "Block", "MPConv", "MPFourier", "Precond", "UNet", "edm2_preset_kwargs",
            "mp_cat", "mp_silu", "mp_sum", "normalize", "resample"]
 
@@ -274,7 +276,7 @@ class UNet(nn.Module):
         return self.out_conv(x, gain=self.out_gain)
 
 
-class Precond(nn.Module):
+class Precond(Network):
     """EDM preconditioning around EDM2's :class:`UNet` (``self.unet``), plus EDM2's uncertainty head.
 
     forward(x [B,C,H,W], sigma [B] or scalar, class_labels [B,K] or None) -> D(x; σ) [B,C,H,W] float32;

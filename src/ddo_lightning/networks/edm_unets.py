@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Backbone
+
 __all__ = [
     "Conv2d",
     "DhariwalUNet",
@@ -340,7 +342,7 @@ def _make_augment_layer(augment_dim: int, out_features: int, init: dict) -> Line
 # DDPM++ / NCSN++
 
 
-class SongUNet(nn.Module):
+class SongUNet(Backbone):
     """The DDPM++ and NCSN++ U-Nets of Song et al. (2021) in EDM's formulation.
 
     Args (EDM's names and defaults):
@@ -507,7 +509,7 @@ class SongUNet(nn.Module):
 # ADM
 
 
-class DhariwalUNet(nn.Module):
+class DhariwalUNet(Backbone):
     """The ADM U-Net of Dhariwal & Nichol (2021) in EDM's formulation.
 
     Args (EDM's names and defaults): img_resolution, in_channels, out_channels, label_dim (0 =

@@ -27,6 +27,8 @@ import math
 import torch
 from torch import nn
 
+from .base import Backbone, Network
+
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
     """(c_skip, c_out, c_in, c_noise) for σ of any shape."""
@@ -38,7 +40,7 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tens
     return c_skip, c_out, c_in, c_noise
 
 
-class _Preconditioner(nn.Module):
+class _Preconditioner(Network):
     """Shared forward of the wrappers; subclasses define ``coefficients(σ [B]) -> (c_skip, c_out, c_in,
     c_noise)``, each [B] float32.
 
@@ -50,7 +52,7 @@ class _Preconditioner(nn.Module):
     sigma_min: float
     sigma_max: float
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Backbone):
         super().__init__()
         self.model = model
 
@@ -107,7 +109,7 @@ class EDMPrecond(_Preconditioner):
     autocast: the DDO log-ratio is a small difference of large sums, docs/method.md §2).
     """
 
-    def __init__(self, model: nn.Module, sigma_data: float = 0.5, *, sigma_min: float = 0.0,
+    def __init__(self, model: Backbone, sigma_data: float = 0.5, *, sigma_min: float = 0.0,
                  sigma_max: float = float("inf")):
         super().__init__(model)
         if not sigma_data > 0:
@@ -128,7 +130,7 @@ class VPPrecond(_Preconditioner):
     sigma_min = σ(epsilon_t), sigma_max = σ(1); sigma_data = 0.5 (see the module docstring).
     """
 
-    def __init__(self, model: nn.Module, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
+    def __init__(self, model: Backbone, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
                  epsilon_t: float = 1e-5, *, sigma_data: float = 0.5):
         super().__init__(model)
         self.beta_d = float(beta_d)
@@ -162,7 +164,7 @@ class VEPrecond(_Preconditioner):
     c_in = 1, c_noise = ln(σ/2). Args: model, sigma_min=0.02, sigma_max=100; sigma_data = 0.5 (see
     the module docstring)."""
 
-    def __init__(self, model: nn.Module, sigma_min: float = 0.02, sigma_max: float = 100.0, *,
+    def __init__(self, model: Backbone, sigma_min: float = 0.02, sigma_max: float = 100.0, *,
                  sigma_data: float = 0.5):
         super().__init__(model)
         self.sigma_min = float(sigma_min)
@@ -186,7 +188,7 @@ class iDDPMPrecond(_Preconditioner):  # noqa: N801 (EDM's class name)
     ``u`` is computed in float32 like EDM's (loading a checkpoint replaces it with the stored values).
     """
 
-    def __init__(self, model: nn.Module, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, *,  # noqa: N803
+    def __init__(self, model: Backbone, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, *,  # noqa: N803
                  sigma_data: float = 0.5):
         super().__init__(model)
         self.C_1 = float(C_1)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base import Network
 
-class TokenGPT(nn.Module):
+
+class TokenGPT(Network):
     """Args:
         vocab_size: V, tokens are 0…V−1.
         length: L, tokens per sequence.

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from .base import Backbone
+
 
 class FourierNoiseEmbedding(nn.Module):
     """sin/cos features of c_noise at fixed log-spaced frequencies (no parameters). [B] -> [B, 2F]."""
@@ -21,7 +23,7 @@ class FourierNoiseEmbedding(nn.Module):
         return torch.cat([ang.sin(), ang.cos()], dim=1)
 
 
-class ToyMLP(nn.Module):
+class ToyMLP(Backbone):
     """Raw network F(x, c_noise, labels) for vectors: an MLP on [x, noise embedding, labels].
 
     Args:

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..checkpoints import load_network_weights
+from ..networks import Network
 from ..objectives import DDOObjective, DiffusionDDO
 from ..protocols import PairedBatch
 from ..samplers import Sampler
@@ -50,7 +51,7 @@ class DDOModule(DenoiserModule):
 
     def __init__(
         self,
-        network: nn.Module,
+        network: Network,
         init_from: str | None = None,
         objective: DDOObjective | None = None,
         lr: float = 1.5e-4,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from ..networks import Network
 from ..objectives import DenoisingScoreMatching, MLEObjective
 from ..protocols import Samples
 from ..samplers import Sampler
@@ -31,7 +32,7 @@ class MLEModule(DenoiserModule):
 
     def __init__(
         self,
-        network: nn.Module,
+        network: Network,
         objective: MLEObjective | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),

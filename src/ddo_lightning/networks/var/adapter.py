@@ -38,6 +38,7 @@ from torch import nn
 
 from ...pixels import quantize
 from ...samplers.tokens import filtered_probs
+from ..base import Network
 from .build import build_vae, build_var, load_vae_checkpoint, load_var_checkpoint
 from .transformer import VAR, DropPath
 from .vqvae import VQVAE
@@ -71,7 +72,7 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, x, right=True).clamp_max(cdf.shape[-1] - 1).squeeze(-1)
 
 
-class VARTokenModel(nn.Module):
+class VARTokenModel(Network):
     """Args:
         var: the VAR transformer (trained; its ``cond_drop_rate`` is set to 0).
         vae: its VQ-VAE tokenizer (frozen: eval, no gradients).
