@@ -145,6 +145,8 @@ class HeunSampler(Sampler):
     def __call__(
         self, denoiser: Denoiser, noise: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        """Samples [N, *D] (float32) from standard normal ``noise`` [N, *D] (the sampler contract);
+        ``generator``: the churn noise's (S_churn > 0; None: torch's global generator)."""
         sigmas = self.sigmas_for(denoiser)
         round_sigma = getattr(denoiser, "round_sigma", None)
         if self.compile:
@@ -161,11 +163,10 @@ class HeunSampler(Sampler):
             self._compiled[denoiser] = fn
         return fn
 
-    def from_seeds(self, net: Denoiser, seeds: torch.Tensor, labels: torch.Tensor, sample_shape: tuple[int, ...],
-                   device: torch.device | str) -> torch.Tensor:
-        """Samples from initial noise seeded per sample (``seeded_normal``)."""
-        noise = seeded_normal(seeds, sample_shape, device=device)
-        return self(net, noise, labels.to(device))
+    def noise(self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...],
+              device: torch.device | str | None = None) -> torch.Tensor:
+        """Initial noise [N, *sample_shape]: standard normal, row i from seeds[i] (``seeded_normal``)."""
+        return seeded_normal(seeds, sample_shape, device=device)
 
     def __repr__(self) -> str:
         return f"HeunSampler(num_steps={self.num_steps}, nfe={self.nfe}, sigmas=[{self.sigmas[0]:.3g}..{self.sigmas[-2]:.3g}], {self.churn})"
