@@ -204,3 +204,30 @@ def test_fid_names_why_points_and_undecodable_tokens_have_no_fid(tmp_path, capsy
         _, w = _weights(tmp_path, [config])
         err = _exit_message(capsys, ["--ref", ref, "--config", config, "--ckpt", w, "--num", "4", "--features", "digits"], "fid")
         assert "ddo fid measures images" in err and why in err
+
+
+def test_sample_var_tokens_come_with_their_decoded_images(tmp_path, one_thread):
+    """A token network with a decoder (VAR): the .npz holds the scale-wise sampler's tokens and the
+    tokenizer's decoding of them, as VARTokenModel.sample(return_images=True) gives them."""
+    from ddo_lightning.networks.var import build_vae
+    from ddo_lightning.samplers import seeded_uniform
+
+    vae_path = tmp_path / "vae.pth"
+    torch.manual_seed(0)
+    torch.save(build_vae(V=32, Cvae=8, ch=32, patch_nums=(1, 2)).state_dict(), vae_path)
+    network = {"class_path": "ddo_lightning.networks.VARNetwork",
+               "init_args": {"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_nums": [1, 2], "vocab_size": 32,
+                             "z_channels": 8, "vae_ch": 32, "num_classes": 5, "vae_checkpoint": str(vae_path)}}
+    config = tmp_path / "var.yaml"
+    config.write_text(yaml.safe_dump({"model": {"init_args": {"network": network, "sampler": "ddo_lightning.samplers.TokenSampler"}}}))
+    net, w = _weights(tmp_path, [str(config)])
+    got = run_command("sample", ["--config", str(config), "--ckpt", w, "--seeds", "0-5", "--batch-size", "4",
+                                 "--out", str(tmp_path / "v.npz"), "--quiet"])
+    z = np.load(tmp_path / "v.npz")
+    assert sorted(z.files) == ["images", "labels", "seeds", "tokens"] and got["num_images"] == 6
+    labels = [i % 5 for i in range(6)]
+    expect = net.sample(torch.eye(5)[labels], seeded_uniform(list(range(6)), 5), return_images=True)
+    assert np.array_equal(z["tokens"], expect.tokens.numpy()) and list(z["labels"]) == labels
+    want = model_to_uint8(expect.images).permute(0, 2, 3, 1).numpy()
+    assert z["images"].shape == (6, 32, 32, 3) and (np.abs(z["images"].astype(int) - want.astype(int)) <= 1).all()
+    assert got["nfe"] == 2  # one forward per scale
