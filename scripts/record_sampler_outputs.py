@@ -62,7 +62,12 @@ def networks() -> dict[str, torch.nn.Module]:
 def outputs() -> dict[str, torch.Tensor]:
     """Every recorded draw, computed with the samplers' public entry points (``from_seeds`` and the
     seeded noise functions), which the refactor keeps."""
-    from ddo_lightning.samplers import HeunSampler, TokenSampler, seeded_normal, seeded_uniform
+    from ddo_lightning.samplers import (
+        HeunSampler,
+        TokenSampler,
+        seeded_normal,
+        seeded_uniform,
+    )
 
     nets = networks()
     seeds = torch.tensor(SEEDS)

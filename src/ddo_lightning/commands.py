@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -76,8 +77,7 @@ def parse_seeds(text: str) -> list[int]:
         if hi < lo:
             raise CommandError(f"--seeds: range {part!r} runs backwards")
         out.extend(range(lo, hi + 1))
-    seen: set[int] = set()
-    repeated = sorted({s for s in out if s in seen or seen.add(s)})
+    repeated = sorted(s for s, n in Counter(out).items() if n > 1)
     if repeated:
         listed = ", ".join(map(str, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
         raise CommandError(f"--seeds: {text!r} lists seed(s) {listed} more than once; each seed names one sample")
@@ -303,8 +303,8 @@ def sample_main(argv: list[str]) -> dict[str, Any]:
         _write_npz(a.out, **arrays, seeds=np.asarray(seeds, np.int64))
     else:
         write_png_folder(a.out, seeds, arrays["labels"], arrays["images"])
-    result = {**info, "out": a.out, "kind": spec.kind, "num_samples": written, "num_images": len(arrays.get("images", ())), "nfe": sampler.nfe,
-              "seconds": time.perf_counter() - t0}
+    result = {**info, "out": a.out, "kind": spec.kind, "num_samples": written, "num_images": len(arrays.get("images", ())),
+              "nfe": sampler.nfe, "seconds": time.perf_counter() - t0}
     print(json.dumps(result))
     return result
 

@@ -41,7 +41,7 @@ class Sampler(ABC):
         """Samples [N, *sample_shape] on ``device`` from ``net`` given seeds [N] and labels [N, K]."""
         return self(net, self.noise(seeds, tuple(sample_shape), device), labels.to(device))
 
-    def with_steps(self, num_steps: int) -> "Sampler":
+    def with_steps(self, num_steps: int) -> Sampler:
         """The same sampler with another number of steps; samplers whose step count is fixed by the
         network (autoregressive ones) refuse."""
         raise ValueError(f"{type(self).__name__} has no step count to set: its steps are fixed by the network")

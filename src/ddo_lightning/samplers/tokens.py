@@ -11,7 +11,6 @@ be, method.md §3); classifier-free guidance, temperature, top-k and top-p are f
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from ..protocols import TokenModel
