@@ -203,25 +203,40 @@ def test_fid_names_why_points_and_undecodable_tokens_have_no_fid(tmp_path, capsy
     for config, why in ((TOY, "makes no images"), (TOKENS, "has no decode()")):
         _, w = _weights(tmp_path, [config])
         err = _exit_message(capsys, ["--ref", ref, "--config", config, "--ckpt", w, "--num", "4", "--features", "digits"], "fid")
-        assert "ddo fid measures images" in err and why in err
+        assert "ddo fid measures images" in err and why in err and "declares no decoder" in err
+
+
+def _tiny_var_preset(tmp_path, with_decoder=False):
+    """A preset of a tiny VAR (5 classes, scales 1 and 2, 32 codes, 32 px) with its tokenizer's weights in
+    a file (they are not in the network's state dict), the TokenSampler and, if asked, an FID evaluator
+    whose decoder is that tokenizer (as configs/var_d16.yaml has)."""
+    from ddo_lightning.networks.var import build_vae
+
+    vae_path = str(tmp_path / "vae.pth")
+    vae_kwargs = {"V": 32, "Cvae": 8, "ch": 32, "patch_nums": [1, 2]}
+    torch.manual_seed(0)
+    torch.save(build_vae(**{**vae_kwargs, "patch_nums": (1, 2)}).state_dict(), vae_path)
+    network = {"class_path": "ddo_lightning.networks.VARNetwork",
+               "init_args": {"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_nums": [1, 2], "vocab_size": 32,
+                             "z_channels": 8, "vae_ch": 32, "num_classes": 5, "vae_checkpoint": vae_path}}
+    init = {"network": network, "sampler": "ddo_lightning.samplers.TokenSampler"}
+    if with_decoder:
+        decoder = {"class_path": "ddo_lightning.networks.var.VARImageDecoder",
+                   "init_args": {"vae_checkpoint": vae_path, "vae_kwargs": vae_kwargs}}
+        init["evaluator"] = {"class_path": "ddo_lightning.metrics.FrechetDistance", "init_args": {"decoder": decoder}}
+    config = tmp_path / "var.yaml"
+    config.write_text(yaml.safe_dump({"model": {"init_args": init}}))
+    return str(config)
 
 
 def test_sample_var_tokens_come_with_their_decoded_images(tmp_path, one_thread):
     """A token network with a decoder (VAR): the .npz holds the scale-wise sampler's tokens and the
     tokenizer's decoding of them, as VARTokenModel.sample(return_images=True) gives them."""
-    from ddo_lightning.networks.var import build_vae
     from ddo_lightning.samplers import seeded_uniform
 
-    vae_path = tmp_path / "vae.pth"
-    torch.manual_seed(0)
-    torch.save(build_vae(V=32, Cvae=8, ch=32, patch_nums=(1, 2)).state_dict(), vae_path)
-    network = {"class_path": "ddo_lightning.networks.VARNetwork",
-               "init_args": {"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_nums": [1, 2], "vocab_size": 32,
-                             "z_channels": 8, "vae_ch": 32, "num_classes": 5, "vae_checkpoint": str(vae_path)}}
-    config = tmp_path / "var.yaml"
-    config.write_text(yaml.safe_dump({"model": {"init_args": {"network": network, "sampler": "ddo_lightning.samplers.TokenSampler"}}}))
-    net, w = _weights(tmp_path, [str(config)])
-    got = run_command("sample", ["--config", str(config), "--ckpt", w, "--seeds", "0-5", "--batch-size", "4",
+    config = _tiny_var_preset(tmp_path)
+    net, w = _weights(tmp_path, [config])
+    got = run_command("sample", ["--config", config, "--ckpt", w, "--seeds", "0-5", "--batch-size", "4",
                                  "--out", str(tmp_path / "v.npz"), "--quiet"])
     z = np.load(tmp_path / "v.npz")
     assert sorted(z.files) == ["images", "labels", "seeds", "tokens"] and got["num_images"] == 6
@@ -231,3 +246,39 @@ def test_sample_var_tokens_come_with_their_decoded_images(tmp_path, one_thread):
     want = model_to_uint8(expect.images).permute(0, 2, 3, 1).numpy()
     assert z["images"].shape == (6, 32, 32, 3) and (np.abs(z["images"].astype(int) - want.astype(int)) <= 1).all()
     assert got["nfe"] == 2  # one forward per scale
+
+
+class _ChannelMoments(nn.Module):
+    """A stand-in feature extractor: per-channel mean and mean square of uint8 images scaled to [0, 1]."""
+
+    feature_dim = 6
+
+    def forward(self, images):
+        x = images.double() / 255
+        return torch.cat([x.mean((2, 3)), (x**2).mean((2, 3))], 1).float()
+
+
+def test_fid_of_var_tokens_goes_through_the_presets_decoder(tmp_path, monkeypatch, one_thread):
+    """`ddo fid --config` of a token preset: the sampler's tokens, decoded by the decoder the preset's
+    evaluator declares (VARImageDecoder), then features; the Fréchet distance against the reference equals
+    the eigendecomposition formula on those features."""
+    from ddo_lightning import commands
+    from ddo_lightning.metrics.fid import save_reference_stats
+    from ddo_lightning.networks.var import VARImageDecoder
+    from ddo_lightning.samplers import seeded_uniform
+
+    monkeypatch.setattr(commands, "build_extractor", lambda name, weights: _ChannelMoments())
+    config = _tiny_var_preset(tmp_path, with_decoder=True)
+    net, w = _weights(tmp_path, [config])
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    mu_ref, sigma_ref = rng.uniform(0, 0.5, 6), a @ a.T / 6 + 1e-3 * np.eye(6)
+    save_reference_stats(str(tmp_path / "ref.npz"), mu_ref, sigma_ref)
+    got = run_command("fid", ["--ref", str(tmp_path / "ref.npz"), "--config", config, "--ckpt", w, "--num", "10",
+                              "--batch-size", "4", "--quiet"])
+    labels = [i % 5 for i in range(10)]
+    tokens = net.sample_tokens(torch.eye(5)[labels], seeded_uniform(list(range(10)), 5))
+    decoder = VARImageDecoder(str(tmp_path / "vae.pth"), {"V": 32, "Cvae": 8, "ch": 32, "patch_nums": (1, 2)})
+    f = _ChannelMoments()(decoder(tokens)).double().numpy()
+    expected = _fd_eig(f.mean(0), np.cov(f, rowvar=False), mu_ref, sigma_ref)
+    assert got["num_images"] == 10 and got["nfe"] == 2 and got["fid"] == pytest.approx(expected, rel=1e-4)

@@ -320,20 +320,36 @@ def build_extractor(name: str, inception_weights: str | None) -> nn.Module:
     raise CommandError(f"--features must be 'inception' or 'digits', got {name!r}")
 
 
-def images_of(net: nn.Module):
-    """What turns ``net``'s samples into images [B, C, H, W] in model space for a feature extractor: the
-    identity for image networks, the network's ``decode`` for token networks that have one (VAR). Points,
-    and tokens without a decoder, have no images: a ``CommandError`` says so."""
+def declared_decoder(configs: list[str], device: str) -> nn.Module | None:
+    """The preset's ``model.init_args.evaluator.init_args.decoder`` (samples → uint8 images [B, C, H, W]:
+    ``data.StabilityVAE`` for EDM2's latents, ``networks.var.VARImageDecoder`` for VAR's tokens), on
+    ``device``, or None: what the training run's FID decodes with, so ``ddo fid`` measures the same images."""
+    model = resolve_refs(read_configs(configs), check=True).get("model")
+    evaluator = (model.get("init_args") or {}).get("evaluator") if isinstance(model, dict) else None
+    spec = (evaluator.get("init_args") or {}).get("decoder") if isinstance(evaluator, dict) else None
+    if spec is None:
+        return None
+    return _instantiate(copy.deepcopy(spec), nn.Module, "model.init_args.evaluator.init_args.decoder").to(device).eval()
+
+
+def uint8_images_of(net: nn.Module, decoder: nn.Module | None):
+    """What turns ``net``'s samples into uint8 images [B, C, H, W] for a feature extractor: the preset's
+    evaluator ``decoder`` when it declares one; else pixel quantisation of image samples, or of the
+    network's own ``decode`` of token samples (VAR). Points, and tokens with neither decoder, have no
+    images: a ``CommandError`` says so, before anything is sampled."""
+    if decoder is not None:
+        return decoder
     spec = sample_kind_of(net)
     if spec.kind == "images":
-        return lambda x: x
+        return model_to_uint8
     decode = decoder_of(net) if spec.kind == "tokens" else None
     if decode is not None:
-        return decode
+        return lambda x: model_to_uint8(decode(x))
     name = type(getattr(net, "model", net)).__name__
     why = "has no decode() to turn its tokens into images" if spec.kind == "tokens" else "makes no images"
-    raise CommandError(f"ddo fid measures images; {name} makes {spec.kind} of shape {list(spec.shape)} and {why}: "
-                       "use the preset's evaluator (`ddo validate`), or `ddo sample` to export the samples")
+    raise CommandError(f"ddo fid measures images; {name} makes {spec.kind} of shape {list(spec.shape)}, {why}, and the "
+                       "preset's evaluator declares no decoder: use the preset's evaluator (`ddo validate`), or "
+                       "`ddo sample` to export the samples")
 
 
 def image_batches(path: str, batch_size: int) -> tuple[int, Iterator[torch.Tensor]]:
@@ -412,10 +428,10 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
     elif a.config:
         net, sampler, info = load_denoiser(a.config, a.ckpt, a.net, device)
         sampler = with_steps(sampler, a.steps)
-        to_images = images_of(net)
+        to_uint8 = uint8_images_of(net, declared_decoder(a.config, device))
         seeds = parse_seeds(a.seeds) if a.seeds else list(range(a.num))
         total = len(seeds)
-        batches = (model_to_uint8(to_images(x)) for _, _, x in generate(net, sampler, seeds, a.batch_size, device, progress=not a.quiet))
+        batches = (to_uint8(x) for _, _, x in generate(net, sampler, seeds, a.batch_size, device, progress=not a.quiet))
         result |= info
         if a.write_stats is None:
             result["note"] = "samples streamed to features (nothing written)"
