@@ -426,3 +426,23 @@ def test_inverse_cdf_draws_the_first_index_past_u():
     assert inverse_cdf(probs.expand(7, 3), u).tolist() == [0, 0, 1, 1, 2, 2, 2]
     gaps = torch.tensor([[0.0, 2.0, 0.0, 2.0]], dtype=torch.float64).expand(3, 4)
     assert inverse_cdf(gaps, torch.tensor([0.0, 0.5, 0.99], dtype=torch.float64)).tolist() == [1, 3, 3]
+
+
+def test_churn_samples_from_seeds_depend_on_their_seed_only(mixture):
+    """With S_churn > 0 the churn noise is per sample too: the same seed gives the same sample whatever the
+    batch and torch's global generator; another seed another sample; without churn nothing changes."""
+    churn = HeunSampler(num_steps=8, S_churn=20.0, S_min=0.01, S_max=10.0)
+    seeds, labels = torch.tensor([3, 8, 5, 11]), torch.zeros(4, 0)
+    torch.manual_seed(0)
+    whole = churn.from_seeds(mixture, seeds, labels, (2,), "cpu")
+    torch.manual_seed(1)
+    parts = torch.cat([churn.from_seeds(mixture, seeds[i : i + 2], labels[:2], (2,), "cpu") for i in (0, 2)])
+    assert torch.equal(whole, parts)
+    plain = HeunSampler(num_steps=8)
+    noise = seeded_normal(seeds, (2,))
+    assert not torch.allclose(whole, plain(mixture, noise, labels))  # the churn steps did something
+    assert torch.equal(plain.from_seeds(mixture, seeds, labels, (2,), "cpu"), plain(mixture, noise, labels))
+    gens = [torch.Generator().manual_seed(mix_seed(int(s), 1)) for s in seeds]
+    assert torch.equal(whole, churn(mixture, noise, labels, generator=gens))
+    with pytest.raises(ValueError, match="churn generators"):
+        churn(mixture, noise, labels, generator=gens[:3])
