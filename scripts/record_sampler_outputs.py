@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = [0, 5, 17, 2**40 + 3, 6_620_173_409_512_399_123]  # small, large and a mix_seed-sized seed
+# small, large and a mix_seed-sized seed, then enough seeds that a shifted inverse-CDF draw changes tokens
+SEEDS = [0, 5, 17, 2**40 + 3, 6_620_173_409_512_399_123, *range(100, 160)]
 
 
 def _fill():
@@ -30,10 +31,12 @@ def _fill():
     return module.fill
 
 
-def _onehot(classes: list[int | None], k: int) -> torch.Tensor:
-    out = torch.zeros(len(classes), k)
-    for i, c in enumerate(classes):
-        if c is not None:
+def _onehot(n: int, k: int, offset: int = 0) -> torch.Tensor:
+    """[n, k] one-hot rows cycling through the k classes and an all-zero row (no condition)."""
+    out = torch.zeros(n, k)
+    for i in range(n):
+        c = (i + offset) % (k + 1)
+        if c < k:
             out[i, c] = 1
     return out
 
@@ -75,15 +78,15 @@ def outputs() -> dict[str, torch.Tensor]:
     out = {
         "normal": seeded_normal(seeds, (3, 4)),
         "uniform": seeded_uniform(seeds, 7),
-        "heun": HeunSampler(num_steps=5).from_seeds(nets["toy"], seeds, _onehot([0, 1, 2, None, 1], 3), (2,), "cpu"),
+        "heun": HeunSampler(num_steps=5).from_seeds(nets["toy"], seeds, _onehot(n, 3), (2,), "cpu"),
         "heun_narrow": HeunSampler(num_steps=3, sigma_min=0.05, sigma_max=5.0, rho=3.0).from_seeds(
-            nets["toy"], seeds, _onehot([2] * n, 3), (2,), "cpu"),
+            nets["toy"], seeds, _onehot(n, 3, offset=2), (2,), "cpu"),
     }
-    gpt_labels = _onehot([0, 1, 2, 3, None], 4)
+    gpt_labels = _onehot(n, 4)
     out["gpt"] = TokenSampler().from_seeds(nets["gpt"], seeds, gpt_labels, (5,), "cpu")
     out["gpt_filtered"] = TokenSampler(cfg=1.5, temperature=0.8, top_k=4, top_p=0.9).from_seeds(
         nets["gpt"], seeds, gpt_labels, (5,), "cpu")
-    var_labels = _onehot([0, 4, None, 2, 2], 5)
+    var_labels = _onehot(n, 5, offset=3)
     length = nets["var"].length
     out["var"] = TokenSampler().from_seeds(nets["var"], seeds, var_labels, (length,), "cpu")
     out["var_filtered"] = TokenSampler(cfg=0.5, temperature=1.2, top_k=20, top_p=0.9).from_seeds(
