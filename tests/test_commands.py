@@ -134,3 +134,151 @@ def test_fid_bad_input_is_named(tmp_path, capsys):
     assert "reference statistics not found" in _exit_message(capsys, ["--ref", str(tmp_path / "none.npz"), "--images", "x", "--features", "digits"], "fid")
     assert "Inception weights not found" in _exit_message(
         capsys, ["--ref", str(tmp_path / "r.npz"), "--images", "x", "--inception-weights", str(tmp_path / "w.pth")], "fid")
+
+
+TOY = str(ROOT / "configs/toy2d.yaml")
+TOKENS = str(ROOT / "configs/tokens.yaml")
+
+
+def test_sample_toy_preset_writes_points_npz(tmp_path, capsys, one_thread):
+    """The 2-D demo exports its points: the Heun integration of the preset's denoiser from each seed's
+    normal noise (EDM's grid for 3 steps), unconditional labels."""
+    from ddo_lightning.samplers import heun_sampler
+    from ddo_lightning.schedules import karras_sigmas
+
+    net, w = _weights(tmp_path, [TOY])
+    got = run_command("sample", ["--config", TOY, "--ckpt", w, "--seeds", "0-4,9", "--steps", "3", "--batch-size", "4",
+                                 "--out", str(tmp_path / "p.npz"), "--quiet"])
+    z = np.load(tmp_path / "p.npz")
+    assert sorted(z.files) == ["labels", "points", "seeds"] and got["kind"] == "points" and got["num_samples"] == 6
+    seeds = [0, 1, 2, 3, 4, 9]
+    expect = heun_sampler(net, seeded_normal(seeds, (2,)), torch.zeros(6, 0), karras_sigmas(3, 0.002, 80.0, 7.0))
+    assert z["points"].dtype == np.float32 and z["points"].shape == (6, 2)
+    np.testing.assert_allclose(z["points"], expect.numpy(), rtol=1e-5, atol=1e-6)  # batching: float rounding only
+    assert list(z["seeds"]) == seeds and list(z["labels"]) == [-1] * 6
+    assert ".npz" in _exit_message(capsys, ["--config", TOY, "--ckpt", w, "--out", str(tmp_path / "folder")])
+    assert not (tmp_path / "folder").exists()
+
+
+def test_sample_token_preset_writes_tokens_npz(tmp_path, capsys, one_thread):
+    """configs/tokens.yaml declares TokenSampler: `ddo sample` draws with it — token t the inverse CDF of
+    the TokenGPT's conditional at the seed's uniform u_t — with class-balanced labels (i mod 4)."""
+    from ddo_lightning.samplers import sample_tokens, seeded_uniform
+
+    net, w = _weights(tmp_path, [TOKENS])
+    got = run_command("sample", ["--config", TOKENS, "--ckpt", w, "--seeds", "10-16", "--batch-size", "3",
+                                 "--out", str(tmp_path / "t.npz"), "--quiet"])
+    z = np.load(tmp_path / "t.npz")
+    assert sorted(z.files) == ["labels", "seeds", "tokens"] and got["kind"] == "tokens" and got["num_samples"] == 7
+    labels = [i % 4 for i in range(7)]
+    expect = sample_tokens(net, torch.eye(4)[labels], seeded_uniform(list(range(10, 17)), 5))
+    assert z["tokens"].dtype == np.int64 and np.array_equal(z["tokens"], expect.numpy())
+    assert list(z["labels"]) == labels and got["nfe"] == 5  # one forward per position
+    assert "no step count" in _exit_message(capsys, ["--config", TOKENS, "--ckpt", w, "--steps", "3", "--out", str(tmp_path / "x.npz")])
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_sample_refuses_repeated_seeds_and_steps_below_one(tmp_path, capsys):
+    """--seeds 3,1,1 is refused (a seed names one sample: a repeat would be written twice or overwrite its
+    own PNG); --steps 0 / -2 are argument errors (exit status 2, argparse's message, no traceback)."""
+    _, w = _weights(tmp_path, [TOY])
+    out = str(tmp_path / "x.npz")
+    err = _exit_message(capsys, ["--config", TOY, "--ckpt", w, "--seeds", "3,1,1", "--out", out])
+    assert "--seeds" in err and "seed(s) 1 more than once" in err
+    assert "more than once" in _exit_message(capsys, ["--config", TOY, "--ckpt", w, "--seeds", "0-5,4-9", "--out", out])
+    for steps in ("0", "-2"):
+        err = _exit_message(capsys, ["--config", TOY, "--ckpt", w, "--steps", steps, "--out", out])
+        assert "argument --steps: must be >= 1" in err and "Traceback" not in err
+    assert "argument --batch-size: must be >= 1" in _exit_message(capsys, ["--config", TOY, "--ckpt", w, "--batch-size", "0", "--out", out])
+    assert "argument --steps" in _exit_message(capsys, ["--ref", "r.npz", "--config", TOY, "--steps", "0"], "fid")
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_fid_names_why_points_and_undecodable_tokens_have_no_fid(tmp_path, capsys):
+    from ddo_lightning.metrics.fid import save_reference_stats
+
+    d = DigitsFeatures().feature_dim
+    ref = str(tmp_path / "ref.npz")
+    save_reference_stats(ref, np.zeros(d), np.eye(d))
+    for config, why in ((TOY, "makes no images"), (TOKENS, "has no decode()")):
+        _, w = _weights(tmp_path, [config])
+        err = _exit_message(capsys, ["--ref", ref, "--config", config, "--ckpt", w, "--num", "4", "--features", "digits"], "fid")
+        assert "ddo fid measures images" in err and why in err and "declares no decoder" in err
+
+
+def _tiny_var_preset(tmp_path, with_decoder=False):
+    """A preset of a tiny VAR (5 classes, scales 1 and 2, 32 codes, 32 px) with its tokenizer's weights in
+    a file (they are not in the network's state dict), the TokenSampler and, if asked, an FID evaluator
+    whose decoder is that tokenizer (as configs/var_d16.yaml has)."""
+    from ddo_lightning.networks.var import build_vae
+
+    vae_path = str(tmp_path / "vae.pth")
+    vae_kwargs = {"V": 32, "Cvae": 8, "ch": 32, "patch_nums": [1, 2]}
+    torch.manual_seed(0)
+    torch.save(build_vae(**{**vae_kwargs, "patch_nums": (1, 2)}).state_dict(), vae_path)
+    network = {"class_path": "ddo_lightning.networks.VARNetwork",
+               "init_args": {"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_nums": [1, 2], "vocab_size": 32,
+                             "z_channels": 8, "vae_ch": 32, "num_classes": 5, "vae_checkpoint": vae_path}}
+    init = {"network": network, "sampler": "ddo_lightning.samplers.TokenSampler"}
+    if with_decoder:
+        decoder = {"class_path": "ddo_lightning.networks.var.VARImageDecoder",
+                   "init_args": {"vae_checkpoint": vae_path, "vae_kwargs": vae_kwargs}}
+        init["evaluator"] = {"class_path": "ddo_lightning.metrics.FrechetDistance", "init_args": {"decoder": decoder}}
+    config = tmp_path / "var.yaml"
+    config.write_text(yaml.safe_dump({"model": {"init_args": init}}))
+    return str(config)
+
+
+def test_sample_var_tokens_come_with_their_decoded_images(tmp_path, one_thread):
+    """A token network with a decoder (VAR): the .npz holds the scale-wise sampler's tokens and the
+    tokenizer's decoding of them, as VARTokenModel.sample(return_images=True) gives them."""
+    from ddo_lightning.samplers import seeded_uniform
+
+    config = _tiny_var_preset(tmp_path)
+    net, w = _weights(tmp_path, [config])
+    got = run_command("sample", ["--config", config, "--ckpt", w, "--seeds", "0-5", "--batch-size", "4",
+                                 "--out", str(tmp_path / "v.npz"), "--quiet"])
+    z = np.load(tmp_path / "v.npz")
+    assert sorted(z.files) == ["images", "labels", "seeds", "tokens"] and got["num_images"] == 6
+    labels = [i % 5 for i in range(6)]
+    expect = net.sample(torch.eye(5)[labels], seeded_uniform(list(range(6)), 5), return_images=True)
+    assert np.array_equal(z["tokens"], expect.tokens.numpy()) and list(z["labels"]) == labels
+    want = model_to_uint8(expect.images).permute(0, 2, 3, 1).numpy()
+    assert z["images"].shape == (6, 32, 32, 3) and (np.abs(z["images"].astype(int) - want.astype(int)) <= 1).all()
+    assert got["nfe"] == 2  # one forward per scale
+
+
+class _ChannelMoments(nn.Module):
+    """A stand-in feature extractor: per-channel mean and mean square of uint8 images scaled to [0, 1]."""
+
+    feature_dim = 6
+
+    def forward(self, images):
+        x = images.double() / 255
+        return torch.cat([x.mean((2, 3)), (x**2).mean((2, 3))], 1).float()
+
+
+def test_fid_of_var_tokens_goes_through_the_presets_decoder(tmp_path, monkeypatch, one_thread):
+    """`ddo fid --config` of a token preset: the sampler's tokens, decoded by the decoder the preset's
+    evaluator declares (VARImageDecoder), then features; the Fréchet distance against the reference equals
+    the eigendecomposition formula on those features."""
+    from ddo_lightning import commands
+    from ddo_lightning.metrics.fid import save_reference_stats
+    from ddo_lightning.networks.var import VARImageDecoder
+    from ddo_lightning.samplers import seeded_uniform
+
+    monkeypatch.setattr(commands, "build_extractor", lambda name, weights: _ChannelMoments())
+    config = _tiny_var_preset(tmp_path, with_decoder=True)
+    net, w = _weights(tmp_path, [config])
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    mu_ref, sigma_ref = rng.uniform(0, 0.5, 6), a @ a.T / 6 + 1e-3 * np.eye(6)
+    save_reference_stats(str(tmp_path / "ref.npz"), mu_ref, sigma_ref)
+    got = run_command("fid", ["--ref", str(tmp_path / "ref.npz"), "--config", config, "--ckpt", w, "--num", "10",
+                              "--batch-size", "4", "--quiet"])
+    labels = [i % 5 for i in range(10)]
+    tokens = net.sample_tokens(torch.eye(5)[labels], seeded_uniform(list(range(10)), 5))
+    decoder = VARImageDecoder(str(tmp_path / "vae.pth"), {"V": 32, "Cvae": 8, "ch": 32, "patch_nums": (1, 2)})
+    f = _ChannelMoments()(decoder(tokens)).double().numpy()
+    expected = _fd_eig(f.mean(0), np.cov(f, rowvar=False), mu_ref, sigma_ref)
+    assert got["num_images"] == 10 and got["nfe"] == 2 and got["fid"] == pytest.approx(expected, rel=1e-4)

@@ -354,3 +354,95 @@ def test_sampler_range_outside_the_network_s_is_refused():
 
     with pytest.raises(ValueError, match=r"\[0.001, 0.01\].*VEPrecond \[0.02, 100\] do not overlap"):
         HeunSampler(num_steps=5, sigma_min=0.001, sigma_max=0.01).sigmas_for(VEPrecond(_ZeroRaw()))
+
+
+# ---- one contract for every sampler --------------------------------------------------------------------
+def _recording_script():
+    """scripts/record_sampler_outputs.py: the tiny networks and the draws it recorded."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "record_sampler_outputs.py"
+    spec = importlib.util.spec_from_file_location("record_sampler_outputs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_samplers_reproduce_the_recorded_outputs(one_thread):
+    """tests/data/sampler_outputs.pt was written by the samplers before their contract was unified: the
+    same seeds must give the same samples. Uniforms and tokens are compared exactly (integers, and uniforms
+    made from the generator's integers); normal noise and diffusion samples to float32 rounding, which may
+    differ between CPUs' vectorised math (on the recording machine they are bit-identical)."""
+    from pathlib import Path
+
+    recorded = torch.load(Path(__file__).parent / "data" / "sampler_outputs.pt", weights_only=True)
+    script = _recording_script()
+    assert recorded["seeds"] == script.SEEDS
+    now = script.outputs()
+    assert set(now) == set(recorded["outputs"])
+    for name, want in recorded["outputs"].items():
+        got = now[name]
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        if name in ("uniform", "gpt", "gpt_filtered", "var", "var_filtered"):
+            assert torch.equal(got, want), name
+        else:  # |x| ≲ 4; a few float32 ulps through 9 network evaluations
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_every_sampler_is_called_the_same_way():
+    """sampler(net, sampler.noise(seeds, shape), labels) is what from_seeds returns, for both samplers; the
+    noise rows are the seeded draws (normal for diffusion, float64 uniforms for tokens)."""
+    from ddo_lightning.networks import EDMPrecond, TokenGPT, ToyMLP
+    from ddo_lightning.samplers import Sampler, TokenSampler, seeded_uniform
+
+    torch.manual_seed(0)
+    cases = [(HeunSampler(num_steps=3), EDMPrecond(ToyMLP(data_dim=2, hidden=8, depth=1, label_dim=2)), (2,)),
+             (TokenSampler(), TokenGPT(vocab_size=5, length=4, label_dim=2, d_model=8, n_layer=1, n_head=1).eval(), (4,))]
+    seeds, labels = [4, 9, 4], torch.eye(2)[[0, 1, 1]]
+    for sampler, net, shape in cases:
+        assert isinstance(sampler, Sampler)
+        noise = sampler.noise(seeds, shape)
+        assert noise.shape == (3, *shape)
+        assert torch.equal(sampler.from_seeds(net, torch.tensor(seeds), labels, shape, "cpu"), sampler(net, noise, labels))
+    gen = torch.Generator().manual_seed(9)
+    assert torch.equal(TokenSampler().noise([4, 9], (4,))[1], torch.rand(4, generator=gen, dtype=torch.float64))
+    gen.manual_seed(9)
+    assert torch.equal(HeunSampler().noise([4, 9], (2,))[1], torch.randn(2, generator=gen))
+    assert torch.equal(seeded_uniform([9], 4)[0], TokenSampler().noise([4, 9], (4,))[1])
+    with pytest.raises(ValueError, match="sequences"):
+        TokenSampler().noise([1], (1, 8, 8))
+    with pytest.raises(ValueError, match="no step count"):
+        TokenSampler().with_steps(3)
+
+
+def test_inverse_cdf_draws_the_first_index_past_u():
+    """Exact: index i is drawn for u·total in [cdf[i−1], cdf[i]); zero-probability indices are never drawn;
+    rows need not be normalised."""
+    from ddo_lightning.samplers import inverse_cdf
+
+    probs = torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64)
+    u = torch.tensor([0.0, 0.2, 0.25, 0.49, 0.5, 0.75, 0.999999], dtype=torch.float64)
+    assert inverse_cdf(probs.expand(7, 3), u).tolist() == [0, 0, 1, 1, 2, 2, 2]
+    gaps = torch.tensor([[0.0, 2.0, 0.0, 2.0]], dtype=torch.float64).expand(3, 4)
+    assert inverse_cdf(gaps, torch.tensor([0.0, 0.5, 0.99], dtype=torch.float64)).tolist() == [1, 3, 3]
+
+
+def test_churn_samples_from_seeds_depend_on_their_seed_only(mixture):
+    """With S_churn > 0 the churn noise is per sample too: the same seed gives the same sample whatever the
+    batch and torch's global generator; another seed another sample; without churn nothing changes."""
+    churn = HeunSampler(num_steps=8, S_churn=20.0, S_min=0.01, S_max=10.0)
+    seeds, labels = torch.tensor([3, 8, 5, 11]), torch.zeros(4, 0)
+    torch.manual_seed(0)
+    whole = churn.from_seeds(mixture, seeds, labels, (2,), "cpu")
+    torch.manual_seed(1)
+    parts = torch.cat([churn.from_seeds(mixture, seeds[i : i + 2], labels[:2], (2,), "cpu") for i in (0, 2)])
+    assert torch.equal(whole, parts)
+    plain = HeunSampler(num_steps=8)
+    noise = seeded_normal(seeds, (2,))
+    assert not torch.allclose(whole, plain(mixture, noise, labels))  # the churn steps did something
+    assert torch.equal(plain.from_seeds(mixture, seeds, labels, (2,), "cpu"), plain(mixture, noise, labels))
+    gens = [torch.Generator().manual_seed(mix_seed(int(s), 1)) for s in seeds]
+    assert torch.equal(whole, churn(mixture, noise, labels, generator=gens))
+    with pytest.raises(ValueError, match="churn generators"):
+        churn(mixture, noise, labels, generator=gens[:3])

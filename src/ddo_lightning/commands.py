@@ -1,16 +1,23 @@
 """``ddo sample``, ``ddo fid`` and ``ddo fetch``: sampling, FID and downloads outside a training run.
 
     ddo sample --config configs/digits.yaml --ckpt outputs/digits/best.pt --seeds 0-999 --out samples.npz
+    ddo sample --config configs/toy2d.yaml --ckpt outputs/toy2d/best.pt --seeds 0-4999 --out points.npz
+    ddo sample --config configs/tokens.yaml --ckpt outputs/tokens/best.pt --out tokens.npz
     ddo fid --config configs/digits.yaml --ckpt outputs/digits/best.pt --features digits --ref digits-ref.npz
     ddo fid --images samples/ --ref cifar10-32x32.npz               # a folder, a .zip or an .npz of images
     ddo fid --write-stats cifar10-32x32.npz --config configs/edm_cifar10.yaml   # the config's real data
     ddo fetch --config configs/edm_cifar10.yaml      # every "cache:NAME" file of a preset (docs/fetch.md)
 
-The network comes from the config's ``model.init_args.network`` (and its sampler), the weights from
-``--ckpt`` (default: the config's ``init_from``): our ``.ckpt``/``.pt`` files or an NVIDIA ``.pkl``.
-Nothing is trained and no data module is built; sample noise is seeded per sample (``seeded_normal``), so
-a seed gives the same image whatever the batch size; labels are class-balanced (sample i gets class
-i mod K) unless ``--class`` fixes one.
+The network comes from the config's ``model.init_args.network`` (and its sampler, any ``samplers.Sampler``),
+the weights from ``--ckpt`` (default: the config's ``init_from``): our ``.ckpt``/``.pt`` files or an NVIDIA
+``.pkl``. Nothing is trained and no data module is built; sample noise is seeded per sample
+(``Sampler.from_seeds``), so a seed gives the same sample whatever the batch size; labels are
+class-balanced (sample i gets class i mod K) unless ``--class`` fixes one.
+
+What ``ddo sample`` writes follows the samples (``SampleKind``): images [C, H, W] as PNGs or an ``.npz``
+(``images`` uint8 [N, H, W, C]); vectors such as the 2-D demo's points as an ``.npz`` (``points`` float32
+[N, D]); token sequences as an ``.npz`` (``tokens`` int64 [N, L], and ``images`` when the network decodes
+tokens, as VAR does). Every ``.npz`` also has ``labels`` (−1: unconditional) and ``seeds``.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,7 +43,7 @@ from tqdm.auto import tqdm
 from .checkpoints.load import ArchitectureMismatch, check_checkpoint_fits, read_denoiser
 from .fetch import FetchError, resolve, resolve_refs
 from .pixels import model_to_uint8
-from .samplers import HeunSampler, seeded_normal
+from .samplers import HeunSampler, Sampler
 
 WHICH = ("auto", "ema", "reference", "target", "net")
 
@@ -44,8 +53,21 @@ class CommandError(ValueError):
 
 
 # ---- inputs ------------------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a bad value is an argument error, exit status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_seeds(text: str) -> list[int]:
-    """EDM's seed lists: ``0-999``, ``1,5,9``, ``0-9,100-109`` (ranges inclusive)."""
+    """EDM's seed lists: ``0-999``, ``1,5,9``, ``0-9,100-109`` (ranges inclusive). A seed listed twice is
+    refused: a seed names one sample (and one PNG file), and labels follow list positions, so a repeat
+    would either be written twice or overwrite its first image with another class."""
     out: list[int] = []
     for part in str(text).split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
@@ -55,6 +77,10 @@ def parse_seeds(text: str) -> list[int]:
         if hi < lo:
             raise CommandError(f"--seeds: range {part!r} runs backwards")
         out.extend(range(lo, hi + 1))
+    repeated = sorted(s for s, n in Counter(out).items() if n > 1)
+    if repeated:
+        listed = ", ".join(map(str, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
+        raise CommandError(f"--seeds: {text!r} lists seed(s) {listed} more than once; each seed names one sample")
     return out
 
 
@@ -99,22 +125,45 @@ def _instantiate(spec: Any, base: type, what: str) -> Any:
         raise CommandError(f"cannot build {what} from the config: {err}") from err
 
 
-def sample_shape_of(net: nn.Module) -> tuple[tuple[int, ...], int]:
-    """(sample shape, label width K) of a denoiser, from its raw network's constructor attributes."""
+@dataclass(frozen=True)
+class SampleKind:
+    """What a network samples: ``shape`` of one sample, ``label_dim`` K, and ``kind``: ``"images"``
+    ([C, H, W], model space), ``"points"`` (vectors [D]) or ``"tokens"`` (sequences [L] of int64)."""
+
+    shape: tuple[int, ...]
+    label_dim: int
+    kind: Literal["images", "points", "tokens"]
+
+
+def sample_kind_of(net: nn.Module) -> SampleKind:
+    """The samples of a network, from its (or its raw network's, ``net.model``) constructor attributes:
+    ``img_resolution`` + ``img_channels``/``in_channels`` (images), ``data_dim`` (points), ``length``
+    (tokens) — the sizes ``training.base.check_data_fits_network`` checks against the data."""
     raw = getattr(net, "model", net)
     label_dim = int(getattr(raw, "label_dim", 0) or 0)
-    if hasattr(raw, "img_resolution") and hasattr(raw, "in_channels"):
+    channels = getattr(raw, "img_channels", None) or getattr(raw, "in_channels", None)
+    if hasattr(raw, "img_resolution") and channels is not None:
         r = int(raw.img_resolution)
-        return (int(raw.in_channels), r, r), label_dim
+        return SampleKind((int(channels), r, r), label_dim, "images")
     if hasattr(raw, "data_dim"):
-        return (int(raw.data_dim),), label_dim
-    raise CommandError(f"cannot tell the sample shape of {type(raw).__name__} (no img_resolution/in_channels or data_dim)")
+        return SampleKind((int(raw.data_dim),), label_dim, "points")
+    if isinstance(getattr(raw, "length", None), int):
+        return SampleKind((int(raw.length),), label_dim, "tokens")
+    raise CommandError(f"cannot tell the sample shape of {type(raw).__name__} "
+                       "(no img_resolution/img_channels, data_dim or length)")
+
+
+def sample_shape_of(net: nn.Module) -> tuple[tuple[int, ...], int]:
+    """(sample shape, label width K) of a network (``sample_kind_of``)."""
+    spec = sample_kind_of(net)
+    return spec.shape, spec.label_dim
 
 
 def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
-                  device: str = "cpu") -> tuple[nn.Module, HeunSampler, dict[str, Any]]:
+                  device: str = "cpu") -> tuple[nn.Module, Sampler, dict[str, Any]]:
     """The config's network with the checkpoint's weights (eval mode, fp32, on ``device``), the config's
-    sampler, and a description of what was loaded."""
+    sampler (any ``samplers.Sampler``; none given: ``HeunSampler()``, the training modules' default), and
+    a description of what was loaded."""
     cfg = resolve_refs(read_configs(configs), check=True)  # "cache:NAME" -> path (missing: the `ddo fetch` command)
     model = cfg.get("model")
     init = model.get("init_args", {}) if isinstance(model, dict) else {}
@@ -127,7 +176,7 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
     if which not in WHICH:
         raise CommandError(f"--net must be one of {', '.join(WHICH)}, got {which!r}")
     net = _instantiate(copy.deepcopy(init["network"]), nn.Module, "model.init_args.network")
-    sampler = HeunSampler() if init.get("sampler") is None else _instantiate(copy.deepcopy(init["sampler"]), HeunSampler, "model.init_args.sampler")
+    sampler = HeunSampler() if init.get("sampler") is None else _instantiate(copy.deepcopy(init["sampler"]), Sampler, "model.init_args.sampler")
     try:
         state, recorded = read_denoiser(ckpt, None if which == "auto" else which)
     except (FileNotFoundError, ValueError) as err:
@@ -138,9 +187,20 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
     return net, sampler, {"checkpoint": ckpt, "net": which, "network": type(getattr(net, "model", net)).__name__}
 
 
-def generate(net: nn.Module, sampler: HeunSampler, seeds: list[int], batch_size: int, device: str,
+def with_steps(sampler: Sampler, steps: int | None) -> Sampler:
+    """``--steps``: the sampler with that many steps (None: as configured)."""
+    if steps is None:
+        return sampler
+    try:
+        return sampler.with_steps(steps)
+    except ValueError as err:
+        raise CommandError(f"--steps {steps}: {err}") from err
+
+
+def generate(net: nn.Module, sampler: Sampler, seeds: list[int], batch_size: int, device: str,
              class_idx: int | None = None, progress: bool = True) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """Batches of (seeds, integer labels [B] (−1: unconditional), samples [B, *D] in model space)."""
+    """Batches of (seeds, integer labels [B] (−1: unconditional), samples [B, *D]: images and points in
+    model space, tokens as int64), each sample a function of its seed (``Sampler.from_seeds``)."""
     shape, label_dim = sample_shape_of(net)
     if class_idx is not None and not 0 <= class_idx < label_dim:
         raise CommandError(f"--class {class_idx}: the network has {label_dim} classes")
@@ -153,8 +213,8 @@ def generate(net: nn.Module, sampler: HeunSampler, seeds: list[int], batch_size:
                 onehot = nn.functional.one_hot(ints, label_dim).float()
             else:
                 ints, onehot = torch.full_like(pos, -1), torch.zeros(len(pos), 0)
-            noise = seeded_normal(chunk, shape, device=device)
-            x = sampler(net, noise, onehot.to(device)).float()
+            x = sampler.from_seeds(net, chunk, onehot, shape, device)
+            x = x if not x.is_floating_point() else x.float()
             bar.update(len(chunk))
             yield chunk, ints, x
 
@@ -191,45 +251,68 @@ def write_png_folder(out: str, seeds: list[int], labels: np.ndarray, images_nhwc
             json.dump({"labels": [[n, int(c)] for n, c in zip(names, labels)]}, f)
 
 
+def decoder_of(net: nn.Module):
+    """The network's tokens → images map (``decode``: tokens [B, L] → images [B, C, H, W] in [−1, 1], as
+    VAR's adapter has), or None."""
+    decode = getattr(net, "decode", None)
+    return decode if callable(decode) else None
+
+
+def _write_npz(path: str, **arrays: np.ndarray) -> None:
+    """``np.savez`` through a temporary file renamed into place (an interrupted run leaves no half file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def sample_main(argv: list[str]) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="ddo sample", description="Draw samples from a checkpoint (fixed seeds, class-balanced labels).")
+    p = argparse.ArgumentParser(prog="ddo sample", description="Draw samples from a checkpoint (fixed seeds, class-balanced "
+                                "labels): images as PNGs or .npz, points and tokens as .npz.")
     p.add_argument("--config", action="append", required=True, help="preset(s) naming the network and sampler (repeatable)")
     p.add_argument("--ckpt", help="weights: our .ckpt/.pt or an NVIDIA .pkl (default: the config's init_from)")
     p.add_argument("--net", default="auto", choices=WHICH, help="which network of a training checkpoint (auto: reference, else EMA)")
-    p.add_argument("--seeds", default="0-63", help="seed list, EDM style: 0-999 or 1,5,9 (default 0-63)")
+    p.add_argument("--seeds", default="0-63", help="seed list, EDM style: 0-999 or 1,5,9 (default 0-63; each seed once)")
     p.add_argument("--class", dest="class_idx", type=int, help="one class for all samples (default: class-balanced, i mod K)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, help="Heun steps (default: the config's sampler; NFE = 2*steps-1)")
-    p.add_argument("--out", required=True, help="a folder for PNGs, or a file ending in .npz")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, help="sampler steps, >= 1 (Heun: NFE = 2*steps-1; default: the config's sampler)")
+    p.add_argument("--out", required=True, help="a folder for PNGs (images only), or a file ending in .npz")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if a.batch_size < 1:
-        raise CommandError("--batch-size must be >= 1")
     seeds = parse_seeds(a.seeds)
     _refuse_overwrite(a.out, a.overwrite)
     device = _device(a.device)
     net, sampler, info = load_denoiser(a.config, a.ckpt, a.net, device)
-    if a.steps is not None:
-        sampler = sampler.with_steps(a.steps)
-    shape, _ = sample_shape_of(net)
-    if len(shape) != 3:
-        raise CommandError(f"ddo sample writes images; this network makes samples of shape {shape}")
+    sampler = with_steps(sampler, a.steps)
+    spec = sample_kind_of(net)
+    if spec.kind != "images" and not a.out.endswith(".npz"):
+        raise CommandError(f"{type(getattr(net, 'model', net)).__name__} makes {spec.kind} of shape {list(spec.shape)}, "
+                           "not images: --out must be a file ending in .npz")
+    decode = decoder_of(net) if spec.kind == "tokens" else None
     t0 = time.perf_counter()
-    images, labels = [], []
+    parts: dict[str, list[np.ndarray]] = {"labels": []}
     for _, ints, x in generate(net, sampler, seeds, a.batch_size, device, a.class_idx, progress=not a.quiet):
-        images.append(model_to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
-        labels.append(ints.numpy())
-    imgs, labs = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+        parts["labels"].append(ints.numpy())
+        if spec.kind == "points":
+            parts.setdefault("points", []).append(x.cpu().numpy().astype(np.float32))
+            continue
+        if spec.kind == "tokens":
+            parts.setdefault("tokens", []).append(x.cpu().numpy().astype(np.int64))
+            if decode is None:
+                continue
+            x = decode(x)
+        parts.setdefault("images", []).append(model_to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    arrays["labels"] = arrays["labels"].astype(np.int64)
+    written = len(arrays["labels"])
     if a.out.endswith(".npz"):
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        tmp = f"{a.out}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, images=imgs, labels=labs, seeds=np.asarray(seeds, np.int64))
-        os.replace(tmp, a.out)
+        _write_npz(a.out, **arrays, seeds=np.asarray(seeds, np.int64))
     else:
-        write_png_folder(a.out, seeds, labs, imgs)
-    result = {**info, "out": a.out, "num_images": len(seeds), "nfe": sampler.nfe, "seconds": time.perf_counter() - t0}
+        write_png_folder(a.out, seeds, arrays["labels"], arrays["images"])
+    result = {**info, "out": a.out, "kind": spec.kind, "num_samples": written, "num_images": len(arrays.get("images", ())),
+              "nfe": sampler.nfe, "seconds": time.perf_counter() - t0}
     print(json.dumps(result))
     return result
 
@@ -243,6 +326,38 @@ def build_extractor(name: str, inception_weights: str | None) -> nn.Module:
     if name == "digits":
         return DigitsFeatures()
     raise CommandError(f"--features must be 'inception' or 'digits', got {name!r}")
+
+
+def declared_decoder(configs: list[str], device: str) -> nn.Module | None:
+    """The preset's ``model.init_args.evaluator.init_args.decoder`` (samples → uint8 images [B, C, H, W]:
+    ``data.StabilityVAE`` for EDM2's latents, ``networks.var.VARImageDecoder`` for VAR's tokens), on
+    ``device``, or None: what the training run's FID decodes with, so ``ddo fid`` measures the same images."""
+    model = resolve_refs(read_configs(configs), check=True).get("model")
+    evaluator = (model.get("init_args") or {}).get("evaluator") if isinstance(model, dict) else None
+    spec = (evaluator.get("init_args") or {}).get("decoder") if isinstance(evaluator, dict) else None
+    if spec is None:
+        return None
+    return _instantiate(copy.deepcopy(spec), nn.Module, "model.init_args.evaluator.init_args.decoder").to(device).eval()
+
+
+def uint8_images_of(net: nn.Module, decoder: nn.Module | None):
+    """What turns ``net``'s samples into uint8 images [B, C, H, W] for a feature extractor: the preset's
+    evaluator ``decoder`` when it declares one; else pixel quantisation of image samples, or of the
+    network's own ``decode`` of token samples (VAR). Points, and tokens with neither decoder, have no
+    images: a ``CommandError`` says so, before anything is sampled."""
+    if decoder is not None:
+        return decoder
+    spec = sample_kind_of(net)
+    if spec.kind == "images":
+        return model_to_uint8
+    decode = decoder_of(net) if spec.kind == "tokens" else None
+    if decode is not None:
+        return lambda x: model_to_uint8(decode(x))
+    name = type(getattr(net, "model", net)).__name__
+    why = "has no decode() to turn its tokens into images" if spec.kind == "tokens" else "makes no images"
+    raise CommandError(f"ddo fid measures images; {name} makes {spec.kind} of shape {list(spec.shape)}, {why}, and the "
+                       "preset's evaluator declares no decoder: use the preset's evaluator (`ddo validate`), or "
+                       "`ddo sample` to export the samples")
 
 
 def image_batches(path: str, batch_size: int) -> tuple[int, Iterator[torch.Tensor]]:
@@ -282,10 +397,10 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
     p.add_argument("--config", action="append", help="preset(s): the network (with --ckpt) or, with --write-stats, the real data")
     p.add_argument("--ckpt", help="weights to sample from (default: the config's init_from)")
     p.add_argument("--net", default="auto", choices=WHICH)
-    p.add_argument("--num", type=int, default=50000, help="samples to generate (seeds 0..num-1; default 50000)")
+    p.add_argument("--num", type=positive_int, default=50000, help="samples to generate (seeds 0..num-1; default 50000)")
     p.add_argument("--seeds", help="explicit seed list instead of --num")
-    p.add_argument("--steps", type=int, help="Heun steps (default: the config's sampler)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--steps", type=positive_int, help="sampler steps, >= 1 (default: the config's sampler)")
+    p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--features", default="inception", choices=("inception", "digits"))
     p.add_argument("--inception-weights", help="torch-fidelity's Inception weights file (default: torch hub cache)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -295,8 +410,6 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
     a = p.parse_args(argv)
     if (a.ref is None) == (a.write_stats is None):
         raise CommandError("give exactly one of --ref (compute FID) and --write-stats (write reference statistics)")
-    if a.batch_size < 1:
-        raise CommandError("--batch-size must be >= 1")
     if a.write_stats:
         _refuse_overwrite(a.write_stats, a.overwrite)
     device = _device(a.device)
@@ -305,6 +418,7 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
     weights, ref = (resolve(x) if x else x for x in (a.inception_weights, a.ref))  # "cache:NAME" works here too
     metric = FrechetDistance(build_extractor(a.features, weights), name="fid", reference_stats=ref).to(device)
     t0 = time.perf_counter()
+    sampler: Sampler | None = None
     result: dict[str, Any] = {"features": a.features}
     if a.images:
         total, batches = image_batches(a.images, a.batch_size)
@@ -321,12 +435,12 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
         result["dataset"] = repr(ds)
     elif a.config:
         net, sampler, info = load_denoiser(a.config, a.ckpt, a.net, device)
-        if a.steps is not None:
-            sampler = sampler.with_steps(a.steps)
+        sampler = with_steps(sampler, a.steps)
+        to_uint8 = uint8_images_of(net, declared_decoder(a.config, device))
         seeds = parse_seeds(a.seeds) if a.seeds else list(range(a.num))
         total = len(seeds)
-        batches = (model_to_uint8(x) for _, _, x in generate(net, sampler, seeds, a.batch_size, device, progress=not a.quiet))
-        result |= info | {"nfe": sampler.nfe, "sampler_steps": sampler.num_steps}
+        batches = (to_uint8(x) for _, _, x in generate(net, sampler, seeds, a.batch_size, device, progress=not a.quiet))
+        result |= info
         if a.write_stats is None:
             result["note"] = "samples streamed to features (nothing written)"
     else:
@@ -343,6 +457,8 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
                 metric.update(b)
                 bar.update(len(b))
         result |= {"fid": metric.compute()["fid"], "num_images": int(metric.count), "reference": a.ref}
+    if sampler is not None:  # after sampling: a token sampler knows its cost once it has run
+        result |= {"nfe": sampler.nfe, "sampler_steps": sampler.num_steps}
     result["seconds"] = time.perf_counter() - t0
     if a.json:
         with open(a.json, "w") as f:

@@ -1,7 +1,8 @@
 """EDM's deterministic/stochastic Heun sampler (Karras et al. 2022, Algorithm 2).
 
 A pure function: the denoiser, the initial noise, the labels and the σ grid go in; samples come out.
-The only randomness beyond ``noise`` is the churn noise, drawn from ``generator`` when S_churn > 0.
+The only randomness beyond ``noise`` is the churn noise, drawn from ``generator`` when S_churn > 0 (one
+generator for the batch, or one per sample: ``HeunSampler.from_seeds`` seeds one per sample).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from ..protocols import Denoiser
 from ..schedules import karras_sigmas
 from .base import Sampler
-from .noise import seeded_normal
+from .noise import mix_seed, seeded_normal
 
 
 @torch.no_grad()
@@ -29,7 +30,7 @@ def heun_sampler(
     S_min: float = 0.0,
     S_max: float = float("inf"),
     S_noise: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     round_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Integrate the probability-flow ODE from σ = sigmas[0] to sigmas[-1] (normally 0).
@@ -61,7 +62,7 @@ def heun_sampler(
         if gamma > 0 and round_sigma is not None:
             t_hat = torch.as_tensor(round_sigma(t_hat)).to(device=sig.device, dtype=torch.float64)
         if gamma > 0:
-            eps = torch.randn(x_cur.shape, generator=generator, device=x_cur.device, dtype=torch.float64)
+            eps = _churn_noise(x_cur, generator)
             x_hat = x_cur + (t_hat**2 - t_cur**2).sqrt() * S_noise * eps
         else:
             x_hat = x_cur
@@ -71,6 +72,17 @@ def heun_sampler(
             d_prime = (x_next - d(x_next, t_next)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next.to(torch.float32)
+
+
+def _churn_noise(x: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal float64 like ``x`` [B, *D]: from one generator (or torch's global one), or row i from
+    the CPU generator ``generator[i]`` (a sample's churn noise then depends on its own generator only)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} churn generators for a batch of {x.shape[0]}")
+        rows = [torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in generator]
+        return torch.stack(rows).to(x.device)
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64)
 
 
 class HeunSampler(Sampler):
@@ -143,8 +155,12 @@ class HeunSampler(Sampler):
         return sig
 
     def __call__(
-        self, denoiser: Denoiser, noise: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self, denoiser: Denoiser, noise: torch.Tensor, labels: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
+        """Samples [N, *D] (float32) from standard normal ``noise`` [N, *D] (the sampler contract);
+        ``generator``: the churn noise's (S_churn > 0): one for the batch, one per sample, or None (torch's
+        global generator)."""
         sigmas = self.sigmas_for(denoiser)
         round_sigma = getattr(denoiser, "round_sigma", None)
         if self.compile:
@@ -161,11 +177,21 @@ class HeunSampler(Sampler):
             self._compiled[denoiser] = fn
         return fn
 
-    def from_seeds(self, net: Denoiser, seeds: torch.Tensor, labels: torch.Tensor, sample_shape: tuple[int, ...],
-                   device: torch.device | str) -> torch.Tensor:
-        """Samples from initial noise seeded per sample (``seeded_normal``)."""
-        noise = seeded_normal(seeds, sample_shape, device=device)
-        return self(net, noise, labels.to(device))
+    def noise(self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...],
+              device: torch.device | str | None = None) -> torch.Tensor:
+        """Initial noise [N, *sample_shape]: standard normal, row i from seeds[i] (``seeded_normal``)."""
+        return seeded_normal(seeds, sample_shape, device=device)
+
+    def from_seeds(self, net: Denoiser, seeds: torch.Tensor | list[int], labels: torch.Tensor,
+                   sample_shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+        """Samples from per-sample seeded noise; with churn (S_churn > 0) each sample's churn noise comes
+        from its own generator too, seeded with ``mix_seed(seed, 1)``, so a churn sample is also a function
+        of its seed only (without churn: exactly ``Sampler.from_seeds``)."""
+        gens = None
+        if self.churn["S_churn"] > 0:
+            listed = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+            gens = [torch.Generator().manual_seed(mix_seed(int(s), 1)) for s in listed]
+        return self(net, self.noise(seeds, tuple(sample_shape), device), labels.to(device), generator=gens)
 
     def __repr__(self) -> str:
         return f"HeunSampler(num_steps={self.num_steps}, nfe={self.nfe}, sigmas=[{self.sigmas[0]:.3g}..{self.sigmas[-2]:.3g}], {self.churn})"

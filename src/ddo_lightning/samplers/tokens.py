@@ -1,9 +1,9 @@
 """Autoregressive sampling for next-token models (``protocols.TokenModel``), as a pure function of
-(model, labels, per-sample uniforms).
+(model, labels, per-sample uniforms): ``TokenSampler()(net, uniforms, labels)``, the sampler contract.
 
 Each sample's randomness is one row of uniforms u ∈ [0, 1)^L drawn from its own seed
-(``seeded_uniform``), and token t is the inverse CDF of the model's conditional at u_t: a sample is a
-function of its seed only — not of the batch it was drawn in, the device count or the rank — exactly as
+(``noise.seeded_uniform``), and token t is the inverse CDF (``noise.inverse_cdf``) of the model's
+conditional at u_t: a sample is a function of its seed only — not of the batch it was drawn in, the device count or the rank — exactly as
 ``seeded_normal`` makes diffusion samples. Guidance-free by default (what DDO's reference samples must
 be, docs/method.md §3); classifier-free guidance, temperature, top-k and top-p are for evaluation.
 """
@@ -11,23 +11,13 @@ be, docs/method.md §3); classifier-free guidance, temperature, top-k and top-p 
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from ..protocols import TokenModel
 from .base import Sampler
+from .noise import inverse_cdf, seeded_uniform
 
-
-def seeded_uniform(seeds: torch.Tensor | list[int], length: int, *, device: torch.device | str | None = None) -> torch.Tensor:
-    """Uniforms [len(seeds), length] in float64, row i from a CPU generator seeded with seeds[i]."""
-    seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, torch.Tensor) else seeds)]
-    gen = torch.Generator()
-    rows = []
-    for s in seeds:
-        gen.manual_seed(s)
-        rows.append(torch.rand(length, generator=gen, dtype=torch.float64))
-    out = torch.stack(rows) if rows else torch.empty((0, length), dtype=torch.float64)
-    return out.to(device) if device is not None else out
+__all__ = ["TokenSampler", "filtered_probs", "inverse_cdf", "sample_tokens", "seeded_uniform"]
 
 
 def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -68,9 +58,7 @@ def sample_tokens(model: TokenModel, labels: torch.Tensor, uniforms: torch.Tenso
         logits = model(tokens, labels)[:, t]
         if cfg:
             logits = (1 + cfg) * logits - cfg * model(tokens, torch.zeros_like(labels))[:, t]
-        cdf = filtered_probs(logits, temperature, top_k, top_p).cumsum(-1)
-        u = (uniforms[:, t] * cdf[:, -1]).unsqueeze(-1)  # scaled by the total: robust to rounding
-        tokens[:, t] = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.shape[-1] - 1).squeeze(-1)
+        tokens[:, t] = inverse_cdf(filtered_probs(logits, temperature, top_k, top_p), uniforms[:, t])
     return tokens
 
 
@@ -102,20 +90,25 @@ class TokenSampler(Sampler):
     def guidance_free(self) -> bool:
         return self.cfg == 0 and self.temperature == 1 and self.top_k is None and self.top_p is None
 
+    def noise(self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...],
+              device: torch.device | str | None = None) -> torch.Tensor:
+        """Uniforms [N, L] in [0, 1), float64, row i from seeds[i] (``seeded_uniform``); sample_shape = (L,)."""
+        if len(sample_shape) != 1:
+            raise ValueError(f"token samples are sequences [L]; got the sample shape {tuple(sample_shape)}")
+        return seeded_uniform(seeds, sample_shape[0], device=device)
+
     @torch.no_grad()
-    def from_seeds(self, net: nn.Module, seeds: torch.Tensor, labels: torch.Tensor, sample_shape: tuple[int, ...],
-                   device: torch.device | str) -> torch.Tensor:
-        (length,) = sample_shape
-        uniforms = seeded_uniform(seeds, length, device=device)
-        labels = labels.to(device)
+    def __call__(self, net: nn.Module, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Tokens [N, L] (int64): token t the inverse CDF of its conditional at ``noise[:, t]`` (uniforms
+        [N, L], what :meth:`noise` makes); labels [N, K]."""
         kw = dict(cfg=self.cfg, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         own = getattr(net, "sample_tokens", None)
         if callable(own):
-            tokens = own(labels, uniforms, **kw)
-            steps = float(getattr(net, "num_sampling_steps", length))
+            tokens = own(labels, noise, **kw)
+            steps = float(getattr(net, "num_sampling_steps", noise.shape[1]))
         else:
-            tokens = sample_tokens(net, labels, uniforms, **kw)
-            steps = float(length)
+            tokens = sample_tokens(net, labels, noise, **kw)
+            steps = float(noise.shape[1])
         self.num_steps = steps
         self.nfe = steps * (2 if self.cfg else 1)
         return tokens

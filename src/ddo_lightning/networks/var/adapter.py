@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ...pixels import quantize
+from ...samplers.noise import inverse_cdf
 from ...samplers.tokens import filtered_probs
 from ..base import Network
 from .build import build_vae, build_var, load_vae_checkpoint, load_var_checkpoint
@@ -64,12 +65,6 @@ def _add_var_prefix(module: nn.Module, state_dict: dict, prefix: str, *args) -> 
     head = prefix + "var."
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(head)]:
         state_dict[head + key[len(prefix):]] = state_dict.pop(key)
-
-
-def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    cdf = probs.cumsum(-1)
-    x = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)  # scaled by the total: robust to rounding
-    return torch.searchsorted(cdf, x, right=True).clamp_max(cdf.shape[-1] - 1).squeeze(-1)
 
 
 class VARTokenModel(Network):
@@ -207,7 +202,7 @@ class VARTokenModel(Network):
                     s = cfg * si / (S - 1) if self.cfg_schedule == "linear" else cfg
                     logits = (1 + s) * logits[:B] - s * logits[B:]
                 probs = filtered_probs(logits.reshape(-1, V), temperature, top_k, top_p)
-                idx = _inverse_cdf(probs, uniforms[:, b:e].reshape(-1))
+                idx = inverse_cdf(probs, uniforms[:, b:e].reshape(-1))
                 log_prob += probs.gather(1, idx.unsqueeze(1)).log().view(B, -1).sum(1)
                 idx = idx.view(B, e - b)
                 tokens[:, b:e] = idx
