@@ -17,7 +17,9 @@ forward, backward, optimizer, EMA, logging and the loop's end-of-iteration check
 * one round: the union of the iterations of the last step of round 1 (its evaluation, promotion, the new
   reference's fakes, ``round-1.ckpt``, the summary) and of the first step of round 2.
 
-Only files under ``src/ddo_lightning`` count; a file counts once however often it runs.
+Only files under ``src/ddo_lightning`` count; a file counts once however often it runs. Each count is
+split into the training layer (``training/``: modules, data module, fake sources, callbacks, I/O) and the
+rest (network, objective, losses, sampler, data set, metric), which any step of any trainer runs.
 """
 
 from __future__ import annotations
@@ -96,13 +98,16 @@ def main() -> None:
         sys.settrace(None)
     if tracer.iteration + 1 != ROUNDS * STEPS_PER_ROUND:
         raise SystemExit(f"expected {ROUNDS * STEPS_PER_ROUND} training iterations, traced {tracer.iteration + 1}")
+    print(f"run directory: {os.path.join(tmp, 'outputs', 'toy2d')}")
     kind = tracer.functions if args.functions else tracer.files
     step = kind[PLAIN_STEP - 1]
     boundary = kind[ROUND_END - 1] | kind[ROUND_END]
     for title, items in ((f"one step (step {PLAIN_STEP} of round 1)", step),
                          (f"one round boundary (steps {ROUND_END} and {ROUND_END + 1})", boundary)):
         files = {i.split(":")[0] for i in items}
-        print(f"{title}: {len(files)} files")
+        layer = {f for f in files if f.startswith(os.path.join("ddo_lightning", "training", ""))}
+        print(f"{title}: {len(files)} files ({len(layer)} in training/, {len(files) - len(layer)} model, "
+              "objective, sampler, data and metrics)")
         if args.list or args.functions:
             print("".join(f"  {f}\n" for f in sorted(items)), end="")
 

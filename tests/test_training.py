@@ -259,7 +259,7 @@ def test_self_play_promotes_best_ema_and_restarts_optimizer(tmp_path, toy_real, 
     # the state is in the checkpoint: round, images, best score, and the evaluation history
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("SelfPlay"))
     assert state["round"] == 1 and state["images_in_round"] == 0 and state["best_score"] == sp.best_score
-    evals = [h for h in state["history"] if "metrics" in h]
+    evals = state["evaluations"]
     assert [h["kimg_in_round"] for h in evals] == [0.0, 1.024, 2.048]  # step 0, every 1.024 kimg, the end
     assert sp.best_score == min(h["metrics"]["energy_distance"] for h in evals)
     summary = sp.summary()
@@ -368,7 +368,7 @@ def test_evaluation_reports_how_it_was_measured(tmp_path, toy_real, mle_ckpt):
     """Every evaluation carries its sample count, the sampler's NFE (2N−1 for N Heun steps) and its cost."""
     sp = self_play(tmp_path, rounds=1)
     make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
-    first = sp.history[0]["metrics"]
+    first = sp.evaluations[0]["metrics"]
     assert first["num_samples"] == 500 and first["nfe"] == 11 and first["eval_seconds"] > 0
 
 
@@ -498,7 +498,7 @@ def test_progress_bar_counts_rounds_and_kimg_not_epochs(tmp_path, toy_real, mle_
     trainer = make_trainer(tmp_path, max_steps=100, enable_progress_bar=True, callbacks=[sp, RoundProgressBar()])
     trainer.fit(ddo_module(mle_ckpt), pool_data(toy_real))
     out = capsys.readouterr().out.replace("\r", "\n")
-    last = sp.history[-2]["metrics"]["energy_distance"]  # the last evaluation (the entry after it: the promotion)
+    last = sp.evaluations[-1]["metrics"]["energy_distance"]  # the last evaluation
     assert "round 1/2 · kimg 0.128/0.256 · last energy_distance " in out
     assert f"round 2/2 · kimg 0.256/0.256 · last energy_distance {last:.4g}" in out
     assert "Epoch" not in out
