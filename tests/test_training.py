@@ -268,6 +268,32 @@ def test_self_play_promotes_best_ema_and_restarts_optimizer(tmp_path, toy_real, 
     assert os.path.isfile(tmp_path / "sp" / "summary.json")
 
 
+def test_self_play_state_round_trips_and_reads_the_mixed_history_of_older_checkpoints():
+    """SelfPlay's checkpoint state loads back as it was saved; a state written before evaluations and
+    promotions were kept apart (one ``history`` list, a stored ``images_in_round``) loads into the two lists,
+    and its images in the round are counted on from the module's image counter."""
+    from types import SimpleNamespace
+
+    evals = [{"round": 0, "kimg_in_round": k, "kimg": k, "metrics": {"mmd": m}} for k, m in ((0.0, 1.0), (0.512, 0.5))]
+    promotion = {"round": 0, "promoted_kimg_in_round": 0.512, "improved": True, "best_score": 0.5, "weights_changed": True}
+    later = {"round": 1, "kimg_in_round": 0.256, "kimg": 0.768, "metrics": {"mmd": 0.4}}
+    old = {"round": 1, "images_in_round": 256, "best_score": 0.4, "best_images": 256, "last_round_path": "r1.ckpt",
+           "warnings": [], "history": [evals[0], evals[1], promotion, later]}
+    module = SimpleNamespace(images_seen=torch.tensor(768), start_round=lambda r: None)
+    sp = SelfPlay(rounds=3, monitor="mmd")
+    sp.load_state_dict(old)
+    sp._module = module
+    sp.on_train_start(SimpleNamespace(should_stop=False), module)
+    assert sp.evaluations == [*evals, later] and sp.promotions == [promotion]
+    assert (sp.round, sp.images_in_round, sp.round_start_images, sp.best_images) == (1, 256, 512, 256)
+    module.images_seen += 128
+    back = SelfPlay(rounds=3, monitor="mmd")
+    back.load_state_dict(sp.state_dict())
+    back._module = module
+    assert {k: getattr(back, k) for k in SelfPlay.STATE} == {k: getattr(sp, k) for k in SelfPlay.STATE}
+    assert back.images_in_round == sp.state_dict()["images_in_round"] == 384
+
+
 def test_resume_mid_round_keeps_round_reference_and_fake_position(tmp_path, toy_real, mle_ckpt):
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=20, save_top_k=-1)
     sp = self_play(tmp_path, rounds=3, kimg_per_round=1.536, eval_every_kimg=0.768)
