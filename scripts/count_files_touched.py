@@ -63,7 +63,7 @@ class FileTracer:
             rel = os.path.relpath(name, os.path.dirname(os.path.dirname(self.package)))
             self.files[self.iteration].add(rel)
             self.functions[self.iteration].add(f"{rel}:{code.co_name}")
-        return None  # call events only: no line tracing
+        # returns None: call events only, no line tracing
 
 
 def main() -> None:
@@ -87,7 +87,7 @@ def main() -> None:
     ddo = _overlay("ddo.yaml", {"model": {"init_args": small}, "data": {"init_args": {
         "batch_size": BATCH, "real": real,
         "fake": {"class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 128, "progress": False}}}}})
-    kimg = lambda steps: str(steps * BATCH / 1000)  # noqa: E731
+    kimg = lambda steps: str(steps * BATCH / 1000)
     tracer = FileTracer(package)
     sys.settrace(tracer)
     try:

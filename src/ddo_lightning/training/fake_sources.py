@@ -33,8 +33,8 @@ def balanced_labels(indices: torch.Tensor, label_dim: int) -> torch.Tensor:
 
 class FakeSource(ABC):
     """Yields fake batches paired 1:1 with real batches. Lifecycle:
-    ``setup`` (shapes, rank) → ``refresh`` (each round, with the reference's sampling function) →
-    ``next`` (each step). ``state_dict`` holds the round and the position in the round's stream."""
+    ``setup`` (shapes, rank) → ``refresh`` (each round, with the reference's sampling function; called by
+    ``DDODataModule`` alone, at the round's first batch) → ``next`` (each step). ``state_dict`` holds the round and the position in the round's stream."""
 
     def __init__(self, seed: int = 0, quantize: bool = False):
         self.seed, self.quantize = seed, quantize

@@ -105,7 +105,7 @@ def table(s: dict[str, Any]) -> str:
         rows.append([tag, fmt(r["promoted_kimg_in_round"])] + [fmt(r["metrics"][k]) for k in keys])
     header = ["model", "best@kimg"] + keys
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
