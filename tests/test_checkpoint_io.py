@@ -86,7 +86,7 @@ def test_a_failed_write_leaves_no_temporary_file_and_names_the_path(writer, tmp_
     error (an OSError with errno ENOSPC) names the destination."""
     import errno
 
-    from ddo_lightning.training import SelfPlay
+    from ddo_lightning.training import SelfPlay, report
     from ddo_lightning.training.atomic import WriteError, atomic_torch_save
 
     name = {"checkpoint": "last.ckpt", "curve.png": "curve.png"}.get(writer, writer)
@@ -94,7 +94,7 @@ def test_a_failed_write_leaves_no_temporary_file_and_names_the_path(writer, tmp_
     dest.write_bytes(b"the previous version")
     cb = SelfPlay(rounds=1, monitor="mmd", dirpath=str(tmp_path))
     cb.summary_path = str(tmp_path / "summary.json")
-    cb.history = [{"round": 0, "kimg_in_round": 0.0, "kimg": 0.0, "metrics": {"mmd": 1.0}}]
+    cb.evaluations = [{"round": 0, "kimg_in_round": 0.0, "kimg": 0.0, "metrics": {"mmd": 1.0}}]
 
     class Trainer:  # curve.png goes to the file loggers' directories, else to dirpath
         loggers = []
@@ -102,8 +102,9 @@ def test_a_failed_write_leaves_no_temporary_file_and_names_the_path(writer, tmp_
     write, fail = {
         "checkpoint": (lambda: AtomicCheckpointIO().save_checkpoint({"global_step": 2}, dest), _torch_save_fails),
         "best.pt": (lambda: atomic_torch_save({"w": torch.ones(2)}, dest), _torch_save_fails),
-        "summary.json": (cb._write_summary, _json_fails),
-        "curve.png": (lambda: cb._write_curve(Trainer()), _savefig_fails),
+        "summary.json": (lambda: report.write_summary(cb.summary_path, cb.summary()), _json_fails),
+        "curve.png": (lambda: report.write_curve(report.logger_dirs(Trainer()) or [cb.dirpath], cb.evaluations,
+                                                 cb.promotions, cb.monitor), _savefig_fails),
     }[writer]
     fail(monkeypatch)
     with pytest.raises(WriteError) as err:

@@ -259,13 +259,39 @@ def test_self_play_promotes_best_ema_and_restarts_optimizer(tmp_path, toy_real, 
     # the state is in the checkpoint: round, images, best score, and the evaluation history
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("SelfPlay"))
     assert state["round"] == 1 and state["images_in_round"] == 0 and state["best_score"] == sp.best_score
-    evals = [h for h in state["history"] if "metrics" in h]
+    evals = state["evaluations"]
     assert [h["kimg_in_round"] for h in evals] == [0.0, 1.024, 2.048]  # step 0, every 1.024 kimg, the end
     assert sp.best_score == min(h["metrics"]["energy_distance"] for h in evals)
     summary = sp.summary()
     assert summary["reference"] == evals[0]["metrics"]
     assert summary["rounds"][0]["metrics"]["energy_distance"] == sp.best_score
     assert os.path.isfile(tmp_path / "sp" / "summary.json")
+
+
+def test_self_play_state_round_trips_and_reads_the_mixed_history_of_older_checkpoints():
+    """SelfPlay's checkpoint state loads back as it was saved; a state written before evaluations and
+    promotions were kept apart (one ``history`` list, a stored ``images_in_round``) loads into the two lists,
+    and its images in the round are counted on from the module's image counter."""
+    from types import SimpleNamespace
+
+    evals = [{"round": 0, "kimg_in_round": k, "kimg": k, "metrics": {"mmd": m}} for k, m in ((0.0, 1.0), (0.512, 0.5))]
+    promotion = {"round": 0, "promoted_kimg_in_round": 0.512, "improved": True, "best_score": 0.5, "weights_changed": True}
+    later = {"round": 1, "kimg_in_round": 0.256, "kimg": 0.768, "metrics": {"mmd": 0.4}}
+    old = {"round": 1, "images_in_round": 256, "best_score": 0.4, "best_images": 256, "last_round_path": "r1.ckpt",
+           "warnings": [], "history": [evals[0], evals[1], promotion, later]}
+    module = SimpleNamespace(images_seen=torch.tensor(768), start_round=lambda r: None)
+    sp = SelfPlay(rounds=3, monitor="mmd")
+    sp.load_state_dict(old)
+    sp._module = module
+    sp.on_train_start(SimpleNamespace(should_stop=False), module)
+    assert sp.evaluations == [*evals, later] and sp.promotions == [promotion]
+    assert (sp.round, sp.images_in_round, sp.round_start_images, sp.best_images) == (1, 256, 512, 256)
+    module.images_seen += 128
+    back = SelfPlay(rounds=3, monitor="mmd")
+    back.load_state_dict(sp.state_dict())
+    back._module = module
+    assert {k: getattr(back, k) for k in SelfPlay.STATE} == {k: getattr(sp, k) for k in SelfPlay.STATE}
+    assert back.images_in_round == sp.state_dict()["images_in_round"] == 384
 
 
 def test_resume_mid_round_keeps_round_reference_and_fake_position(tmp_path, toy_real, mle_ckpt):
@@ -368,7 +394,7 @@ def test_evaluation_reports_how_it_was_measured(tmp_path, toy_real, mle_ckpt):
     """Every evaluation carries its sample count, the sampler's NFE (2N−1 for N Heun steps) and its cost."""
     sp = self_play(tmp_path, rounds=1)
     make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
-    first = sp.history[0]["metrics"]
+    first = sp.evaluations[0]["metrics"]
     assert first["num_samples"] == 500 and first["nfe"] == 11 and first["eval_seconds"] > 0
 
 
@@ -498,7 +524,7 @@ def test_progress_bar_counts_rounds_and_kimg_not_epochs(tmp_path, toy_real, mle_
     trainer = make_trainer(tmp_path, max_steps=100, enable_progress_bar=True, callbacks=[sp, RoundProgressBar()])
     trainer.fit(ddo_module(mle_ckpt), pool_data(toy_real))
     out = capsys.readouterr().out.replace("\r", "\n")
-    last = sp.history[-2]["metrics"]["energy_distance"]  # the last evaluation (the entry after it: the promotion)
+    last = sp.evaluations[-1]["metrics"]["energy_distance"]  # the last evaluation
     assert "round 1/2 · kimg 0.128/0.256 · last energy_distance " in out
     assert f"round 2/2 · kimg 0.256/0.256 · last energy_distance {last:.4g}" in out
     assert "Epoch" not in out

@@ -15,8 +15,8 @@ from torchmetrics import Metric
 
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
-from .fake_sources import balanced_labels, lockstep_chunks
-from .sharding import is_sharded
+from .fake_sources import balanced_labels
+from .sharding import is_sharded, rank_batches
 
 # Lightning ≥ 2.2 warns when submodules are in eval mode at fit start; our frozen reference and EMA are
 # in eval mode on purpose (docs/architecture.md, "Settled choices").
@@ -238,25 +238,18 @@ class DenoiserModule(pl.LightningModule):
         for k, v in zip(names, values):
             self.log(f"train/{k}", v, prog_bar=k in prog_bar)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._pending_images = getattr(self, "_pending_images", 0) + self.batch_images(batch) * self.trainer.world_size
-
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then the image count and the EMA: both are current when any callback's
         ``on_train_batch_end`` runs (Lightning calls callbacks' batch-end hooks before the module's, so
-        SelfPlay evaluates the EMA that includes this step)."""
+        SelfPlay evaluates the EMA that includes this step). ``images_seen`` is the run's one image counter
+        (in every checkpoint); SelfPlay's images in the round are derived from it."""
         super().optimizer_step(*args, **kwargs)
-        images, self._pending_images = getattr(self, "_pending_images", 0), 0
+        images = self.trainer.datamodule.global_batch_size
         self.images_seen += images
         self.ema.update(self.trained_network(), images)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.log("kimg", self.images_seen.float() / 1000)
-
-    @staticmethod
-    def batch_images(batch: Any) -> int:
-        first = batch[0]
-        return len(first.x) if hasattr(first, "x") else len(first)
 
     # ---- sampling and evaluation ------------------------------------------------------------------
     @torch.no_grad()
@@ -276,9 +269,8 @@ class DenoiserModule(pl.LightningModule):
         net = self.ema.model if net is None else net
         t0 = time.perf_counter()
         self.evaluator.reset()
-        rank, world = self.global_rank, self.trainer.world_size if self._trainer else 1
-        idx = torch.arange(rank, self.num_eval_samples, world)
-        for chunk, n in lockstep_chunks(idx, self.num_eval_samples, world, self.eval_batch_size, is_sharded(net)):
+        rank, world = self.shard
+        for chunk, n in rank_batches(self.num_eval_samples, self.eval_batch_size, rank, world, is_sharded(net)):
             seeds = torch.tensor([mix_seed(self.seed, int(i), 3) for i in chunk])
             labels = balanced_labels(chunk, self.label_dim).to(self.device)
             x = self.sample(net, seeds, labels)
@@ -295,7 +287,7 @@ class DenoiserModule(pl.LightningModule):
         return metrics
 
     def _log_evaluation(self, prefix: str) -> None:
-        from .callbacks.evaluation import publish_evaluation
+        from .report import publish_evaluation
 
         metrics = self.evaluate()
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)

@@ -3,6 +3,11 @@
 The real dataset is an ordinary map-style dataset yielding ``Samples``; the fake source is attached
 after the batch reaches the device (``on_after_batch_transfer``), so online generation runs on the
 device and a pool sits in host memory. Without a fake source (MLE pretraining) it yields real batches.
+
+The data module is the one owner of the fakes: the first batch of a round (and of a fit) points the fake
+source at the training module's reference of that round (``round_index``, ``sample_reference``), which
+regenerates a pool. Nobody else refreshes fakes, so no hook order matters: SelfPlay promotes a new
+reference between two steps and the next batch's fakes come from it.
 """
 
 from __future__ import annotations
@@ -67,15 +72,30 @@ class DDODataModule(pl.LightningDataModule):
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             self.fake.setup(self.sample_shape, self.label_dim, rank, world)
 
-    @property
-    def fakes_ready(self) -> bool:
-        return self.fake is not None and self.fake.ready
+    def fakes_for(self, real: Samples) -> Samples:
+        """As many fakes as ``real`` holds, on its device, from the training module's reference of its current
+        round: a new round (or a fresh fit, or a resumed one) first points the fake source at that reference
+        (a pool is generated then; a resumed round keeps its stream position)."""
+        module = self.trainer.lightning_module
+        sample_fn: SampleFn | None = getattr(module, "sample_reference", None)
+        if sample_fn is None:
+            raise TypeError(f"a fake source needs a DDO module (its reference makes the fakes); "
+                            f"{type(module).__name__} has no `sample_reference`")
+        if not self.fake.ready or self.fake.round != module.round_index:
+            self.fake.refresh(sample_fn, module.round_index)
+        fake = self.fake.next(len(real), real.x.device)
+        if len(fake) != len(real):
+            raise ValueError(
+                f"the fake source {type(self.fake).__name__} returned {len(fake)} samples for a real batch of "
+                f"{len(real)}: DDO pairs real and fake 1:1"
+            )
+        return fake
 
-    def refresh_fakes(self, sample_fn: SampleFn, round_index: int) -> None:
-        """Point the fake source at a (new) reference; a pool is regenerated now."""
-        if self.fake is None:
-            raise RuntimeError("DDO needs fake samples: give DDODataModule a `fake` source (pool or online)")
-        self.fake.refresh(sample_fn, round_index)
+    @property
+    def global_batch_size(self) -> int:
+        """Real samples per optimizer step over all ranks (every batch is full: ``drop_last``)."""
+        trainer = self.trainer
+        return self.batch_size * (trainer.world_size * trainer.accumulate_grad_batches if trainer else 1)
 
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
@@ -116,13 +136,7 @@ class DDODataModule(pl.LightningDataModule):
         if self.fake is None:
             return batch
         real = Samples(*batch)
-        fake = self.fake.next(len(real), real.x.device)
-        if len(fake) != len(real):
-            raise ValueError(
-                f"the fake source {type(self.fake).__name__} returned {len(fake)} samples for a real batch of "
-                f"{len(real)}: DDO pairs real and fake 1:1"
-            )
-        return PairedBatch(real, fake)
+        return PairedBatch(real, self.fakes_for(real))
 
     def state_dict(self) -> dict[str, Any]:
         """The fake stream's position and the real stream's (epoch, batches this rank consumed in it)."""

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..data.images import model_to_uint8, quantize, uint8_to_model
 from ..protocols import SampleFn, Samples
 from ..samplers.noise import mix_seed
+from .sharding import gather_shards, rank_batches
 
 
 def balanced_labels(indices: torch.Tensor, label_dim: int) -> torch.Tensor:
@@ -30,26 +31,10 @@ def balanced_labels(indices: torch.Tensor, label_dim: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(indices % label_dim, label_dim).float()
 
 
-def lockstep_chunks(idx: torch.Tensor, total: int, world: int, batch_size: int, lockstep: bool):
-    """Batches of this rank's indices ``idx`` (its share ``rank::world`` of ``total``) as (indices, n real).
-    With ``lockstep`` every rank yields the same number of batches of the same sizes — the last ones
-    padded by repeating an index (its outputs are dropped: use the first ``n``) — because a forward of an
-    FSDP-sharded network is a collective that all ranks must join."""
-    longest = -(-total // world) if lockstep else len(idx)
-    for start in range(0, longest, batch_size):
-        chunk = idx[start : start + batch_size]
-        want = min(batch_size, longest - start)
-        n = len(chunk)
-        if n < want:
-            filler = chunk[-1:] if n else idx[:1] if len(idx) else torch.zeros(1, dtype=idx.dtype)
-            chunk = torch.cat([chunk, filler.repeat(want - n)])
-        yield chunk, n
-
-
 class FakeSource(ABC):
     """Yields fake batches paired 1:1 with real batches. Lifecycle:
-    ``setup`` (shapes, rank) → ``refresh`` (each round, with the reference's sampling function) →
-    ``next`` (each step). ``state_dict`` holds the round and the position in the round's stream."""
+    ``setup`` (shapes, rank) → ``refresh`` (each round, with the reference's sampling function; called by
+    ``DDODataModule`` alone, at the round's first batch) → ``next`` (each step). ``state_dict`` holds the round and the position in the round's stream."""
 
     def __init__(self, seed: int = 0, quantize: bool = False):
         self.seed, self.quantize = seed, quantize
@@ -131,7 +116,7 @@ class PoolFakeSource(FakeSource):
         if len(self.indices) == 0:
             raise ValueError(f"pool of {self.size} samples leaves rank {self.rank} of {self.world_size} with none")
         xs = []
-        chunks = list(lockstep_chunks(self.indices, self.size, self.world_size, self.generation_batch_size, self.world_size > 1))
+        chunks = list(rank_batches(self.size, self.generation_batch_size, self.rank, self.world_size, self.world_size > 1))
         bar = tqdm(chunks, desc=f"fake pool, round {self.round + 1}", unit="batch", disable=not self.progress or self.rank != 0, leave=False)
         for idx, n in bar:  # every rank makes the same number of sampler calls (sharded references need it)
             seeds = torch.tensor([mix_seed(self.seed, self.round, int(i)) for i in idx])
@@ -158,27 +143,6 @@ class PoolFakeSource(FakeSource):
         self.position += batch_size
         x = self.x[rows].to(device, non_blocking=True)
         return Samples(uint8_to_model(x) if self.quantize else x, self.labels[rows].to(device, non_blocking=True))
-
-
-def gather_shards(local: torch.Tensor, size: int, rank: int, world: int) -> torch.Tensor:
-    """The full [size, ...] tensor from each rank's rows ``rank::world`` (all-gather; CPU result).
-    Without a process group (one process) ``local`` is already everything."""
-    if world == 1:
-        return local
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(f"rank {rank} of {world}: gathering the fake pool needs an initialised process group")
-    rows = -(-size // world)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    padded = torch.zeros((rows, *local.shape[1:]), dtype=local.dtype, device=device)
-    padded[: len(local)] = local.to(device)
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    full = torch.empty((size, *local.shape[1:]), dtype=local.dtype)
-    for r, part in enumerate(parts):
-        full[r::world] = part[: len(range(r, size, world))].cpu()
-    return full
 
 
 class OnlineFakeSource(FakeSource):

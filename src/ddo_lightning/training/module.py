@@ -79,7 +79,7 @@ class DDOModule(DenoiserModule):
         self.objective = objective if objective is not None else DiffusionDDO()
         check_model_family(network, self.objective, self.sampler)
         self.ema = make_ema(self.target, ema_halflife_kimg, ema_rampup_ratio, ema_sigma_rel)
-        self.round_index = 0  # set by SelfPlay; for messages and logs only
+        self.round_index = 0  # the round in progress (SelfPlay: start_round); its fakes are this round's
 
     def trained_network(self) -> nn.Module:
         return self.target
@@ -109,13 +109,19 @@ class DDOModule(DenoiserModule):
         prepare = getattr(self.reference, "prepare_fakes", None)
         return prepare(x) if callable(prepare) else x
 
-    def refresh_fakes(self, round_index: int) -> None:
-        self.trainer.datamodule.refresh_fakes(self.sample_reference, round_index)
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and getattr(self.trainer.datamodule, "fake", None) is None:
+            raise RuntimeError("DDO needs fake samples: give DDODataModule a `fake` source (pool or online)")
 
-    def on_train_start(self) -> None:  # after any checkpoint restore (FSDP2 restores after on_fit_start)
-        self.reference.eval()
-        if not self.trainer.datamodule.fakes_ready:  # SelfPlay, when present, did it for its round
-            self.refresh_fakes(self.round_index)
+    def start_round(self, round_index: int) -> None:
+        """Round ``round_index`` (0-based) begins with the current reference: the objective is told (e.g.
+        DiffusionDDO's per-round ``P_std_schedule``), and the data module's next batch draws its fakes from
+        this round's reference."""
+        self.round_index = round_index
+        start = getattr(self.objective, "start_round", None)
+        if callable(start):
+            start(round_index)
 
     # ---- one step ------------------------------------------------------------------------------------
     def training_step(self, batch: PairedBatch, batch_idx: int) -> torch.Tensor:

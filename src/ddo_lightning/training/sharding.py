@@ -6,11 +6,17 @@ shard by shard (no communication). A forward of a sharded network all-gathers it
 rank must run it at the same time: evaluation, pool generation and sample grids run on all ranks with
 the same number of sampler calls. Whole-network weights (``best.pt``, promotion) go through
 ``torch.distributed.checkpoint.state_dict`` full state dicts.
+
+"All ranks sample together" has two forms, one helper each: :func:`rank_batches` splits a fixed-seed set
+over the ranks in lockstep (evaluation, the fake pool; :func:`gather_shards` reunites a split set), and
+:func:`on_rank_zero` runs something on rank 0 that every rank must join when a network is sharded (sample
+grids, figures, the best weights).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +29,56 @@ def is_sharded(net: nn.Module) -> bool:
     except ImportError:  # pragma: no cover - torch without FSDP2
         return False
     return isinstance(net, FSDPModule)
+
+
+T = TypeVar("T")
+
+
+def rank_batches(total: int, batch_size: int, rank: int, world: int, lockstep: bool) -> Iterator[tuple[torch.Tensor, int]]:
+    """This rank's share (indices ``rank::world``) of the ``total`` samples of a fixed-seed set, in batches of
+    at most ``batch_size``, as (indices, n real). With ``lockstep`` every rank yields the same number of
+    batches of the same sizes — the last ones padded by repeating an index (drop all but the first ``n``
+    outputs) — because a forward of a sharded network is a collective that all ranks must join."""
+    idx = torch.arange(rank, total, world)
+    longest = -(-total // world) if lockstep else len(idx)
+    for start in range(0, longest, batch_size):
+        chunk = idx[start : start + batch_size]
+        want = min(batch_size, longest - start)
+        n = len(chunk)
+        if n < want:
+            filler = chunk[-1:] if n else idx[:1] if len(idx) else torch.zeros(1, dtype=idx.dtype)
+            chunk = torch.cat([chunk, filler.repeat(want - n)])
+        yield chunk, n
+
+
+def gather_shards(local: torch.Tensor, size: int, rank: int, world: int) -> torch.Tensor:
+    """The full [size, ...] tensor from each rank's rows ``rank::world`` (all-gather; CPU result).
+    Without a process group (one process) ``local`` is already everything."""
+    if world == 1:
+        return local
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"rank {rank} of {world}: gathering a sharded sample set needs an initialised process group")
+    rows = -(-size // world)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros((rows, *local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: len(local)] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    full = torch.empty((size, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        full[r::world] = part[: len(range(r, size, world))].cpu()
+    return full
+
+
+def on_rank_zero(net: nn.Module, is_global_zero: bool, fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 alone, or on every rank together when ``net`` is sharded (its forward and its full
+    state dict are collectives); the result on rank 0, None on the other ranks."""
+    if not (is_global_zero or is_sharded(net)):
+        return None
+    out = fn()
+    return out if is_global_zero else None
 
 
 def shard_network(net: nn.Module, mesh: Any) -> nn.Module:

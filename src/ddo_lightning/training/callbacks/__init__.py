@@ -1,4 +1,5 @@
-from .evaluation import SampleGrids, publish_evaluation
+from ..report import publish_evaluation
+from .evaluation import SampleGrids
 from .figures import ImageGridFigure, ScatterFigure, TokenFigure
 from .preemption import Preemption
 from .progress import LineProgress, RoundProgressBar, default_progress_bar

@@ -1,9 +1,10 @@
-"""What happens to an evaluation once it is computed: every logger gets it (with the round as a
-dimension), and every callback with an ``on_evaluation(trainer, pl_module, record)`` hook is told.
+"""Listeners of evaluations: :class:`SampleGrids` draws a grid at every evaluation.
 
-``SelfPlay`` is the FID monitor of a DDO run (it schedules evaluations every ``eval_every_kimg`` and
-picks each round's best from them); MLE pretraining evaluates in its validation loop. Both publish here,
-so the curves, the sample grids and the W&B layout are the same for both.
+An evaluation, once computed, is published by ``training.report.publish_evaluation``: every logger gets it
+(with the round as a dimension), and every callback with an ``on_evaluation(trainer, pl_module, record)``
+hook is told. ``SelfPlay`` is the FID monitor of a DDO run (it schedules evaluations every
+``eval_every_kimg`` and picks each round's best from them); MLE pretraining evaluates in its validation
+loop. Both publish there, so the curves, the sample grids and the W&B layout are the same for both.
 """
 
 from __future__ import annotations
@@ -19,48 +20,8 @@ from ...pixels import model_to_uint8, uint8_to_model
 from ...samplers import mix_seed
 from ..atomic import atomic_path
 from ..fake_sources import balanced_labels
-from ..sharding import is_sharded
-
-
-_LAID_OUT: set[tuple[int, str]] = set()  # (W&B logger, prefix) pairs whose metric layout is defined
-
-
-def publish_evaluation(trainer: pl.Trainer, pl_module: Any, metrics: dict[str, float], prefix: str = "eval",
-                       round_index: int | None = None, kimg_in_round: float | None = None,
-                       log: bool = True) -> dict[str, float]:
-    """Log ``metrics`` as ``<prefix>/<name>`` with ``<prefix>/kimg`` (and ``round``,
-    ``<prefix>/kimg_in_round`` in self-play) at the current step to every logger (unless ``log`` is
-    False: the caller logged them itself); then call every callback's ``on_evaluation``. Returns the record."""
-    record = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
-    record[f"{prefix}/kimg"] = int(pl_module.images_seen) / 1000
-    if round_index is not None:
-        record["round"] = float(round_index)
-        record[f"{prefix}/kimg_in_round"] = float(kimg_in_round or 0.0)
-    for logger in trainer.loggers if log else []:
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero and (id(logger), prefix) not in _LAID_OUT:
-            # W&B: plot evaluations against images seen; `round` travels in the same row, so each
-            # round is a segment of one curve (group or colour by `round`)
-            logger.experiment.define_metric(f"{prefix}/kimg")
-            logger.experiment.define_metric(f"{prefix}/*", step_metric=f"{prefix}/kimg")
-            _LAID_OUT.add((id(logger), prefix))
-        logger.log_metrics(record, step=trainer.global_step)
-    for cb in trainer.callbacks:
-        hook = getattr(cb, "on_evaluation", None)
-        if callable(hook):
-            hook(trainer, pl_module, record)
-    return record
-
-
-def logger_dirs(trainer: pl.Trainer) -> list[str]:
-    """The directories of the file-based loggers (CSV, TensorBoard); W&B gets media through its API."""
-    out = []
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            continue
-        d = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
-        if d:
-            out.append(str(d))
-    return out
+from ..report import logger_dirs
+from ..sharding import on_rank_zero
 
 
 def image_grid(x: torch.Tensor, columns: int) -> torch.Tensor:
@@ -109,12 +70,12 @@ class SampleGrids(pl.Callback):
     def on_evaluation(self, trainer: pl.Trainer, pl_module: Any, record: dict[str, float]) -> None:
         if pl_module.sample_shape is None or len(pl_module.sample_shape) != 3:
             return  # images only (2-D toy data has its scatter figure)
-        if not trainer.is_global_zero and not is_sharded(pl_module.ema.model):
-            return  # a sharded network samples on all ranks together; otherwise rank 0 alone
         idx = torch.arange(self.num_samples)
         seeds = torch.tensor([mix_seed(self.seed, int(i), 5) for i in idx])
-        x = pl_module.sample(pl_module.ema.model, seeds, balanced_labels(idx, pl_module.label_dim))
-        if not trainer.is_global_zero:
+        net = pl_module.ema.model
+        x = on_rank_zero(net, trainer.is_global_zero,
+                         lambda: pl_module.sample(net, seeds, balanced_labels(idx, pl_module.label_dim)))
+        if x is None:
             return
         decoder = getattr(pl_module.evaluator, "decoder", None)  # latents -> uint8 pixels (EDM2 512 px)
         x = (uint8_to_model(decoder(x)) if decoder is not None else x).cpu()

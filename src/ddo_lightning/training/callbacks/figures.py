@@ -16,7 +16,7 @@ import torch
 from ...samplers import mix_seed
 from ..fake_sources import balanced_labels
 from ..atomic import atomic_path
-from ..sharding import is_sharded
+from ..sharding import on_rank_zero
 from .evaluation import image_grid
 
 
@@ -25,8 +25,8 @@ class _StartVersusEnd(pl.Callback):
 
     def __init__(self, path: str | None, num_samples: int, seed: int):
         self.path, self.num_samples, self.seed = path, num_samples, seed
-        self._start: torch.Tensor | None = None
-        self._start_step = 0
+        self._start: torch.Tensor | None = None  # rank 0's samples of the reference at fit start
+        self._start_step: int | None = None  # None: training never started in this fit
 
     def _draw(self, pl_module: Any) -> torch.Tensor:
         idx = torch.arange(self.num_samples)
@@ -43,21 +43,19 @@ class _StartVersusEnd(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check(pl_module)
         self._start_step = trainer.global_step
-        if trainer.is_global_zero or is_sharded(pl_module.reference):  # sharded: all ranks sample together
-            self._start = self._draw(pl_module)
+        self._start = on_rank_zero(pl_module.reference, trainer.is_global_zero, lambda: self._draw(pl_module))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._start is None or trainer.global_step == self._start_step:
+        if self._start_step is None or trainer.global_step == self._start_step:
             return  # nothing trained in this fit: the figure on disk stays as it is
-        if not trainer.is_global_zero:
-            self._draw(pl_module)  # a sharded reference: join rank 0's sampling
+        end = on_rank_zero(pl_module.reference, trainer.is_global_zero, lambda: self._draw(pl_module))
+        if end is None:
             return
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        end = self._draw(pl_module)
         fig = self._plot(plt, trainer, pl_module, self._start, end)
         try:
             with atomic_path(self.path, suffix=".png") as tmp:

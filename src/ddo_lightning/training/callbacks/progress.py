@@ -38,9 +38,8 @@ def status_text(trainer: pl.Trainer, pl_module: Any) -> str:
     r = sp.rounds if finished else sp.display_round
     done = sp.images_per_round if finished else sp.images_in_round
     text = f"round {r}/{sp.rounds} · kimg {_kimg(done)}/{sp.images_per_round / 1000:g}"
-    evals = [h for h in sp.history if "metrics" in h]
-    if evals:
-        text += f" · last {sp.monitor} {_fmt(evals[-1]['metrics'][sp.monitor])}"
+    if sp.evaluations:
+        text += f" · last {sp.monitor} {_fmt(sp.evaluations[-1]['metrics'][sp.monitor])}"
     return text
 
 

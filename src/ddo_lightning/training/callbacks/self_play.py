@@ -1,12 +1,19 @@
 """SelfPlay: multi-round DDO (paper §3.3, docs/method.md §5).
 
-Rounds are measured in real images. Within a round the EMA is evaluated every
+Rounds are measured in real images (the module's ``images_seen``, the run's one image counter; the images
+of the round are counted from the round's start). Within a round the EMA is evaluated every
 ``eval_every_kimg``; the best evaluation (the round's starting weights included) is kept on disk. At the
-round boundary the best EMA weights become reference and target, the optimizer and EMA restart, the
-fakes are regenerated from the new reference, and ``round-N.ckpt`` is written atomically.
-The callback's state (round, images in the round, best score) is in every checkpoint, and so are the
-reference weights (they are part of the module), so a resumed run continues the same round with the
-same reference.
+round boundary the best EMA weights become reference and target, the optimizer and EMA restart, the module
+is told the new round (``start_round``: the data module's next batch draws its fakes from the new
+reference), and ``round-N.ckpt`` is written atomically.
+The callback's state (round, where it started, best score, the records) is in every checkpoint, and so
+are the reference weights (they are part of the module), so a resumed run continues the same round with
+the same reference.
+
+Two record lists, kept apart: ``evaluations`` (one per evaluation: round, kimg, metrics) and
+``promotions`` (one per finished round: what was promoted, whether it beat the round's start, whether the
+weights moved). ``summary.json``, the console table and ``curve.png`` are made from them by
+``training.report``.
 
 Rounds are numbered from 1 wherever a person sees them: console messages, the logged ``round`` column,
 ``summary.json`` and ``round-N.ckpt`` (round N's promoted weights). The ``round`` attribute (saved state)
@@ -20,7 +27,6 @@ console and in ``summary.json``; a run in which no round moved the weights ends 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -30,13 +36,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ..atomic import atomic_path, atomic_torch_save, atomic_write_text
-from ..sharding import full_state_dict, is_sharded
-from .evaluation import logger_dirs, publish_evaluation
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+from .. import report
+from ..atomic import atomic_torch_save
+from ..report import fmt as _fmt
+from ..sharding import full_state_dict, on_rank_zero
 
 
 class WeightsNeverChangedError(RuntimeError):
@@ -108,13 +111,22 @@ class SelfPlay(pl.Callback):
         self.eval_every_images = int(eval_every_kimg * 1000)
         # state (saved in every checkpoint)
         self.round = 0
-        self.images_in_round = 0
+        self.round_start_images = 0  # the module's images_seen when the round in progress started
         self.best_score: float | None = None
         self.best_images = 0  # images into the round at the best evaluation (0: the starting weights)
-        self.history: list[dict[str, Any]] = []  # one entry per evaluation
+        self.evaluations: list[dict[str, Any]] = []  # one per evaluation: round, kimg_in_round, kimg, metrics
+        self.promotions: list[dict[str, Any]] = []  # one per finished round (see training.report)
         self.last_round_path: str | None = None
         self.warnings: list[str] = []  # rounds whose weights never changed (also in summary.json)
         self._trained = False  # whether this fit ran (a finished run resumed does not: nothing is rewritten)
+        self._module: Any = None  # the trained module (setup): its images_seen counts the images
+        self._checked_images = 0  # images in the round at the last evaluation check
+        self._legacy_images_in_round: int | None = None
+
+    @property
+    def images_in_round(self) -> int:
+        """Real images trained on in the round in progress (from the module's ``images_seen``)."""
+        return int(self._module.images_seen) - self.round_start_images if self._module is not None else 0
 
     @property
     def best_path(self) -> str:
@@ -125,21 +137,34 @@ class SelfPlay(pl.Callback):
         return os.path.join(self.dirpath, "rounds", f"round-{n}.ckpt")
 
     # ---- state ---------------------------------------------------------------------------------------
+    STATE = ("round", "round_start_images", "best_score", "best_images", "evaluations", "promotions",
+             "last_round_path", "warnings")
+
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("round", "images_in_round", "best_score", "best_images", "history", "last_round_path", "warnings")}
+        """The state, and ``images_in_round`` for a reader of the checkpoint (derived: not read back)."""
+        return {**{k: getattr(self, k) for k in self.STATE}, "images_in_round": self.images_in_round}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
+        state = dict(state)
+        if "history" in state:  # a checkpoint from before the records were split: one mixed list
+            history = state.pop("history")
+            state["evaluations"] = [h for h in history if "metrics" in h]
+            state["promotions"] = [h for h in history if "improved" in h]
+        if "round_start_images" not in state:  # ... and before the round's start was kept: fixed at train start
+            self._legacy_images_in_round = int(state.get("images_in_round", 0))
+        for k in self.STATE:
+            if k in state:
+                setattr(self, k, state[k])
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            for attr in ("promote", "refresh_fakes", "evaluate"):
+            for attr in ("promote", "start_round", "evaluate"):
                 if not hasattr(pl_module, attr):
                     raise TypeError(f"SelfPlay needs a DDOModule; {type(pl_module).__name__} has no `{attr}`")
             if getattr(pl_module, "evaluator", None) is None:
                 raise ValueError("SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`")
+            self._module = pl_module
             self.dirpath = self.dirpath or trainer.default_root_dir
             self.summary_path = self.summary_path or os.path.join(self.dirpath, "summary.json")
             os.makedirs(self.dirpath, exist_ok=True)
@@ -165,27 +190,32 @@ class SelfPlay(pl.Callback):
         if self._stop_if_finished(trainer):
             return
         self._trained = True
-        self._start_round(pl_module)
-        pl_module.refresh_fakes(self.round)
-        if self.best_score is None:  # a fresh start: the reference itself is the first candidate
+        if self._legacy_images_in_round is not None:
+            self.round_start_images = int(pl_module.images_seen) - self._legacy_images_in_round
+            self._legacy_images_in_round = None
+        fresh = self.best_score is None  # a fresh start: the reference itself is the first candidate
+        if fresh:
+            self.round_start_images = int(pl_module.images_seen)
+        self._checked_images = self.images_in_round
+        pl_module.start_round(self.round)
+        if fresh:
             self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        before = self.images_in_round
-        self.images_in_round += pl_module.batch_images(batch) * trainer.world_size
+        before, now = self._checked_images, self.images_in_round
+        self._checked_images = now
         pl_module.log("round", float(self.display_round))
-        round_done = self.images_in_round >= self.images_per_round
-        if round_done or self.images_in_round // self.eval_every_images > before // self.eval_every_images:
+        round_done = now >= self.images_per_round
+        if round_done or now // self.eval_every_images > before // self.eval_every_images:
             self._evaluate(trainer, pl_module)
         if round_done:
             self._end_round(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self._trained:
-            self._write_summary()
-            self._write_curve(trainer)
+            self._write_report(trainer)
             rank_zero_info(self.table())
-        ends = [h for h in self.history if "improved" in h]
+        ends = self.promotions
         if ends and not any(h.get("weights_changed", True) for h in ends):
             # after the summary is written: nothing is lost, but the exit status says the run did nothing
             raise WeightsNeverChangedError(
@@ -195,13 +225,6 @@ class SelfPlay(pl.Callback):
     def display_round(self) -> int:
         """The round in progress, counted from 1 (what messages, logs and file names show)."""
         return self.round + 1
-
-    def _start_round(self, pl_module: pl.LightningModule) -> None:
-        """Tell the module (and its objective, e.g. DiffusionDDO's per-round ``P_std_schedule``) the round."""
-        pl_module.round_index = self.round
-        start = getattr(getattr(pl_module, "objective", None), "start_round", None)
-        if callable(start):
-            start(self.round)
 
     # ---- evaluation and promotion --------------------------------------------------------------------
     def _better(self, score: float) -> bool:
@@ -218,15 +241,15 @@ class SelfPlay(pl.Callback):
         score = metrics[self.monitor]
         entry = {"round": self.round, "kimg_in_round": self.images_in_round / 1000,
                  "kimg": int(pl_module.images_seen) / 1000, "metrics": metrics}
-        self.history.append(entry)
-        publish_evaluation(trainer, pl_module, metrics, round_index=self.display_round, kimg_in_round=entry["kimg_in_round"])
+        self.evaluations.append(entry)
+        report.publish_evaluation(trainer, pl_module, metrics, round_index=self.display_round,
+                                  kimg_in_round=entry["kimg_in_round"])
         if self._better(score):
             self.best_score, self.best_images = score, self.images_in_round
             net = pl_module.ema.model
-            if is_sharded(net) or trainer.is_global_zero:  # sharded: gathering the weights is a collective
-                weights = full_state_dict(net)
-                if trainer.is_global_zero:
-                    atomic_torch_save(weights, self.best_path)
+            weights = on_rank_zero(net, trainer.is_global_zero, lambda: full_state_dict(net))
+            if weights is not None:
+                atomic_torch_save(weights, self.best_path)
             trainer.strategy.barrier("selfplay-best")
         others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != self.monitor)
         rank_zero_info(f"[round {self.display_round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
@@ -245,97 +268,34 @@ class SelfPlay(pl.Callback):
             if improved else
             f"[round {self.display_round}] nothing beat the round's starting weights: the reference carries over unchanged"
         )
-        self.history.append({"round": self.round, "promoted_kimg_in_round": self.best_images / 1000,
-                             "improved": improved, "best_score": self.best_score, "weights_changed": changed})
+        self.promotions.append({"round": self.round, "promoted_kimg_in_round": self.best_images / 1000,
+                                "improved": improved, "best_score": self.best_score, "weights_changed": changed})
         finished = self.round + 1
-        self.round, self.images_in_round, self.best_images = finished, 0, 0  # best_score: the new reference's
-        self._start_round(pl_module)
+        self.round, self.best_images = finished, 0  # best_score: the new reference's
+        self.round_start_images = self._checked_images = int(pl_module.images_seen)
+        pl_module.start_round(self.round)
         if self.round >= self.rounds:
             trainer.should_stop = True
-        else:
-            pl_module.refresh_fakes(self.round)
         path = self.round_path(finished)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp"  # a sharded checkpoint is a directory that its IO does not write atomically
         trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, path)
-            self._write_summary()
-            self._write_curve(trainer)
+            self._write_report(trainer)
         trainer.strategy.barrier("selfplay-round")
         self.last_round_path = path
 
-    # ---- reporting -----------------------------------------------------------------------------------
+    # ---- reporting (training.report) ----------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """The starting reference's metrics and, per round, the metrics of the promoted checkpoint."""
-        evals = [h for h in self.history if "metrics" in h]
-        ends = [h for h in self.history if "improved" in h]
-        out: dict[str, Any] = {"monitor": self.monitor, "mode": self.mode, "reference": None, "rounds": []}
-        if evals:
-            out["reference"] = evals[0]["metrics"]
-        for end in ends:
-            r = end["round"]
-            cands = [h for h in evals if h["round"] == r and h["kimg_in_round"] == end["promoted_kimg_in_round"]]
-            best = cands[-1]["metrics"] if cands and end["improved"] else None
-            if best is None:  # carried over: the previous promoted metrics
-                best = out["rounds"][-1]["metrics"] if out["rounds"] else out["reference"]
-            out["rounds"].append({"round": r + 1, "improved": end["improved"],
-                                  "weights_changed": end.get("weights_changed", True),
-                                  "promoted_kimg_in_round": end["promoted_kimg_in_round"], "metrics": best,
-                                  "curve": [{"kimg_in_round": h["kimg_in_round"], self.monitor: h["metrics"][self.monitor]}
-                                            for h in evals if h["round"] == r]})
-        if self.warnings:
-            out["warnings"] = list(self.warnings)
-        if hasattr(self, "_t0"):
-            out["wall_seconds_this_run"] = time.perf_counter() - self._t0
-        return out
+        wall = time.perf_counter() - self._t0 if hasattr(self, "_t0") else None
+        return report.summary(self.evaluations, self.promotions, self.monitor, self.mode, self.warnings, wall)
 
     def table(self) -> str:
-        s = self.summary()
-        if s["reference"] is None:
-            return "(no evaluation yet)"
-        keys = [k for k in s["reference"] if k not in ("num_samples", "eval_seconds", "nfe", "sampler_steps")]
-        rows = [["reference (start)", "-"] + [_fmt(s["reference"][k]) for k in keys]]
-        for r in s["rounds"]:
-            tag = f"round {r['round']}" + ("" if r["improved"] else " (carried over)") + \
-                ("" if r["weights_changed"] else " (weights never changed)")
-            rows.append([tag, _fmt(r["promoted_kimg_in_round"])] + [_fmt(r["metrics"][k]) for k in keys])
-        header = ["model", "best@kimg"] + keys
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-        line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-        return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+        return report.table(self.summary())
 
-    def _write_curve(self, trainer: pl.Trainer) -> None:
-        """``curve.png`` in each file logger's directory (else in ``dirpath``): the monitored metric
-        against kimg, one segment per round, promoted evaluations circled."""
-        evals = [h for h in self.history if "metrics" in h]
-        if not evals:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        promoted = {(h["round"], h["promoted_kimg_in_round"]) for h in self.history if h.get("improved")}
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        for r in sorted({h["round"] for h in evals}):
-            pts = [h for h in evals if h["round"] == r]
-            ax.plot([h["kimg"] for h in pts], [h["metrics"][self.monitor] for h in pts], "o-", ms=3, label=f"round {r + 1}")
-            best = [h for h in pts if (r, h["kimg_in_round"]) in promoted]
-            if best:
-                ax.plot([best[-1]["kimg"]], [best[-1]["metrics"][self.monitor]], "o", ms=10, mfc="none", mec="k")
-        ax.set_xlabel("kimg (real images seen, DDO)")
-        ax.set_ylabel(self.monitor)
-        ax.set_title(f"{self.monitor} per evaluation; circled: promoted to reference")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        try:
-            for d in logger_dirs(trainer) or [self.dirpath]:
-                with atomic_path(os.path.join(d, "curve.png"), suffix=".png") as tmp:
-                    fig.savefig(tmp, dpi=110)
-        finally:
-            plt.close(fig)
-
-    def _write_summary(self) -> None:
-        atomic_write_text(self.summary_path, json.dumps(self.summary(), indent=2))
+    def _write_report(self, trainer: pl.Trainer) -> None:
+        """``summary.json``, and ``curve.png`` in each file logger's directory (else in ``dirpath``)."""
+        report.write_summary(self.summary_path, self.summary())
+        report.write_curve(report.logger_dirs(trainer) or [self.dirpath], self.evaluations, self.promotions, self.monitor)
