@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from .base import Backbone, Network
 
