@@ -109,7 +109,7 @@ class DDOCLI(LightningCLI):
         """``DIR/config.yaml`` (the previous one kept as ``config.before-step-N.yaml`` on a forced resume)."""
         from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-        from .training.atomic import atomic_write_text
+        from .files import atomic_write_text
 
         plan = getattr(self, "run_plan", None)
         if plan is None or rank_zero_only.rank != 0:
@@ -297,9 +297,8 @@ def convert(args: list[str]) -> str:
     """``ddo convert IN.pkl OUT.pt``: the network of an NVIDIA EDM/EDM2 pickle (read without executing
     its stored code) as a plain checkpoint: ``{"state_dict": ..., "nvidia_class": ..., "init_kwargs_json": ...}``,
     loadable with ``torch.load(weights_only=True)`` and usable as ``model.init_from``."""
-    import torch
-
     from .checkpoints.nvidia_pickle import read_nvidia_network
+    from .files import atomic_torch_save
 
     parser = argparse.ArgumentParser(prog="ddo convert", description=convert.__doc__)
     parser.add_argument("pickle", help="NVIDIA network pickle (.pkl)")
@@ -312,9 +311,7 @@ def convert(args: list[str]) -> str:
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     payload = {"state_dict": state, "nvidia_class": class_name,
                "init_kwargs_json": json.dumps(init_kwargs, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))}
-    tmp = ns.out + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, ns.out)
+    atomic_torch_save(payload, ns.out)
     print(f"wrote {ns.out}: {class_name}, {len(state)} tensors, {sum(v.numel() for v in state.values()):,} values")
     return ns.out
 

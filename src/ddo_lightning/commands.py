@@ -32,15 +32,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints.load import ArchitectureMismatch, check_checkpoint_fits, read_denoiser
+from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
+from .files import atomic_path
 from .pixels import model_to_uint8
 from .samplers import HeunSampler, seeded_normal
 
 WHICH = ("auto", "ema", "reference", "target", "net")
-
-
-class CommandError(ValueError):
-    """Bad input to ``ddo sample`` / ``ddo fid``; the message says what and how to fix it."""
 
 
 # ---- inputs ------------------------------------------------------------------------------------------
@@ -215,10 +213,8 @@ def sample_main(argv: list[str]) -> dict[str, Any]:
         labels.append(ints.numpy())
     imgs, labs = np.concatenate(images), np.concatenate(labels).astype(np.int64)
     if a.out.endswith(".npz"):
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        tmp = f"{a.out}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, images=imgs, labels=labs, seeds=np.asarray(seeds, np.int64))
-        os.replace(tmp, a.out)
+        with atomic_path(a.out, suffix=".npz") as tmp:
+            np.savez(tmp, images=imgs, labels=labs, seeds=np.asarray(seeds, np.int64))
     else:
         write_png_folder(a.out, seeds, labs, imgs)
     result = {**info, "out": a.out, "num_images": len(seeds), "nfe": sampler.nfe, "seconds": time.perf_counter() - t0}

@@ -40,6 +40,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import RunDirError
+
 RESULT_FILES = ("best.pt", "summary.json", "samples.png", os.path.join("logs", "metrics.csv"))
 CHECKPOINT_GLOBS = (os.path.join("checkpoints", "*.ckpt"), os.path.join("rounds", "*.ckpt"))
 
@@ -61,10 +63,6 @@ HARMLESS = (
 )
 # SelfPlay's settings do change the result (which EMA is promoted), except these
 SELFPLAY_HARMLESS = ("rounds", "dirpath", "summary_path")
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked (nothing was written)."""
 
 
 @dataclass

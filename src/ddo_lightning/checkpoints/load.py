@@ -14,13 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ArchitectureMismatch
+
 # Which weights of a training checkpoint make a denoiser, in order of preference:
 # a DDO run's reference is the best promoted model; an MLE run's EMA is its best estimate.
 WEIGHT_PREFIXES = ("reference.", "ema.model.", "net.", "target.")
-
-
-class ArchitectureMismatch(ValueError):
-    """The weights do not fit the network: names or shapes differ."""
 
 
 def _load(path: str) -> Mapping:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import NvidiaPickleError, UnsafeGlobalError
 from .load import check_same_architecture
 
 __all__ = [
@@ -64,14 +65,6 @@ __all__ = [
     "network_from_record",
     "read_edm2_training_state",
 ]
-
-
-class NvidiaPickleError(ValueError):
-    """An NVIDIA network pickle cannot be read or does not hold what was asked for."""
-
-
-class UnsafeGlobalError(NvidiaPickleError, pickle.UnpicklingError):
-    """The pickle refers to a global that is not on the allow-list."""
 
 
 # ------------------------------------------------------------------------------------------------

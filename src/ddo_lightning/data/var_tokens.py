@@ -14,7 +14,6 @@ one-hot labels)``), e.g. ``ImageFolderDataset`` of ImageNet at 256 px.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import atomic_path
 from ..protocols import Samples
 
 
@@ -118,17 +118,9 @@ def encode_dataset(images_dataset: Dataset, adapter: Any, out_path: str | os.Pat
     data = {"tokens": np.concatenate(tokens) if tokens else np.zeros((0, L), dtype),
             "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
             "num_classes": np.int64(k), "vocab_size": np.int64(vocab)}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if out_path.suffix == ".npz":
-                np.savez(f, **data)
-            else:
-                torch.save({key: torch.from_numpy(np.asarray(v)) for key, v in data.items()}, f)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        if out_path.suffix == ".npz":
+            np.savez(f, **data)
+        else:
+            torch.save({key: torch.from_numpy(np.asarray(v)) for key, v in data.items()}, f)
     return out_path

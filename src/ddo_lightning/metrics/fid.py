@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
+from ..files import atomic_path
 from ..pixels import model_to_uint8
 
 
@@ -72,10 +73,8 @@ def load_reference_stats(path: str, feature_dim: int | None = None) -> tuple[np.
 def save_reference_stats(path: str, mu: np.ndarray, sigma: np.ndarray, **extra: Any) -> None:
     """Write ``mu``, ``sigma`` (and ``extra`` arrays, e.g. ``count``) as an ``.npz`` in EDM's format,
     atomically (temporary name, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
 
 
 class FrechetDistance(Metric):

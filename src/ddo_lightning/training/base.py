@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from ..errors import DataNetworkMismatch
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
 from .fake_sources import balanced_labels, lockstep_chunks
@@ -62,10 +63,6 @@ def check_model_family(network: nn.Module, objective: Any, sampler: Any) -> None
                          "use DiffusionDDO / DenoisingScoreMatching and HeunSampler")
     raise ValueError(f"{type(network).__name__} is not a diffusion denoiser (no sigma_data) but got {got}: a "
                      "next-token model needs objective TokenDDO (TokenMLE for pretraining) and sampler TokenSampler")
-
-
-class DataNetworkMismatch(ValueError):
-    """The data's samples or labels do not fit the network's sizes (raised at setup, before any step)."""
 
 
 NETWORK = "model.init_args.network"

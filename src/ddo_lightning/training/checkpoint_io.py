@@ -17,11 +17,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..errors import CorruptCheckpoint
 from .atomic import atomic_torch_save
-
-
-class CorruptCheckpoint(ValueError):
-    """A checkpoint that cannot be read (truncated, not a checkpoint, …)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

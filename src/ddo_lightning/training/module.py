@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..checkpoints import load_network_weights
+from ..errors import NonFiniteLossError
 from ..objectives import DDOObjective, DiffusionDDO
 from ..protocols import PairedBatch
 from ..samplers import Sampler
@@ -21,10 +22,6 @@ from .sharding import is_sharded, load_full_state_dict, reset_optimizer_state, s
 
 PROGRESS_BAR_STATS = ("loss", "disc_acc")
 _RESTORING: ContextVar[bool] = ContextVar("ddo_restoring", default=False)  # inside load_from_checkpoint
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The DDO loss became NaN or infinite; training stops before the bad step changes any weight."""
 
 
 class DDOModule(DenoiserModule):

@@ -15,12 +15,13 @@ Released weights (plain state dicts, never downloaded by this project; see docs/
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
+from ...errors import CheckpointMismatch
 from .transformer import VAR
 from .vqvae import VQVAE
 
@@ -72,10 +73,6 @@ def build_vae_var(depth: int = 16, patch_nums: Sequence[int] = PATCH_NUMS_256, V
     """(VQ-VAE, VAR) as the original ``build_vae_var`` makes them, without patching ``torch.nn``."""
     vae = build_vae(V, Cvae, ch, share_quant_resi, patch_nums, device)
     return vae, build_var(vae, depth, num_classes, shared_aln, attn_l2_norm, init=init, device=device)
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint's tensors do not fit the network: missing, unexpected or differently shaped keys."""
 
 
 def _read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:

@@ -30,6 +30,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ...errors import WeightsNeverChangedError
 from ..atomic import atomic_path, atomic_torch_save, atomic_write_text
 from ..sharding import full_state_dict, is_sharded
 from .evaluation import logger_dirs, publish_evaluation
@@ -37,10 +38,6 @@ from .evaluation import logger_dirs, publish_evaluation
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-class WeightsNeverChangedError(RuntimeError):
-    """No round of a self-play run changed the target's weights (the summary says which round and why)."""
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
