@@ -8,7 +8,7 @@ import shutil
 PKG = pathlib.Path(__file__).resolve().parents[1] / "src" / "ddo_lightning"
 # checkpoints/ sits above networks/: importing a released checkpoint builds our network from its
 # recorded constructor arguments (a refinement of architecture.md, where they were siblings).
-RANK = {"protocols": 0, "errors": 0, "files": 1, "pixels": 1, "schedules": 1, "losses": 1, "likelihood": 2, "objectives": 3, "samplers": 2, "networks": 3,
+RANK = {"protocols": 0, "errors": 0, "files": 1, "unpickle": 1, "pixels": 1, "schedules": 1, "losses": 1, "likelihood": 2, "objectives": 3, "samplers": 2, "networks": 3,
         "data": 3, "metrics": 3, "checkpoints": 4, "training": 5, "fetch": 5, "commands": 6, "cli": 7}
 # The command-line front is one layer in several modules: cli.py, its help and run-directory support, and
 # `ddo slurm` (launch/), whose config check builds the run exactly as `ddo fit` would, through cli.py.

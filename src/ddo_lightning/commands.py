@@ -31,7 +31,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints.load import ArchitectureMismatch, check_checkpoint_fits, read_denoiser
+from .checkpoints import ArchitectureMismatch, check_checkpoint_fits, read_denoiser
 from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
 from .files import atomic_path

@@ -19,7 +19,8 @@ Tree::
     │   │   ├── RecordedNetworkMismatch      recorded class/settings differ from the declared ones
     │   │   └── CheckpointMismatch           VAR tensors missing / unexpected / reshaped
     │   └── NvidiaPickleError                an NVIDIA pickle that cannot be read
-    │       └── UnsafeGlobalError (pickle.UnpicklingError)  a global off the allow-list
+    │       └── UnsafeGlobalError (+ RefusedGlobal)  a global off the NVIDIA allow-list
+    ├── RefusedGlobal          (pickle.UnpicklingError)  any restricted pickle naming a global off its list
     ├── FetchError             (RuntimeError)      a download or cached file failed a check
     ├── MissingFile            (FileNotFoundError) a cache:NAME file is not in the cache
     ├── WriteError             (OSError)           writing an output file failed
@@ -76,8 +77,12 @@ class NvidiaPickleError(CheckpointError):
     """An NVIDIA network pickle cannot be read or does not hold what was asked for."""
 
 
-class UnsafeGlobalError(NvidiaPickleError, pickle.UnpicklingError):
-    """A pickle refers to a global that is not on the allow-list."""
+class RefusedGlobal(DDOError, pickle.UnpicklingError):
+    """A pickle read by :class:`ddo_lightning.unpickle.RestrictedUnpickler` names a global off its allow-list."""
+
+
+class UnsafeGlobalError(NvidiaPickleError, RefusedGlobal):
+    """An NVIDIA pickle refers to a global that is not on the allow-list."""
 
 
 class FetchError(DDOError, RuntimeError):

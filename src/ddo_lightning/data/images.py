@@ -8,7 +8,6 @@ Every dataset holds its images as uint8 [N, C, H, W] and yields ``Samples(x, lab
 
 from __future__ import annotations
 
-import codecs
 import io
 import json
 import operator
@@ -27,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..pixels import model_to_uint8, quantize, uint8_to_model
 from ..protocols import Samples
+from ..unpickle import RestrictedUnpickler, numpy_globals
 
 __all__ = [
     "Cifar10Dataset",
@@ -225,45 +225,9 @@ class DigitsDataset(ImageDataset):
 # CIFAR-10 python batches, through a restricted unpickler.
 
 
-def _numpy_core(sub: str) -> Any:
-    try:  # numpy >= 2 (and 1.26's forward-compatibility shim)
-        return __import__(f"numpy._core.{sub}", fromlist=[sub])
-    except ImportError:  # numpy 1.x
-        return __import__(f"numpy.core.{sub}", fromlist=[sub])
-
-
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    ma, num = _numpy_core("multiarray"), _numpy_core("numeric")
-    table: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # bytes pickled by Python 3 at protocol < 3
-        ("builtins", "bytearray"): bytearray,
-        ("__builtin__", "bytearray"): bytearray,
-    }
-    for core in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x names
-        table[(f"{core}.multiarray", "_reconstruct")] = ma._reconstruct
-        table[(f"{core}.multiarray", "scalar")] = ma.scalar
-        table[(f"{core}.numeric", "_frombuffer")] = num._frombuffer
-    return table
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only; any other global is refused by name."""
-
-    def __init__(self, file: Any, source: str):
-        super().__init__(file, encoding="bytes")  # the official batches are Python 2 pickles
-        self._source = source
-        self._allowed = _allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = self._allowed.get((module, name))
-        if obj is None:
-            raise pickle.UnpicklingError(
-                f"{self._source}: refusing to unpickle global '{module}.{name}' (only numpy arrays and plain "
-                f"containers are allowed in CIFAR-10 batches)"
-            )
-        return obj
+    """Plain containers and numpy arrays: all a CIFAR-10 batch holds."""
+    return {**numpy_globals(), ("builtins", "bytearray"): bytearray, ("__builtin__", "bytearray"): bytearray}
 
 
 def safe_load_pickle(path: str | os.PathLike) -> Any:
@@ -282,7 +246,8 @@ def safe_loads_pickle(data: bytes, source: str) -> Any:
 
 def _safe_unpickle(f: Any, source: str) -> Any:
     try:
-        return _RestrictedUnpickler(f, source).load()
+        return RestrictedUnpickler(f, source, _allowed_globals(), encoding="bytes",  # Python 2 pickles
+                                   hint="only numpy arrays and plain containers are allowed in CIFAR-10 batches").load()
     except pickle.UnpicklingError as e:
         if source in str(e):
             raise
