@@ -36,6 +36,7 @@ from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
 from .files import atomic_path
 from .pixels import model_to_uint8
+from .protocols import HasImages
 from .samplers import HeunSampler, seeded_normal
 
 WHICH = ("auto", "ema", "reference", "target", "net")
@@ -303,7 +304,7 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
         if real is None:
             raise CommandError(f"{', '.join(a.config)}: no data.init_args.real to take statistics of")
         ds = _instantiate(real, torch.utils.data.Dataset, "data.init_args.real")
-        if not hasattr(ds, "images"):
+        if not isinstance(ds, HasImages):
             raise CommandError(f"{type(ds).__name__} has no uint8 images")
         total, batches = len(ds.images), iter(ds.images.split(a.batch_size))
         result["dataset"] = repr(ds)

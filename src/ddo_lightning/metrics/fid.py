@@ -23,7 +23,8 @@ from torchmetrics import Metric
 from tqdm.auto import tqdm
 
 from ..files import atomic_path
-from ..pixels import model_to_uint8
+from ..pixels import model_to_uint8, uint8_to_model
+from ..protocols import HasImages, HasRealData
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -129,8 +130,8 @@ class FrechetDistance(Metric):
         unless they were given as a file."""
         if self.reference is not None:
             return
-        real = getattr(source, "real", source)
-        images = getattr(real, "images", None)
+        real = source.real if isinstance(source, HasRealData) else source
+        images = real.images if isinstance(real, HasImages) else None
         if images is None:
             raise ValueError(f"{type(real).__name__} has no uint8 `images`: give FrechetDistance reference_stats")
         self.reference = self.statistics_of(torch.as_tensor(images).split(self.reference_batch_size), total=len(images))
@@ -163,6 +164,11 @@ class FrechetDistance(Metric):
         if self.decoder is not None:
             return self.decoder(x.to(self.device))
         return model_to_uint8(x)
+
+    def images_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples as model-space images for sample grids (:class:`~ddo_lightning.protocols.DecodesSamples`):
+        latents decoded (then back to [-1, 1]), images as they are."""
+        return uint8_to_model(self.decoder(x)) if self.decoder is not None else x
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) of what was accumulated on this process (``compute`` sums over ranks first)."""

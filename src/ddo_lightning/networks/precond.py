@@ -205,11 +205,6 @@ class iDDPMPrecond(_Preconditioner):  # noqa: N801 (EDM's class name)
         self.sigma_max = float(u[0])
         self.register_buffer("u", u.to(torch.empty(0).device))  # built on CPU, also under a meta device
 
-    def alpha_bar(self, j):
-        """ᾱ(j) = sin²(π j / (2M(C_2+1)))."""
-        j = torch.as_tensor(j)
-        return (0.5 * math.pi * j / self.M / (self.C_2 + 1)).sin() ** 2
-
     def round_sigma(self, sigma, return_index: bool = False):
         """The entry of ``u`` nearest each σ (or its index j with ``return_index``), in σ's shape."""
         sigma = torch.as_tensor(sigma)

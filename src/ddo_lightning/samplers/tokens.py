@@ -11,10 +11,9 @@ be, method.md §3); classifier-free guidance, temperature, top-k and top-p are f
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
-from ..protocols import TokenModel
+from ..protocols import SamplesTokens, TokenModel
 from .base import Sampler
 
 
@@ -109,10 +108,9 @@ class TokenSampler(Sampler):
         uniforms = seeded_uniform(seeds, length, device=device)
         labels = labels.to(device)
         kw = dict(cfg=self.cfg, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        own = getattr(net, "sample_tokens", None)
-        if callable(own):
-            tokens = own(labels, uniforms, **kw)
-            steps = float(getattr(net, "num_sampling_steps", length))
+        if isinstance(net, SamplesTokens):  # the model's own loop (VAR's scales)
+            tokens = net.sample_tokens(labels, uniforms, **kw)
+            steps = float(net.num_sampling_steps)
         else:
             tokens = sample_tokens(net, labels, uniforms, **kw)
             steps = float(length)

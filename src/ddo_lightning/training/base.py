@@ -15,6 +15,7 @@ from torchmetrics import Metric
 
 from ..errors import DataNetworkMismatch
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
+from ..protocols import ConnectsToData, MeasuresNetwork
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
 from .fake_sources import balanced_labels, lockstep_chunks
 from .sharding import is_sharded
@@ -207,7 +208,7 @@ class DenoiserModule(pl.LightningModule):
             raise TypeError("ddo_lightning modules need a DDODataModule (it tells the sample shape and labels)")
         self.sample_shape, self.label_dim = tuple(dm.sample_shape), int(dm.label_dim)
         check_data_fits_network(self.trained_network(), self.sample_shape, self.label_dim, getattr(dm, "real", None))
-        if self.evaluator is not None and hasattr(self.evaluator, "connect"):
+        if isinstance(self.evaluator, ConnectsToData):
             self.evaluator.connect(dm)  # the evaluator takes what it needs: ground truth, real images
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -282,7 +283,7 @@ class DenoiserModule(pl.LightningModule):
             if n:
                 self.evaluator.update(x[:n], labels[:n])
         metrics = {k: float(v) for k, v in self.evaluator.compute().items()}
-        if hasattr(self.evaluator, "measure_network"):  # metrics of the network itself (exact likelihoods)
+        if isinstance(self.evaluator, MeasuresNetwork):  # metrics of the network itself (exact likelihoods)
             metrics.update({k: float(v) for k, v in self.evaluator.measure_network(net).items()})
         # how the number was obtained travels with it: sample count, sampler cost, wall time
         metrics["num_samples"] = float(self.num_eval_samples)

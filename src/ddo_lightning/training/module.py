@@ -14,7 +14,7 @@ from torchmetrics import Metric
 from ..checkpoints import load_network_weights
 from ..errors import NonFiniteLossError
 from ..objectives import DDOObjective, DiffusionDDO
-from ..protocols import PairedBatch
+from ..protocols import PairedBatch, PreparesFakes
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
 from .ema import make_ema
@@ -99,11 +99,11 @@ class DDOModule(DenoiserModule):
     # ---- fakes -------------------------------------------------------------------------------------
     def sample_reference(self, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The fake sources' sampling function: the current reference, with this module's sampler. A
-        network with a ``prepare_fakes(x)`` method post-processes its samples into what DDO trains on
-        (VAR: re-encode the decoded images); evaluation samples are never post-processed."""
+        network with a ``prepare_fakes(x)`` method (:class:`~ddo_lightning.protocols.PreparesFakes`)
+        post-processes its samples into what DDO trains on (VAR: re-encode the decoded images); evaluation
+        samples are never post-processed."""
         x = self.sample(self.reference, seeds, labels)
-        prepare = getattr(self.reference, "prepare_fakes", None)
-        return prepare(x) if callable(prepare) else x
+        return self.reference.prepare_fakes(x) if isinstance(self.reference, PreparesFakes) else x
 
     def refresh_fakes(self, round_index: int) -> None:
         self.trainer.datamodule.refresh_fakes(self.sample_reference, round_index)

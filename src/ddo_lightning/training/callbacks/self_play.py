@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ...errors import WeightsNeverChangedError
+from ...protocols import RoundAware
 from ..atomic import atomic_path, atomic_torch_save, atomic_write_text
 from ..sharding import full_state_dict, is_sharded
 from .evaluation import logger_dirs, publish_evaluation
@@ -196,9 +197,8 @@ class SelfPlay(pl.Callback):
     def _start_round(self, pl_module: pl.LightningModule) -> None:
         """Tell the module (and its objective, e.g. DiffusionDDO's per-round ``P_std_schedule``) the round."""
         pl_module.round_index = self.round
-        start = getattr(getattr(pl_module, "objective", None), "start_round", None)
-        if callable(start):
-            start(self.round)
+        if isinstance(pl_module.objective, RoundAware):
+            pl_module.objective.start_round(self.round)
 
     # ---- evaluation and promotion --------------------------------------------------------------------
     def _better(self, score: float) -> bool:
