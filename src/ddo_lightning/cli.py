@@ -50,13 +50,16 @@ class DDOCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Any:
         from lightning.fabric.plugins import CheckpointIO
+        from lightning.pytorch.strategies import ModelParallelStrategy
 
         from .training.checkpoint_io import AtomicCheckpointIO
 
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         strategy = config.get("strategy")
-        sharded = "ModelParallel" in type(strategy).__name__ or "ModelParallel" in str(strategy)
+        # a ModelParallelStrategy (FSDP2) writes checkpoint directories through its own IO; a strategy given
+        # by name is one of Lightning's registered ones, none of which is model-parallel
+        sharded = isinstance(strategy, ModelParallelStrategy)
         if not sharded and not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, self._with_progress_bar(config, callbacks))

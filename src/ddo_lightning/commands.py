@@ -36,7 +36,7 @@ from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
 from .files import atomic_path
 from .pixels import model_to_uint8
-from .protocols import HasImages
+from .protocols import HasImages, ShapedNetwork
 from .samplers import HeunSampler, seeded_normal
 
 WHICH = ("auto", "ema", "reference", "target", "net")
@@ -91,15 +91,10 @@ def _instantiate(spec: Any, base: type, what: str) -> Any:
 
 
 def sample_shape_of(net: nn.Module) -> tuple[tuple[int, ...], int]:
-    """(sample shape, label width K) of a denoiser, from its raw network's constructor attributes."""
-    raw = getattr(net, "model", net)
-    label_dim = int(getattr(raw, "label_dim", 0) or 0)
-    if hasattr(raw, "img_resolution") and hasattr(raw, "in_channels"):
-        r = int(raw.img_resolution)
-        return (int(raw.in_channels), r, r), label_dim
-    if hasattr(raw, "data_dim"):
-        return (int(raw.data_dim),), label_dim
-    raise CommandError(f"cannot tell the sample shape of {type(raw).__name__} (no img_resolution/in_channels or data_dim)")
+    """(sample shape, label width K) of a network (:class:`~ddo_lightning.protocols.ShapedNetwork`)."""
+    if not isinstance(net, ShapedNetwork):
+        raise CommandError(f"cannot tell the sample shape of {type(net).__name__} (it has no sample_shape/label_dim)")
+    return tuple(int(d) for d in net.sample_shape), int(net.label_dim or 0)
 
 
 def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",

@@ -202,3 +202,12 @@ class DecodesSamples(Protocol):
     ``nn.Module`` (submodules) differ between Python versions."""
 
     def images_of(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class EvaluationListener(Protocol):
+    """A callback that reacts to each evaluation (sample grids, figures): ``on_evaluation(trainer,
+    pl_module, record)`` with ``record`` = {"<prefix>/<metric>": value, "<prefix>/kimg": ..., maybe
+    "round"}; called by ``training.publish.publish_evaluation`` after the loggers got the record."""
+
+    def on_evaluation(self, trainer: Any, pl_module: Any, record: dict[str, float]) -> None: ...

@@ -397,6 +397,44 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
+def read_dataset_json_labels(names: list[str], fnames: list[str], read: Any, num_classes: int | None,
+                         where: str) -> np.ndarray | None:
+    """The labels [N] int64 of ``fnames`` from the folder's ``dataset.json`` (EDM's dataset_tool format:
+    ``{"labels": [[relative_path, int], ...]}``), or None without one (or with ``"labels": null``).
+
+    names: every member of the folder/zip; read(name) -> bytes; where: names ``dataset.json`` in errors.
+    Shared by image folders and EDM2 latent folders."""
+    if "dataset.json" not in names:
+        return None
+    try:
+        meta = json.loads(read("dataset.json"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or "labels" not in meta:
+        raise ValueError(f"{where}: expected an object with a 'labels' entry")
+    entries = meta["labels"]
+    if entries is None:
+        return None
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: 'labels' must be a list of [relative_path, int_label] or null")
+    table: dict[str, int] = {}
+    for e in entries:
+        if (
+            not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[0], str)
+            or not isinstance(e[1], int) or isinstance(e[1], bool) or e[1] < 0
+        ):
+            raise ValueError(f"{where}: bad label entry {e!r} (need [relative_path, non-negative int])")
+        table[e[0].replace("\\", "/")] = e[1]
+    out = np.empty(len(fnames), dtype=np.int64)
+    for i, name in enumerate(fnames):
+        if name not in table:
+            raise ValueError(f"{where}: no label for image {name!r}")
+        out[i] = table[name]
+        if num_classes is not None and out[i] >= num_classes:
+            raise ValueError(f"{where}: label {out[i]} of {name!r} is out of range for num_classes={num_classes}")
+    return out
+
+
 class ImageFolderDataset(ImageDataset):
     """Images in EDM's dataset_tool format: a directory or a .zip of PNG/JPEG files (other files are
     ignored), ordered by sorted relative path, with an optional ``dataset.json`` at the top holding
@@ -472,36 +510,7 @@ class ImageFolderDataset(ImageDataset):
         return f"{self.path}: member {name!r}" if self.path.is_file() else str(self.path / name)
 
     def _read_labels(self, names: list[str], fnames: list[str], read: Any, num_classes: int | None) -> np.ndarray | None:
-        if "dataset.json" not in names:
-            return None
-        where = self._where("dataset.json")
-        try:
-            meta = json.loads(read("dataset.json"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{where}: not valid JSON: {e}") from e
-        if not isinstance(meta, dict) or "labels" not in meta:
-            raise ValueError(f"{where}: expected an object with a 'labels' entry")
-        entries = meta["labels"]
-        if entries is None:
-            return None
-        if not isinstance(entries, list):
-            raise ValueError(f"{where}: 'labels' must be a list of [relative_path, int_label] or null")
-        table: dict[str, int] = {}
-        for e in entries:
-            if (
-                not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[0], str)
-                or not isinstance(e[1], int) or isinstance(e[1], bool) or e[1] < 0
-            ):
-                raise ValueError(f"{where}: bad label entry {e!r} (need [relative_path, non-negative int])")
-            table[e[0].replace("\\", "/")] = e[1]
-        out = np.empty(len(fnames), dtype=np.int64)
-        for i, name in enumerate(fnames):
-            if name not in table:
-                raise ValueError(f"{where}: no label for image {name!r}")
-            out[i] = table[name]
-            if num_classes is not None and out[i] >= num_classes:
-                raise ValueError(f"{where}: label {out[i]} of {name!r} is out of range for num_classes={num_classes}")
-        return out
+        return read_dataset_json_labels(names, fnames, read, num_classes, self._where("dataset.json"))
 
     def _read_images(self, fnames: list[str], read: Any, resolution: int | None, channels: int | None) -> np.ndarray:
         from tqdm.auto import tqdm

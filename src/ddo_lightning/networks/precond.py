@@ -54,6 +54,16 @@ class _Preconditioner(nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The raw network's sample shape (protocols.ShapedNetwork)."""
+        return tuple(self.model.sample_shape)
+
+    @property
+    def label_dim(self) -> int:
+        """The raw network's label width K (protocols.ShapedNetwork)."""
+        return int(self.model.label_dim)
+
     def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 

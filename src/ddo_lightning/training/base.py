@@ -18,6 +18,7 @@ from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenML
 from ..protocols import ConnectsToData, MeasuresNetwork
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
 from .fake_sources import balanced_labels, lockstep_chunks
+from .publish import publish_evaluation
 from .sharding import is_sharded
 
 # Lightning ≥ 2.2 warns when submodules are in eval mode at fit start; our frozen reference and EMA are
@@ -70,9 +71,9 @@ NETWORK = "model.init_args.network"
 
 
 def _network_attr(net: nn.Module, *names: str) -> tuple[Any, str] | None:
-    """(value, config key) of the first of ``names`` on the network or on its raw network (``net.model``:
-    EDM's wrappers keep the image sizes there), or None."""
-    for obj, where in ((net, f"{NETWORK}.init_args"), (getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args")):
+    """(value, config key) of the first of ``names`` on the raw network (``net.model``: EDM's wrappers keep
+    the sizes there, their own ``label_dim`` only forwards it) or on the network, or None."""
+    for obj, where in ((getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args"), (net, f"{NETWORK}.init_args")):
         if not isinstance(obj, nn.Module):
             continue
         for name in names:
@@ -293,8 +294,6 @@ class DenoiserModule(pl.LightningModule):
         return metrics
 
     def _log_evaluation(self, prefix: str) -> None:
-        from .callbacks.evaluation import publish_evaluation
-
         metrics = self.evaluate()
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, rank_zero_only=True)
         if metrics:  # the sample grids and other evaluation listeners
