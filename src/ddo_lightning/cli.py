@@ -48,6 +48,8 @@ class DDOCLI(LightningCLI):
     atomically (``AtomicCheckpointIO`` unless the config names a checkpoint plugin), and a resume
     checkpoint that cannot be read falls back to the newest good one in its directory."""
 
+    run_plan: Any = None  # the run directory's RunPlan (``ddo fit`` with a run directory), set before parsing ends
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Any:
         from lightning.fabric.plugins import CheckpointIO
         from lightning.pytorch.strategies import ModelParallelStrategy
@@ -114,7 +116,7 @@ class DDOCLI(LightningCLI):
 
         from .files import atomic_write_text
 
-        plan = getattr(self, "run_plan", None)
+        plan = self.run_plan
         if plan is None or rank_zero_only.rank != 0:
             return
         stored = os.path.join(plan.path, "config.yaml")
@@ -128,7 +130,7 @@ class DDOCLI(LightningCLI):
         self._write_run_config()
         from .training.csv_logger import RunCSVLogger
 
-        step = getattr(getattr(self, "run_plan", None), "resume_step", None)
+        step = self.run_plan.resume_step if self.run_plan is not None else None
         for logger in self.trainer.loggers if step is not None else []:
             if isinstance(logger, RunCSVLogger):
                 logger.resume_step = step  # it drops the rows the interrupted run logged after that step

@@ -36,7 +36,7 @@ from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
 from .files import atomic_path
 from .pixels import model_to_uint8
-from .protocols import HasImages, ShapedNetwork
+from .protocols import HasImages, SampleSpec
 from .samplers import HeunSampler, seeded_normal
 
 WHICH = ("auto", "ema", "reference", "target", "net")
@@ -91,8 +91,8 @@ def _instantiate(spec: Any, base: type, what: str) -> Any:
 
 
 def sample_shape_of(net: nn.Module) -> tuple[tuple[int, ...], int]:
-    """(sample shape, label width K) of a network (:class:`~ddo_lightning.protocols.ShapedNetwork`)."""
-    if not isinstance(net, ShapedNetwork):
+    """(sample shape, label width K) of a network (:class:`~ddo_lightning.protocols.SampleSpec`)."""
+    if not isinstance(net, SampleSpec):
         raise CommandError(f"cannot tell the sample shape of {type(net).__name__} (it has no sample_shape/label_dim)")
     return tuple(int(d) for d in net.sample_shape), int(net.label_dim or 0)
 

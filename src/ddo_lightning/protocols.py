@@ -73,17 +73,30 @@ class SampleFn(Protocol):
     def __call__(self, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
 
-# ---- what a network exposes ---------------------------------------------------------------------------
+# ---- what one sample is ------------------------------------------------------------------------------
 @runtime_checkable
-class ShapedNetwork(Protocol):
-    """A network that says what it makes: ``sample_shape`` (one sample, e.g. (C, H, W) or (D,) or (L,)) and
-    ``label_dim`` (K, 0 for unconditional). ``ddo sample``/``ddo fid`` size their noise from these."""
+class SampleSpec(Protocol):
+    """Something that says what one sample is: ``sample_shape`` (e.g. (C, H, W), (D,) or (L,)) and
+    ``label_dim`` (K, 0 for unconditional). Networks, datasets and the data module all do: the modules
+    take the shapes from the data, ``ddo sample``/``ddo fid`` from the network."""
 
     @property
     def sample_shape(self) -> tuple[int, ...]: ...
 
     @property
     def label_dim(self) -> int: ...
+
+
+@runtime_checkable
+class NoiseLevels(Protocol):
+    """A denoiser that supports only a range (or a discrete set) of noise levels: ``sigma_min``/``sigma_max``
+    bound the sampler's schedule, ``round_sigma(sigma)`` maps σ to the nearest supported level (identity
+    except iDDPM's discrete table). EDM's Heun sampler clamps and rounds its schedule with these."""
+
+    sigma_min: float
+    sigma_max: float
+
+    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -122,15 +135,9 @@ class RoundAware(Protocol):
 
 # ---- data -------------------------------------------------------------------------------------------------
 @runtime_checkable
-class RealDataset(Protocol):
+class RealDataset(SampleSpec, Protocol):
     """The real data of a run: ``len(ds)`` samples, ``ds[i]`` a :class:`Samples` of one sample (x [*D],
     labels [K]); ``sample_shape`` is D and ``label_dim`` K."""
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]: ...
-
-    @property
-    def label_dim(self) -> int: ...
 
     def __len__(self) -> int: ...
 
@@ -187,6 +194,16 @@ class ConnectsToData(Protocol):
 
 
 @runtime_checkable
+class FeatureExtractor(Protocol):
+    """FID's feature network: ``extractor(images)`` with uint8 images [B, 3, H, W] -> features [B, F],
+    ``F = feature_dim`` (Inception-v3 pool3: 2048)."""
+
+    feature_dim: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class MeasuresNetwork(Protocol):
     """An evaluator that also measures the network itself, not only its samples (exact likelihoods):
     ``measure_network(net)`` -> {metric name: value}, merged into the evaluation record."""
@@ -211,3 +228,11 @@ class EvaluationListener(Protocol):
     "round"}; called by ``training.publish.publish_evaluation`` after the loggers got the record."""
 
     def on_evaluation(self, trainer: Any, pl_module: Any, record: dict[str, float]) -> None: ...
+
+
+@runtime_checkable
+class RoundCheckpoints(Protocol):
+    """A callback that writes one checkpoint per self-play round; ``last_round_path`` is the newest (None
+    before the first). Resuming looks here as well as at Lightning's ``ModelCheckpoint``."""
+
+    last_round_path: str | None

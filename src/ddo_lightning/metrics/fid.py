@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_path
 from ..pixels import model_to_uint8, uint8_to_model
-from ..protocols import HasImages, HasRealData
+from ..protocols import FeatureExtractor, HasImages, HasRealData
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -106,7 +106,7 @@ class FrechetDistance(Metric):
     def __init__(self, extractor: nn.Module, name: str = "fid", reference_stats: str | None = None,
                  reference_batch_size: int = 500, decoder: nn.Module | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        if not hasattr(extractor, "feature_dim"):
+        if not isinstance(extractor, FeatureExtractor):
             raise TypeError(f"the feature extractor {type(extractor).__name__} must have a `feature_dim`")
         self.extractor = extractor.eval().requires_grad_(False)
         self.decoder = decoder.eval().requires_grad_(False) if decoder is not None else None
@@ -186,7 +186,6 @@ def _drop_extractor(module: nn.Module, state_dict: dict, prefix: str, local_meta
 
 
 def _fill_extractor(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-    for name in ("extractor", "decoder"):
-        sub = getattr(module, name, None)
+    for name, sub in (("extractor", module.extractor), ("decoder", module.decoder)):
         for k, v in (sub.state_dict() if sub is not None else {}).items():
             state_dict.setdefault(f"{prefix}{name}.{k}", v)

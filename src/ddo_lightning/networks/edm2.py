@@ -308,7 +308,7 @@ class Precond(nn.Module):
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """(C, H, W) = (img_channels, img_resolution, img_resolution) (protocols.ShapedNetwork)."""
+        """(C, H, W) = (img_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
         return (self.img_channels, self.img_resolution, self.img_resolution)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,

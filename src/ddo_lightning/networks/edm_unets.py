@@ -452,7 +452,7 @@ class SongUNet(nn.Module):
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.ShapedNetwork)."""
+        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
         return (self.in_channels, self.img_resolution, self.img_resolution)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
@@ -578,7 +578,7 @@ class DhariwalUNet(nn.Module):
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.ShapedNetwork)."""
+        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
         return (self.in_channels, self.img_resolution, self.img_resolution)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,

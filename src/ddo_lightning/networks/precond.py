@@ -56,13 +56,18 @@ class _Preconditioner(nn.Module):
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """The raw network's sample shape (protocols.ShapedNetwork)."""
+        """The raw network's sample shape (protocols.SampleSpec)."""
         return tuple(self.model.sample_shape)
 
     @property
     def label_dim(self) -> int:
-        """The raw network's label width K (protocols.ShapedNetwork)."""
+        """The raw network's label width K (protocols.SampleSpec)."""
         return int(self.model.label_dim)
+
+    @label_dim.setter
+    def label_dim(self, value: int) -> None:  # the EDM factory records it on the wrapper, as EDM's classes do
+        if int(value) != int(self.model.label_dim):
+            raise ValueError(f"label_dim {value} differs from the raw network's {self.model.label_dim}")
 
     def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

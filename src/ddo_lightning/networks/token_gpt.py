@@ -42,7 +42,7 @@ class TokenGPT(nn.Module):
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """(L,): one token sequence (protocols.ShapedNetwork)."""
+        """(L,): one token sequence (protocols.SampleSpec)."""
         return (self.length,)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

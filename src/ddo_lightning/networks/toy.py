@@ -49,7 +49,7 @@ class ToyMLP(nn.Module):
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """(D,): one sample (protocols.ShapedNetwork)."""
+        """(D,): one sample (protocols.SampleSpec)."""
         return (self.data_dim,)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:

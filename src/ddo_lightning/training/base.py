@@ -9,13 +9,14 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 import torch
 from torch import nn
 from torchmetrics import Metric
 
 from ..errors import DataNetworkMismatch
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
-from ..protocols import ConnectsToData, MeasuresNetwork
+from ..protocols import ConnectsToData, Denoiser, HasRealData, MeasuresNetwork, RoundCheckpoints, Samples, SampleSpec
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
 from .fake_sources import balanced_labels, lockstep_chunks
 from .publish import publish_evaluation
@@ -54,7 +55,7 @@ def disable_dropout(net: nn.Module) -> int:
 def check_model_family(network: nn.Module, objective: Any, sampler: Any) -> None:
     """A diffusion denoiser (has ``sigma_data``) goes with a diffusion objective and sampler; a
     next-token model with TokenDDO/TokenMLE and TokenSampler. Mixing them fails here, by name."""
-    diffusion = hasattr(network, "sigma_data")
+    diffusion = isinstance(network, Denoiser)
     mixed = isinstance(objective, (TokenDDO, TokenMLE)) or isinstance(sampler, TokenSampler) if diffusion else \
         isinstance(objective, (DiffusionDDO, DenoisingScoreMatching)) or isinstance(sampler, HeunSampler)
     if not mixed:
@@ -205,10 +206,11 @@ class DenoiserModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
         dm = self.trainer.datamodule
-        if dm is None or not hasattr(dm, "sample_shape"):
+        if not isinstance(dm, SampleSpec):
             raise TypeError("ddo_lightning modules need a DDODataModule (it tells the sample shape and labels)")
         self.sample_shape, self.label_dim = tuple(dm.sample_shape), int(dm.label_dim)
-        check_data_fits_network(self.trained_network(), self.sample_shape, self.label_dim, getattr(dm, "real", None))
+        check_data_fits_network(self.trained_network(), self.sample_shape, self.label_dim,
+                                dm.real if isinstance(dm, HasRealData) else None)
         if isinstance(self.evaluator, ConnectsToData):
             self.evaluator.connect(dm)  # the evaluator takes what it needs: ground truth, real images
 
@@ -255,7 +257,7 @@ class DenoiserModule(pl.LightningModule):
     @staticmethod
     def batch_images(batch: Any) -> int:
         first = batch[0]
-        return len(first.x) if hasattr(first, "x") else len(first)
+        return len(first.x) if isinstance(first, Samples) else len(first)
 
     # ---- sampling and evaluation ------------------------------------------------------------------
     @torch.no_grad()
@@ -312,8 +314,9 @@ def newest_checkpoint(trainer: pl.Trainer) -> str | None:
     """The most recent checkpoint file any callback of ``trainer`` has written, if any."""
     paths = []
     for cb in trainer.callbacks:
-        for attr in ("last_model_path", "best_model_path", "last_round_path"):
-            p = getattr(cb, attr, None)
-            if p and os.path.isfile(p):
-                paths.append(p)
+        if isinstance(cb, ModelCheckpoint):
+            paths += [cb.last_model_path, cb.best_model_path]
+        if isinstance(cb, RoundCheckpoints):
+            paths.append(cb.last_round_path)
+    paths = [p for p in paths if p and os.path.isfile(p)]
     return max(paths, key=os.path.getmtime) if paths else None

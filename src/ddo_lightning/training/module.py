@@ -18,7 +18,7 @@ from ..protocols import PairedBatch, PreparesFakes
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
 from .ema import make_ema
-from .sharding import is_sharded, load_full_state_dict, reset_optimizer_state, shard_network
+from .sharding import is_sharded, load_full_state_dict, local_part, reset_optimizer_state, shard_network
 
 PROGRESS_BAR_STATS = ("loss", "disc_acc")
 _RESTORING: ContextVar[bool] = ContextVar("ddo_restoring", default=False)  # inside load_from_checkpoint
@@ -133,8 +133,8 @@ class DDOModule(DenoiserModule):
         weights, the real or fake batch, the log-ratios Δ (the networks' outputs), or only the loss terms
         (finite Δ, so β·Δ or α·term overflowed)."""
         bad = {k for k, v in stats.items() if not torch.isfinite(v).all()}
-        alpha, beta = getattr(self.objective, "alpha", None), getattr(self.objective, "beta", None)
-        if any(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in self.target.parameters()):
+        alpha, beta = self.objective.alpha, self.objective.beta
+        if any(not torch.isfinite(local_part(p)).all() for p in self.target.parameters()):
             return ("Cause: the target's weights are already NaN/inf (an earlier update diverged): lower lr and "
                     "resume from that checkpoint.")
         for name, part in (("real", batch.real), ("fake", batch.fake)):
@@ -164,7 +164,7 @@ class DDOModule(DenoiserModule):
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (FSDP2): shard target, reference and EMA separately over the
         data-parallel mesh (``configs/strategy/fsdp2.yaml``). Nothing otherwise."""
-        mesh = getattr(self, "device_mesh", None)
+        mesh = self.device_mesh  # set by ModelParallelStrategy, else None
         if mesh is None or is_sharded(self.target):
             return
         dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from ...errors import WeightsNeverChangedError
 from ...protocols import RoundAware
 from ..atomic import atomic_path, atomic_torch_save, atomic_write_text
-from ..sharding import full_state_dict, is_sharded
+from ..sharding import full_state_dict, is_sharded, local_part
 from .evaluation import logger_dirs, publish_evaluation
 
 
@@ -43,7 +43,7 @@ def _fmt(v: Any) -> str:
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of a (possibly FSDP2-sharded) tensor."""
-    return t.to_local() if hasattr(t, "to_local") else t
+    return local_part(t)
 
 
 @torch.no_grad()
