@@ -264,11 +264,11 @@ def check_checkpoint_kind(path: str, model_config: Any) -> None:
 
     if not _is_subclass_path(getattr(model_config, "class_path", None), DDOModule):
         return
-    import torch
+    from .files import read_tensor_file
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not readable this way: Lightning's own load reports it
+        ckpt = read_tensor_file(path, mmap=True)
+    except (OSError, ValueError):  # not readable this way: Lightning's own load reports it
         return
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     if state and not any(k.startswith("reference.") for k in state):

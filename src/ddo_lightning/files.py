@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import WriteError
+from .errors import CorruptCheckpoint, WriteError
 
 
 @contextlib.contextmanager
@@ -63,3 +63,24 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_tensor_file(path: str | os.PathLike, *, what: str = "checkpoint", mmap: bool = False,
+                     map_location: Any = "cpu") -> Any:
+    """The package's one reader of torch files (checkpoints ``.ckpt``/``.pt``, VAR's ``.pth``, token files):
+    ``torch.load(weights_only=True)``, so nothing stored in the file can execute (tensors and plain
+    containers only). NVIDIA's pickles go through :mod:`ddo_lightning.checkpoints.nvidia_pickle` instead;
+    :func:`ddo_lightning.checkpoints.read_denoiser` picks the right reader for denoiser weights.
+
+    A missing file raises ``FileNotFoundError`` ("<what> not found: <path>"); an unreadable one
+    :class:`~ddo_lightning.errors.CorruptCheckpoint` naming the file and the cause. ``mmap`` maps the
+    file instead of reading it (cheap checks of large checkpoints)."""
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:  # truncated zip, foreign pickle, unsafe global, ...: name the file and the cause
+        raise CorruptCheckpoint(f"{what} {path} cannot be read (truncated or corrupt?): {type(err).__name__}: {err}") from err

@@ -131,11 +131,11 @@ def newest_readable_checkpoint(run_dir: str) -> str | None:
 
 def checkpoint_step(path: str) -> int | None:
     """``global_step`` of a checkpoint file (None for a sharded folder or a file without it)."""
-    import torch
+    from .files import read_tensor_file
 
     if os.path.isdir(path):
         return None
-    step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    step = read_tensor_file(path, mmap=True).get("global_step")
     return int(step) if step is not None else None
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArchitectureMismatch, CorruptCheckpoint
+from ..errors import ArchitectureMismatch
+from ..files import read_tensor_file
 from .architecture import check_checkpoint_fits, check_same_architecture
 from .nvidia_pickle import load_edm2_training_state, read_nvidia_network
 
@@ -24,13 +25,6 @@ __all__ = ["ArchitectureMismatch", "check_checkpoint_fits", "check_same_architec
 # Which weights of a training checkpoint make a denoiser, in order of preference:
 # a DDO run's reference is the best promoted model; an MLE run's EMA is its best estimate.
 WEIGHT_PREFIXES = ("reference.", "ema.model.", "net.", "target.")
-
-
-def _load(path: str) -> Mapping:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, ...: name the file and the cause
-        raise CorruptCheckpoint(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
 
 
 WHICH_PREFIX = {"reference": "reference.", "ema": "ema.model.", "net": "net.", "target": "target."}
@@ -58,7 +52,7 @@ def read_denoiser(path: str, which: str | None = None) -> tuple[dict[str, torch.
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, (class_name, init_kwargs)
     if os.path.basename(str(path)).startswith("training-state-"):
         return load_edm2_training_state(path, "ema"), None
-    obj = _load(path)
+    obj = read_tensor_file(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint or a state dict")
     return _select_weights(path, obj, which), _recorded_in(path, obj)

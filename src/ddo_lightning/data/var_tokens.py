@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..files import atomic_path
+from ..files import atomic_path, read_tensor_file
 from ..protocols import Samples, SampleSpec
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".pt":
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = read_tensor_file(path, what="token file")
         if not isinstance(obj, dict):
             raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
         return {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in obj.items()}

@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ...errors import WeightsNeverChangedError
+from ...files import read_tensor_file
 from ...protocols import RoundAware
 from ..atomic import atomic_path, atomic_torch_save, atomic_write_text
 from ..sharding import full_state_dict, is_sharded, local_part
@@ -230,7 +231,7 @@ class SelfPlay(pl.Callback):
                        f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg) | {others}")
 
     def _end_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        weights = torch.load(self.best_path, map_location=pl_module.device, weights_only=True)
+        weights = read_tensor_file(self.best_path, map_location=pl_module.device)
         improved = self.best_images > 0
         changed = target_moved(trainer, pl_module)  # before promote() overwrites the target
         if not changed:
