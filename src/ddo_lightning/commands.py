@@ -31,7 +31,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import ArchitectureMismatch, check_checkpoint_fits, read_denoiser
+from .checkpoints import ArchitectureMismatch, load_network_weights
 from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
 from .files import atomic_path
@@ -115,11 +115,11 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
     net = _instantiate(copy.deepcopy(init["network"]), nn.Module, "model.init_args.network")
     sampler = HeunSampler() if init.get("sampler") is None else _instantiate(copy.deepcopy(init["sampler"]), HeunSampler, "model.init_args.sampler")
     try:
-        state, recorded = read_denoiser(ckpt, None if which == "auto" else which)
+        load_network_weights(net, ckpt, what, None if which == "auto" else which)
+    except ArchitectureMismatch:  # reported as it is (the recorded class / the differing tensors)
+        raise
     except (FileNotFoundError, ValueError) as err:
         raise CommandError(str(err)) from err
-    check_checkpoint_fits(net, state, recorded, what)
-    net.load_state_dict(state, strict=True)
     net = net.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     return net, sampler, {"checkpoint": ckpt, "net": which, "network": type(getattr(net, "model", net)).__name__}
 

@@ -85,10 +85,12 @@ def _select_weights(path: str, obj: Mapping, which: str | None) -> dict[str, tor
     raise ValueError(f"{path} has no denoiser weights (looked for keys starting with {', '.join(WEIGHT_PREFIXES)})")
 
 
-def load_network_weights(net: nn.Module, path: str, what: str | None = None) -> nn.Module:
-    """Load the denoiser weights of ``path`` into ``net`` strictly, after :func:`check_checkpoint_fits`.
-    ``what`` names the file in errors (default ``"checkpoint <path>"``; DDOModule: ``"init_from <path>"``)."""
-    state, recorded = read_denoiser(path)
+def load_network_weights(net: nn.Module, path: str, what: str | None = None, which: str | None = None) -> nn.Module:
+    """Load the denoiser weights of ``path`` (any file :func:`read_denoiser` reads; ``which`` network of
+    one of our checkpoints) into ``net`` strictly, after :func:`check_checkpoint_fits`: the one way
+    weights enter a network (``model.init_from``, ``ddo sample``/``ddo fid``). ``what`` names the file in
+    errors (default ``"checkpoint <path>"``; DDOModule: ``"init_from <path>"``)."""
+    state, recorded = read_denoiser(path, which)
     check_checkpoint_fits(net, state, recorded, what or f"checkpoint {path}")
     net.load_state_dict(state, strict=True)
     return net
