@@ -75,16 +75,21 @@ class SampleFn(Protocol):
 
 # ---- what one sample is ------------------------------------------------------------------------------
 @runtime_checkable
-class SampleSpec(Protocol):
-    """Something that says what one sample is: ``sample_shape`` (e.g. (C, H, W), (D,) or (L,)) and
-    ``label_dim`` (K, 0 for unconditional). Networks, datasets and the data module all do: the modules
-    take the shapes from the data, ``ddo sample``/``ddo fid`` from the network."""
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]: ...
+class Labelled(Protocol):
+    """Something with class labels of width ``label_dim`` (K, 0 for unconditional)."""
 
     @property
     def label_dim(self) -> int: ...
+
+
+@runtime_checkable
+class SampleSpec(Labelled, Protocol):
+    """Something that says what one sample is: ``sample_shape`` (e.g. (C, H, W), (D,) or (L,)) and
+    ``label_dim`` (K). Networks, datasets and the data module all do: the modules take the shapes from
+    the data, ``ddo sample``/``ddo fid`` from the network."""
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]: ...
 
 
 @runtime_checkable

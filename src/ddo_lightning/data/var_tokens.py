@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..files import atomic_path, read_tensor_file
-from ..protocols import Samples, SampleSpec
+from ..protocols import Labelled, Samples
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
@@ -104,7 +104,7 @@ def encode_dataset(images_dataset: Dataset, adapter: Any, out_path: str | os.Pat
         raise ValueError(f"out_path must end in .npz or .pt, got {out_path}")
     from tqdm.auto import tqdm
 
-    k = int(images_dataset.label_dim) if isinstance(images_dataset, SampleSpec) else 0
+    k = int(images_dataset.label_dim) if isinstance(images_dataset, Labelled) else 0
     vocab = int(adapter.vocab_size)
     dtype = np.int16 if vocab <= np.iinfo(np.int16).max + 1 else np.int32
     loader = DataLoader(images_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
