@@ -44,7 +44,7 @@ def _torch_save_fails(monkeypatch):
 
 
 def _json_fails(monkeypatch):
-    import ddo_lightning.training.atomic as atomic
+    import ddo_lightning.files as atomic
 
     real_open = open
 
@@ -86,8 +86,8 @@ def test_a_failed_write_leaves_no_temporary_file_and_names_the_path(writer, tmp_
     error (an OSError with errno ENOSPC) names the destination."""
     import errno
 
+    from ddo_lightning.files import WriteError, atomic_torch_save
     from ddo_lightning.training import SelfPlay, report
-    from ddo_lightning.training.atomic import WriteError, atomic_torch_save
 
     name = {"checkpoint": "last.ckpt", "curve.png": "curve.png"}.get(writer, writer)
     dest = tmp_path / name

@@ -50,7 +50,7 @@ def _evaluations(summary):
 
 
 def test_wandb_offline_run_holds_config_curve_diagnostics_and_grids(pretrained, tmp_path):
-    from ddo_lightning.training.wandb_records import read_run
+    from wandb_records import read_run
 
     override = _ddo_override(tmp_path, "ddo.yaml", pretrained)
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CACHE_DIR=str(tmp_path / "cache"),

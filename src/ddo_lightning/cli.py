@@ -48,15 +48,20 @@ class DDOCLI(LightningCLI):
     atomically (``AtomicCheckpointIO`` unless the config names a checkpoint plugin), and a resume
     checkpoint that cannot be read falls back to the newest good one in its directory."""
 
+    run_plan: Any = None  # the run directory's RunPlan (``ddo fit`` with a run directory), set before parsing ends
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Any:
         from lightning.fabric.plugins import CheckpointIO
+        from lightning.pytorch.strategies import ModelParallelStrategy
 
         from .training.checkpoint_io import AtomicCheckpointIO
 
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         strategy = config.get("strategy")
-        sharded = "ModelParallel" in type(strategy).__name__ or "ModelParallel" in str(strategy)
+        # a ModelParallelStrategy (FSDP2) writes checkpoint directories through its own IO; a strategy given
+        # by name is one of Lightning's registered ones, none of which is model-parallel
+        sharded = isinstance(strategy, ModelParallelStrategy)
         if not sharded and not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, self._with_progress_bar(config, callbacks))
@@ -109,9 +114,9 @@ class DDOCLI(LightningCLI):
         """``DIR/config.yaml`` (the previous one kept as ``config.before-step-N.yaml`` on a forced resume)."""
         from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-        from .training.atomic import atomic_write_text
+        from .files import atomic_write_text
 
-        plan = getattr(self, "run_plan", None)
+        plan = self.run_plan
         if plan is None or rank_zero_only.rank != 0:
             return
         stored = os.path.join(plan.path, "config.yaml")
@@ -125,7 +130,7 @@ class DDOCLI(LightningCLI):
         self._write_run_config()
         from .training.csv_logger import RunCSVLogger
 
-        step = getattr(getattr(self, "run_plan", None), "resume_step", None)
+        step = self.run_plan.resume_step if self.run_plan is not None else None
         for logger in self.trainer.loggers if step is not None else []:
             if isinstance(logger, RunCSVLogger):
                 logger.resume_step = step  # it drops the rows the interrupted run logged after that step
@@ -259,11 +264,11 @@ def check_checkpoint_kind(path: str, model_config: Any) -> None:
 
     if not _is_subclass_path(getattr(model_config, "class_path", None), DDOModule):
         return
-    import torch
+    from .files import read_tensor_file
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not readable this way: Lightning's own load reports it
+        ckpt = read_tensor_file(path, mmap=True)
+    except (OSError, ValueError):  # not readable this way: Lightning's own load reports it
         return
     state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     if state and not any(k.startswith("reference.") for k in state):
@@ -297,9 +302,8 @@ def convert(args: list[str]) -> str:
     """``ddo convert IN.pkl OUT.pt``: the network of an NVIDIA EDM/EDM2 pickle (read without executing
     its stored code) as a plain checkpoint: ``{"state_dict": ..., "nvidia_class": ..., "init_kwargs_json": ...}``,
     loadable with ``torch.load(weights_only=True)`` and usable as ``model.init_from``."""
-    import torch
-
     from .checkpoints.nvidia_pickle import read_nvidia_network
+    from .files import atomic_torch_save
 
     parser = argparse.ArgumentParser(prog="ddo convert", description=convert.__doc__)
     parser.add_argument("pickle", help="NVIDIA network pickle (.pkl)")
@@ -312,9 +316,7 @@ def convert(args: list[str]) -> str:
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     payload = {"state_dict": state, "nvidia_class": class_name,
                "init_kwargs_json": json.dumps(init_kwargs, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))}
-    tmp = ns.out + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, ns.out)
+    atomic_torch_save(payload, ns.out)
     print(f"wrote {ns.out}: {class_name}, {len(state)} tensors, {sum(v.numel() for v in state.values()):,} values")
     return ns.out
 

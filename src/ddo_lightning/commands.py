@@ -40,16 +40,14 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints.load import ArchitectureMismatch, check_checkpoint_fits, read_denoiser
+from .checkpoints import ArchitectureMismatch, load_network_weights
+from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
 from .pixels import model_to_uint8
+from .protocols import HasImages, SampleSpec, TokenModel
 from .samplers import HeunSampler, Sampler
 
 WHICH = ("auto", "ema", "reference", "target", "net")
-
-
-class CommandError(ValueError):
-    """Bad input to ``ddo sample`` / ``ddo fid``; the message says what and how to fix it."""
 
 
 # ---- inputs ------------------------------------------------------------------------------------------
@@ -136,21 +134,13 @@ class SampleKind:
 
 
 def sample_kind_of(net: nn.Module) -> SampleKind:
-    """The samples of a network, from its (or its raw network's, ``net.model``) constructor attributes:
-    ``img_resolution`` + ``img_channels``/``in_channels`` (images), ``data_dim`` (points), ``length``
-    (tokens) — the sizes ``training.base.check_data_fits_network`` checks against the data."""
-    raw = getattr(net, "model", net)
-    label_dim = int(getattr(raw, "label_dim", 0) or 0)
-    channels = getattr(raw, "img_channels", None) or getattr(raw, "in_channels", None)
-    if hasattr(raw, "img_resolution") and channels is not None:
-        r = int(raw.img_resolution)
-        return SampleKind((int(channels), r, r), label_dim, "images")
-    if hasattr(raw, "data_dim"):
-        return SampleKind((int(raw.data_dim),), label_dim, "points")
-    if isinstance(getattr(raw, "length", None), int):
-        return SampleKind((int(raw.length),), label_dim, "tokens")
-    raise CommandError(f"cannot tell the sample shape of {type(raw).__name__} "
-                       "(no img_resolution/img_channels, data_dim or length)")
+    """The samples of a network (:class:`~ddo_lightning.protocols.SampleSpec`): its ``sample_shape`` and
+    ``label_dim`` — the sizes ``training.base.check_data_fits_network`` checks against the data."""
+    if not isinstance(net, SampleSpec):
+        raise CommandError(f"cannot tell the sample shape of {type(net).__name__} (it has no sample_shape/label_dim)")
+    shape, label_dim = tuple(int(d) for d in net.sample_shape), int(net.label_dim or 0)
+    kind = "tokens" if isinstance(net, TokenModel) else "images" if len(shape) == 3 else "points"
+    return SampleKind(shape, label_dim, kind)
 
 
 def sample_shape_of(net: nn.Module) -> tuple[tuple[int, ...], int]:
@@ -178,11 +168,11 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
     net = _instantiate(copy.deepcopy(init["network"]), nn.Module, "model.init_args.network")
     sampler = HeunSampler() if init.get("sampler") is None else _instantiate(copy.deepcopy(init["sampler"]), Sampler, "model.init_args.sampler")
     try:
-        state, recorded = read_denoiser(ckpt, None if which == "auto" else which)
+        load_network_weights(net, ckpt, what, None if which == "auto" else which)
+    except ArchitectureMismatch:  # reported as it is (the recorded class / the differing tensors)
+        raise
     except (FileNotFoundError, ValueError) as err:
         raise CommandError(str(err)) from err
-    check_checkpoint_fits(net, state, recorded, what)
-    net.load_state_dict(state, strict=True)
     net = net.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     return net, sampler, {"checkpoint": ckpt, "net": which, "network": type(getattr(net, "model", net)).__name__}
 
@@ -429,7 +419,7 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
         if real is None:
             raise CommandError(f"{', '.join(a.config)}: no data.init_args.real to take statistics of")
         ds = _instantiate(real, torch.utils.data.Dataset, "data.init_args.real")
-        if not hasattr(ds, "images"):
+        if not isinstance(ds, HasImages):
             raise CommandError(f"{type(ds).__name__} has no uint8 images")
         total, batches = len(ds.images), iter(ds.images.split(a.batch_size))
         result["dataset"] = repr(ds)

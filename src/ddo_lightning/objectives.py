@@ -57,7 +57,13 @@ def pair_noise(batch_size: int, shape: tuple[int, ...], P_mean: float, P_std: fl
 
 class DDOObjective:
     """Base class of DDO objectives (what ``DDOModule(objective=...)`` accepts):
-    ``objective(target, reference, PairedBatch, generator=, shard=) -> ObjectiveOutput``."""
+    ``objective(target, reference, PairedBatch, generator=, shard=) -> ObjectiveOutput``.
+
+    ``alpha`` (weight of the fake term) and ``beta`` (scale of the log-ratio) are named in the advice a
+    non-finite loss prints; None for an objective without them."""
+
+    alpha: float | None = None
+    beta: float | None = None
 
     def __call__(self, target, reference, batch: PairedBatch, generator: torch.Generator | None = None,
                  shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:

@@ -40,6 +40,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import RunDirError
+
 RESULT_FILES = ("best.pt", "summary.json", "samples.png", os.path.join("logs", "metrics.csv"))
 CHECKPOINT_GLOBS = (os.path.join("checkpoints", "*.ckpt"), os.path.join("rounds", "*.ckpt"))
 
@@ -61,10 +63,6 @@ HARMLESS = (
 )
 # SelfPlay's settings do change the result (which EMA is promoted), except these
 SELFPLAY_HARMLESS = ("rounds", "dirpath", "summary_path")
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used as asked (nothing was written)."""
 
 
 @dataclass
@@ -133,11 +131,11 @@ def newest_readable_checkpoint(run_dir: str) -> str | None:
 
 def checkpoint_step(path: str) -> int | None:
     """``global_step`` of a checkpoint file (None for a sharded folder or a file without it)."""
-    import torch
+    from .files import read_tensor_file
 
     if os.path.isdir(path):
         return None
-    step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    step = read_tensor_file(path, mmap=True).get("global_step")
     return int(step) if step is not None else None
 
 

@@ -1,9 +1,8 @@
 """Loading weights into our networks from checkpoints: ours, NVIDIA's EDM/EDM2 pickles (safely); VAR later."""
 
+from ..errors import ArchitectureMismatch, CheckpointError
+from .architecture import check_checkpoint_fits, check_same_architecture
 from .load import (
-    ArchitectureMismatch,
-    check_checkpoint_fits,
-    check_same_architecture,
     denoiser_state_dict,
     load_network_weights,
     read_denoiser,
@@ -21,6 +20,7 @@ from .recorded import RecordedNetworkMismatch, check_recorded_network
 
 __all__ = [
     "ArchitectureMismatch",
+    "CheckpointError",
     "NvidiaPickleError",
     "PersistentRecord",
     "UnsafeGlobalError",

@@ -14,20 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ArchitectureMismatch
+from ..files import read_tensor_file
+from .architecture import check_checkpoint_fits, check_same_architecture
+from .nvidia_pickle import load_edm2_training_state, read_nvidia_network
+
+__all__ = ["ArchitectureMismatch", "check_checkpoint_fits", "check_same_architecture", "denoiser_state_dict",
+           "load_network_weights", "read_denoiser"]
+
 # Which weights of a training checkpoint make a denoiser, in order of preference:
 # a DDO run's reference is the best promoted model; an MLE run's EMA is its best estimate.
 WEIGHT_PREFIXES = ("reference.", "ema.model.", "net.", "target.")
-
-
-class ArchitectureMismatch(ValueError):
-    """The weights do not fit the network: names or shapes differ."""
-
-
-def _load(path: str) -> Mapping:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, ...: name the file and the cause
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
 
 
 WHICH_PREFIX = {"reference": "reference.", "ema": "ema.model.", "net": "net.", "target": "target."}
@@ -51,15 +48,11 @@ def read_denoiser(path: str, which: str | None = None) -> tuple[dict[str, torch.
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if str(path).endswith(".pkl"):
-        from .nvidia_pickle import read_nvidia_network  # it imports this module
-
         class_name, init_kwargs, state, _ = read_nvidia_network(path, "ema")
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, (class_name, init_kwargs)
     if os.path.basename(str(path)).startswith("training-state-"):
-        from .nvidia_pickle import load_edm2_training_state
-
         return load_edm2_training_state(path, "ema"), None
-    obj = _load(path)
+    obj = read_tensor_file(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint or a state dict")
     return _select_weights(path, obj, which), _recorded_in(path, obj)
@@ -92,40 +85,12 @@ def _select_weights(path: str, obj: Mapping, which: str | None) -> dict[str, tor
     raise ValueError(f"{path} has no denoiser weights (looked for keys starting with {', '.join(WEIGHT_PREFIXES)})")
 
 
-def check_same_architecture(net: nn.Module, state: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
-    """Raise :class:`ArchitectureMismatch` naming every differing parameter/buffer (up to 10 of each kind)."""
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: network {tuple(own[k].shape)} vs {what} {tuple(state[k].shape)}"
-              for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        for title, items in (("missing in " + what, missing), ("not in the network", unexpected), ("shape differs", shapes)):
-            if items:
-                more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
-                parts.append(f"{title}: {', '.join(items[:10])}{more}")
-        raise ArchitectureMismatch(
-            f"the {what} does not match the network's architecture ({type(net).__name__}); "
-            + "; ".join(parts)
-        )
-
-
-def check_checkpoint_fits(net: nn.Module, state: Mapping[str, torch.Tensor],
-                          recorded: tuple[str, Mapping[str, Any]] | None, what: str) -> None:
-    """Everything checked before weights load: the recorded network class and output-changing settings
-    (when the file records them, see :mod:`.recorded`), then names and shapes. ``what`` names the file."""
-    if recorded is not None:
-        from .recorded import check_recorded_network
-
-        check_recorded_network(net, recorded[0], recorded[1], what)
-    check_same_architecture(net, state, what=what)
-
-
-def load_network_weights(net: nn.Module, path: str, what: str | None = None) -> nn.Module:
-    """Load the denoiser weights of ``path`` into ``net`` strictly, after :func:`check_checkpoint_fits`.
-    ``what`` names the file in errors (default ``"checkpoint <path>"``; DDOModule: ``"init_from <path>"``)."""
-    state, recorded = read_denoiser(path)
+def load_network_weights(net: nn.Module, path: str, what: str | None = None, which: str | None = None) -> nn.Module:
+    """Load the denoiser weights of ``path`` (any file :func:`read_denoiser` reads; ``which`` network of
+    one of our checkpoints) into ``net`` strictly, after :func:`check_checkpoint_fits`: the one way
+    weights enter a network (``model.init_from``, ``ddo sample``/``ddo fid``). ``what`` names the file in
+    errors (default ``"checkpoint <path>"``; DDOModule: ``"init_from <path>"``)."""
+    state, recorded = read_denoiser(path, which)
     check_checkpoint_fits(net, state, recorded, what or f"checkpoint {path}")
     net.load_state_dict(state, strict=True)
     return net

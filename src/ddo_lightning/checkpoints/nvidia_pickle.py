@@ -44,11 +44,12 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from .load import check_same_architecture
+from ..errors import NvidiaPickleError, UnsafeGlobalError
+from ..unpickle import RestrictedUnpickler, numpy_globals
+from .architecture import check_same_architecture
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -64,14 +65,6 @@ __all__ = [
     "network_from_record",
     "read_edm2_training_state",
 ]
-
-
-class NvidiaPickleError(ValueError):
-    """An NVIDIA network pickle cannot be read or does not hold what was asked for."""
-
-
-class UnsafeGlobalError(NvidiaPickleError, pickle.UnpicklingError):
-    """The pickle refers to a global that is not on the allow-list."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,42 +228,6 @@ def _rebuild_parameter(data, requires_grad, backward_hooks=None):
     return nn.Parameter(data, bool(requires_grad))
 
 
-def _codecs_encode(text, encoding="latin1"):
-    """``_codecs.encode`` as used by protocol-2 pickles for ``bytes``: only ``str`` -> latin-1 bytes."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode: only str -> latin1 bytes is allowed")
-    return text.encode("latin1")
-
-
-def _numpy_module(name: str):
-    import importlib
-
-    for prefix in ("numpy._core", "numpy.core"):  # numpy >= 2, then numpy 1.x
-        try:
-            return importlib.import_module(f"{prefix}.{name}")
-        except ImportError:
-            continue
-    raise ImportError(f"numpy has no {name} module")  # pragma: no cover
-
-
-_np_multiarray = _numpy_module("multiarray")
-_np_numeric = _numpy_module("numeric")
-
-
-def _np_reconstruct(subtype, shape, dtype):
-    """``numpy ... multiarray._reconstruct`` restricted to plain ``ndarray``."""
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError(f"numpy _reconstruct: only numpy.ndarray is allowed, got {subtype!r}")
-    return _np_multiarray._reconstruct(subtype, shape, dtype)
-
-
-def _np_frombuffer(buf, dtype, shape, order):
-    """``numpy ... numeric._frombuffer`` (protocol-5 pickles of arrays)."""
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("numpy _frombuffer: needs a non-object dtype")
-    return _np_numeric._frombuffer(buf, dtype, shape, order)
-
-
 def _build_allow_list() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _record_persistent_obj,
@@ -280,18 +237,12 @@ def _build_allow_list() -> dict[tuple[str, str], Any]:
         ("builtins", "frozenset"): frozenset,
         ("__builtin__", "set"): set,  # protocol <= 2 pickles name builtins the Python 2 way
         ("__builtin__", "frozenset"): frozenset,
-        ("_codecs", "encode"): _codecs_encode,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
         ("torch", "Size"): torch.Size,
-        ("numpy", "dtype"): np.dtype,
-        ("numpy", "ndarray"): np.ndarray,
+        **numpy_globals(),
     }
-    for prefix in ("numpy.core", "numpy._core"):
-        allowed[(f"{prefix}.multiarray", "_reconstruct")] = _np_reconstruct
-        allowed[(f"{prefix}.multiarray", "scalar")] = _np_multiarray.scalar
-        allowed[(f"{prefix}.numeric", "_frombuffer")] = _np_frombuffer
     for name in ("float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"):
         allowed[("torch", name)] = getattr(torch, name)
     for qualified in _TORCH_MODULES:
@@ -304,24 +255,15 @@ def _build_allow_list() -> dict[tuple[str, str], Any]:
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = _build_allow_list()
 
 
-class SafeNvidiaUnpickler(pickle.Unpickler):
-    """An unpickler for NVIDIA's EDM/EDM2 pickles that resolves globals only through :data:`ALLOWED_GLOBALS`.
-
-    Persistent ids are refused too (the base class raises when ``persistent_load`` is not defined).
-    """
+class SafeNvidiaUnpickler(RestrictedUnpickler):
+    """An unpickler for NVIDIA's EDM/EDM2 pickles that resolves globals only through :data:`ALLOWED_GLOBALS`
+    (refusals raise :class:`UnsafeGlobalError`). Persistent ids are refused too."""
 
     def __init__(self, file, path: str = "<stream>") -> None:
-        super().__init__(file)
+        super().__init__(file, path, ALLOWED_GLOBALS, refused=UnsafeGlobalError,
+                         hint="it is not on the allow-list of the safe NVIDIA pickle loader "
+                              "(ddo_lightning.checkpoints.nvidia_pickle.ALLOWED_GLOBALS)")
         self.path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafeGlobalError(
-                f"{self.path}: refusing the global '{module}.{name}' referenced by the pickle: it is not on the "
-                "allow-list of the safe NVIDIA pickle loader (ddo_lightning.checkpoints.nvidia_pickle.ALLOWED_GLOBALS)"
-            ) from None
 
 
 # ------------------------------------------------------------------------------------------------

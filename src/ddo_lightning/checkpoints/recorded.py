@@ -34,13 +34,9 @@ from typing import Any
 
 from torch import nn
 
-from .load import ArchitectureMismatch
+from ..errors import RecordedNetworkMismatch
 
 __all__ = ["RecordedNetworkMismatch", "check_recorded_network", "declared_kind", "recorded_kind"]
-
-
-class RecordedNetworkMismatch(ArchitectureMismatch):
-    """The checkpoint records another network class, or settings that change outputs, than declared."""
 
 
 NETWORK_PATH = "model.init_args.network"

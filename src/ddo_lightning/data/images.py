@@ -8,7 +8,6 @@ Every dataset holds its images as uint8 [N, C, H, W] and yields ``Samples(x, lab
 
 from __future__ import annotations
 
-import codecs
 import io
 import json
 import operator
@@ -27,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..pixels import model_to_uint8, quantize, uint8_to_model
 from ..protocols import Samples
+from ..unpickle import RestrictedUnpickler, numpy_globals
 
 __all__ = [
     "Cifar10Dataset",
@@ -225,45 +225,9 @@ class DigitsDataset(ImageDataset):
 # CIFAR-10 python batches, through a restricted unpickler.
 
 
-def _numpy_core(sub: str) -> Any:
-    try:  # numpy >= 2 (and 1.26's forward-compatibility shim)
-        return __import__(f"numpy._core.{sub}", fromlist=[sub])
-    except ImportError:  # numpy 1.x
-        return __import__(f"numpy.core.{sub}", fromlist=[sub])
-
-
 def _allowed_globals() -> dict[tuple[str, str], Any]:
-    ma, num = _numpy_core("multiarray"), _numpy_core("numeric")
-    table: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # bytes pickled by Python 3 at protocol < 3
-        ("builtins", "bytearray"): bytearray,
-        ("__builtin__", "bytearray"): bytearray,
-    }
-    for core in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x names
-        table[(f"{core}.multiarray", "_reconstruct")] = ma._reconstruct
-        table[(f"{core}.multiarray", "scalar")] = ma.scalar
-        table[(f"{core}.numeric", "_frombuffer")] = num._frombuffer
-    return table
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only; any other global is refused by name."""
-
-    def __init__(self, file: Any, source: str):
-        super().__init__(file, encoding="bytes")  # the official batches are Python 2 pickles
-        self._source = source
-        self._allowed = _allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = self._allowed.get((module, name))
-        if obj is None:
-            raise pickle.UnpicklingError(
-                f"{self._source}: refusing to unpickle global '{module}.{name}' (only numpy arrays and plain "
-                f"containers are allowed in CIFAR-10 batches)"
-            )
-        return obj
+    """Plain containers and numpy arrays: all a CIFAR-10 batch holds."""
+    return {**numpy_globals(), ("builtins", "bytearray"): bytearray, ("__builtin__", "bytearray"): bytearray}
 
 
 def safe_load_pickle(path: str | os.PathLike) -> Any:
@@ -282,7 +246,8 @@ def safe_loads_pickle(data: bytes, source: str) -> Any:
 
 def _safe_unpickle(f: Any, source: str) -> Any:
     try:
-        return _RestrictedUnpickler(f, source).load()
+        return RestrictedUnpickler(f, source, _allowed_globals(), encoding="bytes",  # Python 2 pickles
+                                   hint="only numpy arrays and plain containers are allowed in CIFAR-10 batches").load()
     except pickle.UnpicklingError as e:
         if source in str(e):
             raise
@@ -432,6 +397,44 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
+def read_dataset_json_labels(names: list[str], fnames: list[str], read: Any, num_classes: int | None,
+                         where: str) -> np.ndarray | None:
+    """The labels [N] int64 of ``fnames`` from the folder's ``dataset.json`` (EDM's dataset_tool format:
+    ``{"labels": [[relative_path, int], ...]}``), or None without one (or with ``"labels": null``).
+
+    names: every member of the folder/zip; read(name) -> bytes; where: names ``dataset.json`` in errors.
+    Shared by image folders and EDM2 latent folders."""
+    if "dataset.json" not in names:
+        return None
+    try:
+        meta = json.loads(read("dataset.json"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or "labels" not in meta:
+        raise ValueError(f"{where}: expected an object with a 'labels' entry")
+    entries = meta["labels"]
+    if entries is None:
+        return None
+    if not isinstance(entries, list):
+        raise ValueError(f"{where}: 'labels' must be a list of [relative_path, int_label] or null")
+    table: dict[str, int] = {}
+    for e in entries:
+        if (
+            not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[0], str)
+            or not isinstance(e[1], int) or isinstance(e[1], bool) or e[1] < 0
+        ):
+            raise ValueError(f"{where}: bad label entry {e!r} (need [relative_path, non-negative int])")
+        table[e[0].replace("\\", "/")] = e[1]
+    out = np.empty(len(fnames), dtype=np.int64)
+    for i, name in enumerate(fnames):
+        if name not in table:
+            raise ValueError(f"{where}: no label for image {name!r}")
+        out[i] = table[name]
+        if num_classes is not None and out[i] >= num_classes:
+            raise ValueError(f"{where}: label {out[i]} of {name!r} is out of range for num_classes={num_classes}")
+    return out
+
+
 class ImageFolderDataset(ImageDataset):
     """Images in EDM's dataset_tool format: a directory or a .zip of PNG/JPEG files (other files are
     ignored), ordered by sorted relative path, with an optional ``dataset.json`` at the top holding
@@ -507,36 +510,7 @@ class ImageFolderDataset(ImageDataset):
         return f"{self.path}: member {name!r}" if self.path.is_file() else str(self.path / name)
 
     def _read_labels(self, names: list[str], fnames: list[str], read: Any, num_classes: int | None) -> np.ndarray | None:
-        if "dataset.json" not in names:
-            return None
-        where = self._where("dataset.json")
-        try:
-            meta = json.loads(read("dataset.json"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{where}: not valid JSON: {e}") from e
-        if not isinstance(meta, dict) or "labels" not in meta:
-            raise ValueError(f"{where}: expected an object with a 'labels' entry")
-        entries = meta["labels"]
-        if entries is None:
-            return None
-        if not isinstance(entries, list):
-            raise ValueError(f"{where}: 'labels' must be a list of [relative_path, int_label] or null")
-        table: dict[str, int] = {}
-        for e in entries:
-            if (
-                not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[0], str)
-                or not isinstance(e[1], int) or isinstance(e[1], bool) or e[1] < 0
-            ):
-                raise ValueError(f"{where}: bad label entry {e!r} (need [relative_path, non-negative int])")
-            table[e[0].replace("\\", "/")] = e[1]
-        out = np.empty(len(fnames), dtype=np.int64)
-        for i, name in enumerate(fnames):
-            if name not in table:
-                raise ValueError(f"{where}: no label for image {name!r}")
-            out[i] = table[name]
-            if num_classes is not None and out[i] >= num_classes:
-                raise ValueError(f"{where}: label {out[i]} of {name!r} is out of range for num_classes={num_classes}")
-        return out
+        return read_dataset_json_labels(names, fnames, read, num_classes, self._where("dataset.json"))
 
     def _read_images(self, fnames: list[str], read: Any, resolution: int | None, channels: int | None) -> np.ndarray:
         from tqdm.auto import tqdm

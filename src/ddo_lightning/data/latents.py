@@ -98,7 +98,7 @@ class LatentFolderDataset(Dataset):
                  max_size: int | None = None, latent_seed: int | None = None,
                  raw_mean: Sequence[float] = EDM2_RAW_MEAN, raw_std: Sequence[float] = EDM2_RAW_STD,
                  final_mean: float = 0.0, final_std: float = 0.5):
-        from .images import ImageFolderDataset  # its dataset.json reader
+        from .images import read_dataset_json_labels
 
         self.path = Path(path)
         self.scaling = LatentScaling(raw_mean, raw_std, final_mean, final_std)
@@ -120,7 +120,7 @@ class LatentFolderDataset(Dataset):
             raise ValueError(f"{self.path}: no .npy latents found (EDM2's `dataset_tool.py encode` output?)")
         if max_size is not None:
             fnames = fnames[: int(max_size)]
-        labels = ImageFolderDataset._read_labels(self, names, fnames, self._read, num_classes)
+        labels = read_dataset_json_labels(names, fnames, self._read, num_classes, self._where("dataset.json"))
         if conditional and labels is None:
             raise ValueError(f"{self.path}: conditional=True but it has no labels (no dataset.json, or null labels)")
         self.fnames = fnames

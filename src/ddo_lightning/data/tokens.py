@@ -64,7 +64,7 @@ class MarkovSource:
         from ..likelihood import token_log_prob
 
         seqs = self.all_sequences()
-        device = next((p.device for p in model.parameters()), torch.device("cpu")) if hasattr(model, "parameters") else "cpu"
+        device = next((p.device for p in model.parameters()), torch.device("cpu")) if isinstance(model, torch.nn.Module) else "cpu"
         forward, reverse = [], []
         for c in range(self.num_classes):
             labels = torch.nn.functional.one_hot(torch.full((len(seqs),), c), self.num_classes).float()

@@ -14,7 +14,6 @@ one-hot labels)``), e.g. ``ImageFolderDataset`` of ImageNet at 256 px.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..protocols import Samples
+from ..files import atomic_path, read_tensor_file
+from ..protocols import Labelled, Samples
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".pt":
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = read_tensor_file(path, what="token file")
         if not isinstance(obj, dict):
             raise ValueError(f"{path} holds a {type(obj).__name__}, not a dict of tensors")
         return {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in obj.items()}
@@ -104,7 +104,7 @@ def encode_dataset(images_dataset: Dataset, adapter: Any, out_path: str | os.Pat
         raise ValueError(f"out_path must end in .npz or .pt, got {out_path}")
     from tqdm.auto import tqdm
 
-    k = int(getattr(images_dataset, "label_dim", 0))
+    k = int(images_dataset.label_dim) if isinstance(images_dataset, Labelled) else 0
     vocab = int(adapter.vocab_size)
     dtype = np.int16 if vocab <= np.iinfo(np.int16).max + 1 else np.int32
     loader = DataLoader(images_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -118,17 +118,9 @@ def encode_dataset(images_dataset: Dataset, adapter: Any, out_path: str | os.Pat
     data = {"tokens": np.concatenate(tokens) if tokens else np.zeros((0, L), dtype),
             "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
             "num_classes": np.int64(k), "vocab_size": np.int64(vocab)}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if out_path.suffix == ".npz":
-                np.savez(f, **data)
-            else:
-                torch.save({key: torch.from_numpy(np.asarray(v)) for key, v in data.items()}, f)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        if out_path.suffix == ".npz":
+            np.savez(f, **data)
+        else:
+            torch.save({key: torch.from_numpy(np.asarray(v)) for key, v in data.items()}, f)
     return out_path

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import FetchError, MissingFile
+from ..files import atomic_write_text
 from .manifest import MANIFEST, Entry, RemoteFile
 
 __all__ = ["PREFIX", "FetchError", "MissingFile", "cache_root", "entry", "entry_path", "file_path", "is_ref", "lock_path",
@@ -30,14 +32,6 @@ __all__ = ["PREFIX", "FetchError", "MissingFile", "cache_root", "entry", "entry_
 
 PREFIX = "cache:"
 LOCK_NAME = "ddo-fetch.lock.json"
-
-
-class FetchError(RuntimeError):
-    """A download or a cached file failed a check; the message says what and what to do."""
-
-
-class MissingFile(FileNotFoundError):
-    """A ``cache:NAME`` file is not in the cache; the message gives the ``ddo fetch`` command."""
 
 
 def cache_root() -> Path:
@@ -103,11 +97,7 @@ def update_lock(key: str, record: dict[str, Any] | None) -> bool:
             files.pop(key, None)
         else:
             files[key] = record
-        path = lock_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(lock_path(), json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n")
         return True
     except OSError:
         return False

@@ -30,16 +30,13 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from ..fetch.preflight import PATH_KEYS
 
 # Input files a constructor may read (the values of these keys in `model` and `data`): the preflight's list.
 FILE_KEYS = PATH_KEYS
 # Of those, the ones that mean "weights (or statistics) to load" and may be None (built without them).
 WEIGHT_KEYS = ("init_from", "reference_stats", "vae_checkpoint", "var_checkpoint")
-
-
-class ConfigError(ValueError):
-    """The config does not parse or does not build as ``ddo fit`` would."""
 
 
 class Unbuilt:

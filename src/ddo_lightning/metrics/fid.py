@@ -22,7 +22,9 @@ from torch import nn
 from torchmetrics import Metric
 from tqdm.auto import tqdm
 
-from ..pixels import model_to_uint8
+from ..files import atomic_path
+from ..pixels import model_to_uint8, uint8_to_model
+from ..protocols import FeatureExtractor, HasImages, HasRealData
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -72,10 +74,8 @@ def load_reference_stats(path: str, feature_dim: int | None = None) -> tuple[np.
 def save_reference_stats(path: str, mu: np.ndarray, sigma: np.ndarray, **extra: Any) -> None:
     """Write ``mu``, ``sigma`` (and ``extra`` arrays, e.g. ``count``) as an ``.npz`` in EDM's format,
     atomically (temporary name, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
 
 
 class FrechetDistance(Metric):
@@ -106,7 +106,7 @@ class FrechetDistance(Metric):
     def __init__(self, extractor: nn.Module, name: str = "fid", reference_stats: str | None = None,
                  reference_batch_size: int = 500, decoder: nn.Module | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        if not hasattr(extractor, "feature_dim"):
+        if not isinstance(extractor, FeatureExtractor):
             raise TypeError(f"the feature extractor {type(extractor).__name__} must have a `feature_dim`")
         self.extractor = extractor.eval().requires_grad_(False)
         self.decoder = decoder.eval().requires_grad_(False) if decoder is not None else None
@@ -130,8 +130,8 @@ class FrechetDistance(Metric):
         unless they were given as a file."""
         if self.reference is not None:
             return
-        real = getattr(source, "real", source)
-        images = getattr(real, "images", None)
+        real = source.real if isinstance(source, HasRealData) else source
+        images = real.images if isinstance(real, HasImages) else None
         if images is None:
             raise ValueError(f"{type(real).__name__} has no uint8 `images`: give FrechetDistance reference_stats")
         self.reference = self.statistics_of(torch.as_tensor(images).split(self.reference_batch_size), total=len(images))
@@ -165,6 +165,11 @@ class FrechetDistance(Metric):
             return self.decoder(x.to(self.device))
         return model_to_uint8(x)
 
+    def images_of(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples as model-space images for sample grids (:class:`~ddo_lightning.protocols.DecodesSamples`):
+        latents decoded (then back to [-1, 1]), images as they are."""
+        return uint8_to_model(self.decoder(x)) if self.decoder is not None else x
+
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) of what was accumulated on this process (``compute`` sums over ranks first)."""
         return stats_from_sums(self.total, self.outer, int(self.count))
@@ -181,7 +186,6 @@ def _drop_extractor(module: nn.Module, state_dict: dict, prefix: str, local_meta
 
 
 def _fill_extractor(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-    for name in ("extractor", "decoder"):
-        sub = getattr(module, name, None)
+    for name, sub in (("extractor", module.extractor), ("decoder", module.decoder)):
         for k, v in (sub.state_dict() if sub is not None else {}).items():
             state_dict.setdefault(f"{prefix}{name}.{k}", v)

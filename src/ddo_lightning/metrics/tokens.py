@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from ..protocols import HasGroundTruth, KnownTokenSource
+
 
 class MarkovMetrics(Metric):
     """Evaluator for token models trained on a :class:`~ddo_lightning.data.MarkovSource`.
@@ -30,8 +32,8 @@ class MarkovMetrics(Metric):
 
     def connect(self, source: Any) -> None:
         """Take the source from a data module or dataset (``.ground_truth``) or a MarkovSource itself."""
-        truth = getattr(source, "ground_truth", source)
-        if truth is None or not hasattr(truth, "exact_kl"):
+        truth = source.ground_truth if isinstance(source, HasGroundTruth) else source
+        if not isinstance(truth, KnownTokenSource):
             raise ValueError("MarkovMetrics needs data with a known token source (e.g. MarkovTokenDataset)")
         self.source = truth
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torchmetrics import Metric
 
+from ..protocols import HasGroundTruth, KnownDensity
+
 if TYPE_CHECKING:
     from ..data.toy2d import GaussianMixture
 
@@ -100,8 +102,8 @@ class MixtureMetrics(Metric):
 
     def connect(self, source: Any) -> None:
         """Take the ground truth from a data module or dataset (``.ground_truth``) or a mixture itself."""
-        truth = getattr(source, "ground_truth", source)
-        if truth is None or not hasattr(truth, "log_prob"):
+        truth = source.ground_truth if isinstance(source, HasGroundTruth) else source
+        if not isinstance(truth, KnownDensity):
             raise ValueError("MixtureMetrics needs data with a known mixture distribution (e.g. Toy2DDataset)")
         self.mixture = truth
 

@@ -309,8 +309,9 @@ class Precond(Network):
         self.logvar_linear.requires_grad_(bool(train_logvar))
 
     @property
-    def in_channels(self) -> int:  # what ddo_lightning.commands.sample_shape_of reads
-        return self.img_channels
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) = (img_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
+        return (self.img_channels, self.img_resolution, self.img_resolution)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, return_logvar: bool = False, **unet_kwargs):

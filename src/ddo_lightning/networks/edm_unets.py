@@ -452,6 +452,11 @@ class SongUNet(Backbone):
                 self.dec[f"{r}x{r}_aux_norm"] = GroupNorm(width, eps=1e-6)
                 self.dec[f"{r}x{r}_aux_conv"] = Conv2d(width, out_channels, kernel=3, **init_zero)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
+        return (self.in_channels, self.img_resolution, self.img_resolution)
+
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0]
@@ -572,6 +577,11 @@ class DhariwalUNet(Backbone):
                 width = model_channels * mult
         self.out_norm = GroupNorm(width)
         self.out_conv = Conv2d(width, out_channels, kernel=3, **init_zero)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
+        return (self.in_channels, self.img_resolution, self.img_resolution)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -55,6 +55,21 @@ class _Preconditioner(Network):
         super().__init__()
         self.model = model
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The raw network's sample shape (protocols.SampleSpec)."""
+        return tuple(self.model.sample_shape)
+
+    @property
+    def label_dim(self) -> int:
+        """The raw network's label width K (protocols.SampleSpec)."""
+        return int(self.model.label_dim)
+
+    @label_dim.setter
+    def label_dim(self, value: int) -> None:  # the EDM factory records it on the wrapper, as EDM's classes do
+        if int(value) != int(self.model.label_dim):
+            raise ValueError(f"label_dim {value} differs from the raw network's {self.model.label_dim}")
+
     def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
@@ -205,11 +220,6 @@ class iDDPMPrecond(_Preconditioner):  # noqa: N801 (EDM's class name)
         self.sigma_min = float(u[self.M - 1])
         self.sigma_max = float(u[0])
         self.register_buffer("u", u.to(torch.empty(0).device))  # built on CPU, also under a meta device
-
-    def alpha_bar(self, j):
-        """ᾱ(j) = sin²(π j / (2M(C_2+1)))."""
-        j = torch.as_tensor(j)
-        return (0.5 * math.pi * j / self.M / (self.C_2 + 1)).sin() ** 2
 
     def round_sigma(self, sigma, return_index: bool = False):
         """The entry of ``u`` nearest each σ (or its index j with ``return_index``), in σ's shape."""

@@ -42,6 +42,11 @@ class TokenGPT(Network):
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
         nn.init.normal_(self.pos, std=0.02)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(L,): one token sequence (protocols.SampleSpec)."""
+        return (self.length,)
+
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] int64, labels [B, K] → logits [B, L, V]."""
         B, L = tokens.shape

@@ -49,6 +49,11 @@ class ToyMLP(Backbone):
         layers.append(nn.Linear(width, data_dim))
         self.net = nn.Sequential(*layers)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(D,): one sample (protocols.SampleSpec)."""
+        return (self.data_dim,)
+
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         h = torch.cat([x.flatten(1), self.embed(noise_labels), class_labels.reshape(x.shape[0], -1)], dim=1)
         return self.net(h).reshape(x.shape)

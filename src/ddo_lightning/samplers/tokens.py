@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..protocols import TokenModel
+from ..protocols import SamplesTokens, TokenModel
 from .base import Sampler
 from .noise import inverse_cdf, seeded_uniform
 
@@ -102,10 +102,9 @@ class TokenSampler(Sampler):
         """Tokens [N, L] (int64): token t the inverse CDF of its conditional at ``noise[:, t]`` (uniforms
         [N, L], what :meth:`noise` makes); labels [N, K]."""
         kw = dict(cfg=self.cfg, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        own = getattr(net, "sample_tokens", None)
-        if callable(own):
-            tokens = own(labels, noise, **kw)
-            steps = float(getattr(net, "num_sampling_steps", noise.shape[1]))
+        if isinstance(net, SamplesTokens):  # the model's own loop (VAR's scales)
+            tokens = net.sample_tokens(labels, noise, **kw)
+            steps = float(net.num_sampling_steps)
         else:
             tokens = sample_tokens(net, labels, noise, **kw)
             steps = float(noise.shape[1])

@@ -9,11 +9,14 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 import torch
 from torch import nn
 from torchmetrics import Metric
 
+from ..errors import DataNetworkMismatch
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
+from ..protocols import ConnectsToData, Denoiser, HasRealData, MeasuresNetwork, RoundCheckpoints, SampleSpec
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
 from .fake_sources import balanced_labels
 from .sharding import is_sharded, rank_batches
@@ -51,7 +54,7 @@ def disable_dropout(net: nn.Module) -> int:
 def check_model_family(network: nn.Module, objective: Any, sampler: Any) -> None:
     """A diffusion denoiser (has ``sigma_data``) goes with a diffusion objective and sampler; a
     next-token model with TokenDDO/TokenMLE and TokenSampler. Mixing them fails here, by name."""
-    diffusion = hasattr(network, "sigma_data")
+    diffusion = isinstance(network, Denoiser)
     mixed = isinstance(objective, (TokenDDO, TokenMLE)) or isinstance(sampler, TokenSampler) if diffusion else \
         isinstance(objective, (DiffusionDDO, DenoisingScoreMatching)) or isinstance(sampler, HeunSampler)
     if not mixed:
@@ -64,17 +67,13 @@ def check_model_family(network: nn.Module, objective: Any, sampler: Any) -> None
                      "next-token model needs objective TokenDDO (TokenMLE for pretraining) and sampler TokenSampler")
 
 
-class DataNetworkMismatch(ValueError):
-    """The data's samples or labels do not fit the network's sizes (raised at setup, before any step)."""
-
-
 NETWORK = "model.init_args.network"
 
 
 def _network_attr(net: nn.Module, *names: str) -> tuple[Any, str] | None:
-    """(value, config key) of the first of ``names`` on the network or on its raw network (``net.model``:
-    EDM's wrappers keep the image sizes there), or None."""
-    for obj, where in ((net, f"{NETWORK}.init_args"), (getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args")):
+    """(value, config key) of the first of ``names`` on the raw network (``net.model``: EDM's wrappers keep
+    the sizes there, their own ``label_dim`` only forwards it) or on the network, or None."""
+    for obj, where in ((getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args"), (net, f"{NETWORK}.init_args")):
         if not isinstance(obj, nn.Module):
             continue
         for name in names:
@@ -206,11 +205,12 @@ class DenoiserModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
         dm = self.trainer.datamodule
-        if dm is None or not hasattr(dm, "sample_shape"):
+        if not isinstance(dm, SampleSpec):
             raise TypeError("ddo_lightning modules need a DDODataModule (it tells the sample shape and labels)")
         self.sample_shape, self.label_dim = tuple(dm.sample_shape), int(dm.label_dim)
-        check_data_fits_network(self.trained_network(), self.sample_shape, self.label_dim, getattr(dm, "real", None))
-        if self.evaluator is not None and hasattr(self.evaluator, "connect"):
+        check_data_fits_network(self.trained_network(), self.sample_shape, self.label_dim,
+                                dm.real if isinstance(dm, HasRealData) else None)
+        if isinstance(self.evaluator, ConnectsToData):
             self.evaluator.connect(dm)  # the evaluator takes what it needs: ground truth, real images
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -277,7 +277,7 @@ class DenoiserModule(pl.LightningModule):
             if n:
                 self.evaluator.update(x[:n], labels[:n])
         metrics = {k: float(v) for k, v in self.evaluator.compute().items()}
-        if hasattr(self.evaluator, "measure_network"):  # metrics of the network itself (exact likelihoods)
+        if isinstance(self.evaluator, MeasuresNetwork):  # metrics of the network itself (exact likelihoods)
             metrics.update({k: float(v) for k, v in self.evaluator.measure_network(net).items()})
         # how the number was obtained travels with it: sample count, sampler cost, wall time
         metrics["num_samples"] = float(self.num_eval_samples)
@@ -307,8 +307,9 @@ def newest_checkpoint(trainer: pl.Trainer) -> str | None:
     """The most recent checkpoint file any callback of ``trainer`` has written, if any."""
     paths = []
     for cb in trainer.callbacks:
-        for attr in ("last_model_path", "best_model_path", "last_round_path"):
-            p = getattr(cb, attr, None)
-            if p and os.path.isfile(p):
-                paths.append(p)
+        if isinstance(cb, ModelCheckpoint):
+            paths += [cb.last_model_path, cb.best_model_path]
+        if isinstance(cb, RoundCheckpoints):
+            paths.append(cb.last_round_path)
+    paths = [p for p in paths if p and os.path.isfile(p)]
     return max(paths, key=os.path.getmtime) if paths else None

@@ -13,15 +13,12 @@ import glob
 import os
 from typing import Any
 
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..errors import CorruptCheckpoint
+from ..files import read_tensor_file
 from .atomic import atomic_torch_save
-
-
-class CorruptCheckpoint(ValueError):
-    """A checkpoint that cannot be read (truncated, not a checkpoint, …)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,10 +38,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def check_checkpoint(path: str) -> None:
     """Raise :class:`CorruptCheckpoint` unless ``path`` loads with ``torch.load(weights_only=True)``."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise CorruptCheckpoint(f"checkpoint {path} cannot be read (truncated or corrupt?): {type(err).__name__}: {err}") from err
+    read_tensor_file(path, mmap=True)
 
 
 def usable_checkpoint(path: str) -> str:

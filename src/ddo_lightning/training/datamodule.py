@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..protocols import PairedBatch, SampleFn, Samples
+from ..protocols import HasGroundTruth, PairedBatch, RealDataset, SampleFn, Samples
 from .fake_sources import FakeSource
 
 
@@ -43,9 +43,9 @@ class DDODataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for attr in ("sample_shape", "label_dim"):
-            if not hasattr(real, attr):
-                raise TypeError(f"the real dataset {type(real).__name__} must expose `{attr}`")
+        if not isinstance(real, RealDataset):
+            raise TypeError(f"the real dataset {type(real).__name__} must expose `sample_shape` and `label_dim` "
+                            "(and be a map-style dataset of Samples: ddo_lightning.protocols.RealDataset)")
         if len(real) < batch_size:
             raise ValueError(f"the real dataset has {len(real)} samples, fewer than one batch of {batch_size}")
         self.real, self.batch_size, self.fake = real, batch_size, fake
@@ -65,7 +65,7 @@ class DDODataModule(pl.LightningDataModule):
     @property
     def ground_truth(self) -> Any:
         """The real data's known distribution, where it has one (the toy mixture)."""
-        return getattr(self.real, "ground_truth", None)
+        return self.real.ground_truth if isinstance(self.real, HasGroundTruth) else None
 
     def setup(self, stage: str) -> None:
         if self.fake is not None:

@@ -12,20 +12,17 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..checkpoints import load_network_weights
+from ..errors import NonFiniteLossError
 from ..networks import Network
 from ..objectives import DDOObjective, DiffusionDDO
-from ..protocols import PairedBatch
+from ..protocols import PairedBatch, PreparesFakes, RoundAware
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
 from .ema import make_ema
-from .sharding import is_sharded, load_full_state_dict, reset_optimizer_state, shard_network
+from .sharding import is_sharded, load_full_state_dict, local_part, reset_optimizer_state, shard_network
 
 PROGRESS_BAR_STATS = ("loss", "disc_acc")
 _RESTORING: ContextVar[bool] = ContextVar("ddo_restoring", default=False)  # inside load_from_checkpoint
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The DDO loss became NaN or infinite; training stops before the bad step changes any weight."""
 
 
 class DDOModule(DenoiserModule):
@@ -103,11 +100,11 @@ class DDOModule(DenoiserModule):
     # ---- fakes -------------------------------------------------------------------------------------
     def sample_reference(self, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The fake sources' sampling function: the current reference, with this module's sampler. A
-        network with a ``prepare_fakes(x)`` method post-processes its samples into what DDO trains on
-        (VAR: re-encode the decoded images); evaluation samples are never post-processed."""
+        network with a ``prepare_fakes(x)`` method (:class:`~ddo_lightning.protocols.PreparesFakes`)
+        post-processes its samples into what DDO trains on (VAR: re-encode the decoded images); evaluation
+        samples are never post-processed."""
         x = self.sample(self.reference, seeds, labels)
-        prepare = getattr(self.reference, "prepare_fakes", None)
-        return prepare(x) if callable(prepare) else x
+        return self.reference.prepare_fakes(x) if isinstance(self.reference, PreparesFakes) else x
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -119,9 +116,8 @@ class DDOModule(DenoiserModule):
         DiffusionDDO's per-round ``P_std_schedule``), and the data module's next batch draws its fakes from
         this round's reference."""
         self.round_index = round_index
-        start = getattr(self.objective, "start_round", None)
-        if callable(start):
-            start(round_index)
+        if isinstance(self.objective, RoundAware):
+            self.objective.start_round(round_index)
 
     # ---- one step ------------------------------------------------------------------------------------
     def training_step(self, batch: PairedBatch, batch_idx: int) -> torch.Tensor:
@@ -143,8 +139,8 @@ class DDOModule(DenoiserModule):
         weights, the real or fake batch, the log-ratios Δ (the networks' outputs), or only the loss terms
         (finite Δ, so β·Δ or α·term overflowed)."""
         bad = {k for k, v in stats.items() if not torch.isfinite(v).all()}
-        alpha, beta = getattr(self.objective, "alpha", None), getattr(self.objective, "beta", None)
-        if any(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in self.target.parameters()):
+        alpha, beta = self.objective.alpha, self.objective.beta
+        if any(not torch.isfinite(local_part(p)).all() for p in self.target.parameters()):
             return ("Cause: the target's weights are already NaN/inf (an earlier update diverged): lower lr and "
                     "resume from that checkpoint.")
         for name, part in (("real", batch.real), ("fake", batch.fake)):
@@ -174,7 +170,7 @@ class DDOModule(DenoiserModule):
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (FSDP2): shard target, reference and EMA separately over the
         data-parallel mesh (``configs/strategy/fsdp2.yaml``). Nothing otherwise."""
-        mesh = getattr(self, "device_mesh", None)
+        mesh = self.device_mesh  # set by ModelParallelStrategy, else None
         if mesh is None or is_sharded(self.target):
             return
         dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh

@@ -18,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 
+from ..protocols import EvaluationListener
 from .atomic import atomic_path, atomic_write_text
 
 _LAID_OUT: set[tuple[int, str]] = set()  # (W&B logger, prefix) pairs whose metric layout is defined
@@ -49,9 +50,8 @@ def publish_evaluation(trainer: pl.Trainer, pl_module: Any, metrics: dict[str, f
             _LAID_OUT.add((id(logger), prefix))
         logger.log_metrics(record, step=trainer.global_step)
     for cb in trainer.callbacks:
-        hook = getattr(cb, "on_evaluation", None)
-        if callable(hook):
-            hook(trainer, pl_module, record)
+        if isinstance(cb, EvaluationListener):
+            cb.on_evaluation(trainer, pl_module, record)
     return record
 
 

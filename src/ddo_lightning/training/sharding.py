@@ -81,6 +81,15 @@ def on_rank_zero(net: nn.Module, is_global_zero: bool, fn: Callable[[], T]) -> T
     return out if is_global_zero else None
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly FSDP2-sharded) tensor: a DTensor's local shard, else ``t``."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed tensors
+        return t
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def shard_network(net: nn.Module, mesh: Any) -> nn.Module:
     """``fully_shard`` the blocks of ``net`` (the children of its ModuleLists/ModuleDicts, innermost first),
     then ``net`` itself with ``reshard_after_forward=True`` (for a root the default keeps parameters

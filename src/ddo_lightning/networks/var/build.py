@@ -15,12 +15,14 @@ Released weights (plain state dicts, never downloaded by this project; see docs/
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
+from ...errors import CheckpointMismatch
+from ...files import read_tensor_file
 from .transformer import VAR
 from .vqvae import VQVAE
 
@@ -74,17 +76,8 @@ def build_vae_var(depth: int = 16, patch_nums: Sequence[int] = PATCH_NUMS_256, V
     return vae, build_var(vae, depth, num_classes, shared_aln, attn_l2_norm, init=init, device=device)
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint's tensors do not fit the network: missing, unexpected or differently shaped keys."""
-
-
 def _read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    obj = read_tensor_file(path)
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} is not a plain state dict (name → tensor), as VAR's released .pth files are")
     return obj

@@ -414,11 +414,6 @@ class VQVAE(nn.Module):
         f = self.quantize.embed_to_fhat(ms_h_BChw, all_to_max_scale=all_to_max_scale, last_one=last_one)
         return self.fhat_to_img(f) if last_one else [self.fhat_to_img(x) for x in f]
 
-    def img_to_reconstructed_img(self, x: torch.Tensor, v_patch_nums: Sequence[int | tuple[int, int]] | None = None,
-                                 last_one: bool = False) -> list[torch.Tensor] | torch.Tensor:
-        f_hats = self.quantize.f_to_idxBl_or_fhat(self.quant_conv(self.encoder(x)), to_fhat=True, v_patch_nums=v_patch_nums)
-        return self.fhat_to_img(f_hats[-1]) if last_one else [self.fhat_to_img(f) for f in f_hats]
-
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # The codebook-usage statistics are training bookkeeping; a checkpoint made with another number of
         # scales carries a differently shaped buffer, which the original also tolerates.

@@ -16,7 +16,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from ...pixels import model_to_uint8, uint8_to_model
+from ...pixels import model_to_uint8
+from ...protocols import DecodesSamples
 from ...samplers import mix_seed
 from ..atomic import atomic_path
 from ..fake_sources import balanced_labels
@@ -77,8 +78,8 @@ class SampleGrids(pl.Callback):
                          lambda: pl_module.sample(net, seeds, balanced_labels(idx, pl_module.label_dim)))
         if x is None:
             return
-        decoder = getattr(pl_module.evaluator, "decoder", None)  # latents -> uint8 pixels (EDM2 512 px)
-        x = (uint8_to_model(decoder(x)) if decoder is not None else x).cpu()
+        evaluator = pl_module.evaluator  # latents -> images (EDM2 512 px)
+        x = (evaluator.images_of(x) if isinstance(evaluator, DecodesSamples) else x).cpu()
         grid = image_grid(x, self.columns)
         step = trainer.global_step
         caption = f"step {step}" + (f", round {int(record['round'])}" if "round" in record else "")

@@ -13,9 +13,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from ...protocols import HasGroundTruth, KnownTokenSource
 from ...samplers import mix_seed
-from ..fake_sources import balanced_labels
 from ..atomic import atomic_path
+from ..fake_sources import balanced_labels
 from ..sharding import on_rank_zero
 from .evaluation import image_grid
 
@@ -144,8 +145,9 @@ class TokenFigure(_StartVersusEnd):
         self._kl_start: dict[str, float] | None = None
 
     def _truth(self, trainer: pl.Trainer) -> Any:
-        truth = getattr(trainer.datamodule, "ground_truth", None)
-        if truth is None or not hasattr(truth, "exact_kl"):
+        dm = trainer.datamodule
+        truth = dm.ground_truth if isinstance(dm, HasGroundTruth) else None
+        if not isinstance(truth, KnownTokenSource):
             raise ValueError("TokenFigure needs token data with a known source (e.g. MarkovTokenDataset)")
         return truth
 

@@ -36,19 +36,17 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ...errors import WeightsNeverChangedError
+from ...files import read_tensor_file
 from .. import report
 from ..atomic import atomic_torch_save
 from ..report import fmt as _fmt
-from ..sharding import full_state_dict, on_rank_zero
-
-
-class WeightsNeverChangedError(RuntimeError):
-    """No round of a self-play run changed the target's weights (the summary says which round and why)."""
+from ..sharding import full_state_dict, local_part, on_rank_zero
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of a (possibly FSDP2-sharded) tensor."""
-    return t.to_local() if hasattr(t, "to_local") else t
+    return local_part(t)
 
 
 @torch.no_grad()
@@ -256,7 +254,7 @@ class SelfPlay(pl.Callback):
                        f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg) | {others}")
 
     def _end_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        weights = torch.load(self.best_path, map_location=pl_module.device, weights_only=True)
+        weights = read_tensor_file(self.best_path, map_location=pl_module.device)
         improved = self.best_images > 0
         changed = target_moved(trainer, pl_module)  # before promote() overwrites the target
         if not changed:
