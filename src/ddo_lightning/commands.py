@@ -44,7 +44,7 @@ from .checkpoints import ArchitectureMismatch, load_network_weights
 from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
 from .pixels import model_to_uint8
-from .protocols import HasImages, SampleSpec, TokenModel
+from .protocols import Denoiser, HasImages, SampleSpec
 from .samplers import HeunSampler, Sampler
 
 WHICH = ("auto", "ema", "reference", "target", "net")
@@ -139,7 +139,8 @@ def sample_kind_of(net: nn.Module) -> SampleKind:
     if not isinstance(net, SampleSpec):
         raise CommandError(f"cannot tell the sample shape of {type(net).__name__} (it has no sample_shape/label_dim)")
     shape, label_dim = tuple(int(d) for d in net.sample_shape), int(net.label_dim or 0)
-    kind = "tokens" if isinstance(net, TokenModel) else "images" if len(shape) == 3 else "points"
+    kind = "points" if isinstance(net, Denoiser) else "tokens"  # a diffusion denoiser samples vectors...
+    kind = "images" if kind == "points" and len(shape) == 3 else kind  # ...or images
     return SampleKind(shape, label_dim, kind)
 
 
