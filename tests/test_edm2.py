@@ -382,15 +382,13 @@ def test_power_ema_state_dict_round_trip_resumes_exactly():
 
 
 def test_p_std_schedule_applied_per_round():
-    from ddo_lightning.training import SelfPlay
+    from ddo_lightning.training import DDOModule
 
     obj = DiffusionDDO(P_mean=-0.8, P_std=1.6, P_std_schedule=[1.6, 1.6, 3.0])
     assert obj.P_std == 1.6
     module = type("M", (), {"objective": obj, "round_index": 0})()
-    cb = SelfPlay(rounds=5, dirpath="unused")
     for r, want in [(1, 1.6), (2, 3.0), (4, 3.0), (0, 1.6)]:
-        cb.round = r
-        cb._start_round(module)
+        DDOModule.start_round(module, r)  # what SelfPlay calls at each round's start (resumes included)
         assert obj.P_std == want and module.round_index == r
     assert DiffusionDDO(P_std=1.2).P_std == 1.2
 
