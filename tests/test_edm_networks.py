@@ -1,9 +1,11 @@
 """EDM image networks (networks/edm_unets.py, precond.py, edm_factory.py).
 
-Reference data under tests/data/ were produced by running NVlabs/edm's own ``training/networks.py``
-(commit 008a4e5) outside this repository with the configurations below (see ``edm_reference.json``'s
-``"source"``); they hold facts only: state_dict names and shapes, parameter counts, per-tensor
-statistics of the seeded initialisation, and outputs/gradients for deterministic weights and inputs.
+Reference data under tests/data/ are made by scripts/make_edm_fixtures.py, which runs NVlabs/edm's own
+``training/networks.py`` (commit 008a4e5316c8e3bfe61a62f874bddba254295afb, imported from a checkout outside
+this repository) with the configurations, weights and inputs below (``edm_reference.json``'s ``"source"``):
+``python scripts/make_edm_fixtures.py --upstream /path/to/edm``. They hold facts only: state_dict names
+and shapes, parameter counts, per-tensor statistics of the seeded initialisation, and outputs/gradients
+for deterministic weights and inputs.
 """
 
 from __future__ import annotations
