@@ -1,7 +1,8 @@
 """Regenerate tests/data/edm_reference.json and tests/data/edm_parity.pt from the ORIGINAL NVlabs/edm code
 (provenance of tests/test_edm_networks.py; not needed to run the tests).
 
-    git clone https://github.com/NVlabs/edm /tmp/edm && git -C /tmp/edm checkout 008a4e5316c8e3bfe61a62f874bddba254295afb
+    git clone https://github.com/NVlabs/edm /tmp/edm
+    git -C /tmp/edm checkout 008a4e5316c8e3bfe61a62f874bddba254295afb
     python scripts/make_edm_fixtures.py --upstream /tmp/edm --out tests/data
     # from an export without .git (e.g. `git archive 008a4e5 | tar -x -C /tmp/edm`): add --commit 008a4e5...
 
@@ -54,14 +55,18 @@ def upstream_commit(repo: Path, commit: str | None) -> str:
     """The checkout's commit (git), or ``commit`` for an export without .git."""
     if commit:
         return commit
-    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def import_upstream(repo: Path, module: str) -> types.ModuleType:
     """``module`` from the upstream checkout; stubs for dnnlib's imports that this Python lacks."""
     sys.path.insert(0, str(repo))
-    for missing, attrs in (("requests", {}), ("distutils.util", {"strtobool": lambda s: s.lower() in ("1", "y", "yes", "true", "on")})):
+    for missing, attrs in (
+        ("requests", {}),
+        ("distutils.util", {"strtobool": lambda s: s.lower() in ("1", "y", "yes", "true", "on")}),
+    ):
         try:
             importlib.import_module(missing)
         except ImportError:
@@ -78,9 +83,12 @@ def reference_json(nets: types.ModuleType, recipe: types.ModuleType, source: str
                 net = getattr(nets, class_name)(**kwargs)
         except RuntimeError:  # iDDPMPrecond reads values of its u table: build it for real
             net = getattr(nets, class_name)(**kwargs)
-        out[name] = {"class_name": class_name, "init_kwargs": kwargs,
-                     "num_params": sum(p.numel() for p in net.parameters()),
-                     "tensors": [[k, list(v.shape)] for k, v in net.state_dict().items()]}
+        out[name] = {
+            "class_name": class_name,
+            "init_kwargs": kwargs,
+            "num_params": sum(p.numel() for p in net.parameters()),
+            "tensors": [[k, list(v.shape)] for k, v in net.state_dict().items()],
+        }
     # One tensor a line, like the committed file: diffs of a regenerated file stay readable.
     lines = [f'"source": {json.dumps(source)},', '"state_dicts": {']
     for i, (name, entry) in enumerate(out.items()):
@@ -107,9 +115,16 @@ def network_parity(nets: types.ModuleType, recipe: types.ModuleType, class_name:
     for k, p in net.named_parameters():
         g = torch.zeros_like(p, dtype=torch.float64) if p.grad is None else p.grad.double()
         names.append(k)
-        grad_stats.append(torch.stack([g.square().sum(), (g * recipe.pattern(p.numel(), 7).double().reshape(p.shape)).sum()]))
-    return {"init_stats": stats, "out": out.detach(), "x_grad": x.grad.detach(), "param_names": names,
-            "param_grad_stats": torch.stack(grad_stats)}
+        grad_stats.append(
+            torch.stack([g.square().sum(), (g * recipe.pattern(p.numel(), 7).double().reshape(p.shape)).sum()])
+        )
+    return {
+        "init_stats": stats,
+        "out": out.detach(),
+        "x_grad": x.grad.detach(),
+        "param_names": names,
+        "param_grad_stats": torch.stack(grad_stats),
+    }
 
 
 def parity_record(nets: types.ModuleType, recipe: types.ModuleType) -> dict:
