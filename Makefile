@@ -3,6 +3,7 @@
 #               again: resumes both runs, which are finished, so nothing is retrained or overwritten
 #   make test   install, then run the whole test suite (slow end-to-end tests included)
 #   make bench  install, then the CPU benchmarks (benchmarks/, < 15 min; not part of `make test`)
+#   make lint   install, then `ruff format --check` and `ruff check` (settings in pyproject.toml)
 # Everything lives in a local virtual environment, .venv/.
 
 PYTHON ?= python3
@@ -24,10 +25,10 @@ FID_PY := $(FID_VENV)/bin/python
 BENCH_SPEC ?= k-diffusion==0.1.1.post1 torchdiffeq==0.2.5 torchsde==0.2.6 trampoline==0.1.2
 BENCH_ARGS ?=
 
-.PHONY: install install-fid demo demo-digits demo-tokens test test-fast test-fid bench clean help
+.PHONY: install install-fid demo demo-digits demo-tokens test test-fast test-fid lint bench clean help
 
 help:
-	@echo "make demo | make demo-digits | make demo-tokens | make test | make test-fast | make test-fid | make bench | make clean"
+	@echo "make demo | make demo-digits | make demo-tokens | make test | make test-fast | make test-fid | make lint | make bench | make clean"
 
 # An existing torch is never replaced: if the interpreter already imports torch, the venv sees it
 # (--system-site-packages); otherwise a CUDA machine gets pip's default torch and a CPU machine TORCH_SPEC.
@@ -91,6 +92,11 @@ test-fid: install-fid
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Formatting and lint (ruff, from the `test` extra); `ruff format . && ruff check --fix .` repairs most findings.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 # CPU benchmarks: tables on stdout, JSON per benchmark and benchmarks/results/summary.md (docs/performance.md).
 bench: install

@@ -111,9 +111,17 @@ def _same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
             assert torch.allclose(a[k], b[k], rtol=1e-5, atol=atol), k
 
 
-def test_two_processes_equal_one_process_with_the_same_global_batch(toy_reference, tmp_path):
-    one_losses, one_state, t1 = run_ddo(tmp_path / "one", toy_reference, devices=1, batch_size=64)
-    two_losses, two_state, t2 = run_ddo(tmp_path / "two", toy_reference, devices=2, batch_size=32)
+@pytest.fixture(scope="module")
+def global_batch_runs(toy_reference, tmp_path_factory):
+    """The 8-step toy run (two rounds of 4 steps, global batch 64) in one process with batch 64 and in two
+    processes with batch 32 each, seed 0: (losses, last state, seconds) of each, run once for the module."""
+    root = tmp_path_factory.mktemp("global_batch")
+    return {"one": run_ddo(root / "one", toy_reference, devices=1, batch_size=64),
+            "two": run_ddo(root / "two", toy_reference, devices=2, batch_size=32)}
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(toy_reference, global_batch_runs):
+    (one_losses, one_state, t1), (two_losses, two_state, t2) = global_batch_runs["one"], global_batch_runs["two"]
     print(f"\n1 process: {t1:.1f} s, 2 processes (DDP, gloo): {t2:.1f} s")
     assert len(one_losses) == len(two_losses) == 8
     # logged losses are averaged over ranks: the global batch's loss, as in one process
@@ -125,15 +133,18 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(toy_referenc
     assert moved
 
 
-def test_same_seed_same_run_different_seed_different_run(toy_reference, tmp_path):
-    a, state_a, _ = run_ddo(tmp_path / "a", toy_reference, devices=1, batch_size=64, steps=4)
-    b, state_b, _ = run_ddo(tmp_path / "b", toy_reference, devices=1, batch_size=64, steps=4)
+def test_same_seed_same_run_different_seed_different_run(toy_reference, global_batch_runs, tmp_path):
+    """Three runs of its own: a repeat of each of the module's two seed-0 runs (one process, two processes)
+    and one with seed 1; the seed-0 originals come from ``global_batch_runs``."""
+    (a, state_a, _), (d, state_d, _) = global_batch_runs["one"], global_batch_runs["two"]
+    b, state_b, _ = run_ddo(tmp_path / "b", toy_reference, devices=1, batch_size=64)
     assert a == b and all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # bit for bit
-    d, state_d, _ = run_ddo(tmp_path / "d", toy_reference, devices=2, batch_size=32, steps=4)
-    e, state_e, _ = run_ddo(tmp_path / "e", toy_reference, devices=2, batch_size=32, steps=4)
+    e, state_e, _ = run_ddo(tmp_path / "e", toy_reference, devices=2, batch_size=32)
     assert d == e and all(torch.equal(state_d[k], state_e[k]) for k in state_d)  # two processes: bit for bit too
-    assert d == pytest.approx(a, rel=1e-5)  # and the same as one process up to float reduction order
-    c, _, _ = run_ddo(tmp_path / "c", toy_reference, devices=1, batch_size=64, steps=4, extra=["--model.init_args.seed", "1"])
+    # and the same as one process up to float reduction order, over round 1 (the global-batch test above
+    # compares both rounds, across the promotion, at rel=1e-4)
+    assert d[:4] == pytest.approx(a[:4], rel=1e-5)
+    c, _, _ = run_ddo(tmp_path / "c", toy_reference, devices=1, batch_size=64, extra=["--model.init_args.seed", "1"])
     assert c != a
 
 

@@ -3,10 +3,11 @@
 Oracles:
 * ``tests/data/edm2_state_dict_shapes.json``: state_dict keys/shapes (img64-S, img512-XS) and parameter
   counts of every preset, dumped by running NVlabs/edm2's own ``training/networks_edm2.py`` (commit
-  4bf8162) on ``torch.device('meta')`` outside this repository;
+  4bf8162f601bcc09472ce8a32dd0cbe8889dc8fc, imported from a checkout outside this repository) on
+  ``torch.device('meta')``;
 * ``tests/data/edm2_tiny_reference.pt``: a tiny Precond of the original code (weights, inputs, eval and
   train-mode outputs, logvar, and per-tensor sums of the weights after one train-mode forward, which
-  renormalises them in place);
+  renormalises them in place); both made by ``python scripts/make_edm2_fixtures.py --upstream /path/to/edm2``;
 * the published parameter counts (EDM2 paper Table 2; docs/edm2.md), closed forms (σ_rel(γ), the power-EMA
   weights), a gradient computed without any in-place step, and formulas written out here.
 """

@@ -1,9 +1,11 @@
 """EDM image networks (networks/edm_unets.py, precond.py, edm_factory.py).
 
-Reference data under tests/data/ were produced by running NVlabs/edm's own ``training/networks.py``
-(commit 008a4e5) outside this repository with the configurations below (see ``edm_reference.json``'s
-``"source"``); they hold facts only: state_dict names and shapes, parameter counts, per-tensor
-statistics of the seeded initialisation, and outputs/gradients for deterministic weights and inputs.
+Reference data under tests/data/ are made by scripts/make_edm_fixtures.py, which runs NVlabs/edm's own
+``training/networks.py`` (commit 008a4e5316c8e3bfe61a62f874bddba254295afb, imported from a checkout outside
+this repository) with the configurations, weights and inputs below (``edm_reference.json``'s ``"source"``):
+``python scripts/make_edm_fixtures.py --upstream /path/to/edm``. They hold facts only: state_dict names
+and shapes, parameter counts, per-tensor statistics of the seeded initialisation, and outputs/gradients
+for deterministic weights and inputs.
 """
 
 from __future__ import annotations
@@ -223,11 +225,15 @@ def test_iddpm_buffer_and_output_channels(reference, parity):
 def iddpm_u_exact_and_error_bound(M: int, C_1: float, C_2: float) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: N803
     """iDDPM's u_j in float64, and a first-order bound on the relative error of a float32 evaluation.
 
-    u_{j-1}^2 + 1 = (u_j^2 + 1) / r_j with r_j = max(abar(j-1)/abar(j), C_1). Each step multiplies
-    u^2 + 1 by a ratio of two float32 sines plus three roundings: at most c = 4 units of
-    eps = 2^-24 of relative error per step, so after the M - j steps down to u_j,
-    |d(u_j^2 + 1)| / (u_j^2 + 1) <= c eps (M - j); and since d(u^2) = d(u^2 + 1),
-    |du_j| / u_j <= (1 + u_j^-2) / 2 * c eps (M - j).
+    u_{j-1}^2 + 1 = (u_j^2 + 1) / r_j with r_j = max(abar(j-1)/abar(j), C_1), abar(j) = sin(x_j)^2 and
+    x_j = 0.5·pi·j / M / (C_2 + 1). In units of eps = 2^-24: x_j carries 5 roundings (pi/2 and C_2 + 1
+    cast to float32, three operations), which sin passes on at most once (x cot x <= 1 on [0, pi/2]);
+    sin itself is off by at most 1 ulp <= 2 eps relative (PyTorch's vectorised float32 sin, SLEEF's
+    1.0-ulp variant; this is where CPUs differ); squaring doubles that and rounds once, the ratio adds
+    two such errors and rounds once, and the step rounds once more: c = 2(2(5 + 2) + 1) + 2 = 32 per
+    step, so after the M - j steps down to u_j, |d(u_j^2 + 1)| / (u_j^2 + 1) <= c eps (M - j); and since
+    d(u^2) = d(u^2 + 1), |du_j| / u_j <= (1 + u_j^-2) / 2 * c eps (M - j). (With c = 4, a float32 table
+    whose sines are each moved by one ulp at random already leaves the bound at j = M - 1.)
     """
     j = torch.arange(M + 1, dtype=torch.float64)
     abar = (0.5 * math.pi * j / M / (C_2 + 1)).sin() ** 2
@@ -235,7 +241,7 @@ def iddpm_u_exact_and_error_bound(M: int, C_1: float, C_2: float) -> tuple[torch
     for i in range(M, 0, -1):
         u[i - 1] = ((u[i] ** 2 + 1) / (abar[i - 1] / abar[i]).clip(min=C_1) - 1).sqrt()
     steps = M - torch.arange(M, dtype=torch.float64)
-    bound = 0.5 * (1 + u[:-1] ** -2) * 4 * 2.0**-24 * steps
+    bound = 0.5 * (1 + u[:-1] ** -2) * 32 * 2.0**-24 * steps
     return u, bound
 
 

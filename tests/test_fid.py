@@ -7,7 +7,7 @@ from torch import nn
 
 from ddo_lightning.data import DigitsDataset
 from ddo_lightning.metrics import DigitsFeatures, FrechetDistance, frechet_distance
-from ddo_lightning.metrics.fid import stats_from_sums
+from ddo_lightning.metrics.fid import stats_from_sums, trace_sqrt_product
 
 
 def _psd_sqrt(a):
@@ -30,6 +30,30 @@ def test_frechet_distance_against_independent_formula():
     # closed form for diagonal Gaussians: Σ (μ1-μ2)² + (√s1 − √s2)²
     s1, s2 = np.diag([1.0, 4.0]), np.diag([9.0, 1.0])
     assert frechet_distance(np.zeros(2), s1, np.ones(2), s2) == pytest.approx(2 + (1 - 3) ** 2 + (2 - 1) ** 2)
+
+
+def test_trace_sqrt_product_against_sqrtm_and_commuting_closed_form():
+    """tr((Σ1Σ2)^½) against scipy's general matrix square root on well-conditioned random SPD pairs, and
+    against Σ √(a_i b_i) for covariances sharing an eigenbasis Q (Σ1 = Q diag(a) Qᵀ, Σ2 = Q diag(b) Qᵀ, so
+    Σ1Σ2 = Q diag(ab) Qᵀ), singular ones included (zeros in a: fewer samples than features)."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(1)
+    for d in (3, 40, 200):
+        a, b = rng.normal(size=(d, 2 * d)), rng.normal(size=(d, 3 * d))
+        s1, s2 = a @ a.T / (2 * d) + 0.1 * np.eye(d), b @ b.T / (3 * d) + 0.1 * np.eye(d)
+        exact = np.real(np.trace(scipy.linalg.sqrtm(s1 @ s2)))
+        assert trace_sqrt_product(s1, s2) == pytest.approx(exact, rel=1e-10)
+    d = 64
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    a, b = rng.uniform(0.1, 5, d), rng.uniform(0.1, 5, d)
+    a[: d // 4] = 0  # rank-deficient Σ1
+    s1, s2 = (q * a) @ q.T, (q * b) @ q.T
+    # A zero eigenvalue of Σ1 comes out of rounding as |λ| <~ d·eps·‖Σ1‖ and √ turns that into up to
+    # √(d·eps·‖Σ1‖·‖Σ2‖) per zero (the square root's own conditioning at 0, whatever the method).
+    bound = (d // 4) * np.sqrt(d * np.finfo(float).eps * a.max() * b.max())
+    assert trace_sqrt_product(s1, s2) == pytest.approx(np.sqrt(a * b).sum(), rel=1e-10, abs=bound)
+    assert trace_sqrt_product(np.diag(a), np.diag(b)) == pytest.approx(np.sqrt(a * b).sum(), rel=1e-12)
 
 
 class Flat(nn.Module):

@@ -241,11 +241,20 @@ def self_play(tmp_path, rounds=1, kimg_per_round=2.048, eval_every_kimg=1.024):
                     monitor="energy_distance", mode="min", dirpath=str(tmp_path / "sp"))
 
 
-def test_self_play_promotes_best_ema_and_restarts_optimizer(tmp_path, toy_real, mle_ckpt):
+@pytest.fixture(scope="module")
+def promoted_round(tmp_path_factory, toy_real, mle_ckpt):
+    """One whole round (16 steps of 128, evaluations at 0, 1.024 and 2.048 kimg, a promotion), trained once
+    for the tests that read what it leaves: (directory, SelfPlay, module, trainer)."""
+    tmp_path = tmp_path_factory.mktemp("round")
     sp = self_play(tmp_path, rounds=1)
     module = ddo_module(mle_ckpt, lr=3e-3)
     trainer = make_trainer(tmp_path, max_steps=1000, callbacks=[sp])
     trainer.fit(module, pool_data(toy_real))
+    return tmp_path, sp, module, trainer
+
+
+def test_self_play_promotes_best_ema_and_restarts_optimizer(promoted_round):
+    tmp_path, sp, module, trainer = promoted_round
     assert trainer.global_step == 16  # 2048 images / 128 per step, then stop after the last round
     best = torch.load(sp.best_path, weights_only=True)
     for net in (module.reference, module.target, module.ema.model):
@@ -321,9 +330,8 @@ def test_resume_mid_round_keeps_round_reference_and_fake_position(tmp_path, toy_
     assert sp2.round == 2 and sp2.images_in_round == 0  # the resumed run finished round 1 and promoted
 
 
-def test_checkpoints_load_weights_only(tmp_path, toy_real, mle_ckpt):
-    sp = self_play(tmp_path, rounds=1)
-    make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
+def test_checkpoints_load_weights_only(promoted_round):
+    tmp_path = promoted_round[0]
     for name in ("rounds/round-1.ckpt", "best.pt"):
         torch.load(tmp_path / "sp" / name, weights_only=True)  # raises if anything but tensors/containers
 
@@ -390,10 +398,9 @@ def test_quantized_pool_matches_real_image_preprocessing():
     assert torch.equal(y, uint8_to_model(model_to_uint8(y)))
 
 
-def test_evaluation_reports_how_it_was_measured(tmp_path, toy_real, mle_ckpt):
+def test_evaluation_reports_how_it_was_measured(promoted_round):
     """Every evaluation carries its sample count, the sampler's NFE (2N−1 for N Heun steps) and its cost."""
-    sp = self_play(tmp_path, rounds=1)
-    make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(ddo_module(mle_ckpt), pool_data(toy_real))
+    sp = promoted_round[1]
     first = sp.evaluations[0]["metrics"]
     assert first["num_samples"] == 500 and first["nfe"] == 11 and first["eval_seconds"] > 0
 
