@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             failed.append(name)
     summary.main(out)
-    print(f"[bench] all done in {time.perf_counter() - t_all:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(
+        f"[bench] all done in {time.perf_counter() - t_all:.0f} s"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

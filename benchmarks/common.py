@@ -91,8 +91,9 @@ def default_clock() -> str:
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-                reps_per_sample: int = 1, clock: str | None = None) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, reps_per_sample: int = 1, clock: str | None = None
+) -> dict[str, list[float]]:
     """Seconds per call of each function, measured A B C C B A … ``repeats`` times after ``warmup``
     calls of each (also interleaved). With ``reps_per_sample`` > 1 each sample is the mean of that
     many back-to-back calls (for very short functions). ``clock``: 'cpu' or 'wall' (default:
@@ -104,7 +105,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(repeats):
         # A B C, then C B A, …: no function always runs right after the same other one or first
-        for name, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
+        for name, fn in list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]:
             t0 = now()
             for _ in range(reps_per_sample):
                 fn()
@@ -138,8 +139,13 @@ class Figure:
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(min=self.stats["min"], median=self.stats["median"], max=self.stats["max"], n=self.stats["n"],
-                 finite=all(math.isfinite(v) for v in self.values))
+        d.update(
+            min=self.stats["min"],
+            median=self.stats["median"],
+            max=self.stats["max"],
+            n=self.stats["n"],
+            finite=all(math.isfinite(v) for v in self.values),
+        )
         return d
 
 
@@ -164,13 +170,21 @@ def table(figures: Sequence[Figure]) -> str:
     lines = ["| figure | unit | min | median | max | n | target | met |", "|---|---|---|---|---|---|---|---|"]
     for f in figures:
         s = f.stats
-        lines.append(f"| {f.name} | {f.unit} | {fmt(s['min'])} | {fmt(s['median'])} | {fmt(s['max'])} | {s['n']} | "
-                     f"{target_text(f)} | {met_text(f)} |")
+        lines.append(
+            f"| {f.name} | {f.unit} | {fmt(s['min'])} | {fmt(s['median'])} | {fmt(s['max'])} | {s['n']} | "
+            f"{target_text(f)} | {met_text(f)} |"
+        )
     return "\n".join(lines)
 
 
-def write_result(name: str, settings: dict[str, Any], figures: Sequence[Figure], extra: dict[str, Any] | None = None,
-                 out_dir: pathlib.Path | str | None = None, started: float | None = None) -> pathlib.Path:
+def write_result(
+    name: str,
+    settings: dict[str, Any],
+    figures: Sequence[Figure],
+    extra: dict[str, Any] | None = None,
+    out_dir: pathlib.Path | str | None = None,
+    started: float | None = None,
+) -> pathlib.Path:
     """Print the table and write ``<out_dir>/<name>.json`` (default benchmarks/results/)."""
     out = pathlib.Path(out_dir) if out_dir else RESULTS
     out.mkdir(parents=True, exist_ok=True)
@@ -199,9 +213,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test, seconds)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats after warm-up")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: on a shared 2-core machine a second OpenMP thread "
-                        "competing with another job's threads made a small UNet step ~200x slower)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared 2-core machine a second OpenMP thread "
+        "competing with another job's threads made a small UNet step ~200x slower)",
+    )
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--presets", default=None, help="comma-separated presets (toy2d, digits, cifar)")
     return p

@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (2 if args.quick else 5)
     figures, extra = [], {"errors": {}, "compile_seconds": {}}
     backend = "eager" if args.quick else True
-    settings = {"threads": threads, "repeats": repeats, "backend": "eager (quick: tracing only)" if args.quick else "inductor",
-                "presets": {}}
+    settings = {
+        "threads": threads,
+        "repeats": repeats,
+        "backend": "eager (quick: tracing only)" if args.quick else "inductor",
+        "presets": {},
+    }
     for p in presets_from(args.presets, args.quick, default=("toy2d",) if args.quick else ("digits",)):
         torch._dynamo.reset()
         settings["presets"][p.name] = {"B": p.batch, "sample_batch": p.sample_batch, "sample_steps": p.sample_steps}
@@ -52,9 +56,16 @@ def main(argv: list[str] | None = None) -> None:
             eager()
             extra["compile_seconds"][f"train ({p.name})"] = first_call(compiled)
             t = interleaved({"eager": eager, "compiled": compiled}, repeats, warmup=1)
-            figures.append(Figure(f"compile train step compiled/eager ({p.name})", ratios(t["compiled"], t["eager"]), "x",
-                                  None, note=f"eager {summary(t['eager'])['median'] * 1e3:.1f} ms; first compiled step "
-                                             f"{extra['compile_seconds'][f'train ({p.name})']:.1f} s"))
+            figures.append(
+                Figure(
+                    f"compile train step compiled/eager ({p.name})",
+                    ratios(t["compiled"], t["eager"]),
+                    "x",
+                    None,
+                    note=f"eager {summary(t['eager'])['median'] * 1e3:.1f} ms; first compiled step "
+                    f"{extra['compile_seconds'][f'train ({p.name})']:.1f} s",
+                )
+            )
         except Exception as err:  # noqa: BLE001 -- report why compile does not work here
             extra["errors"][f"train ({p.name})"] = "".join(traceback.format_exception_only(err)).strip()[-2000:]
         # ---- sampler
@@ -64,16 +75,25 @@ def main(argv: list[str] | None = None) -> None:
             sampler = HeunSampler(num_steps=p.sample_steps)
             noise = seeded_normal(list(range(p.sample_batch)), p.shape)
             labels = p.labels(p.sample_batch)
-            runs = {"eager": lambda: heun_sampler(net, noise, labels, sampler.sigmas),
-                    "compiled": lambda: heun_sampler(cnet, noise, labels, sampler.sigmas)}
+            runs = {
+                "eager": lambda: heun_sampler(net, noise, labels, sampler.sigmas),
+                "compiled": lambda: heun_sampler(cnet, noise, labels, sampler.sigmas),
+            }
             runs["eager"]()
             extra["compile_seconds"][f"sampler ({p.name})"] = first_call(runs["compiled"])
             diff = (runs["eager"]() - runs["compiled"]()).abs().max().item()
             t = interleaved(runs, repeats, warmup=1)
-            figures.append(Figure(f"compile sampler compiled/eager ({p.name})", ratios(t["compiled"], t["eager"]), "x", None,
-                                  note=f"batch {p.sample_batch}, {sampler.nfe} NFE: eager {summary(t['eager'])['median'] * 1e3:.1f} ms; "
-                                       f"first compiled call {extra['compile_seconds'][f'sampler ({p.name})']:.1f} s; "
-                                       f"max |Δx| {diff:.1e}"))
+            figures.append(
+                Figure(
+                    f"compile sampler compiled/eager ({p.name})",
+                    ratios(t["compiled"], t["eager"]),
+                    "x",
+                    None,
+                    note=f"batch {p.sample_batch}, {sampler.nfe} NFE: eager {summary(t['eager'])['median'] * 1e3:.1f} ms; "
+                    f"first compiled call {extra['compile_seconds'][f'sampler ({p.name})']:.1f} s; "
+                    f"max |Δx| {diff:.1e}",
+                )
+            )
             extra.setdefault("sampler_max_abs_diff", {})[p.name] = diff
         except Exception as err:  # noqa: BLE001
             extra["errors"][f"sampler ({p.name})"] = "".join(traceback.format_exception_only(err)).strip()[-2000:]

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     threads = setup_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 3)
     figures, extra, settings = [], {}, {"threads": threads, "repeats": repeats, "warmup": 1, "presets": {}}
-    for p in presets_from(args.presets, args.quick, default=("toy2d", "digits") if args.quick else ("toy2d", "digits", "cifar")):
+    for p in presets_from(
+        args.presets, args.quick, default=("toy2d", "digits") if args.quick else ("toy2d", "digits", "cifar")
+    ):
         size, gen_batch, B = (64, 32, p.batch) if args.quick else MEASURE[p.name]
         sampler = HeunSampler(num_steps=3 if args.quick else 18)
         net = p.network().eval().requires_grad_(False)
@@ -72,8 +74,15 @@ def main(argv: list[str] | None = None) -> None:
         online.refresh(sample_fn, 0)
         step = DDOStep(p, batch=B)
         round_index = iter(range(10**6))
-        t = interleaved({"pool": lambda: pool.refresh(sample_fn, next(round_index)), "step": step,
-                         "online": lambda: online.next(B, torch.device("cpu"))}, repeats, warmup=1)
+        t = interleaved(
+            {
+                "pool": lambda: pool.refresh(sample_fn, next(round_index)),
+                "step": step,
+                "online": lambda: online.next(B, torch.device("cpu")),
+            },
+            repeats,
+            warmup=1,
+        )
         cfg = p.config
         steps_per_round = cfg["kimg_per_round"] * 1000 / cfg["batch"]
         scale = cfg["batch"] / B
@@ -85,18 +94,47 @@ def main(argv: list[str] | None = None) -> None:
         share_online = [g / (g + tr) for g, tr in zip(gen_online, train)]
         round_pool = [g + tr for g, tr in zip(gen_pool, train)]
         round_online = [g + tr for g, tr in zip(gen_online, train)]
-        settings["presets"][p.name] = {"measured_pool": size, "generation_batch": gen_batch, "B_measured": B,
-                                       "sampler_nfe": sampler.nfe, "config": cfg, "steps_per_round": steps_per_round,
-                                       "batch_scale": scale}
-        extra[p.name] = {"seconds": {k: summary(v) for k, v in t.items()},
-                         "round_seconds_estimate": {"pool": summary(round_pool), "online": summary(round_online)}}
-        figures.append(Figure(f"pool generation throughput ({p.name})", throughput, "images/s", None,
-                              note=f"{sampler.nfe} NFE, generation batch {gen_batch}, {threads} thread(s)"))
-        figures.append(Figure(f"fake share of round, pool ({p.name})", share_pool, "fraction", None,
-                              note=f"pool {cfg['pool']}, {steps_per_round:.0f} steps of B={cfg['batch']}; "
-                                   f"round ≈ {duration(summary(round_pool)['median'])}"))
-        figures.append(Figure(f"fake share of round, online ({p.name})", share_online, "fraction", None,
-                              note=f"round ≈ {duration(summary(round_online)['median'])}"))
+        settings["presets"][p.name] = {
+            "measured_pool": size,
+            "generation_batch": gen_batch,
+            "B_measured": B,
+            "sampler_nfe": sampler.nfe,
+            "config": cfg,
+            "steps_per_round": steps_per_round,
+            "batch_scale": scale,
+        }
+        extra[p.name] = {
+            "seconds": {k: summary(v) for k, v in t.items()},
+            "round_seconds_estimate": {"pool": summary(round_pool), "online": summary(round_online)},
+        }
+        figures.append(
+            Figure(
+                f"pool generation throughput ({p.name})",
+                throughput,
+                "images/s",
+                None,
+                note=f"{sampler.nfe} NFE, generation batch {gen_batch}, {threads} thread(s)",
+            )
+        )
+        figures.append(
+            Figure(
+                f"fake share of round, pool ({p.name})",
+                share_pool,
+                "fraction",
+                None,
+                note=f"pool {cfg['pool']}, {steps_per_round:.0f} steps of B={cfg['batch']}; "
+                f"round ≈ {duration(summary(round_pool)['median'])}",
+            )
+        )
+        figures.append(
+            Figure(
+                f"fake share of round, online ({p.name})",
+                share_online,
+                "fraction",
+                None,
+                note=f"round ≈ {duration(summary(round_online)['median'])}",
+            )
+        )
         figures.append(Figure(f"round time online/pool ({p.name})", ratios(round_online, round_pool), "x", None))
     write_result("fake_samples", settings, figures, extra, args.out, started)
 

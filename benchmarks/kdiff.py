@@ -27,8 +27,10 @@ import types
 def package_dir() -> pathlib.Path:
     spec = importlib.util.find_spec("k_diffusion")  # finds the package without executing __init__
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("k-diffusion is not installed: `make bench` installs it (pip install --no-deps k-diffusion "
-                          "torchdiffeq torchsde trampoline)")
+        raise ImportError(
+            "k-diffusion is not installed: `make bench` installs it (pip install --no-deps k-diffusion "
+            "torchdiffeq torchsde trampoline)"
+        )
     return pathlib.Path(list(spec.submodule_search_locations)[0])
 
 
@@ -45,8 +47,11 @@ def load_sampling() -> types.ModuleType:
     pkg = sys.modules["k_diffusion"]
     utils = types.ModuleType("k_diffusion.utils")
     utils.__file__ = str(root / "utils.py")
-    used = {n.attr for n in ast.walk(ast.parse((root / "sampling.py").read_text()))
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "utils"}
+    used = {
+        n.attr
+        for n in ast.walk(ast.parse((root / "sampling.py").read_text()))
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "utils"
+    }
     tree = ast.parse((root / "utils.py").read_text())
     keep = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in used]
     if {n.name for n in keep} != used:

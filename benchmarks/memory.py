@@ -45,8 +45,19 @@ def child(kind: str, preset_name: str, quick: bool, steps: int) -> None:
 
 def run_child(kind: str, preset_name: str, quick: bool, steps: int, threads: int) -> dict[str, float]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", kind, "--presets", preset_name, "--steps", str(steps),
-           "--threads", str(threads)] + (["--quick"] if quick else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory",
+        "--child",
+        kind,
+        "--presets",
+        preset_name,
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ] + (["--quick"] if quick else [])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -79,10 +90,25 @@ def main(argv: list[str] | None = None) -> None:
         total = {k: [r["peak_mib"] - r["imports_mib"] for r in v] for k, v in runs.items()}
         settings["presets"][pr.name] = {"B": pr.batch, "samples_per_step": 2 * pr.batch, "shape": pr.shape}
         med = {k: summary(v)["median"] for k, v in train.items()}
-        figures.append(Figure(f"memory DDO/MLE training peak ({pr.name})", ratios(train["ddo"], train["mle"]), "x", 1.3, "<=",
-                              f"peak − baseline after build: DDO {med['ddo']:.1f} MiB, MLE {med['mle']:.1f} MiB"))
-        figures.append(Figure(f"memory DDO/MLE incl. weights ({pr.name})", ratios(total["ddo"], total["mle"]), "x", None,
-                              note="peak − baseline after imports (counts the reference copy)"))
+        figures.append(
+            Figure(
+                f"memory DDO/MLE training peak ({pr.name})",
+                ratios(train["ddo"], train["mle"]),
+                "x",
+                1.3,
+                "<=",
+                f"peak − baseline after build: DDO {med['ddo']:.1f} MiB, MLE {med['mle']:.1f} MiB",
+            )
+        )
+        figures.append(
+            Figure(
+                f"memory DDO/MLE incl. weights ({pr.name})",
+                ratios(total["ddo"], total["mle"]),
+                "x",
+                None,
+                note="peak − baseline after imports (counts the reference copy)",
+            )
+        )
         extra[pr.name] = {"runs": runs}
     write_result("memory", settings, figures, extra, args.out, started)
 

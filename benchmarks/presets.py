@@ -49,25 +49,60 @@ class Preset:
 
 def preset(name: str, quick: bool = False) -> Preset:
     if name == "toy2d":
-        return Preset("toy2d", (2,), batch=64 if quick else 512, sample_batch=256 if quick else 5000,
-                      sample_steps=4 if quick else 18,
-                      config=dict(batch=512, kimg_per_round=512, pool=50_000, generation_batch=10_000),
-                      net_kwargs=dict(data_dim=2, hidden=64, depth=2))
+        return Preset(
+            "toy2d",
+            (2,),
+            batch=64 if quick else 512,
+            sample_batch=256 if quick else 5000,
+            sample_steps=4 if quick else 18,
+            config=dict(batch=512, kimg_per_round=512, pool=50_000, generation_batch=10_000),
+            net_kwargs=dict(data_dim=2, hidden=64, depth=2),
+        )
     if name == "digits":
-        return Preset("digits", (1, 8, 8), batch=8 if quick else 128, sample_batch=16 if quick else 64,
-                      sample_steps=3 if quick else 8,
-                      config=dict(batch=128, kimg_per_round=32, pool=2_000, generation_batch=500),
-                      net_kwargs=dict(img_resolution=8, in_channels=1, out_channels=1, model_channels=16 if quick else 32,
-                                      channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.0))
+        return Preset(
+            "digits",
+            (1, 8, 8),
+            batch=8 if quick else 128,
+            sample_batch=16 if quick else 64,
+            sample_steps=3 if quick else 8,
+            config=dict(batch=128, kimg_per_round=32, pool=2_000, generation_batch=500),
+            net_kwargs=dict(
+                img_resolution=8,
+                in_channels=1,
+                out_channels=1,
+                model_channels=16 if quick else 32,
+                channel_mult=[1, 2],
+                num_blocks=1,
+                attn_resolutions=[],
+                dropout=0.0,
+            ),
+        )
     if name == "cifar":
-        return Preset("cifar", (3, 16, 16) if quick else (3, 32, 32), batch=2 if quick else 4,
-                      sample_batch=2 if quick else 4, sample_steps=3 if quick else 6,
-                      config=dict(batch=512, kimg_per_round=1500, pool=50_000, generation_batch=500),
-                      net_kwargs=dict(img_resolution=16 if quick else 32, in_channels=3, out_channels=3, label_dim=0,
-                                      augment_dim=9, model_channels=8 if quick else 32, channel_mult=[2, 2, 2],
-                                      channel_mult_noise=1, embedding_type="positional", encoder_type="standard",
-                                      decoder_type="standard", resample_filter=[1, 1], num_blocks=1 if quick else 4,
-                                      attn_resolutions=[8] if quick else [16], dropout=0.0))
+        return Preset(
+            "cifar",
+            (3, 16, 16) if quick else (3, 32, 32),
+            batch=2 if quick else 4,
+            sample_batch=2 if quick else 4,
+            sample_steps=3 if quick else 6,
+            config=dict(batch=512, kimg_per_round=1500, pool=50_000, generation_batch=500),
+            net_kwargs=dict(
+                img_resolution=16 if quick else 32,
+                in_channels=3,
+                out_channels=3,
+                label_dim=0,
+                augment_dim=9,
+                model_channels=8 if quick else 32,
+                channel_mult=[2, 2, 2],
+                channel_mult_noise=1,
+                embedding_type="positional",
+                encoder_type="standard",
+                decoder_type="standard",
+                resample_filter=[1, 1],
+                num_blocks=1 if quick else 4,
+                attn_resolutions=[8] if quick else [16],
+                dropout=0.0,
+            ),
+        )
     raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
 
 

@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as err:  # the peer is optional: without it, only the floor is measured
         kd = None
         print(f"[sampler] k-diffusion unavailable ({err}); peer comparison skipped")
-    figures, extra, settings = [], {"agreement": {}}, {"threads": threads, "repeats": repeats, "warmup": 1,
-                                                      "k_diffusion": version() if kd else None, "presets": {}}
+    figures, extra, settings = (
+        [],
+        {"agreement": {}},
+        {"threads": threads, "repeats": repeats, "warmup": 1, "k_diffusion": version() if kd else None, "presets": {}},
+    )
     for p in presets_from(args.presets, args.quick):
         net = p.network().eval().requires_grad_(False)
         sampler = HeunSampler(num_steps=p.sample_steps)
@@ -104,33 +107,78 @@ def main(argv: list[str] | None = None) -> None:
             a, b32, b64 = ours(), runs["kdiff32"](), runs["kdiff64"]()
             extra["agreement"][p.name] = {"kdiff32": agreement(a, b32), "kdiff64": agreement(a, b64.float())}
         extra[p.name] = {"seconds": {k: summary(v) for k, v in t.items()}}
-        settings["presets"][p.name] = {"batch": n, "shape": p.shape, "num_steps": p.sample_steps, "nfe": nfe,
-                                       "params": num_params(net), "calls_per_sample": reps}
+        settings["presets"][p.name] = {
+            "batch": n,
+            "shape": p.shape,
+            "num_steps": p.sample_steps,
+            "nfe": nfe,
+            "params": num_params(net),
+            "calls_per_sample": reps,
+        }
         med = {k: summary(v)["median"] for k, v in t.items()}
-        figures.append(Figure(f"sampler efficiency floor/ours ({p.name})", ratios(t["floor"], t["ours"]), "x", 0.95, ">=",
-                              f"batch {n}, {nfe} NFE: ours {med['ours'] * 1e3:.1f} ms, floor {med['floor'] * 1e3:.1f} ms"))
+        figures.append(
+            Figure(
+                f"sampler efficiency floor/ours ({p.name})",
+                ratios(t["floor"], t["ours"]),
+                "x",
+                0.95,
+                ">=",
+                f"batch {n}, {nfe} NFE: ours {med['ours'] * 1e3:.1f} ms, floor {med['floor'] * 1e3:.1f} ms",
+            )
+        )
         if kd is None:
             continue
-        figures.append(Figure(f"sampler ours/k-diffusion fp32 ({p.name})", ratios(t["ours"], t["kdiff32"]), "x", 1.0, "<=",
-                              f"k-diffusion {med['kdiff32'] * 1e3:.1f} ms; max |Δx| = "
-                              f"{extra['agreement'][p.name]['kdiff32']['max_abs_diff']:.2e}"))
-        figures.append(Figure(f"sampler ours/k-diffusion fp64 state ({p.name})", ratios(t["ours"], t["kdiff64"]), "x", None,
-                              note=f"same state precision; max |Δx| = {extra['agreement'][p.name]['kdiff64']['max_abs_diff']:.2e}"))
-        figures.append(Figure(f"sampler fp64-state cost, k-diffusion fp64/fp32 ({p.name})", ratios(t["kdiff64"], t["kdiff32"]),
-                              "x", None))
+        figures.append(
+            Figure(
+                f"sampler ours/k-diffusion fp32 ({p.name})",
+                ratios(t["ours"], t["kdiff32"]),
+                "x",
+                1.0,
+                "<=",
+                f"k-diffusion {med['kdiff32'] * 1e3:.1f} ms; max |Δx| = "
+                f"{extra['agreement'][p.name]['kdiff32']['max_abs_diff']:.2e}",
+            )
+        )
+        figures.append(
+            Figure(
+                f"sampler ours/k-diffusion fp64 state ({p.name})",
+                ratios(t["ours"], t["kdiff64"]),
+                "x",
+                None,
+                note=f"same state precision; max |Δx| = {extra['agreement'][p.name]['kdiff64']['max_abs_diff']:.2e}",
+            )
+        )
+        figures.append(
+            Figure(
+                f"sampler fp64-state cost, k-diffusion fp64/fp32 ({p.name})",
+                ratios(t["kdiff64"], t["kdiff32"]),
+                "x",
+                None,
+            )
+        )
         # the samplers' own work, without the network: a null denoiser (one multiply) makes each
         # implementation's per-step overhead visible instead of drowning it in the network's noise
         null = NullDenoiser()
-        nulls = {"ours": lambda: heun_sampler(null, noise, labels, sigmas),
-                 "kdiff32": peer(kd, null, labels, noise, sigmas, torch.float32),
-                 "kdiff64": peer(kd, null, labels, noise, sigmas, torch.float64)}
+        nulls = {
+            "ours": lambda: heun_sampler(null, noise, labels, sigmas),
+            "kdiff32": peer(kd, null, labels, noise, sigmas, torch.float32),
+            "kdiff64": peer(kd, null, labels, noise, sigmas, torch.float64),
+        }
         tn = interleaved(nulls, repeats, warmup=1, reps_per_sample=5)
         extra[p.name]["null_denoiser_seconds"] = {k: summary(v) for k, v in tn.items()}
         medn = {k: summary(v)["median"] for k, v in tn.items()}
-        figures.append(Figure(f"sampler overhead ours/k-diffusion fp32, null denoiser ({p.name})", ratios(tn["ours"], tn["kdiff32"]),
-                              "x", 1.0, "<=", note=f"per NFE: ours {medn['ours'] / nfe * 1e6:.0f} µs, k-diffusion fp32 "
-                                              f"{medn['kdiff32'] / nfe * 1e6:.0f} µs, fp64 {medn['kdiff64'] / nfe * 1e6:.0f} µs; "
-                                              f"ours' overhead = {medn['ours'] / med['ours']:.2%} of a real sampling call"))
+        figures.append(
+            Figure(
+                f"sampler overhead ours/k-diffusion fp32, null denoiser ({p.name})",
+                ratios(tn["ours"], tn["kdiff32"]),
+                "x",
+                1.0,
+                "<=",
+                note=f"per NFE: ours {medn['ours'] / nfe * 1e6:.0f} µs, k-diffusion fp32 "
+                f"{medn['kdiff32'] / nfe * 1e6:.0f} µs, fp64 {medn['kdiff64'] / nfe * 1e6:.0f} µs; "
+                f"ours' overhead = {medn['ours'] / med['ours']:.2%} of a real sampling call",
+            )
+        )
     write_result("sampler", settings, figures, extra, args.out, started)
 
 

@@ -91,18 +91,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(preset_name: str, quick: bool, steps: int, world: int, threads: int, wait_policy: str | None = None) -> dict[str, float]:
+def launch(
+    preset_name: str, quick: bool, steps: int, world: int, threads: int, wait_policy: str | None = None
+) -> dict[str, float]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_", "RANK"))}
-    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world), OMP_NUM_THREADS=str(threads))
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_", "RANK"))
+    }
+    base.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world), OMP_NUM_THREADS=str(threads)
+    )
     base.pop("OMP_WAIT_POLICY", None)
     if wait_policy:
         base["OMP_WAIT_POLICY"] = wait_policy
-    cmd = [sys.executable, "-m", "benchmarks.scaling", "--worker", "--presets", preset_name, "--steps", str(steps),
-           "--threads", str(threads)] + (["--quick"] if quick else [])
-    procs = [subprocess.Popen(cmd, env=dict(base, RANK=str(r)), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for r in range(world)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.scaling",
+        "--worker",
+        "--presets",
+        preset_name,
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ] + (["--quick"] if quick else [])
+    procs = [
+        subprocess.Popen(
+            cmd, env=dict(base, RANK=str(r)), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for r in range(world)
+    ]
     outs = []
     for proc in procs:
         try:
@@ -131,9 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     figures, extra = [], {}
     layouts = {k: v for k, v in LAYOUTS.items() if not args.quick or k in QUICK_LAYOUTS}
-    settings = {"repeats": repeats, "layouts": {k: {"processes": w, "threads_per_process": t, "OMP_WAIT_POLICY": pol}
-                                                for k, (w, t, pol) in layouts.items()},
-                "backend": "gloo", "presets": {}}
+    settings = {
+        "repeats": repeats,
+        "layouts": {
+            k: {"processes": w, "threads_per_process": t, "OMP_WAIT_POLICY": pol} for k, (w, t, pol) in layouts.items()
+        },
+        "backend": "gloo",
+        "presets": {},
+    }
     for pr in presets_from(args.presets, args.quick, default=("toy2d",) if args.quick else ("digits",)):
         steps = args.steps or (2 if args.quick else STEPS[pr.name])
         thr = {k: [] for k in layouts}
@@ -143,21 +169,51 @@ def main(argv: list[str] | None = None) -> None:
                 n = max(2, steps // 3) if (threads > 1 and policy is None) else steps
                 thr[name].append(launch(pr.name, args.quick, n, world, threads, policy)["samples_per_s"])
                 print(f"[scaling] {pr.name} {name}: {thr[name][-1]:.1f} samples/s", flush=True)
-        settings["presets"][pr.name] = {"B_per_process": pr.batch, "samples_per_step_per_process": 2 * pr.batch,
-                                        "timed_steps": steps}
+        settings["presets"][pr.name] = {
+            "B_per_process": pr.batch,
+            "samples_per_step_per_process": 2 * pr.batch,
+            "timed_steps": steps,
+        }
         extra[pr.name] = {"samples_per_s": {k: summary(v) for k, v in thr.items()}}
         med = {k: summary(v)["median"] for k, v in thr.items()}
-        figures.append(Figure(f"DDP 2p×1t / 1p×1t throughput ({pr.name})", ratios(thr["2p×1t"], thr["1p×1t"]), "x", None,
-                              note=f"ceiling 2 (2 cores); {med['1p×1t']:.1f} → {med['2p×1t']:.1f} samples/s"))
+        figures.append(
+            Figure(
+                f"DDP 2p×1t / 1p×1t throughput ({pr.name})",
+                ratios(thr["2p×1t"], thr["1p×1t"]),
+                "x",
+                None,
+                note=f"ceiling 2 (2 cores); {med['1p×1t']:.1f} → {med['2p×1t']:.1f} samples/s",
+            )
+        )
         if args.quick:
             continue
-        figures.append(Figure(f"threads 1p×2t / 1p×1t throughput ({pr.name})", ratios(thr["1p×2t"], thr["1p×1t"]), "x", None,
-                              note=f"ceiling 2; {med['1p×2t']:.1f} samples/s"))
-        figures.append(Figure(f"threads 1p×2t passive / 1p×1t throughput ({pr.name})",
-                              ratios(thr["1p×2t passive"], thr["1p×1t"]), "x", None,
-                              note=f"OMP_WAIT_POLICY=PASSIVE; {med['1p×2t passive']:.1f} samples/s"))
-        figures.append(Figure(f"DDP 2p×1t / 1p×2t throughput ({pr.name})", ratios(thr["2p×1t"], thr["1p×2t"]), "x", None,
-                              note="> 1: two DDP processes use the 2 cores better than 2 threads"))
+        figures.append(
+            Figure(
+                f"threads 1p×2t / 1p×1t throughput ({pr.name})",
+                ratios(thr["1p×2t"], thr["1p×1t"]),
+                "x",
+                None,
+                note=f"ceiling 2; {med['1p×2t']:.1f} samples/s",
+            )
+        )
+        figures.append(
+            Figure(
+                f"threads 1p×2t passive / 1p×1t throughput ({pr.name})",
+                ratios(thr["1p×2t passive"], thr["1p×1t"]),
+                "x",
+                None,
+                note=f"OMP_WAIT_POLICY=PASSIVE; {med['1p×2t passive']:.1f} samples/s",
+            )
+        )
+        figures.append(
+            Figure(
+                f"DDP 2p×1t / 1p×2t throughput ({pr.name})",
+                ratios(thr["2p×1t"], thr["1p×2t"]),
+                "x",
+                None,
+                note="> 1: two DDP processes use the 2 cores better than 2 threads",
+            )
+        )
     write_result("scaling", settings, figures, extra, args.out, started)
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from .common import Figure, interleaved, parser, ratios, setup_threads, summary, write_result
 from .presets import num_params, presets_from
 from .steps import DDOStep, Forward, MLEStep
@@ -34,15 +32,42 @@ def main(argv: list[str] | None = None) -> None:
         t = interleaved({"ddo": ddo, "edm": mle, "fwd": fwd}, repeats, warmup=1, reps_per_sample=reps)
         ratio = ratios(t["ddo"], t["edm"])
         floor = [(e + f) / e for e, f in zip(t["edm"], t["fwd"])]
-        settings["presets"][p.name] = {"B": p.batch, "samples_per_step": 2 * p.batch, "shape": p.shape,
-                                       "params": num_params(ddo.target), "calls_per_sample": reps}
-        figures.append(Figure(f"step cost DDO/EDM ({p.name})", ratio, "x", 1.40, "<=",
-                              f"2B={2 * p.batch}; EDM step {summary(t['edm'])['median'] * 1e3:.1f} ms, "
-                              f"DDO step {summary(t['ddo'])['median'] * 1e3:.1f} ms"))
-        figures.append(Figure(f"step cost measured floor (EDM+fwd)/EDM ({p.name})", floor, "x", None,
-                              note="4/3 if backward = 2 forwards; this machine's own forward/backward ratio"))
-        figures.append(Figure(f"step cost DDO/(EDM+fwd) ({p.name})", ratios(t["ddo"], [e + f for e, f in zip(t["edm"], t["fwd"])]),
-                              "x", None, note="1.0 = nothing beyond the one extra forward"))
+        settings["presets"][p.name] = {
+            "B": p.batch,
+            "samples_per_step": 2 * p.batch,
+            "shape": p.shape,
+            "params": num_params(ddo.target),
+            "calls_per_sample": reps,
+        }
+        figures.append(
+            Figure(
+                f"step cost DDO/EDM ({p.name})",
+                ratio,
+                "x",
+                1.40,
+                "<=",
+                f"2B={2 * p.batch}; EDM step {summary(t['edm'])['median'] * 1e3:.1f} ms, "
+                f"DDO step {summary(t['ddo'])['median'] * 1e3:.1f} ms",
+            )
+        )
+        figures.append(
+            Figure(
+                f"step cost measured floor (EDM+fwd)/EDM ({p.name})",
+                floor,
+                "x",
+                None,
+                note="4/3 if backward = 2 forwards; this machine's own forward/backward ratio",
+            )
+        )
+        figures.append(
+            Figure(
+                f"step cost DDO/(EDM+fwd) ({p.name})",
+                ratios(t["ddo"], [e + f for e, f in zip(t["edm"], t["fwd"])]),
+                "x",
+                None,
+                note="1.0 = nothing beyond the one extra forward",
+            )
+        )
         extra[p.name] = {"seconds": {k: summary(v) for k, v in t.items()}}
         del ddo, mle, fwd
     write_result("step_cost", settings, figures, extra, args.out, started)

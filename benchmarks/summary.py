@@ -1,6 +1,6 @@
 """Combine benchmarks/results/*.json into one Markdown table (benchmarks/results/summary.md).
 
-    python -m benchmarks.summary [--out benchmarks/results]
+python -m benchmarks.summary [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -38,13 +38,21 @@ def render(results: list[dict]) -> str:
         for f in r["figures"]:
             target = "—" if f["target"] is None else f"{f['op']} {fmt(f['target'])}"
             met = "—" if f["met"] is None else ("yes" if f["met"] else "**no**")
-            lines.append(f"| {r['name']} | {f['name']} | {f['unit']} | {fmt(f['min'])} | {fmt(f['median'])} | "
-                         f"{fmt(f['max'])} | {f['n']} | {target} | {met} |")
-    lines += ["", "| benchmark | command | threads | load avg at start | wall s | finished (UTC) |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['name']} | {f['name']} | {f['unit']} | {fmt(f['min'])} | {fmt(f['median'])} | "
+                f"{fmt(f['max'])} | {f['n']} | {target} | {met} |"
+            )
+    lines += [
+        "",
+        "| benchmark | command | threads | load avg at start | wall s | finished (UTC) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         s = r["settings"]
-        lines.append(f"| {r['name']} | `{r['command']}` | {s.get('threads', '—')} | "
-                     f"{r['machine'].get('load_average_at_start')} | {r.get('wall_seconds')} | {r.get('finished_utc')} |")
+        lines.append(
+            f"| {r['name']} | `{r['command']}` | {s.get('threads', '—')} | "
+            f"{r['machine'].get('load_average_at_start')} | {r.get('wall_seconds')} | {r.get('finished_utc')} |"
+        )
     notes = [(r["name"], f["name"], f["note"]) for r in results for f in r["figures"] if f.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {b} / {n}: {t}" for b, n, t in notes]

@@ -78,22 +78,59 @@ def main() -> None:
     package = os.path.dirname(os.path.abspath(ddo_lightning.__file__))
     tmp = tempfile.mkdtemp(prefix="count_files_")
     os.chdir(tmp)
-    small = {"num_eval_samples": 100, "eval_batch_size": 100,
-             "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}}}
+    small = {
+        "num_eval_samples": 100,
+        "eval_batch_size": 100,
+        "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}},
+    }
     real = {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 1024}}
-    pre = _overlay("pre.yaml", {"trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False},
-                                "model": {"init_args": small}, "data": {"init_args": {"batch_size": BATCH, "real": real}}})
+    pre = _overlay(
+        "pre.yaml",
+        {
+            "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False},
+            "model": {"init_args": small},
+            "data": {"init_args": {"batch_size": BATCH, "real": real}},
+        },
+    )
     run(["fit", "--config", os.path.join(ROOT, "configs/toy2d_pretrain.yaml"), "--config", pre])
-    ddo = _overlay("ddo.yaml", {"model": {"init_args": small}, "data": {"init_args": {
-        "batch_size": BATCH, "real": real,
-        "fake": {"class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 128, "progress": False}}}}})
-    kimg = lambda steps: str(steps * BATCH / 1000)
+    ddo = _overlay(
+        "ddo.yaml",
+        {
+            "model": {"init_args": small},
+            "data": {
+                "init_args": {
+                    "batch_size": BATCH,
+                    "real": real,
+                    "fake": {
+                        "class_path": "ddo_lightning.training.PoolFakeSource",
+                        "init_args": {"size": 128, "progress": False},
+                    },
+                }
+            },
+        },
+    )
+
+    def kimg(steps: int) -> str:
+        return str(steps * BATCH / 1000)
+
     tracer = FileTracer(package)
     sys.settrace(tracer)
     try:
-        run(["fit", "--config", os.path.join(ROOT, "configs/toy2d.yaml"), "--config", ddo,
-             "--selfplay.rounds", str(ROUNDS), "--selfplay.kimg_per_round", kimg(STEPS_PER_ROUND),
-             "--selfplay.eval_every_kimg", kimg(EVAL_EVERY_STEPS)])
+        run(
+            [
+                "fit",
+                "--config",
+                os.path.join(ROOT, "configs/toy2d.yaml"),
+                "--config",
+                ddo,
+                "--selfplay.rounds",
+                str(ROUNDS),
+                "--selfplay.kimg_per_round",
+                kimg(STEPS_PER_ROUND),
+                "--selfplay.eval_every_kimg",
+                kimg(EVAL_EVERY_STEPS),
+            ]
+        )
     finally:
         sys.settrace(None)
     if tracer.iteration + 1 != ROUNDS * STEPS_PER_ROUND:
@@ -102,12 +139,16 @@ def main() -> None:
     kind = tracer.functions if args.functions else tracer.files
     step = kind[PLAIN_STEP - 1]
     boundary = kind[ROUND_END - 1] | kind[ROUND_END]
-    for title, items in ((f"one step (step {PLAIN_STEP} of round 1)", step),
-                         (f"one round boundary (steps {ROUND_END} and {ROUND_END + 1})", boundary)):
+    for title, items in (
+        (f"one step (step {PLAIN_STEP} of round 1)", step),
+        (f"one round boundary (steps {ROUND_END} and {ROUND_END + 1})", boundary),
+    ):
         files = {i.split(":")[0] for i in items}
         layer = {f for f in files if f.startswith(os.path.join("ddo_lightning", "training", ""))}
-        print(f"{title}: {len(files)} files ({len(layer)} in training/, {len(files) - len(layer)} model, "
-              "objective, sampler, data and metrics)")
+        print(
+            f"{title}: {len(files)} files ({len(layer)} in training/, {len(files) - len(layer)} model, "
+            "objective, sampler, data and metrics)"
+        )
         if args.list or args.functions:
             print("".join(f"  {f}\n" for f in sorted(items)), end="")
 

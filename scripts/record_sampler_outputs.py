@@ -52,7 +52,10 @@ def networks() -> dict[str, torch.nn.Module]:
     toy = EDMPrecond(ToyMLP(data_dim=2, hidden=16, depth=2, label_dim=3), sigma_data=0.5)
     gpt = TokenGPT(vocab_size=6, length=5, label_dim=4, d_model=8, n_layer=1, n_head=1)
     parity = torch.load(ROOT / "tests" / "data" / "var_tiny_parity.pt", weights_only=True)
-    cfg = {part: {k: tuple(v) if isinstance(v, list) else v for k, v in parity["config"][part].items()} for part in ("vae", "var")}
+    cfg = {
+        part: {k: tuple(v) if isinstance(v, list) else v for k, v in parity["config"][part].items()}
+        for part in ("vae", "var")
+    }
     vae = VQVAE(**cfg["vae"])
     fill(vae, parity["weight_seeds"]["vae"])
     var = VAR(vae, **cfg["var"])
@@ -80,17 +83,20 @@ def outputs() -> dict[str, torch.Tensor]:
         "uniform": seeded_uniform(seeds, 7),
         "heun": HeunSampler(num_steps=5).from_seeds(nets["toy"], seeds, _onehot(n, 3), (2,), "cpu"),
         "heun_narrow": HeunSampler(num_steps=3, sigma_min=0.05, sigma_max=5.0, rho=3.0).from_seeds(
-            nets["toy"], seeds, _onehot(n, 3, offset=2), (2,), "cpu"),
+            nets["toy"], seeds, _onehot(n, 3, offset=2), (2,), "cpu"
+        ),
     }
     gpt_labels = _onehot(n, 4)
     out["gpt"] = TokenSampler().from_seeds(nets["gpt"], seeds, gpt_labels, (5,), "cpu")
     out["gpt_filtered"] = TokenSampler(cfg=1.5, temperature=0.8, top_k=4, top_p=0.9).from_seeds(
-        nets["gpt"], seeds, gpt_labels, (5,), "cpu")
+        nets["gpt"], seeds, gpt_labels, (5,), "cpu"
+    )
     var_labels = _onehot(n, 5, offset=3)
     length = nets["var"].length
     out["var"] = TokenSampler().from_seeds(nets["var"], seeds, var_labels, (length,), "cpu")
     out["var_filtered"] = TokenSampler(cfg=0.5, temperature=1.2, top_k=20, top_p=0.9).from_seeds(
-        nets["var"], seeds, var_labels, (length,), "cpu")
+        nets["var"], seeds, var_labels, (length,), "cpu"
+    )
     return out
 
 

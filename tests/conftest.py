@@ -20,9 +20,19 @@ def tiny_net(hidden: int = 32, dropout: float = 0.0, label_dim: int = 0) -> EDMP
 
 
 def make_trainer(tmp_path, **kw) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path),
-                    max_epochs=-1, num_sanity_val_steps=0, limit_val_batches=0)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+        max_epochs=-1,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     defaults.update(kw)
     return pl.Trainer(**defaults)
 
@@ -79,8 +89,10 @@ def write_fake_cifar(root, per_batch: int = 16, seed: int = 0) -> str:
     folder = os.path.join(root, "cifar-10-batches-py")
     os.makedirs(folder, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        batch = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+        }
         with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(batch, f, protocol=2)
     return folder

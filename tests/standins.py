@@ -64,7 +64,7 @@ def place(value: str, root: str | os.PathLike) -> Path:
     itself when absolute, ``$DDO_CACHE/NAME/<file>`` (or the folder ``$DDO_CACHE/NAME``) for ``cache:NAME``.
     Parent folders are created."""
     if value.startswith("cache:"):
-        name = value[len("cache:"):]
+        name = value[len("cache:") :]
         if name not in CACHE_FILES:
             raise KeyError(f"unknown cache entry {name!r} (known: {sorted(CACHE_FILES)})")
         folder = Path(os.environ["DDO_CACHE"]) / name
@@ -85,10 +85,12 @@ def cifar10_members(per_batch: int = 16, seed: int = 0) -> dict[str, bytes]:
     rng = np.random.default_rng(seed)
     files = {}
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
-        batch = {b"batch_label": f"{'testing' if name == 'test_batch' else 'training'} batch {i + 1} of 5".encode(),
-                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
-                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [f"standin_{i}_{j}.png".encode() for j in range(per_batch)]}
+        batch = {
+            b"batch_label": f"{'testing' if name == 'test_batch' else 'training'} batch {i + 1} of 5".encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"standin_{i}_{j}.png".encode() for j in range(per_batch)],
+        }
         files[name] = pickle.dumps(batch, protocol=2)
     meta = {b"num_cases_per_batch": per_batch, b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_vis": 3072}
     files["batches.meta"] = pickle.dumps(meta, protocol=2)
@@ -142,8 +144,13 @@ def _as_nvidia(module: nn.Module, names: dict[str, str], init_kwargs: dict | Non
     call ``functional.dropout``); only the top records constructor kwargs (the loader reads those)."""
     Persistent = _persistent_type()
     children = {n: _as_nvidia(c, names) for n, c in module._modules.items() if not isinstance(c, nn.Dropout)}
-    state = dict(training=module.training, _parameters=dict(module._parameters), _buffers=dict(module._buffers),
-                 _non_persistent_buffers_set=set(), _modules=children)
+    state = dict(
+        training=module.training,
+        _parameters=dict(module._parameters),
+        _buffers=dict(module._buffers),
+        _non_persistent_buffers_set=set(),
+        _modules=children,
+    )
     if isinstance(module, nn.ModuleDict):
         md = nn.ModuleDict.__new__(nn.ModuleDict)
         md.__dict__.update(state)
@@ -164,18 +171,42 @@ def _dump_nvidia(path: Path, data) -> Path:
     return path
 
 
-EDM_NAMES = {n: n for n in ("EDMPrecond", "SongUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm",
-                            "PositionalEmbedding", "FourierEmbedding")}
-EDM2_NAMES = {"EDM2Precond": "Precond", "Precond": "Precond", "UNet": "UNet", "Block": "Block", "MPConv": "MPConv",
-              "MPFourier": "MPFourier"}
+EDM_NAMES = {
+    n: n
+    for n in (
+        "EDMPrecond",
+        "SongUNet",
+        "UNetBlock",
+        "Conv2d",
+        "Linear",
+        "GroupNorm",
+        "PositionalEmbedding",
+        "FourierEmbedding",
+    )
+}
+EDM2_NAMES = {
+    "EDM2Precond": "Precond",
+    "Precond": "Precond",
+    "UNet": "UNet",
+    "Block": "Block",
+    "MPConv": "MPConv",
+    "MPFourier": "MPFourier",
+}
 
 
 def edm_init_kwargs(unet: dict, sigma_data: float = 0.5) -> dict:
     """EDMPrecond's recorded kwargs as EDM's train.py builds them (interface kwargs + the DDPM++ network
     kwargs + augment_dim, dropout, use_fp16), from the SongUNet init_args of a config."""
     kw = {k: v for k, v in unet.items() if k not in ("in_channels", "out_channels", "img_resolution", "label_dim")}
-    return dict(img_resolution=unet["img_resolution"], img_channels=unet["in_channels"], label_dim=unet.get("label_dim", 0),
-                use_fp16=False, sigma_data=sigma_data, model_type="SongUNet", **kw)
+    return dict(
+        img_resolution=unet["img_resolution"],
+        img_channels=unet["in_channels"],
+        label_dim=unet.get("label_dim", 0),
+        use_fp16=False,
+        sigma_data=sigma_data,
+        model_type="SongUNet",
+        **kw,
+    )
 
 
 def write_edm_pickle(path: Path, net: nn.Module, init_kwargs: dict) -> dict[str, torch.Tensor]:
@@ -183,15 +214,33 @@ def write_edm_pickle(path: Path, net: nn.Module, init_kwargs: dict) -> dict[str,
     loss_fn=EDMLoss, augment_pipe=AugmentPipe, dataset_kwargs=dict)``. Returns the ema's state dict."""
     Persistent = _persistent_type()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    data = dict(ema=_as_nvidia(ema, EDM_NAMES, init_kwargs),
-                loss_fn=Persistent("EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5,
-                                                   _init_args=(), _init_kwargs={})),
-                augment_pipe=Persistent("AugmentPipe", dict(p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1,
-                                                            aniso=1, translate_frac=1, _init_args=(),
-                                                            _init_kwargs=dict(p=0.12))),
-                dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path="datasets/cifar10-32x32.zip",
-                                    use_labels=bool(init_kwargs.get("label_dim")), xflip=False, cache=True,
-                                    resolution=32, max_size=50000))
+    data = dict(
+        ema=_as_nvidia(ema, EDM_NAMES, init_kwargs),
+        loss_fn=Persistent("EDMLoss", dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5, _init_args=(), _init_kwargs={})),
+        augment_pipe=Persistent(
+            "AugmentPipe",
+            dict(
+                p=0.12,
+                xflip=1e8,
+                yflip=1,
+                scale=1,
+                rotate_frac=1,
+                aniso=1,
+                translate_frac=1,
+                _init_args=(),
+                _init_kwargs=dict(p=0.12),
+            ),
+        ),
+        dataset_kwargs=dict(
+            class_name="training.dataset.ImageFolderDataset",
+            path="datasets/cifar10-32x32.zip",
+            use_labels=bool(init_kwargs.get("label_dim")),
+            xflip=False,
+            cache=True,
+            resolution=32,
+            max_size=50000,
+        ),
+    )
     _dump_nvidia(path, data)
     return ema.state_dict()
 
@@ -210,19 +259,31 @@ def write_edm2_pickle(path: Path, net: nn.Module, init_kwargs: dict, latent: boo
     Persistent = _persistent_type()
     ema = copy.deepcopy(net).eval().requires_grad_(False).to(torch.float16)
     if latent:
-        encoder = Persistent("StabilityVAEEncoder", dict(vae_name="stabilityai/sd-vae-ft-mse",
-                                                         raw_mean=np.array([5.81, 3.25, 0.12, -2.15], np.float32),
-                                                         raw_std=np.array([4.17, 4.62, 3.71, 3.28], np.float32),
-                                                         final_mean=np.float32(0), final_std=np.float32(0.5),
-                                                         batch_size=8, _vae=None, _init_args=(), _init_kwargs={}))
+        encoder = Persistent(
+            "StabilityVAEEncoder",
+            dict(
+                vae_name="stabilityai/sd-vae-ft-mse",
+                raw_mean=np.array([5.81, 3.25, 0.12, -2.15], np.float32),
+                raw_std=np.array([4.17, 4.62, 3.71, 3.28], np.float32),
+                final_mean=np.float32(0),
+                final_std=np.float32(0.5),
+                batch_size=8,
+                _vae=None,
+                _init_args=(),
+                _init_kwargs={},
+            ),
+        )
     else:
         encoder = Persistent("StandardRGBEncoder", dict(_init_args=(), _init_kwargs={}))
-    data = FakeEasyDict(dataset_kwargs=FakeEasyDict(class_name="training.dataset.ImageFolderDataset",
-                                                    path="datasets/img512-sd.zip" if latent else "datasets/img64.zip",
-                                                    use_labels=True),
-                        encoder=encoder,
-                        loss_fn=Persistent("EDM2Loss", dict(P_mean=-0.4, P_std=1.0, sigma_data=0.5,
-                                                            _init_args=(), _init_kwargs={})))
+    data = FakeEasyDict(
+        dataset_kwargs=FakeEasyDict(
+            class_name="training.dataset.ImageFolderDataset",
+            path="datasets/img512-sd.zip" if latent else "datasets/img64.zip",
+            use_labels=True,
+        ),
+        encoder=encoder,
+        loss_fn=Persistent("EDM2Loss", dict(P_mean=-0.4, P_std=1.0, sigma_data=0.5, _init_args=(), _init_kwargs={})),
+    )
     data.ema = _as_nvidia(ema, EDM2_NAMES, FakeEasyDict(init_kwargs))
     _dump_nvidia(path, data)
     return ema.state_dict()
@@ -252,24 +313,41 @@ def write_var_checkpoints(vae_path: Path, var_path: Path, network: dict, seed: i
     from ddo_lightning.networks.var.build import build_vae, build_var
 
     torch.manual_seed(seed)
-    vae = build_vae(network["vocab_size"], network["z_channels"], network["vae_ch"], network.get("share_quant_resi", 4),
-                    tuple(network["patch_nums"]))
-    var = build_var(vae, network["depth"], num_classes=network["num_classes"], embed_dim=network.get("embed_dim"),
-                    num_heads=network.get("num_heads"), attn_l2_norm=network.get("attn_l2_norm", True),
-                    shared_aln=network.get("shared_aln", False))
+    vae = build_vae(
+        network["vocab_size"],
+        network["z_channels"],
+        network["vae_ch"],
+        network.get("share_quant_resi", 4),
+        tuple(network["patch_nums"]),
+    )
+    var = build_var(
+        vae,
+        network["depth"],
+        num_classes=network["num_classes"],
+        embed_dim=network.get("embed_dim"),
+        num_heads=network.get("num_heads"),
+        attn_l2_norm=network.get("attn_l2_norm", True),
+        shared_aln=network.get("shared_aln", False),
+    )
     torch.save(vae.state_dict(), vae_path)
     state = var.state_dict()
     torch.save(state, var_path)
     return state
 
 
-def write_var_tokens(path: Path, n: int, patch_nums: list[int], vocab_size: int, num_classes: int, seed: int = 0) -> Path:
+def write_var_tokens(
+    path: Path, n: int, patch_nums: list[int], vocab_size: int, num_classes: int, seed: int = 0
+) -> Path:
     """``ddo_lightning.data.encode_dataset``'s ``.npz``: tokens int16 [N, sum(p^2)], labels, num_classes, vocab_size."""
     rng = np.random.default_rng(seed)
     length = sum(p * p for p in patch_nums)
-    np.savez(path, tokens=rng.integers(0, vocab_size, (n, length)).astype(np.int16),
-             labels=rng.integers(0, num_classes, n).astype(np.int64), num_classes=np.int64(num_classes),
-             vocab_size=np.int64(vocab_size))
+    np.savez(
+        path,
+        tokens=rng.integers(0, vocab_size, (n, length)).astype(np.int16),
+        labels=rng.integers(0, num_classes, n).astype(np.int64),
+        num_classes=np.int64(num_classes),
+        vocab_size=np.int64(vocab_size),
+    )
     return path
 
 
@@ -306,8 +384,17 @@ def write_sd_vae(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        layers_per_block=1, norm_num_groups=4, sample_size=64, scaling_factor=0.18215)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=0.18215,
+    )
     vae.save_pretrained(folder, safe_serialization=True)
     return folder

@@ -7,7 +7,12 @@ import time
 import pytest
 import torch
 
-from ddo_lightning.training.checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, check_checkpoint, usable_checkpoint
+from ddo_lightning.training.checkpoint_io import (
+    AtomicCheckpointIO,
+    CorruptCheckpoint,
+    check_checkpoint,
+    usable_checkpoint,
+)
 
 
 def test_atomic_save_never_leaves_a_half_written_file(tmp_path, monkeypatch):
@@ -103,8 +108,12 @@ def test_a_failed_write_leaves_no_temporary_file_and_names_the_path(writer, tmp_
         "checkpoint": (lambda: AtomicCheckpointIO().save_checkpoint({"global_step": 2}, dest), _torch_save_fails),
         "best.pt": (lambda: atomic_torch_save({"w": torch.ones(2)}, dest), _torch_save_fails),
         "summary.json": (lambda: report.write_summary(cb.summary_path, cb.summary()), _json_fails),
-        "curve.png": (lambda: report.write_curve(report.logger_dirs(Trainer()) or [cb.dirpath], cb.evaluations,
-                                                 cb.promotions, cb.monitor), _savefig_fails),
+        "curve.png": (
+            lambda: report.write_curve(
+                report.logger_dirs(Trainer()) or [cb.dirpath], cb.evaluations, cb.promotions, cb.monitor
+            ),
+            _savefig_fails,
+        ),
     }[writer]
     fail(monkeypatch)
     with pytest.raises(WriteError) as err:
@@ -149,21 +158,57 @@ def test_cli_resume_from_a_truncated_checkpoint_uses_the_previous_good_one(tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["ddo"])
     cfg = tmp_path / "pre.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "trainer": {"max_steps": 4, "val_check_interval": 4, "enable_progress_bar": False, "logger": False, "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": "ck", "filename": "{step}", "save_top_k": -1, "every_n_train_steps": 2}}]},
-        "model": {"init_args": {"num_eval_samples": 50}},
-        "data": {"init_args": {"batch_size": 32, "real": {"class_path": "ddo_lightning.data.Toy2DDataset",
-                                                           "init_args": {"num_samples": 512}}}}}))
-    main(["fit", "--config", str(root / "configs/toy2d_pretrain.yaml"), "--config", str(cfg), "--trainer.max_steps", "4"])
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "max_steps": 4,
+                    "val_check_interval": 4,
+                    "enable_progress_bar": False,
+                    "logger": False,
+                    "callbacks": [
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {
+                                "dirpath": "ck",
+                                "filename": "{step}",
+                                "save_top_k": -1,
+                                "every_n_train_steps": 2,
+                            },
+                        }
+                    ],
+                },
+                "model": {"init_args": {"num_eval_samples": 50}},
+                "data": {
+                    "init_args": {
+                        "batch_size": 32,
+                        "real": {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 512}},
+                    }
+                },
+            }
+        )
+    )
+    main(
+        ["fit", "--config", str(root / "configs/toy2d_pretrain.yaml"), "--config", str(cfg), "--trainer.max_steps", "4"]
+    )
     good, last = tmp_path / "ck/step=2.ckpt", tmp_path / "ck/step=4.ckpt"
     assert good.is_file() and last.is_file()
     os.utime(good, (time.time() - 10, time.time() - 10))
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.warns(UserWarning, match="Resuming from the newest good checkpoint"):
-        main(["fit", "--config", str(root / "configs/toy2d_pretrain.yaml"), "--config", str(cfg),
-              "--trainer.max_steps", "6", "--ckpt_path", str(last)])
+        main(
+            [
+                "fit",
+                "--config",
+                str(root / "configs/toy2d_pretrain.yaml"),
+                "--config",
+                str(cfg),
+                "--trainer.max_steps",
+                "6",
+                "--ckpt_path",
+                str(last),
+            ]
+        )
     assert torch.load(tmp_path / "ck/step=6.ckpt", weights_only=True)["global_step"] == 6
 
 
@@ -180,4 +225,6 @@ def test_ddp_preset_settings():
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=Strategy)
     strategy = parser.instantiate_classes(parser.parse_object({"strategy": spec})).strategy
-    assert strategy._ddp_kwargs["broadcast_buffers"] is False and strategy._ddp_kwargs["find_unused_parameters"] is False
+    assert (
+        strategy._ddp_kwargs["broadcast_buffers"] is False and strategy._ddp_kwargs["find_unused_parameters"] is False
+    )

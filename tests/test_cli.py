@@ -38,8 +38,18 @@ def test_module_help_documents_typed_options(capsys):
     out = capsys.readouterr().out
     for option in ("init_from", "objective", "ema_halflife_kimg", "num_eval_samples", "sampler"):
         assert f"--model.{option}" in out, option
-    assert run(["fit", "--model", "ddo_lightning.training.DDOModule",
-                "--model.objective.help", "ddo_lightning.objectives.DiffusionDDO"]) == 0
+    assert (
+        run(
+            [
+                "fit",
+                "--model",
+                "ddo_lightning.training.DDOModule",
+                "--model.objective.help",
+                "ddo_lightning.objectives.DiffusionDDO",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     for option in ("alpha", "beta", "P_mean", "P_std"):  # documented from the docstring, with types
         assert f"--objective.{option}" in out, option
@@ -81,7 +91,9 @@ def write(path, data):
 
 def _files(root):
     """{relative path: (mtime_ns, bytes)} of every file under ``root``."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_toy_presets_run_tiny_steps_and_a_rerun_keeps_their_results(tmp_path, monkeypatch, capsys, caplog):
@@ -89,30 +101,70 @@ def test_toy_presets_run_tiny_steps_and_a_rerun_keeps_their_results(tmp_path, mo
     the preset's run directory, the DDO stage chained to the pretraining run's last.ckpt. Running both
     again (`make demo` twice) resumes the finished runs, trains nothing and rewrites no file."""
     monkeypatch.chdir(tmp_path)
-    small_data = {"data": {"init_args": {"batch_size": 64, "real": {"class_path": "ddo_lightning.data.Toy2DDataset",
-                                                                      "init_args": {"num_samples": 1024}}}}}
-    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"save_last": True, "every_n_train_steps": 3, "save_top_k": -1}}
-    pre = write(tmp_path / "pre.yaml", {
-        "trainer": {"max_steps": 3, "val_check_interval": 3, "enable_progress_bar": False, "callbacks": [checkpoint]},
-        "model": {"init_args": {"num_eval_samples": 200}}, **small_data})
+    small_data = {
+        "data": {
+            "init_args": {
+                "batch_size": 64,
+                "real": {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 1024}},
+            }
+        }
+    }
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"save_last": True, "every_n_train_steps": 3, "save_top_k": -1},
+    }
+    pre = write(
+        tmp_path / "pre.yaml",
+        {
+            "trainer": {
+                "max_steps": 3,
+                "val_check_interval": 3,
+                "enable_progress_bar": False,
+                "callbacks": [checkpoint],
+            },
+            "model": {"init_args": {"num_eval_samples": 200}},
+            **small_data,
+        },
+    )
     stage1 = ["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre]
     main(stage1)
     assert (tmp_path / "outputs/toy2d_pretrain/checkpoints/last.ckpt").is_file()
-    ddo = write(tmp_path / "ddo.yaml", {
-        "trainer": {"enable_progress_bar": False, "callbacks": [
-            {"class_path": "ddo_lightning.training.SelfPlay",
-             "init_args": {"rounds": 1, "kimg_per_round": 0.128, "eval_every_kimg": 0.064, "monitor": "mmd"}},
-            checkpoint, {"class_path": "ddo_lightning.training.ScatterFigure", "init_args": {"num_samples": 200}}]},
-        "model": {"init_args": {"num_eval_samples": 200}},
-        "data": {"init_args": {**small_data["data"]["init_args"], "fake": {
-            "class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 256}}}}})
+    ddo = write(
+        tmp_path / "ddo.yaml",
+        {
+            "trainer": {
+                "enable_progress_bar": False,
+                "callbacks": [
+                    {
+                        "class_path": "ddo_lightning.training.SelfPlay",
+                        "init_args": {"rounds": 1, "kimg_per_round": 0.128, "eval_every_kimg": 0.064, "monitor": "mmd"},
+                    },
+                    checkpoint,
+                    {"class_path": "ddo_lightning.training.ScatterFigure", "init_args": {"num_samples": 200}},
+                ],
+            },
+            "model": {"init_args": {"num_eval_samples": 200}},
+            "data": {
+                "init_args": {
+                    **small_data["data"]["init_args"],
+                    "fake": {"class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 256}},
+                }
+            },
+        },
+    )
     stage2 = ["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo]
     main(stage2)
     run = tmp_path / "outputs/toy2d"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["monitor"] == "mmd" and len(summary["rounds"]) == 1
-    for name in ("rounds/round-1.ckpt", "best.pt", "samples.png", "config.yaml", "checkpoints/last.ckpt", "logs/metrics.csv"):
+    for name in (
+        "rounds/round-1.ckpt",
+        "best.pt",
+        "samples.png",
+        "config.yaml",
+        "checkpoints/last.ckpt",
+        "logs/metrics.csv",
+    ):
         assert (run / name).is_file(), name
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lr"] == 2e-3  # the preset's
     before = {**_files(run), **{f"pre/{k}": v for k, v in _files(tmp_path / "outputs/toy2d_pretrain").items()}}
@@ -127,8 +179,17 @@ def test_toy_presets_run_tiny_steps_and_a_rerun_keeps_their_results(tmp_path, mo
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert changed == ["logs/hparams.yaml", "pre/logs/hparams.yaml"], changed  # the logged config, rewritten alike
     # `ddo validate` on the round checkpoint re-evaluates the promoted EMA: the same fixed-seed numbers
-    cli = run_cli(["validate", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo,
-                   "--ckpt_path", "outputs/toy2d/rounds/round-1.ckpt"])
+    cli = run_cli(
+        [
+            "validate",
+            "--config",
+            str(ROOT / "configs/toy2d.yaml"),
+            "--config",
+            ddo,
+            "--ckpt_path",
+            "outputs/toy2d/rounds/round-1.ckpt",
+        ]
+    )
     promoted = summary["rounds"][0]["metrics"]
     for key in ("mmd", "precision", "recall"):
         assert float(cli.trainer.callback_metrics[f"val/{key}"]) == pytest.approx(promoted[key], rel=1e-5), key
@@ -137,8 +198,17 @@ def test_toy_presets_run_tiny_steps_and_a_rerun_keeps_their_results(tmp_path, mo
 @pytest.mark.parametrize("value", ["-1", ".nan", ".inf"])
 def test_invalid_alpha_from_the_command_line(value):
     with pytest.raises(ValueError, match="alpha"):
-        main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"),
-              "--model.init_args.objective.init_args.alpha", value, "--model.init_args.init_from", "null"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/toy2d.yaml"),
+                "--model.init_args.objective.init_args.alpha",
+                value,
+                "--model.init_args.init_from",
+                "null",
+            ]
+        )
 
 
 def _print_config(path):
@@ -154,22 +224,60 @@ def _print_config(path):
 def test_digits_presets_run_tiny_steps(tmp_path, monkeypatch):
     """`make demo-digits` at a tiny size: 2 MLE steps, then one short DDO round with a quantised pool."""
     monkeypatch.chdir(tmp_path)
-    small = {"num_eval_samples": 40, "eval_batch_size": 40,
-             "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 3}}}
-    pre = write(tmp_path / "pre.yaml", {
-        "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"save_last": True, "every_n_train_steps": 2}}]},
-        "model": {"init_args": small}, "data": {"init_args": {"batch_size": 16}}})
+    small = {
+        "num_eval_samples": 40,
+        "eval_batch_size": 40,
+        "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 3}},
+    }
+    pre = write(
+        tmp_path / "pre.yaml",
+        {
+            "trainer": {
+                "max_steps": 2,
+                "val_check_interval": 2,
+                "enable_progress_bar": False,
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"save_last": True, "every_n_train_steps": 2},
+                    }
+                ],
+            },
+            "model": {"init_args": small},
+            "data": {"init_args": {"batch_size": 16}},
+        },
+    )
     main(["fit", "--config", str(ROOT / "configs/digits_pretrain.yaml"), "--config", pre])
-    ddo = write(tmp_path / "ddo.yaml", {
-        "trainer": {"enable_progress_bar": False, "callbacks": [
-            {"class_path": "ddo_lightning.training.SelfPlay",
-             "init_args": {"rounds": 1, "kimg_per_round": 0.032, "eval_every_kimg": 0.016, "monitor": "digits_fid"}},
-            {"class_path": "ddo_lightning.training.ImageGridFigure", "init_args": {"num_samples": 20}}]},
-        "model": {"init_args": small},
-        "data": {"init_args": {"batch_size": 16, "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
-                                                          "init_args": {"size": 64, "quantize": True}}}}})
+    ddo = write(
+        tmp_path / "ddo.yaml",
+        {
+            "trainer": {
+                "enable_progress_bar": False,
+                "callbacks": [
+                    {
+                        "class_path": "ddo_lightning.training.SelfPlay",
+                        "init_args": {
+                            "rounds": 1,
+                            "kimg_per_round": 0.032,
+                            "eval_every_kimg": 0.016,
+                            "monitor": "digits_fid",
+                        },
+                    },
+                    {"class_path": "ddo_lightning.training.ImageGridFigure", "init_args": {"num_samples": 20}},
+                ],
+            },
+            "model": {"init_args": small},
+            "data": {
+                "init_args": {
+                    "batch_size": 16,
+                    "fake": {
+                        "class_path": "ddo_lightning.training.PoolFakeSource",
+                        "init_args": {"size": 64, "quantize": True},
+                    },
+                }
+            },
+        },
+    )
     main(["fit", "--config", str(ROOT / "configs/digits.yaml"), "--config", ddo])
     summary = json.loads((tmp_path / "outputs/digits/summary.json").read_text())
     assert summary["monitor"] == "digits_fid" and summary["reference"]["digits_fid"] > 0
@@ -182,23 +290,53 @@ def test_token_presets_run_tiny_steps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small = {"num_eval_samples": 64, "eval_batch_size": 64}
     data = {"init_args": {"batch_size": 16, "real": {"init_args": {"num_samples": 256}}}}
-    pre = write(tmp_path / "pre.yaml", {
-        "trainer": {"max_steps": 4, "val_check_interval": 4, "enable_progress_bar": False, "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"save_last": True, "every_n_train_steps": 4}}]},
-        "model": {"init_args": small}, "data": data})
+    pre = write(
+        tmp_path / "pre.yaml",
+        {
+            "trainer": {
+                "max_steps": 4,
+                "val_check_interval": 4,
+                "enable_progress_bar": False,
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"save_last": True, "every_n_train_steps": 4},
+                    }
+                ],
+            },
+            "model": {"init_args": small},
+            "data": data,
+        },
+    )
     main(["fit", "--config", str(ROOT / "configs/tokens_pretrain.yaml"), "--config", pre])
-    ddo = write(tmp_path / "ddo.yaml", {
-        "trainer": {"enable_progress_bar": False, "callbacks": [
-            {"class_path": "ddo_lightning.training.SelfPlay",
-             "init_args": {"rounds": 1, "kimg_per_round": 0.064, "eval_every_kimg": 0.032, "monitor": "kl_sym"}},
-            {"class_path": "ddo_lightning.training.TokenFigure", "init_args": {"num_samples": 64}}]},
-        "model": {"init_args": small}, "data": data})
+    ddo = write(
+        tmp_path / "ddo.yaml",
+        {
+            "trainer": {
+                "enable_progress_bar": False,
+                "callbacks": [
+                    {
+                        "class_path": "ddo_lightning.training.SelfPlay",
+                        "init_args": {
+                            "rounds": 1,
+                            "kimg_per_round": 0.064,
+                            "eval_every_kimg": 0.032,
+                            "monitor": "kl_sym",
+                        },
+                    },
+                    {"class_path": "ddo_lightning.training.TokenFigure", "init_args": {"num_samples": 64}},
+                ],
+            },
+            "model": {"init_args": small},
+            "data": data,
+        },
+    )
     main(["fit", "--config", str(ROOT / "configs/tokens.yaml"), "--config", ddo])
     summary = json.loads((tmp_path / "outputs/tokens/summary.json").read_text())
     assert summary["monitor"] == "kl_sym" and summary["reference"]["kl_sym"] > 0
     assert summary["reference"]["kl_sym"] == pytest.approx(
-        summary["reference"]["kl_data_model"] + summary["reference"]["kl_model_data"])
+        summary["reference"]["kl_data_model"] + summary["reference"]["kl_model_data"]
+    )
     assert (tmp_path / "outputs/tokens/samples.png").stat().st_size > 1000
 
 
@@ -224,13 +362,23 @@ def test_fit_help_is_short_and_lists_ddo_options_first(capsys):
     assert run(["fit", "--help"]) == 0
     out = capsys.readouterr().out
     assert len(out.splitlines()) <= 80  # a screen or two, against jsonargparse's 479 lines
-    order = ["--model.init_from", "--model.objective.alpha", "--selfplay.rounds", "--data.batch_size",
-             "--data.fake.size", "--trainer.accelerator"]
+    order = [
+        "--model.init_from",
+        "--model.objective.alpha",
+        "--selfplay.rounds",
+        "--data.batch_size",
+        "--data.fake.size",
+        "--trainer.accelerator",
+    ]
     positions = [out.index(option) for option in order]
     assert positions == sorted(positions)
     # every option it shows is a key of the resolved config of a preset of those classes, under that name
-    options = [w for line in out.splitlines() for w in line.split() if w.startswith("--") and "." in w
-               and not w.endswith(".help")]
+    options = [
+        w
+        for line in out.splitlines()
+        for w in line.split()
+        if w.startswith("--") and "." in w and not w.endswith(".help")
+    ]
     assert len(options) > 30
     assert run(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -260,14 +408,35 @@ def test_model_help_lists_the_projects_classes_not_all_of_torch_nn(capsys):
 
 
 def test_self_play_settings_from_the_command_line(capsys):
-    assert run(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--selfplay.rounds", "5",
-                "--selfplay.kimg_per_round", "100", "--selfplay.eval_every_kimg", "10", "--selfplay.monitor", "fid",
-                "--print_config"]) == 0
+    assert (
+        run(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/toy2d.yaml"),
+                "--selfplay.rounds",
+                "5",
+                "--selfplay.kimg_per_round",
+                "100",
+                "--selfplay.eval_every_kimg",
+                "10",
+                "--selfplay.monitor",
+                "fid",
+                "--print_config",
+            ]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     sp = next(c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("SelfPlay"))
     # --print_config shows the parsed values; they reach the callback when the classes are built
-    assert printed["selfplay"] == {"rounds": 5, "kimg_per_round": 100.0, "eval_every_kimg": 10.0, "monitor": "fid",
-                                   "mode": None}
+    assert printed["selfplay"] == {
+        "rounds": 5,
+        "kimg_per_round": 100.0,
+        "eval_every_kimg": 10.0,
+        "monitor": "fid",
+        "mode": None,
+    }
     assert sp["init_args"]["rounds"] == 3  # the preset's, until built
     from ddo_lightning.cli import DDOCLI
     from ddo_lightning.training import SelfPlay
@@ -276,11 +445,29 @@ def test_self_play_settings_from_the_command_line(capsys):
         def _run_subcommand(self, subcommand):  # build everything, train nothing
             pass
 
-    cli = Built(pl_module_class(), pl_data_class(), subclass_mode_model=True, subclass_mode_data=True,
-                args=["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--model.init_from", "null",
-                      "--selfplay.rounds", "5", "--selfplay.kimg_per_round", "100", "--selfplay.eval_every_kimg", "10",
-                      "--selfplay.monitor", "energy_distance"],
-                auto_configure_optimizers=False, save_config_callback=None)
+    cli = Built(
+        pl_module_class(),
+        pl_data_class(),
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=[
+            "fit",
+            "--config",
+            str(ROOT / "configs/toy2d.yaml"),
+            "--model.init_from",
+            "null",
+            "--selfplay.rounds",
+            "5",
+            "--selfplay.kimg_per_round",
+            "100",
+            "--selfplay.eval_every_kimg",
+            "10",
+            "--selfplay.monitor",
+            "energy_distance",
+        ],
+        auto_configure_optimizers=False,
+        save_config_callback=None,
+    )
     sp = next(c for c in cli.trainer.callbacks if isinstance(c, SelfPlay))
     assert (sp.rounds, sp.images_per_round, sp.eval_every_images, sp.monitor) == (5, 100_000, 10_000, "energy_distance")
     with pytest.raises(ValueError, match="--selfplay.rounds .* has none in trainer.callbacks"):
@@ -289,11 +476,13 @@ def test_self_play_settings_from_the_command_line(capsys):
 
 def pl_module_class():
     from lightning.pytorch import LightningModule
+
     return LightningModule
 
 
 def pl_data_class():
     from lightning.pytorch import LightningDataModule
+
     return LightningDataModule
 
 
@@ -303,8 +492,14 @@ def _ddo_cli(args, cwd):
     import sys
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "ddo_lightning.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddo_lightning.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -312,14 +507,18 @@ def _last_line(text):
     return [line for line in text.splitlines() if line.strip()][-1]
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--model.objective.alpha", "-1", "ValueError: DDO alpha must be finite and >= 0, got -1.0"),
-    ("--trainer.precision", "16-mixed", "trainer.precision must be '32-true', got '16-mixed'"),
-    ("--selfplay.rounds", "0", "ValueError: rounds, kimg_per_round and eval_every_kimg must be positive"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--model.objective.alpha", "-1", "ValueError: DDO alpha must be finite and >= 0, got -1.0"),
+        ("--trainer.precision", "16-mixed", "trainer.precision must be '32-true', got '16-mixed'"),
+        ("--selfplay.rounds", "0", "ValueError: rounds, kimg_per_round and eval_every_kimg must be positive"),
+    ],
+)
 def test_an_error_while_the_config_is_built_is_the_last_line(tmp_path, option, value, message):
-    code, out = _ddo_cli(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--model.init_from", "null",
-                          option, value], tmp_path)
+    code, out = _ddo_cli(
+        ["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--model.init_from", "null", option, value], tmp_path
+    )
     assert code != 0 and message in _last_line(out), out[-2000:]
     assert "Given value" not in out  # no dump of the whole config
 
@@ -335,20 +534,62 @@ def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_p
     from ddo_lightning.training import DDOModule
 
     monkeypatch.chdir(tmp_path)
-    small = {"num_eval_samples": 100, "eval_batch_size": 100,
-             "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}}}
+    small = {
+        "num_eval_samples": 100,
+        "eval_batch_size": 100,
+        "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}},
+    }
     real = {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 1024}}
-    pre = write(tmp_path / "pre.yaml", {
-        "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"save_last": True, "every_n_train_steps": 2}}]},
-        "model": {"init_args": small}, "data": {"init_args": {"batch_size": 64, "real": real}}})
+    pre = write(
+        tmp_path / "pre.yaml",
+        {
+            "trainer": {
+                "max_steps": 2,
+                "val_check_interval": 2,
+                "enable_progress_bar": False,
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"save_last": True, "every_n_train_steps": 2},
+                    }
+                ],
+            },
+            "model": {"init_args": small},
+            "data": {"init_args": {"batch_size": 64, "real": real}},
+        },
+    )
     main(["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
-    ddo = write(tmp_path / "ddo.yaml", {"model": {"init_args": small}, "data": {"init_args": {
-        "batch_size": 64, "real": real,
-        "fake": {"class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 128, "progress": False}}}}})
-    args = ["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo, "--selfplay.rounds", "2",
-            "--selfplay.kimg_per_round", "0.128", "--selfplay.eval_every_kimg", "0.064", "--trainer.log_every_n_steps", "1"]
+    ddo = write(
+        tmp_path / "ddo.yaml",
+        {
+            "model": {"init_args": small},
+            "data": {
+                "init_args": {
+                    "batch_size": 64,
+                    "real": real,
+                    "fake": {
+                        "class_path": "ddo_lightning.training.PoolFakeSource",
+                        "init_args": {"size": 128, "progress": False},
+                    },
+                }
+            },
+        },
+    )
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/toy2d.yaml"),
+        "--config",
+        ddo,
+        "--selfplay.rounds",
+        "2",
+        "--selfplay.kimg_per_round",
+        "0.128",
+        "--selfplay.eval_every_kimg",
+        "0.064",
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
     code, out = _ddo_cli(args, tmp_path)
     assert code == 0, out[-3000:]
     console = {int(m) for m in __import__("re").findall(r"\[round (\d+)", out)}
@@ -370,22 +611,55 @@ def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_p
     # an MLE checkpoint given as --ckpt_path to a DDO run
     mle = "outputs/toy2d_pretrain/checkpoints/last.ckpt"
     with pytest.raises(ValueError, match="is an MLE checkpoint") as err:
-        main(["fit", "--config", str(ROOT / "configs/toy2d.yaml"), "--config", ddo, "--ckpt_path", mle,
-              "--run_dir", "outputs/other"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/toy2d.yaml"),
+                "--config",
+                ddo,
+                "--ckpt_path",
+                mle,
+                "--run_dir",
+                "outputs/other",
+            ]
+        )
     assert f"use --model.init_args.init_from {mle}" in str(err.value)
 
 
 # ---- the run directory ------------------------------------------------------------------------------------
 def _tiny_pretrain(tmp_path, **trainer):
     """A toy MLE run of a few steps (checkpoint every 2 steps, a CSV row every step)."""
-    return write(tmp_path / "tiny.yaml", {
-        "trainer": {"max_steps": 4, "val_check_interval": 100, "log_every_n_steps": 1, "enable_progress_bar": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"filename": "{step}", "save_last": True, "every_n_train_steps": 2,
-                                                 "save_top_k": -1}}], **trainer},
-        "model": {"init_args": {"num_eval_samples": 50}},
-        "data": {"init_args": {"batch_size": 32, "real": {"class_path": "ddo_lightning.data.Toy2DDataset",
-                                                            "init_args": {"num_samples": 512}}}}})
+    return write(
+        tmp_path / "tiny.yaml",
+        {
+            "trainer": {
+                "max_steps": 4,
+                "val_check_interval": 100,
+                "log_every_n_steps": 1,
+                "enable_progress_bar": False,
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {
+                            "filename": "{step}",
+                            "save_last": True,
+                            "every_n_train_steps": 2,
+                            "save_top_k": -1,
+                        },
+                    }
+                ],
+                **trainer,
+            },
+            "model": {"init_args": {"num_eval_samples": 50}},
+            "data": {
+                "init_args": {
+                    "batch_size": 32,
+                    "real": {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 512}},
+                }
+            },
+        },
+    )
 
 
 def _train_rows(path):
@@ -408,7 +682,8 @@ def test_resume_extends_the_run_continues_its_csv_and_last_ckpt_is_the_final_sta
     run_cli(args + ["--trainer.max_steps", "6"])
     assert capsys.readouterr().out.startswith(
         "[run_dir] resuming outputs/toy2d_pretrain from outputs/toy2d_pretrain/checkpoints/last.ckpt (step 4); "
-        "changed settings that do not change the result: trainer.max_steps")
+        "changed settings that do not change the result: trainer.max_steps"
+    )
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
     rows = _train_rows(run / "logs/metrics.csv")
     assert rows[:4] == first and [s for s, _ in rows] == [0, 1, 2, 3, 4, 5]  # one file, each step once
@@ -430,7 +705,13 @@ def test_a_changed_config_is_refused_with_its_keys_unless_forced(tmp_path, monke
     from ddo_lightning.run_dir import RunDirError
 
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", _tiny_pretrain(tmp_path, max_steps=2)]
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/toy2d_pretrain.yaml"),
+        "--config",
+        _tiny_pretrain(tmp_path, max_steps=2),
+    ]
     run_cli(args)
     run = tmp_path / "outputs/toy2d_pretrain"
     before = _files(run)
@@ -438,8 +719,10 @@ def test_a_changed_config_is_refused_with_its_keys_unless_forced(tmp_path, monke
     with pytest.raises(RunDirError) as err:
         run_cli(changed)
     message = str(err.value)
-    assert message.startswith("cannot resume outputs/toy2d_pretrain: the config differs from the run's "
-                              "(outputs/toy2d_pretrain/config.yaml) in settings that change the result:")
+    assert message.startswith(
+        "cannot resume outputs/toy2d_pretrain: the config differs from the run's "
+        "(outputs/toy2d_pretrain/config.yaml) in settings that change the result:"
+    )
     assert "  data.init_args.batch_size: 32 -> 16\n  model.init_args.lr: 0.002 -> 0.01\n" in message
     assert "max_steps" not in message and "--force_resume" in message and "--new_version" in message
     assert _files(run) == before  # nothing written
@@ -458,22 +741,36 @@ def test_new_version_starts_beside_the_run_and_results_without_a_checkpoint_are_
     from ddo_lightning.run_dir import RunDirError
 
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", _tiny_pretrain(tmp_path, max_steps=2),
-            "--run_dir", "runs/a"]
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs/toy2d_pretrain.yaml"),
+        "--config",
+        _tiny_pretrain(tmp_path, max_steps=2),
+        "--run_dir",
+        "runs/a",
+    ]
     run_cli(args)
     first = _files(tmp_path / "runs/a")
     run_cli(args + ["--new_version", "true"])
-    assert capsys.readouterr().out.splitlines()[-1] == \
-        "[run_dir] runs/a already holds a run: starting a new one in runs/a-v2 (--new_version)"
+    assert (
+        capsys.readouterr().out.splitlines()[-1]
+        == "[run_dir] runs/a already holds a run: starting a new one in runs/a-v2 (--new_version)"
+    )
     run_cli(args + ["--new_version", "true"])
-    assert (tmp_path / "runs/a-v2/checkpoints/last.ckpt").is_file() and (tmp_path / "runs/a-v3/checkpoints/last.ckpt").is_file()
+    assert (tmp_path / "runs/a-v2/checkpoints/last.ckpt").is_file() and (
+        tmp_path / "runs/a-v3/checkpoints/last.ckpt"
+    ).is_file()
     assert _files(tmp_path / "runs/a") == first
     # killed before its first checkpoint: results but nothing to resume from
     (tmp_path / "runs/b/logs").mkdir(parents=True)
     (tmp_path / "runs/b/logs/metrics.csv").write_text("step,train/loss\n0,1.0\n")
     b = args[:-2] + ["--run_dir", "runs/b"]
-    with pytest.raises(RunDirError, match=r"run directory runs/b holds results of an earlier run \(logs/metrics.csv\) "
-                                          r"but no checkpoint to resume from: add --new_version to start runs/b-v2"):
+    with pytest.raises(
+        RunDirError,
+        match=r"run directory runs/b holds results of an earlier run \(logs/metrics.csv\) "
+        r"but no checkpoint to resume from: add --new_version to start runs/b-v2",
+    ):
         run_cli(b)
     assert (tmp_path / "runs/b/logs/metrics.csv").read_text() == "step,train/loss\n0,1.0\n"
     # a run that failed while setting up leaves only its config.yaml: the directory is reused
@@ -487,18 +784,32 @@ def test_config_differences_compare_what_changes_the_result():
     from ddo_lightning.run_dir import config_differences
 
     def cfg(lr=1e-3, rounds=3, kimg=64, devices=1, workers=2, steps=100, extra_callback=False, seed=0):
-        callbacks = [{"class_path": "ddo_lightning.training.SelfPlay", "init_args": {"rounds": rounds, "kimg_per_round": kimg}},
-                     {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"every_n_train_steps": 5}}]
+        callbacks = [
+            {"class_path": "ddo_lightning.training.SelfPlay", "init_args": {"rounds": rounds, "kimg_per_round": kimg}},
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"every_n_train_steps": 5}},
+        ]
         if extra_callback:
             callbacks.insert(0, {"class_path": "ddo_lightning.training.Preemption", "init_args": {"path": None}})
-        return {"seed_everything": seed, "trainer": {"devices": devices, "max_steps": steps, "callbacks": callbacks},
-                "model": {"init_args": {"lr": lr}}, "data": {"init_args": {"num_workers": workers}}}
+        return {
+            "seed_everything": seed,
+            "trainer": {"devices": devices, "max_steps": steps, "callbacks": callbacks},
+            "model": {"init_args": {"lr": lr}},
+            "data": {"init_args": {"num_workers": workers}},
+        }
 
     assert config_differences(cfg(), cfg()) == ([], [])
     result, harmless = config_differences(cfg(), cfg(rounds=5, workers=0, steps=500, extra_callback=True))
-    assert result == [] and harmless == ["data.init_args.num_workers", "trainer.callbacks.Preemption.class_path",
-                                         "trainer.callbacks.Preemption.init_args.path",
-                                         "trainer.callbacks.SelfPlay.init_args.rounds", "trainer.max_steps"]
+    assert result == [] and harmless == [
+        "data.init_args.num_workers",
+        "trainer.callbacks.Preemption.class_path",
+        "trainer.callbacks.Preemption.init_args.path",
+        "trainer.callbacks.SelfPlay.init_args.rounds",
+        "trainer.max_steps",
+    ]
     result, _ = config_differences(cfg(), cfg(lr=2e-3, kimg=32, devices=2, seed=1))
-    assert result == [("model.init_args.lr", 1e-3, 2e-3), ("seed_everything", 0, 1),
-                      ("trainer.callbacks.SelfPlay.init_args.kimg_per_round", 64, 32), ("trainer.devices", 1, 2)]
+    assert result == [
+        ("model.init_args.lr", 1e-3, 2e-3),
+        ("seed_everything", 0, 1),
+        ("trainer.callbacks.SelfPlay.init_args.kimg_per_round", 64, 32),
+        ("trainer.devices", 1, 2),
+    ]

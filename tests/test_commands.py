@@ -21,6 +21,7 @@ DIGITS = str(ROOT / "configs/digits.yaml")
 
 def _fd_eig(mu1, s1, mu2, s2):
     """Independent Fréchet distance: tr((Σ1Σ2)^½) = tr((Σ1^½ Σ2 Σ1^½)^½) via eigendecompositions."""
+
     def psd_sqrt(a):
         w, v = np.linalg.eigh(a)
         return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
@@ -43,7 +44,11 @@ def _weights(tmp_path, configs, name="w.pt"):
 @pytest.fixture
 def conditional(tmp_path):
     path = tmp_path / "cond.yaml"
-    path.write_text(yaml.safe_dump({"model": {"init_args": {"network": {"init_args": {"model": {"init_args": {"label_dim": 10}}}}}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"model": {"init_args": {"network": {"init_args": {"model": {"init_args": {"label_dim": 10}}}}}}}
+        )
+    )
     return [DIGITS, str(path)]
 
 
@@ -72,7 +77,19 @@ def test_sample_equals_the_sampler_and_does_not_depend_on_batch_size(tmp_path, o
 
 def test_sample_png_folder_with_balanced_labels_loads_back(tmp_path, conditional, one_thread):
     _, w = _weights(tmp_path, conditional)
-    common = ["--config", conditional[0], "--config", conditional[1], "--ckpt", w, "--seeds", "0-11", "--steps", "2", "--quiet"]
+    common = [
+        "--config",
+        conditional[0],
+        "--config",
+        conditional[1],
+        "--ckpt",
+        w,
+        "--seeds",
+        "0-11",
+        "--steps",
+        "2",
+        "--quiet",
+    ]
     run_command("sample", common + ["--out", str(tmp_path / "pngs")])
     run_command("sample", common + ["--out", str(tmp_path / "s.npz")])
     z = np.load(tmp_path / "s.npz")
@@ -91,14 +108,31 @@ def test_sample_bad_input_is_named_and_nothing_is_lost(tmp_path, capsys, conditi
     out.write_bytes(b"precious")
     err = _exit_message(capsys, ["--config", DIGITS, "--ckpt", w, "--out", str(out)])
     assert "exists" in err and "--overwrite" in err and out.read_bytes() == b"precious"
-    assert "--seeds" in _exit_message(capsys, ["--config", DIGITS, "--ckpt", w, "--seeds", "5-1", "--out", str(tmp_path / "x.npz")])
-    assert "checkpoint not found" in _exit_message(capsys, ["--config", DIGITS, "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.npz")])
+    assert "--seeds" in _exit_message(
+        capsys, ["--config", DIGITS, "--ckpt", w, "--seeds", "5-1", "--out", str(tmp_path / "x.npz")]
+    )
+    assert "checkpoint not found" in _exit_message(
+        capsys, ["--config", DIGITS, "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.npz")]
+    )
     # weights of the conditional network into the unconditional one: every differing parameter is named
     _, wc = _weights(tmp_path, conditional, "cond.pt")
     err = _exit_message(capsys, ["--config", DIGITS, "--ckpt", wc, "--out", str(tmp_path / "x.npz")])
     assert "does not match" in err and "map_label" in err
-    assert "10 classes" in _exit_message(capsys, ["--config", conditional[0], "--config", conditional[1], "--ckpt", wc,
-                                                  "--class", "12", "--out", str(tmp_path / "x.npz")])
+    assert "10 classes" in _exit_message(
+        capsys,
+        [
+            "--config",
+            conditional[0],
+            "--config",
+            conditional[1],
+            "--ckpt",
+            wc,
+            "--class",
+            "12",
+            "--out",
+            str(tmp_path / "x.npz"),
+        ],
+    )
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -109,12 +143,41 @@ def test_fid_reference_stats_and_scores_against_direct_computation(tmp_path, cap
     feats = DigitsFeatures()
     real = feats(DigitsDataset().images).double().numpy()
     with np.load(ref) as z:
-        assert np.allclose(z["mu"], real.mean(0), atol=1e-9) and np.allclose(z["sigma"], np.cov(real, rowvar=False), atol=1e-9)
+        assert np.allclose(z["mu"], real.mean(0), atol=1e-9) and np.allclose(
+            z["sigma"], np.cov(real, rowvar=False), atol=1e-9
+        )
         assert int(z["count"]) == 1797
-    run_command("sample", ["--config", DIGITS, "--ckpt", w, "--seeds", "0-39", "--steps", "3", "--out", str(tmp_path / "s.npz"), "--quiet"])
+    run_command(
+        "sample",
+        [
+            "--config",
+            DIGITS,
+            "--ckpt",
+            w,
+            "--seeds",
+            "0-39",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "s.npz"),
+            "--quiet",
+        ],
+    )
     capsys.readouterr()
-    got = run_command("fid", ["--ref", str(ref), "--images", str(tmp_path / "s.npz"), "--features", "digits",
-                              "--json", str(tmp_path / "fid.json"), "--quiet"])
+    got = run_command(
+        "fid",
+        [
+            "--ref",
+            str(ref),
+            "--images",
+            str(tmp_path / "s.npz"),
+            "--features",
+            "digits",
+            "--json",
+            str(tmp_path / "fid.json"),
+            "--quiet",
+        ],
+    )
     imgs = torch.from_numpy(np.load(tmp_path / "s.npz")["images"]).permute(0, 3, 1, 2)
     f = feats(imgs).double().numpy()
     expected = _fd_eig(f.mean(0), np.cov(f, rowvar=False), real.mean(0), np.cov(real, rowvar=False))
@@ -122,18 +185,41 @@ def test_fid_reference_stats_and_scores_against_direct_computation(tmp_path, cap
     assert json.loads((tmp_path / "fid.json").read_text())["fid"] == got["fid"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fid"] == got["fid"]
     # straight from the checkpoint (samples streamed to features, nothing written): the same seeds, the same FID
-    streamed = run_command("fid", ["--ref", str(ref), "--config", DIGITS, "--ckpt", w, "--num", "40", "--steps", "3",
-                                   "--features", "digits", "--quiet"])
+    streamed = run_command(
+        "fid",
+        [
+            "--ref",
+            str(ref),
+            "--config",
+            DIGITS,
+            "--ckpt",
+            w,
+            "--num",
+            "40",
+            "--steps",
+            "3",
+            "--features",
+            "digits",
+            "--quiet",
+        ],
+    )
     assert streamed["fid"] == pytest.approx(got["fid"], rel=1e-3) and streamed["nfe"] == 5
 
 
 def test_fid_bad_input_is_named(tmp_path, capsys):
     both = _exit_message(capsys, ["--ref", "a.npz", "--write-stats", "b.npz", "--images", "x"], "fid")
     assert "exactly one of --ref" in both
-    assert "nothing to measure" in _exit_message(capsys, ["--write-stats", str(tmp_path / "b.npz"), "--features", "digits"], "fid")
-    assert "reference statistics not found" in _exit_message(capsys, ["--ref", str(tmp_path / "none.npz"), "--images", "x", "--features", "digits"], "fid")
+    assert "nothing to measure" in _exit_message(
+        capsys, ["--write-stats", str(tmp_path / "b.npz"), "--features", "digits"], "fid"
+    )
+    assert "reference statistics not found" in _exit_message(
+        capsys, ["--ref", str(tmp_path / "none.npz"), "--images", "x", "--features", "digits"], "fid"
+    )
     assert "Inception weights not found" in _exit_message(
-        capsys, ["--ref", str(tmp_path / "r.npz"), "--images", "x", "--inception-weights", str(tmp_path / "w.pth")], "fid")
+        capsys,
+        ["--ref", str(tmp_path / "r.npz"), "--images", "x", "--inception-weights", str(tmp_path / "w.pth")],
+        "fid",
+    )
 
 
 TOY = str(ROOT / "configs/toy2d.yaml")
@@ -147,8 +233,24 @@ def test_sample_toy_preset_writes_points_npz(tmp_path, capsys, one_thread):
     from ddo_lightning.schedules import karras_sigmas
 
     net, w = _weights(tmp_path, [TOY])
-    got = run_command("sample", ["--config", TOY, "--ckpt", w, "--seeds", "0-4,9", "--steps", "3", "--batch-size", "4",
-                                 "--out", str(tmp_path / "p.npz"), "--quiet"])
+    got = run_command(
+        "sample",
+        [
+            "--config",
+            TOY,
+            "--ckpt",
+            w,
+            "--seeds",
+            "0-4,9",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "p.npz"),
+            "--quiet",
+        ],
+    )
     z = np.load(tmp_path / "p.npz")
     assert sorted(z.files) == ["labels", "points", "seeds"] and got["kind"] == "points" and got["num_samples"] == 6
     seeds = [0, 1, 2, 3, 4, 9]
@@ -166,15 +268,31 @@ def test_sample_token_preset_writes_tokens_npz(tmp_path, capsys, one_thread):
     from ddo_lightning.samplers import sample_tokens, seeded_uniform
 
     net, w = _weights(tmp_path, [TOKENS])
-    got = run_command("sample", ["--config", TOKENS, "--ckpt", w, "--seeds", "10-16", "--batch-size", "3",
-                                 "--out", str(tmp_path / "t.npz"), "--quiet"])
+    got = run_command(
+        "sample",
+        [
+            "--config",
+            TOKENS,
+            "--ckpt",
+            w,
+            "--seeds",
+            "10-16",
+            "--batch-size",
+            "3",
+            "--out",
+            str(tmp_path / "t.npz"),
+            "--quiet",
+        ],
+    )
     z = np.load(tmp_path / "t.npz")
     assert sorted(z.files) == ["labels", "seeds", "tokens"] and got["kind"] == "tokens" and got["num_samples"] == 7
     labels = [i % 4 for i in range(7)]
     expect = sample_tokens(net, torch.eye(4)[labels], seeded_uniform(list(range(10, 17)), 5))
     assert z["tokens"].dtype == np.int64 and np.array_equal(z["tokens"], expect.numpy())
     assert list(z["labels"]) == labels and got["nfe"] == 5  # one forward per position
-    assert "no step count" in _exit_message(capsys, ["--config", TOKENS, "--ckpt", w, "--steps", "3", "--out", str(tmp_path / "x.npz")])
+    assert "no step count" in _exit_message(
+        capsys, ["--config", TOKENS, "--ckpt", w, "--steps", "3", "--out", str(tmp_path / "x.npz")]
+    )
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -189,7 +307,9 @@ def test_sample_refuses_repeated_seeds_and_steps_below_one(tmp_path, capsys):
     for steps in ("0", "-2"):
         err = _exit_message(capsys, ["--config", TOY, "--ckpt", w, "--steps", steps, "--out", out])
         assert "argument --steps: must be >= 1" in err and "Traceback" not in err
-    assert "argument --batch-size: must be >= 1" in _exit_message(capsys, ["--config", TOY, "--ckpt", w, "--batch-size", "0", "--out", out])
+    assert "argument --batch-size: must be >= 1" in _exit_message(
+        capsys, ["--config", TOY, "--ckpt", w, "--batch-size", "0", "--out", out]
+    )
     assert "argument --steps" in _exit_message(capsys, ["--ref", "r.npz", "--config", TOY, "--steps", "0"], "fid")
     assert not (tmp_path / "x.npz").exists()
 
@@ -202,7 +322,9 @@ def test_fid_names_why_points_and_undecodable_tokens_have_no_fid(tmp_path, capsy
     save_reference_stats(ref, np.zeros(d), np.eye(d))
     for config, why in ((TOY, "makes no images"), (TOKENS, "has no decode()")):
         _, w = _weights(tmp_path, [config])
-        err = _exit_message(capsys, ["--ref", ref, "--config", config, "--ckpt", w, "--num", "4", "--features", "digits"], "fid")
+        err = _exit_message(
+            capsys, ["--ref", ref, "--config", config, "--ckpt", w, "--num", "4", "--features", "digits"], "fid"
+        )
         assert "ddo fid measures images" in err and why in err and "declares no decoder" in err
 
 
@@ -216,13 +338,26 @@ def _tiny_var_preset(tmp_path, with_decoder=False):
     vae_kwargs = {"V": 32, "Cvae": 8, "ch": 32, "patch_nums": [1, 2]}
     torch.manual_seed(0)
     torch.save(build_vae(**{**vae_kwargs, "patch_nums": (1, 2)}).state_dict(), vae_path)
-    network = {"class_path": "ddo_lightning.networks.VARNetwork",
-               "init_args": {"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_nums": [1, 2], "vocab_size": 32,
-                             "z_channels": 8, "vae_ch": 32, "num_classes": 5, "vae_checkpoint": vae_path}}
+    network = {
+        "class_path": "ddo_lightning.networks.VARNetwork",
+        "init_args": {
+            "depth": 2,
+            "embed_dim": 64,
+            "num_heads": 2,
+            "patch_nums": [1, 2],
+            "vocab_size": 32,
+            "z_channels": 8,
+            "vae_ch": 32,
+            "num_classes": 5,
+            "vae_checkpoint": vae_path,
+        },
+    }
     init = {"network": network, "sampler": "ddo_lightning.samplers.TokenSampler"}
     if with_decoder:
-        decoder = {"class_path": "ddo_lightning.networks.var.VARImageDecoder",
-                   "init_args": {"vae_checkpoint": vae_path, "vae_kwargs": vae_kwargs}}
+        decoder = {
+            "class_path": "ddo_lightning.networks.var.VARImageDecoder",
+            "init_args": {"vae_checkpoint": vae_path, "vae_kwargs": vae_kwargs},
+        }
         init["evaluator"] = {"class_path": "ddo_lightning.metrics.FrechetDistance", "init_args": {"decoder": decoder}}
     config = tmp_path / "var.yaml"
     config.write_text(yaml.safe_dump({"model": {"init_args": init}}))
@@ -236,8 +371,22 @@ def test_sample_var_tokens_come_with_their_decoded_images(tmp_path, one_thread):
 
     config = _tiny_var_preset(tmp_path)
     net, w = _weights(tmp_path, [config])
-    got = run_command("sample", ["--config", config, "--ckpt", w, "--seeds", "0-5", "--batch-size", "4",
-                                 "--out", str(tmp_path / "v.npz"), "--quiet"])
+    got = run_command(
+        "sample",
+        [
+            "--config",
+            config,
+            "--ckpt",
+            w,
+            "--seeds",
+            "0-5",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "v.npz"),
+            "--quiet",
+        ],
+    )
     z = np.load(tmp_path / "v.npz")
     assert sorted(z.files) == ["images", "labels", "seeds", "tokens"] and got["num_images"] == 6
     labels = [i % 5 for i in range(6)]
@@ -274,8 +423,22 @@ def test_fid_of_var_tokens_goes_through_the_presets_decoder(tmp_path, monkeypatc
     a = rng.normal(size=(6, 6))
     mu_ref, sigma_ref = rng.uniform(0, 0.5, 6), a @ a.T / 6 + 1e-3 * np.eye(6)
     save_reference_stats(str(tmp_path / "ref.npz"), mu_ref, sigma_ref)
-    got = run_command("fid", ["--ref", str(tmp_path / "ref.npz"), "--config", config, "--ckpt", w, "--num", "10",
-                              "--batch-size", "4", "--quiet"])
+    got = run_command(
+        "fid",
+        [
+            "--ref",
+            str(tmp_path / "ref.npz"),
+            "--config",
+            config,
+            "--ckpt",
+            w,
+            "--num",
+            "10",
+            "--batch-size",
+            "4",
+            "--quiet",
+        ],
+    )
     labels = [i % 5 for i in range(10)]
     tokens = net.sample_tokens(torch.eye(5)[labels], seeded_uniform(list(range(10)), 5))
     decoder = VARImageDecoder(str(tmp_path / "vae.pth"), {"V": 32, "Cvae": 8, "ch": 32, "patch_nums": (1, 2)})

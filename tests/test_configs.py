@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_presets import flatten, resolved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +37,10 @@ def test_overlay_resolves_as_the_full_file_did(variant, monkeypatch):
     assert overlay == full
     # and as the base with the variant as a second --config (what `config:` means)
     base = VARIANTS[variant]
-    assert flatten(resolved(["--config", str(CONFIGS / f"{base}.yaml"), "--config", str(CONFIGS / f"{variant}.yaml")])) == full
+    assert (
+        flatten(resolved(["--config", str(CONFIGS / f"{base}.yaml"), "--config", str(CONFIGS / f"{variant}.yaml")]))
+        == full
+    )
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -112,17 +114,29 @@ def test_ddo_fetch_and_sample_read_the_chain(tmp_path):
     from ddo_lightning.commands import read_configs
 
     for variant in VARIANTS:
-        assert read_configs([str(CONFIGS / f"{variant}.yaml")])["model"] == read_configs([str(FULL / f"{variant}.yaml")])["model"]
+        assert (
+            read_configs([str(CONFIGS / f"{variant}.yaml")])["model"]
+            == read_configs([str(FULL / f"{variant}.yaml")])["model"]
+        )
 
 
 # ---- network types ----------------------------------------------------------------------------------------
-OUR_NETWORKS = {"Network", "Precond", "EDMPrecond", "VPPrecond", "VEPrecond", "iDDPMPrecond", "TokenGPT",
-                "VARTokenModel", "VARNetwork"}
+OUR_NETWORKS = {
+    "Network",
+    "Precond",
+    "EDMPrecond",
+    "VPPrecond",
+    "VEPrecond",
+    "iDDPMPrecond",
+    "TokenGPT",
+    "VARTokenModel",
+    "VARNetwork",
+}
 
 
 def _known_subclasses(help_text: str, option: str) -> set[str]:
     text = " ".join(help_text.split())
-    block = text[text.index(f"{option} "):]
+    block = text[text.index(f"{option} ") :]
     listed = re.search(r"known subclasses: ([^)]*)\)", block).group(1)
     return {p.strip().rsplit(".", 1)[-1] for p in listed.split(",")}
 
@@ -136,8 +150,21 @@ def test_model_help_lists_our_networks_only(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert _known_subclasses(out, "--model.network NETWORK") == OUR_NETWORKS  # no layers (Linear, UNetBlock, ...)
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(CONFIGS / "edm_cifar10.yaml"), "--model.network.help", "ddo_lightning.networks.EDMPrecond"])
-    assert _known_subclasses(capsys.readouterr().out, "--network.model MODEL") == {"Backbone", "SongUNet", "DhariwalUNet", "ToyMLP"}
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "edm_cifar10.yaml"),
+                "--model.network.help",
+                "ddo_lightning.networks.EDMPrecond",
+            ]
+        )
+    assert _known_subclasses(capsys.readouterr().out, "--network.model MODEL") == {
+        "Backbone",
+        "SongUNet",
+        "DhariwalUNet",
+        "ToyMLP",
+    }
 
 
 def test_a_torch_layer_is_refused_as_the_network(capsys, monkeypatch):
@@ -145,6 +172,15 @@ def test_a_torch_layer_is_refused_as_the_network(capsys, monkeypatch):
     from ddo_lightning.cli import main
 
     with pytest.raises(SystemExit) as ex:
-        main(["fit", "--config", str(CONFIGS / "toy2d.yaml"), "--model.init_args.network", "torch.nn.Linear", "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "toy2d.yaml"),
+                "--model.init_args.network",
+                "torch.nn.Linear",
+                "--print_config",
+            ]
+        )
     assert ex.value.code == 2
     assert "Network" in capsys.readouterr().err

@@ -23,8 +23,14 @@ def run_stages(tmp_path, *configs: str) -> str:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     out = ""
     for config in configs:
-        proc = subprocess.run([*ddo, "fit", "--config", config, "--trainer.enable_progress_bar", "false"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [*ddo, "fit", "--config", config, "--trainer.enable_progress_bar", "false"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         out += proc.stdout
     return out
@@ -42,13 +48,22 @@ def test_demo_beats_mle_reference(tmp_path):
     assert final["recall"] >= mle["recall"] - 0.005, (mle, final)
     assert final["mean_log_density"] > mle["mean_log_density"], (mle, final)
     # `make demo` again: both runs resume, are finished, and keep their results byte for byte
-    kept = ["toy2d/summary.json", "toy2d/samples.png", "toy2d/best.pt", "toy2d/checkpoints/last.ckpt",
-            "toy2d_pretrain/checkpoints/last.ckpt"] + [f"toy2d/rounds/round-{n}.ckpt" for n in (1, 2, 3)]
+    kept = [
+        "toy2d/summary.json",
+        "toy2d/samples.png",
+        "toy2d/best.pt",
+        "toy2d/checkpoints/last.ckpt",
+        "toy2d_pretrain/checkpoints/last.ckpt",
+    ] + [f"toy2d/rounds/round-{n}.ckpt" for n in (1, 2, 3)]
     before = {k: ((tmp_path / "outputs" / k).stat().st_mtime_ns, (tmp_path / "outputs" / k).read_bytes()) for k in kept}
     out = run_stages(tmp_path, "configs/toy2d_pretrain.yaml", "configs/toy2d.yaml")
-    assert "[run_dir] resuming outputs/toy2d_pretrain from outputs/toy2d_pretrain/checkpoints/last.ckpt (step 3000)" in out
+    assert (
+        "[run_dir] resuming outputs/toy2d_pretrain from outputs/toy2d_pretrain/checkpoints/last.ckpt (step 3000)" in out
+    )
     assert "[run_dir] resuming outputs/toy2d from" in out
-    assert {k: ((tmp_path / "outputs" / k).stat().st_mtime_ns, (tmp_path / "outputs" / k).read_bytes()) for k in kept} == before
+    assert {
+        k: ((tmp_path / "outputs" / k).stat().st_mtime_ns, (tmp_path / "outputs" / k).read_bytes()) for k in kept
+    } == before
 
 
 @pytest.mark.slow

@@ -113,8 +113,14 @@ def test_karras_sigmas_known_values():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(num_steps=1), dict(num_steps=0), dict(sigma_min=0.0), dict(sigma_min=-1.0), dict(sigma_min=5.0, sigma_max=1.0),
-     dict(sigma_min=1.0, sigma_max=1.0)],
+    [
+        dict(num_steps=1),
+        dict(num_steps=0),
+        dict(sigma_min=0.0),
+        dict(sigma_min=-1.0),
+        dict(sigma_min=5.0, sigma_max=1.0),
+        dict(sigma_min=1.0, sigma_max=1.0),
+    ],
 )
 def test_karras_sigmas_bad_args(kwargs):
     with pytest.raises(ValueError):
@@ -131,7 +137,9 @@ def test_sample_log_normal_sigma_moments(P_mean, P_std):
     assert abs(float(ls.mean()) - P_mean) < 0.01 * max(1.0, P_std)
     assert abs(float(ls.std()) - P_std) < 0.01 * max(1.0, P_std)
     # reproducible from the generator
-    s2 = sample_log_normal_sigma(200_000, P_mean, P_std, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    s2 = sample_log_normal_sigma(
+        200_000, P_mean, P_std, generator=torch.Generator().manual_seed(123), dtype=torch.float64
+    )
     assert torch.equal(s, s2)
 
 

@@ -23,45 +23,113 @@ TOY_DATA = {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_
 def toy_reference(tmp_path_factory):
     """A 40-step MLE reference of the toy preset's network."""
     root = tmp_path_factory.mktemp("ddp_ref")
-    pre = write_yaml(root / "pre.yaml", {
-        "trainer": {"max_steps": 40, "val_check_interval": 40, "enable_progress_bar": False, "logger": False, "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"dirpath": str(root), "save_last": True, "every_n_train_steps": 40}}]},
-        "model": {"init_args": {"num_eval_samples": 100}},
-        "data": {"init_args": {"batch_size": 64, "real": TOY_DATA}}})
+    pre = write_yaml(
+        root / "pre.yaml",
+        {
+            "trainer": {
+                "max_steps": 40,
+                "val_check_interval": 40,
+                "enable_progress_bar": False,
+                "logger": False,
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"dirpath": str(root), "save_last": True, "every_n_train_steps": 40},
+                    }
+                ],
+            },
+            "model": {"init_args": {"num_eval_samples": 100}},
+            "data": {"init_args": {"batch_size": 64, "real": TOY_DATA}},
+        },
+    )
     fit_in(root, ["--config", str(ROOT / "configs/toy2d_pretrain.yaml"), "--config", pre])
     return str(root / "last.ckpt")
 
 
-def ddo_command(out: pathlib.Path, reference: str, devices: int, batch_size: int, steps: int = 8, rounds: int = 2,
-                ckpt_every: int | None = None, preemption: bool = False, extra: list[str] = (),
-                strategy: str = "ddp") -> tuple[list[str], dict]:
+def ddo_command(
+    out: pathlib.Path,
+    reference: str,
+    devices: int,
+    batch_size: int,
+    steps: int = 8,
+    rounds: int = 2,
+    ckpt_every: int | None = None,
+    preemption: bool = False,
+    extra: list[str] = (),
+    strategy: str = "ddp",
+) -> tuple[list[str], dict]:
     """The `ddo fit` command of the toy preset: rounds of 4 steps at a global batch of 64 (promotion at
     each round's end), evaluations every 2 steps, a checkpoint every ``ckpt_every`` steps."""
     out.mkdir(parents=True, exist_ok=True)
     callbacks = [
-        {"class_path": "ddo_lightning.training.SelfPlay",
-         "init_args": {"rounds": rounds, "kimg_per_round": 0.256, "eval_every_kimg": 0.128, "monitor": "mmd",
-                       "dirpath": str(out / "ddo")}},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(out / "ckpt"), "filename": "{step}", "save_last": True, "save_top_k": -1,
-                       "every_n_train_steps": ckpt_every or steps}}]
+        {
+            "class_path": "ddo_lightning.training.SelfPlay",
+            "init_args": {
+                "rounds": rounds,
+                "kimg_per_round": 0.256,
+                "eval_every_kimg": 0.128,
+                "monitor": "mmd",
+                "dirpath": str(out / "ddo"),
+            },
+        },
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": str(out / "ckpt"),
+                "filename": "{step}",
+                "save_last": True,
+                "save_top_k": -1,
+                "every_n_train_steps": ckpt_every or steps,
+            },
+        },
+    ]
     if preemption:
-        callbacks.append({"class_path": "ddo_lightning.training.Preemption", "init_args": {"path": str(out / "resume.ckpt")}})
-    cfg = write_yaml(out / "run.yaml", {
-        "trainer": {"devices": devices, "max_steps": steps, "log_every_n_steps": 1, "enable_progress_bar": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out), "name": "logs"}},
-                    "callbacks": callbacks},
-        "model": {"init_args": {"init_from": reference, "num_eval_samples": 400, "eval_batch_size": 400,
-                                "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 6}}}},
-        "data": {"init_args": {"batch_size": batch_size, "real": TOY_DATA,
-                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
-                                        "init_args": {"size": 256, "generation_batch_size": 64, "progress": False}}}}})
+        callbacks.append(
+            {"class_path": "ddo_lightning.training.Preemption", "init_args": {"path": str(out / "resume.ckpt")}}
+        )
+    cfg = write_yaml(
+        out / "run.yaml",
+        {
+            "trainer": {
+                "devices": devices,
+                "max_steps": steps,
+                "log_every_n_steps": 1,
+                "enable_progress_bar": False,
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(out), "name": "logs"},
+                },
+                "callbacks": callbacks,
+            },
+            "model": {
+                "init_args": {
+                    "init_from": reference,
+                    "num_eval_samples": 400,
+                    "eval_batch_size": 400,
+                    "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 6}},
+                }
+            },
+            "data": {
+                "init_args": {
+                    "batch_size": batch_size,
+                    "real": TOY_DATA,
+                    "fake": {
+                        "class_path": "ddo_lightning.training.PoolFakeSource",
+                        "init_args": {"size": 256, "generation_batch_size": 64, "progress": False},
+                    },
+                }
+            },
+        },
+    )
     configs = ["--config", str(ROOT / "configs/toy2d.yaml")]
     if devices > 1:
         configs += ["--config", str(ROOT / f"configs/strategy/{strategy}.yaml")]
     cmd = [sys.executable, "-m", "ddo_lightning.cli", "fit", *configs, "--config", cfg, *extra]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))
+    }
     env["OMP_NUM_THREADS"] = "1"
     return cmd, env
 
@@ -92,8 +160,9 @@ def load_state(path: pathlib.Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def run_ddo(out: pathlib.Path, reference: str, devices: int, batch_size: int, steps: int = 8,
-            extra: list[str] = (), **kw) -> tuple[list[float], dict[str, torch.Tensor], float]:
+def run_ddo(
+    out: pathlib.Path, reference: str, devices: int, batch_size: int, steps: int = 8, extra: list[str] = (), **kw
+) -> tuple[list[float], dict[str, torch.Tensor], float]:
     cmd, env = ddo_command(out, reference, devices, batch_size, steps, extra=extra, **kw)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=600)
@@ -116,8 +185,10 @@ def global_batch_runs(toy_reference, tmp_path_factory):
     """The 8-step toy run (two rounds of 4 steps, global batch 64) in one process with batch 64 and in two
     processes with batch 32 each, seed 0: (losses, last state, seconds) of each, run once for the module."""
     root = tmp_path_factory.mktemp("global_batch")
-    return {"one": run_ddo(root / "one", toy_reference, devices=1, batch_size=64),
-            "two": run_ddo(root / "two", toy_reference, devices=2, batch_size=32)}
+    return {
+        "one": run_ddo(root / "one", toy_reference, devices=1, batch_size=64),
+        "two": run_ddo(root / "two", toy_reference, devices=2, batch_size=32),
+    }
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(toy_reference, global_batch_runs):
@@ -129,7 +200,11 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(toy_referenc
     _same_weights(one_state, two_state, atol=1e-5)
     # a promotion happened (the reference moved away from the MLE weights) and the target trained after it
     ref0 = torch.load(toy_reference, map_location="cpu", weights_only=True)["state_dict"]
-    moved = [k for k in ref0 if k.startswith("ema.model.") and not torch.equal(ref0[k], one_state["reference." + k[len("ema.model."):]])]
+    moved = [
+        k
+        for k in ref0
+        if k.startswith("ema.model.") and not torch.equal(ref0[k], one_state["reference." + k[len("ema.model.") :]])
+    ]
     assert moved
 
 
@@ -170,8 +245,9 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(toy_referenc
     out = tmp_path / "killed"
     cmd, env = ddo_command(out, toy_reference, 1, 64, steps=steps, rounds=3, ckpt_every=1)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     _wait_for("ckpt/step=6.ckpt", out, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -179,7 +255,9 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(toy_referenc
     newest = ckpts[-1]
     killed_at = int(newest.stem.split("=")[1])
     assert 6 <= killed_at < steps  # mid-round 2 or early round 3, before the end
-    resumed = subprocess.run(cmd + ["--ckpt_path", str(newest)], cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        cmd + ["--ckpt_path", str(newest)], cwd=out, env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     print(f"\nkilled after step {killed_at}; kill + resume: {time.perf_counter() - t0:.1f} s")
     after = _losses_of(out / "logs/version_1/metrics.csv")  # the killed run's CSV buffer died with it
@@ -214,12 +292,17 @@ def test_signal_to_rank_zero_stops_both_ranks_at_a_step_boundary_and_resumes(toy
     assert f"[preemption] {signame}" in err and (out / "resume.ckpt").is_file(), err[-3000:]
     stopped = torch.load(out / "resume.ckpt", map_location="cpu", weights_only=True)["global_step"]
     assert 3 <= stopped < steps
-    resumed = subprocess.run(cmd + ["--ckpt_path", str(out / "resume.ckpt")], cwd=out, env=env, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        cmd + ["--ckpt_path", str(out / "resume.ckpt")], cwd=out, env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    print(f"\n{signame}: stopped after step {stopped} (exit {proc.returncode}); signal + resume: {time.perf_counter() - t0:.1f} s")
+    print(
+        f"\n{signame}: stopped after step {stopped} (exit {proc.returncode}); signal + resume: {time.perf_counter() - t0:.1f} s"
+    )
     before, after = _losses_of(out / "logs/version_0/metrics.csv"), _losses_of(out / "logs/version_1/metrics.csv")
-    assert sorted(before) == list(range(stopped)) and sorted(after) == list(range(stopped, steps))  # nothing lost or repeated
+    assert sorted(before) == list(range(stopped)) and sorted(after) == list(
+        range(stopped, steps)
+    )  # nothing lost or repeated
     both = before | after
     assert [both[k] for k in range(steps)] == pytest.approx(full_losses, rel=1e-5, abs=1e-6)
     _, state = read_run(out)
@@ -242,8 +325,14 @@ def test_fsdp2_two_processes_train_promote_checkpoint_and_resume(toy_reference, 
     # resume from step 6 (round 2) in a fresh directory
     cmd, env = ddo_command(tmp_path / "resumed", toy_reference, 2, 32, steps=8, ckpt_every=2, strategy="fsdp2")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd + ["--ckpt_path", str(out / "ckpt/step=6.ckpt")], cwd=tmp_path / "resumed", env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        cmd + ["--ckpt_path", str(out / "ckpt/step=6.ckpt")],
+        cwd=tmp_path / "resumed",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     print(f"FSDP2 resume from step 6: {time.perf_counter() - t0:.1f} s")
     after = _losses_of(tmp_path / "resumed/logs/version_0/metrics.csv")

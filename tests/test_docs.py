@@ -29,8 +29,9 @@ def tracked_files() -> list[pathlib.Path]:
     """The files git tracks (or, outside a git checkout, every file but virtual environments and
     outputs), limited to the text kinds in SCANNED_SUFFIXES."""
     try:
-        names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True,
-                               timeout=60).stdout.split("\n")
+        names = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         names = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()]
         names = [n for n in names if not n.startswith((".git/", ".venv", "outputs/")) and "__pycache__" not in n]
@@ -38,8 +39,12 @@ def tracked_files() -> list[pathlib.Path]:
     for name in filter(None, names):
         path = ROOT / name
         # this file names absent documents on purpose, as examples for the scanner
-        if name.startswith(SKIPPED_DIRS) or path.suffix not in SCANNED_SUFFIXES or not path.is_file() \
-                or path == pathlib.Path(__file__).resolve():
+        if (
+            name.startswith(SKIPPED_DIRS)
+            or path.suffix not in SCANNED_SUFFIXES
+            or not path.is_file()
+            or path == pathlib.Path(__file__).resolve()
+        ):
             continue
         files.append(path)
     return files
@@ -64,8 +69,11 @@ def test_every_cited_markdown_file_exists():
     for path in files:
         text = URL.sub(" ", path.read_text(encoding="utf-8", errors="replace"))
         for lineno, line in enumerate(text.splitlines(), 1):
-            missing += [f"{path.relative_to(ROOT)}:{lineno}: {name}" for name in MD_NAME.findall(line)
-                        if not resolves(name, path)]
+            missing += [
+                f"{path.relative_to(ROOT)}:{lineno}: {name}"
+                for name in MD_NAME.findall(line)
+                if not resolves(name, path)
+            ]
     assert not missing, "documents cited but not in the repository:\n" + "\n".join(missing)
 
 
@@ -109,7 +117,7 @@ def test_slug_follows_githubs_rule():
 def test_scanner_catches_a_missing_citation(tmp_path):
     """The citation pattern sees the forms the sources use (bare, with a folder, as a link), and
     resolution refuses a name that exists only outside the repository."""
-    line = 'see notes.md §2, docs/absent.md and [x](../elsewhere/other.md); https://h.org/a.md is a URL'
+    line = "see notes.md §2, docs/absent.md and [x](../elsewhere/other.md); https://h.org/a.md is a URL"
     names = MD_NAME.findall(URL.sub(" ", line))
     assert names == ["notes.md", "docs/absent.md", "../elsewhere/other.md"]
     assert not any(resolves(n, ROOT / "README.md") for n in names)

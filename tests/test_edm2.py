@@ -41,8 +41,17 @@ from ddo_lightning.training.ema import PowerEMA, gamma_to_sigma_rel, make_ema, s
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = pathlib.Path(__file__).parent / "data"
-TINY = dict(img_resolution=8, img_channels=3, label_dim=4, model_channels=8, channel_mult=[1, 2], num_blocks=1,
-            attn_resolutions=[4], channels_per_head=8, logvar_channels=8)
+TINY = dict(
+    img_resolution=8,
+    img_channels=3,
+    label_dim=4,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channels_per_head=8,
+    logvar_channels=8,
+)
 
 
 def tiny_edm2(seed: int = 0, **kw) -> EDM2Precond:
@@ -149,8 +158,10 @@ def test_denoiser_protocol_fp32_on_cpu_even_with_use_fp16():
 def _paired_batch(seed=1, n=3):
     g = torch.Generator().manual_seed(seed)
     labels = torch.eye(4)[torch.tensor([0, 1, 3])[:n]]
-    return PairedBatch(Samples(torch.randn(n, 3, 8, 8, generator=g).clamp(-1, 1), labels),
-                       Samples(torch.randn(n, 3, 8, 8, generator=g).clamp(-1, 1), labels.flip(0)))
+    return PairedBatch(
+        Samples(torch.randn(n, 3, 8, 8, generator=g).clamp(-1, 1), labels),
+        Samples(torch.randn(n, 3, 8, 8, generator=g).clamp(-1, 1), labels.flip(0)),
+    )
 
 
 def _ddo_grads(target, reference, objective, batch, seed=5, forwards=1):
@@ -236,8 +247,13 @@ class _Persistent:
 def as_nvidia(module: nn.Module, init_kwargs=None):
     """The object tree the original EDM2 network pickles as (names, fp16 tensors, no Dropout modules)."""
     children = {n: as_nvidia(c) for n, c in module._modules.items() if not isinstance(c, nn.Dropout)}
-    state = dict(training=module.training, _parameters=dict(module._parameters), _buffers=dict(module._buffers),
-                 _non_persistent_buffers_set=set(), _modules=children)
+    state = dict(
+        training=module.training,
+        _parameters=dict(module._parameters),
+        _buffers=dict(module._buffers),
+        _non_persistent_buffers_set=set(),
+        _modules=children,
+    )
     if isinstance(module, nn.ModuleDict):  # a plain torch.nn.ModuleDict holding persistent children
         md = nn.ModuleDict.__new__(nn.ModuleDict)
         md.__dict__.update(state)
@@ -249,8 +265,11 @@ def as_nvidia(module: nn.Module, init_kwargs=None):
 def write_edm2_pickle(path, net: EDM2Precond, init_kwargs: dict, marker) -> dict[str, torch.Tensor]:
     """An ``edm2-*.pkl``-like file: EasyDict(encoder=None, dataset_kwargs, loss_fn=None, ema=<fp16 net, eval>)."""
     ema = copy.deepcopy(net).eval().requires_grad_(False).to(torch.float16)
-    data = FakeEasyDict(dataset_kwargs=FakeEasyDict(class_name="training.dataset.ImageFolderDataset", path="x.zip"),
-                        encoder=None, loss_fn=None)
+    data = FakeEasyDict(
+        dataset_kwargs=FakeEasyDict(class_name="training.dataset.ImageFolderDataset", path="x.zip"),
+        encoder=None,
+        loss_fn=None,
+    )
     data.ema = as_nvidia(ema, FakeEasyDict(init_kwargs))
     _DUMP_SRC["src"] = evil_source(marker)
     with nvidia_names():
@@ -260,8 +279,19 @@ def write_edm2_pickle(path, net: EDM2Precond, init_kwargs: dict, marker) -> dict
     return ema.state_dict()
 
 
-EDM2_KWARGS = dict(img_resolution=8, img_channels=3, label_dim=4, model_channels=8, channel_mult=[1, 2], num_blocks=1,
-                   attn_resolutions=[4], channels_per_head=8, logvar_channels=8, dropout=0.0, use_fp16=True)
+EDM2_KWARGS = dict(
+    img_resolution=8,
+    img_channels=3,
+    label_dim=4,
+    model_channels=8,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channels_per_head=8,
+    logvar_channels=8,
+    dropout=0.0,
+    use_fp16=True,
+)
 
 
 @pytest.fixture
@@ -301,10 +331,16 @@ def test_edm2_training_state_tensors_only(tmp_path):
     ema = {k: v + 1 for k, v in net.state_dict().items()}
     path = tmp_path / "training-state-0001024.pt"
     with nvidia_names():  # EDM2 writes `state` as an EasyDict
-        torch.save(dict(state=FakeEasyDict(cur_nimg=1024, total_elapsed_time=3.5), net=net.state_dict(),
-                        loss_fn=dict(P_mean=-0.8, P_std=1.6, sigma_data=0.5),
-                        optimizer=torch.optim.Adam(net.parameters()).state_dict(),
-                        ema=dict(stds=[0.05, 0.1], emas=[ema, net.state_dict()])), path)
+        torch.save(
+            dict(
+                state=FakeEasyDict(cur_nimg=1024, total_elapsed_time=3.5),
+                net=net.state_dict(),
+                loss_fn=dict(P_mean=-0.8, P_std=1.6, sigma_data=0.5),
+                optimizer=torch.optim.Adam(net.parameters()).state_dict(),
+                ema=dict(stds=[0.05, 0.1], emas=[ema, net.state_dict()]),
+            ),
+            path,
+        )
     got = load_edm2_training_state(path, "ema")
     assert all(torch.equal(got[k], ema[k]) for k in ema)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in load_edm2_training_state(path, "net").items())
@@ -405,9 +441,17 @@ RAW_STD = np.array([4.17, 4.62, 3.71, 3.28])
 def tiny_vae_dir(tmp_path_factory):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
-                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                                  layers_per_block=1, norm_num_groups=4, sample_size=16)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=16,
+    )
     path = tmp_path_factory.mktemp("vae") / "tiny-vae"
     vae.save_pretrained(path)
     return str(path)
@@ -450,7 +494,9 @@ def test_latent_dataset_draws_and_scales_like_edm2(tmp_path, zip_it):
     mean, std = ds.mean_std(4)
     # the draw's ε, recovered from the scaled latent, must be standard normal-ish and EDM2's formula exact
     scale, bias = 0.5 / RAW_STD, -RAW_MEAN * 0.5 / RAW_STD
-    eps = ((x.double().numpy() - bias[:, None, None]) / scale[:, None, None] - mean.double().numpy()) / std.double().numpy()
+    eps = (
+        (x.double().numpy() - bias[:, None, None]) / scale[:, None, None] - mean.double().numpy()
+    ) / std.double().numpy()
     assert abs(eps.mean()) < 0.4 and 0.6 < eps.std() < 1.4
     fresh = LatentFolderDataset(path, conditional=True)  # EDM2: a new draw at every use
     a, b = fresh[0].x, fresh[0].x
@@ -461,8 +507,12 @@ def test_latent_dataset_draws_and_scales_like_edm2(tmp_path, zip_it):
         assert np.all(np.abs(raw - m0.double().numpy()) <= 6 * s0.double().numpy() + 1e-4)
     big = torch.stack([fresh[1].x for _ in range(400)]).double()  # moments of the scaled draws
     m1, s1 = fresh.mean_std(1)
-    torch.testing.assert_close(big.mean(0), torch.from_numpy(scale[:, None, None] * m1.double().numpy() + bias[:, None, None]),
-                               atol=0.25 * float((torch.from_numpy(scale)[:, None, None] * s1).max()) + 1e-3, rtol=0)
+    torch.testing.assert_close(
+        big.mean(0),
+        torch.from_numpy(scale[:, None, None] * m1.double().numpy() + bias[:, None, None]),
+        atol=0.25 * float((torch.from_numpy(scale)[:, None, None] * s1).max()) + 1e-3,
+        rtol=0,
+    )
     # std = 0: the latent is the mean, scaled with EDM2's constants (computed here in float64)
     m5, _ = fresh.mean_std(5)
     want5 = scale[:, None, None] * m5.double().numpy() + bias[:, None, None]
@@ -496,11 +546,11 @@ def test_latent_zip_read_by_forked_dataloader_workers(tmp_path):
 
 
 def test_vae_decoder_and_fid_hook(tmp_path, tiny_vae_dir):
+    from conftest import RandomFeatures
     from diffusers import AutoencoderKL
 
     from ddo_lightning.data import StabilityVAE
     from ddo_lightning.metrics import FrechetDistance
-    from conftest import RandomFeatures
 
     dec = StabilityVAE(vae_path=tiny_vae_dir, batch_size=2)
     latents = torch.randn(3, 4, 8, 8) * 0.5

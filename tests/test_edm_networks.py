@@ -32,10 +32,26 @@ from ddo_lightning.training.base import disable_dropout
 
 DATA = pathlib.Path(__file__).parent / "data"
 
-DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
-              channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2])
-NCSNPP = dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual", decoder_type="standard",
-              channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=128, channel_mult=[2, 2, 2])
+DDPMPP = dict(
+    model_type="SongUNet",
+    embedding_type="positional",
+    encoder_type="standard",
+    decoder_type="standard",
+    channel_mult_noise=1,
+    resample_filter=[1, 1],
+    model_channels=128,
+    channel_mult=[2, 2, 2],
+)
+NCSNPP = dict(
+    model_type="SongUNet",
+    embedding_type="fourier",
+    encoder_type="residual",
+    decoder_type="standard",
+    channel_mult_noise=2,
+    resample_filter=[1, 3, 3, 1],
+    model_channels=128,
+    channel_mult=[2, 2, 2],
+)
 CIFAR = dict(img_resolution=32, img_channels=3, augment_dim=9, dropout=0.13, use_fp16=False)
 
 # Configurations whose state_dict names/shapes (and parameter counts) were dumped from EDM's code.
@@ -43,47 +59,158 @@ KEY_CONFIGS: dict[str, tuple[str, dict]] = {
     "ddpmpp_cifar_uncond": ("EDMPrecond", dict(CIFAR, label_dim=0, **DDPMPP)),
     "ddpmpp_cifar_cond": ("EDMPrecond", dict(CIFAR, label_dim=10, **DDPMPP)),
     "ncsnpp_cifar_cond": ("EDMPrecond", dict(CIFAR, label_dim=10, **NCSNPP)),
-    "ncsnpp_skip_small": ("VEPrecond", dict(img_resolution=16, img_channels=3, label_dim=0, model_type="SongUNet",
-                                            embedding_type="fourier", encoder_type="skip", decoder_type="skip",
-                                            channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=32,
-                                            channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8])),
-    "adm_imagenet64_cond": ("EDMPrecond", dict(img_resolution=64, img_channels=3, label_dim=1000,
-                                               model_type="DhariwalUNet", model_channels=192,
-                                               channel_mult=[1, 2, 3, 4], dropout=0.1, use_fp16=True)),
-    "adm_small_iddpm": ("iDDPMPrecond", dict(img_resolution=32, img_channels=3, label_dim=0,
-                                             model_type="DhariwalUNet", model_channels=64, channel_mult=[1, 2],
-                                             num_blocks=2, attn_resolutions=[16], augment_dim=9)),
-    "ddpmpp_small_vp": ("VPPrecond", dict(img_resolution=16, img_channels=3, label_dim=4, model_type="SongUNet",
-                                          model_channels=32, channel_mult=[1, 2], num_blocks=1)),
+    "ncsnpp_skip_small": (
+        "VEPrecond",
+        dict(
+            img_resolution=16,
+            img_channels=3,
+            label_dim=0,
+            model_type="SongUNet",
+            embedding_type="fourier",
+            encoder_type="skip",
+            decoder_type="skip",
+            channel_mult_noise=2,
+            resample_filter=[1, 3, 3, 1],
+            model_channels=32,
+            channel_mult=[1, 2, 2],
+            num_blocks=2,
+            attn_resolutions=[8],
+        ),
+    ),
+    "adm_imagenet64_cond": (
+        "EDMPrecond",
+        dict(
+            img_resolution=64,
+            img_channels=3,
+            label_dim=1000,
+            model_type="DhariwalUNet",
+            model_channels=192,
+            channel_mult=[1, 2, 3, 4],
+            dropout=0.1,
+            use_fp16=True,
+        ),
+    ),
+    "adm_small_iddpm": (
+        "iDDPMPrecond",
+        dict(
+            img_resolution=32,
+            img_channels=3,
+            label_dim=0,
+            model_type="DhariwalUNet",
+            model_channels=64,
+            channel_mult=[1, 2],
+            num_blocks=2,
+            attn_resolutions=[16],
+            augment_dim=9,
+        ),
+    ),
+    "ddpmpp_small_vp": (
+        "VPPrecond",
+        dict(
+            img_resolution=16,
+            img_channels=3,
+            label_dim=4,
+            model_type="SongUNet",
+            model_channels=32,
+            channel_mult=[1, 2],
+            num_blocks=1,
+        ),
+    ),
 }
 
 # Small configurations whose outputs for deterministic weights/inputs were dumped from EDM's code.
 PARITY_CONFIGS: dict[str, tuple[str, dict]] = {
-    "ddpmpp": ("EDMPrecond", dict(img_resolution=16, img_channels=3, label_dim=4, augment_dim=9,
-                                  model_type="SongUNet", embedding_type="positional", encoder_type="standard",
-                                  decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1],
-                                  model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8])),
-    "ncsnpp": ("VEPrecond", dict(img_resolution=16, img_channels=3, label_dim=0, model_type="SongUNet",
-                                 embedding_type="fourier", encoder_type="residual", decoder_type="standard",
-                                 channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=16,
-                                 channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[8])),
-    "skip": ("VPPrecond", dict(img_resolution=16, img_channels=3, label_dim=4, model_type="SongUNet",
-                               embedding_type="positional", encoder_type="skip", decoder_type="skip",
-                               channel_mult_noise=1, resample_filter=[1, 3, 3, 1], model_channels=16,
-                               channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[4])),
-    "adm": ("EDMPrecond", dict(img_resolution=16, img_channels=3, label_dim=4, augment_dim=9,
-                               model_type="DhariwalUNet", model_channels=64, channel_mult=[1, 2], num_blocks=1,
-                               attn_resolutions=[16, 8])),
-    "adm_iddpm": ("iDDPMPrecond", dict(img_resolution=16, img_channels=3, label_dim=0, model_type="DhariwalUNet",
-                                       model_channels=64, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8])),
+    "ddpmpp": (
+        "EDMPrecond",
+        dict(
+            img_resolution=16,
+            img_channels=3,
+            label_dim=4,
+            augment_dim=9,
+            model_type="SongUNet",
+            embedding_type="positional",
+            encoder_type="standard",
+            decoder_type="standard",
+            channel_mult_noise=1,
+            resample_filter=[1, 1],
+            model_channels=16,
+            channel_mult=[1, 2],
+            num_blocks=1,
+            attn_resolutions=[8],
+        ),
+    ),
+    "ncsnpp": (
+        "VEPrecond",
+        dict(
+            img_resolution=16,
+            img_channels=3,
+            label_dim=0,
+            model_type="SongUNet",
+            embedding_type="fourier",
+            encoder_type="residual",
+            decoder_type="standard",
+            channel_mult_noise=2,
+            resample_filter=[1, 3, 3, 1],
+            model_channels=16,
+            channel_mult=[1, 2, 2],
+            num_blocks=1,
+            attn_resolutions=[8],
+        ),
+    ),
+    "skip": (
+        "VPPrecond",
+        dict(
+            img_resolution=16,
+            img_channels=3,
+            label_dim=4,
+            model_type="SongUNet",
+            embedding_type="positional",
+            encoder_type="skip",
+            decoder_type="skip",
+            channel_mult_noise=1,
+            resample_filter=[1, 3, 3, 1],
+            model_channels=16,
+            channel_mult=[1, 2, 2],
+            num_blocks=1,
+            attn_resolutions=[4],
+        ),
+    ),
+    "adm": (
+        "EDMPrecond",
+        dict(
+            img_resolution=16,
+            img_channels=3,
+            label_dim=4,
+            augment_dim=9,
+            model_type="DhariwalUNet",
+            model_channels=64,
+            channel_mult=[1, 2],
+            num_blocks=1,
+            attn_resolutions=[16, 8],
+        ),
+    ),
+    "adm_iddpm": (
+        "iDDPMPrecond",
+        dict(
+            img_resolution=16,
+            img_channels=3,
+            label_dim=0,
+            model_type="DhariwalUNet",
+            model_channels=64,
+            channel_mult=[1, 2],
+            num_blocks=1,
+            attn_resolutions=[8],
+        ),
+    ),
 }
 
 # Single Conv2d layers (resampling paths, including the fused up path EDM's U-Nets never use).
 F4, F2 = [1, 3, 3, 1], [1, 1]
 CONV_CONFIGS: dict[str, dict] = {
     "up_fused_k3_f4": dict(in_channels=4, out_channels=6, kernel=3, up=True, fused_resample=True, resample_filter=F4),
-    "down_fused_k3_f4": dict(in_channels=4, out_channels=6, kernel=3, down=True, fused_resample=True,
-                             resample_filter=F4),
+    "down_fused_k3_f4": dict(
+        in_channels=4, out_channels=6, kernel=3, down=True, fused_resample=True, resample_filter=F4
+    ),
     "up_k3_f2": dict(in_channels=4, out_channels=6, kernel=3, up=True, resample_filter=F2),
     "down_k1_f4": dict(in_channels=4, out_channels=6, kernel=1, down=True, resample_filter=F4),
     "up_k0_f4": dict(in_channels=4, out_channels=4, kernel=0, up=True, resample_filter=F4),
@@ -289,7 +416,8 @@ def test_outputs_and_gradients_match_edm(parity, name):
         names.append(k)
     got, want = torch.stack(got), torch.stack(want)
     close = torch.isclose(got, want, rtol=1e-3, atol=1e-6).all(dim=1) | (got - want).abs().le(
-        1e-6 * (1 + want.abs().max())).all(dim=1)
+        1e-6 * (1 + want.abs().max())
+    ).all(dim=1)
     assert close.all(), [n for n, ok in zip(names, close) if not ok]
 
 
@@ -308,15 +436,31 @@ def test_conv2d_resampling_matches_edm(parity, name):
 
 
 def small_song(**kw) -> SongUNet:
-    base = dict(img_resolution=16, in_channels=3, out_channels=3, model_channels=16, channel_mult=[1, 2],
-                num_blocks=1, attn_resolutions=[8], dropout=0.0)
+    base = dict(
+        img_resolution=16,
+        in_channels=3,
+        out_channels=3,
+        model_channels=16,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[8],
+        dropout=0.0,
+    )
     base.update(kw)
     return SongUNet(**base)
 
 
 def small_adm(**kw) -> DhariwalUNet:
-    base = dict(img_resolution=16, in_channels=3, out_channels=3, model_channels=64, channel_mult=[1, 2],
-                num_blocks=1, attn_resolutions=[8], dropout=0.0)
+    base = dict(
+        img_resolution=16,
+        in_channels=3,
+        out_channels=3,
+        model_channels=64,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[8],
+        dropout=0.0,
+    )
     base.update(kw)
     return DhariwalUNet(**base)
 
@@ -442,8 +586,9 @@ def _check(net, c_skip, c_out, c_in, c_noise):
 
 def test_edm_precond_table1():
     s, d = SIGMAS.double(), 0.5
-    _check(EDMPrecond(Probe()), d**2 / (s**2 + d**2), s * d / (s**2 + d**2).sqrt(), 1 / (s**2 + d**2).sqrt(),
-           s.log() / 4)
+    _check(
+        EDMPrecond(Probe()), d**2 / (s**2 + d**2), s * d / (s**2 + d**2).sqrt(), 1 / (s**2 + d**2).sqrt(), s.log() / 4
+    )
     net = EDMPrecond(Probe())
     assert (net.sigma_min, net.sigma_max, net.sigma_data) == (0.0, math.inf, 0.5)
 
@@ -489,15 +634,29 @@ def test_iddpm_precond_table1():
 
 
 def test_factory_maps_classes_and_arguments():
-    kw = dict(img_resolution=16, img_channels=3, label_dim=2, use_fp16=True, model_type="SongUNet",
-              model_channels=16, channel_mult=[1, 2], num_blocks=1, sigma_min=0.1, sigma_max=10.0)
+    kw = dict(
+        img_resolution=16,
+        img_channels=3,
+        label_dim=2,
+        use_fp16=True,
+        model_type="SongUNet",
+        model_channels=16,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        sigma_min=0.1,
+        sigma_max=10.0,
+    )
     with torch.device("meta"):
         edm = build_edm_network("training.networks.EDMPrecond", dict(kw, sigma_data=0.6))
         ve = build_edm_network("VEPrecond", kw)
-        vp = build_edm_network("VPPrecond", dict(img_resolution=16, img_channels=3, beta_d=10.0, model_channels=16,
-                                                 channel_mult=[1, 2], num_blocks=1))
-        idd = build_edm_network("iDDPMPrecond", dict(img_resolution=16, img_channels=1, model_channels=64,
-                                                     channel_mult=[1, 2], num_blocks=1, M=100))
+        vp = build_edm_network(
+            "VPPrecond",
+            dict(img_resolution=16, img_channels=3, beta_d=10.0, model_channels=16, channel_mult=[1, 2], num_blocks=1),
+        )
+        idd = build_edm_network(
+            "iDDPMPrecond",
+            dict(img_resolution=16, img_channels=1, model_channels=64, channel_mult=[1, 2], num_blocks=1, M=100),
+        )
     assert isinstance(edm, EDMPrecond) and isinstance(edm.model, SongUNet)
     assert (edm.sigma_min, edm.sigma_max, edm.sigma_data, edm.label_dim) == (0.1, 10.0, 0.6, 2)
     assert isinstance(ve, VEPrecond) and (ve.sigma_min, ve.sigma_max) == (0.1, 10.0)

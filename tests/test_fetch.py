@@ -18,7 +18,16 @@ import pytest
 import yaml
 
 from ddo_lightning.cli import main
-from ddo_lightning.fetch import MANIFEST, Entry, FetchError, MissingFile, RemoteFile, fetch_entry, find_problems, resolve
+from ddo_lightning.fetch import (
+    MANIFEST,
+    Entry,
+    FetchError,
+    MissingFile,
+    RemoteFile,
+    fetch_entry,
+    find_problems,
+    resolve,
+)
 from ddo_lightning.fetch.cache import read_lock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -119,8 +128,11 @@ def test_wrong_checksum_is_an_error_and_nothing_is_kept(server, cache, monkeypat
 def test_wrong_checksum_message(server, cache, monkeypatch):
     server.files["/toy.bin"] = PAYLOAD
     e = toy_entry(monkeypatch, server.url + "/toy.bin", known_hash=f"sha256:{sha256(b'another file')}")
-    with pytest.raises(FetchError, match=r"(?s)toy-file: http://127\.0\.0\.1:\d+/toy\.bin downloaded, but .*hash.*"
-                                         r"does not match.*published checksum.*Nothing was kept"):
+    with pytest.raises(
+        FetchError,
+        match=r"(?s)toy-file: http://127\.0\.0\.1:\d+/toy\.bin downloaded, but .*hash.*"
+        r"does not match.*published checksum.*Nothing was kept",
+    ):
         fetch_entry(e, progress=False)
 
 
@@ -174,7 +186,9 @@ def test_lock_file_records_the_first_download_and_refuses_a_changed_file(server,
     assert record["hash"] == f"sha256:{sha256(PAYLOAD)}" and record["size"] == len(PAYLOAD)
     assert "first download" in record["origin"]
     path.write_bytes(PAYLOAD[:-1] + b"X")  # tampered after the download
-    with pytest.raises(FetchError, match=r"toy\.bin does not match its recorded hash.*Delete it and run `ddo fetch toy-file`"):
+    with pytest.raises(
+        FetchError, match=r"toy\.bin does not match its recorded hash.*Delete it and run `ddo fetch toy-file`"
+    ):
         resolve("cache:toy-file")
     assert find_problems({"model": {"init_from": "cache:toy-file"}})[0].origin.startswith("CHANGED")
     # deleted and downloaded again while the server now sends other bytes: the locked hash refuses them
@@ -245,10 +259,26 @@ def test_fetch_config_downloads_every_cache_entry_and_names_the_rest(server, cac
     toy_entry(monkeypatch, server.url + "/toy.bin")
     toy_entry(monkeypatch, server.url + "/other.bin", name="toy-other", file="other.bin")
     cfg = tmp_path / "preset.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "model": {"init_args": {"init_from": "cache:toy-file", "evaluator": {"init_args": {"reference_stats": "cache:toy-other"}}}},
-        "data": {"init_args": {"real": {"class_path": "ddo_lightning.data.VARTokenDataset",
-                                        "init_args": {"path": str(tmp_path / "tokens.npz")}}}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "init_args": {
+                        "init_from": "cache:toy-file",
+                        "evaluator": {"init_args": {"reference_stats": "cache:toy-other"}},
+                    }
+                },
+                "data": {
+                    "init_args": {
+                        "real": {
+                            "class_path": "ddo_lightning.data.VARTokenDataset",
+                            "init_args": {"path": str(tmp_path / "tokens.npz")},
+                        }
+                    }
+                },
+            }
+        )
+    )
     main(["fetch", "--config", str(cfg), "--quiet"])
     out, err = capsys.readouterr()
     assert "toy-file: " in out and "toy-other: " in out
@@ -272,7 +302,9 @@ def test_preflight_names_the_run_that_produces_a_file_under_outputs(tmp_path, mo
     cfg = yaml.safe_load((ROOT / "configs/toy2d.yaml").read_text())
     [problem] = find_problems(cfg, ROOT / "configs")
     assert problem.key == "model.init_args.init_from" and not problem.fetchable
-    assert problem.origin == f"written by another run: run `ddo fit --config {ROOT / 'configs/toy2d_pretrain.yaml'}` first"
+    assert (
+        problem.origin == f"written by another run: run `ddo fit --config {ROOT / 'configs/toy2d_pretrain.yaml'}` first"
+    )
 
 
 def test_preflight_resolves_cache_names_in_place(cache, monkeypatch):
@@ -282,8 +314,10 @@ def test_preflight_resolves_cache_names_in_place(cache, monkeypatch):
     path = cache / "toy-file" / "toy.bin"
     path.parent.mkdir(parents=True)
     path.write_bytes(PAYLOAD)
-    cfg = {"model": {"init_args": {"init_from": "cache:toy-file", "lr": 1e-3}},
-           "trainer": {"callbacks": [{"init_args": {"path": "not/an/input.png"}}]}}
+    cfg = {
+        "model": {"init_args": {"init_from": "cache:toy-file", "lr": 1e-3}},
+        "trainer": {"callbacks": [{"init_args": {"path": "not/an/input.png"}}]},
+    }
     assert preflight(cfg, ["c.yaml"]) is None  # outputs named by callbacks are not inputs
     assert cfg["model"]["init_args"] == {"init_from": str(path), "lr": 1e-3}
 
@@ -301,8 +335,14 @@ def test_paper_preset_without_files_fails_fast_with_one_message(preset, tmp_path
     t0 = time.perf_counter()
     if preset == "edm_cifar10":
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        proc = subprocess.run([sys.executable, "-c", "from ddo_lightning.cli import main; main()", "fit", "--config",
-                               str(config)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", "from ddo_lightning.cli import main; main()", "fit", "--config", str(config)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         returncode, output = proc.returncode, proc.stdout + proc.stderr
     else:
         monkeypatch.setattr("sys.argv", ["ddo"])
@@ -318,7 +358,9 @@ def test_paper_preset_without_files_fails_fast_with_one_message(preset, tmp_path
     # every downloadable file the preset names (the YAML read independently; for an overlay on a base, the
     # full file it was before: tests/data/presets_full) is listed with its URL
     full = ROOT / "tests" / "data" / "presets_full" / f"{preset}.yaml"
-    refs = set(re.findall(r"cache:([\w.-]+)", (full if full.is_file() else config).read_text().split("\nseed_everything")[1]))
+    refs = set(
+        re.findall(r"cache:([\w.-]+)", (full if full.is_file() else config).read_text().split("\nseed_everything")[1])
+    )
     for name in refs:
         for f in MANIFEST[name].files:
             assert f.url in output and str(tmp_path / "empty-cache" / name / f.name) in output, (name, output)

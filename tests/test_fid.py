@@ -68,7 +68,12 @@ def test_streamed_statistics_equal_direct_and_merge_like_ranks():
     whole = FrechetDistance(Flat())
     for chunk in x.split(25):
         whole.update(chunk)
-    feats = np.clip(x.numpy() * np.float32(127.5) + np.float32(128), 0, 255).astype(np.uint8).reshape(90, -1).astype(np.float64)
+    feats = (
+        np.clip(x.numpy() * np.float32(127.5) + np.float32(128), 0, 255)
+        .astype(np.uint8)
+        .reshape(90, -1)
+        .astype(np.float64)
+    )
     mu, sigma = stats_from_sums(whole.total, whole.outer, int(whole.count))
     assert np.allclose(mu, feats.mean(0)) and np.allclose(sigma, np.cov(feats, rowvar=False))
     # two "ranks" whose summed states are what an all-reduce gives: identical statistics
@@ -196,8 +201,9 @@ def test_two_process_accumulation_equals_one_process(tmp_path):
     one = FrechetDistance(Pixels(), reference_stats=str(tmp_path / "ref.npz"))
     one.update(x)
     expected = one.compute()["fid"]
-    mp.start_processes(_two_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _two_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
+    )
     got = torch.load(tmp_path / "rank0.pt")
     assert int(got["count"]) == 90
     # integer-valued features: every float64 sum is exact in any order, so the all-reduced sums must be equal
@@ -233,8 +239,6 @@ def _tf1_resize_bilinear(img: np.ndarray, out: int) -> np.ndarray:
     top = img[:, y0][:, :, x0] * (1 - fx) + img[:, y0][:, :, x1] * fx
     bottom = img[:, y1][:, :, x0] * (1 - fx) + img[:, y1][:, :, x1] * fx
     return top * (1 - fy[:, None]) + bottom * fy[:, None]
-
-
 
 
 def _need_fidelity():
@@ -298,14 +302,34 @@ def test_inception_path_end_to_end_with_random_weights(tmp_path, capsys):
     np.savez(tmp_path / "real.npz", images=real.permute(0, 2, 3, 1).numpy())
     fake = (real.int() // 2 + 60).to(torch.uint8)
     np.savez(tmp_path / "fake.npz", images=fake.permute(0, 2, 3, 1).numpy())
-    run_command("fid", ["--write-stats", str(tmp_path / "ref.npz"), "--images", str(tmp_path / "real.npz"),
-                        "--inception-weights", weights, "--quiet"])
+    run_command(
+        "fid",
+        [
+            "--write-stats",
+            str(tmp_path / "ref.npz"),
+            "--images",
+            str(tmp_path / "real.npz"),
+            "--inception-weights",
+            weights,
+            "--quiet",
+        ],
+    )
     mu, sigma = load_reference_stats(str(tmp_path / "ref.npz"), 2048)
     fr = f.double().numpy()
     assert np.allclose(mu, fr.mean(0), atol=1e-6) and np.allclose(sigma, np.cov(fr, rowvar=False), atol=1e-6)
     capsys.readouterr()
-    out = run_command("fid", ["--ref", str(tmp_path / "ref.npz"), "--images", str(tmp_path / "fake.npz"),
-                              "--inception-weights", weights, "--quiet"])
+    out = run_command(
+        "fid",
+        [
+            "--ref",
+            str(tmp_path / "ref.npz"),
+            "--images",
+            str(tmp_path / "fake.npz"),
+            "--inception-weights",
+            weights,
+            "--quiet",
+        ],
+    )
     ff = feats(fake).double().numpy()
     expected = _fd_eig(ff.mean(0), np.cov(ff, rowvar=False), mu, sigma)
     assert out["fid"] == pytest.approx(expected, rel=1e-4) and out["fid"] > 0

@@ -8,13 +8,13 @@ import json
 import os
 import pickle
 import struct
-import tomllib
 import zipfile
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -45,7 +45,9 @@ def test_uint8_model_round_trip_exact_on_all_values():
     assert torch.equal(model_to_uint8(x), v)
     assert torch.equal(quantize(x), x)  # idempotent on the grid
     # clipping and rounding, as fakes would need
-    assert model_to_uint8(torch.tensor([-3.0, 3.0, float(uint8_to_model(torch.tensor(7, dtype=torch.uint8))) + 1e-3])).tolist() == [0, 255, 7]
+    assert model_to_uint8(
+        torch.tensor([-3.0, 3.0, float(uint8_to_model(torch.tensor(7, dtype=torch.uint8))) + 1e-3])
+    ).tolist() == [0, 255, 7]
     with pytest.raises(TypeError, match="uint8"):
         uint8_to_model(torch.zeros(3))
 
@@ -126,7 +128,12 @@ def test_digits_plug_into_datamodule():
 def _batch(rng, n, protocol):
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, 10, size=n)]
-    d = {b"batch_label": b"fake batch", b"labels": labels, b"data": data, b"filenames": [b"f%d.png" % i for i in range(n)]}
+    d = {
+        b"batch_label": b"fake batch",
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [b"f%d.png" % i for i in range(n)],
+    }
     return data, labels, pickle.dumps(d, protocol=protocol)
 
 
@@ -185,9 +192,18 @@ def test_cifar_reads_python2_pickles(cifar_root):
     root, truth = cifar_root
     data = np.random.default_rng(1).integers(0, 256, size=(4, 3072), dtype=np.uint8)
     buf = io.BytesIO()
-    _Py2Pickler(buf, protocol=2).dump({"batch_label": "training batch 4 of 5", "labels": [9, 0, 3, 3], "data": data,
-                                       "filenames": ["a.png", "b.png", "c.png", "d.png"]})
-    assert b"numpy.core.multiarray\n_reconstruct" in buf.getvalue() or b"numpy._core.multiarray\n_reconstruct" in buf.getvalue()
+    _Py2Pickler(buf, protocol=2).dump(
+        {
+            "batch_label": "training batch 4 of 5",
+            "labels": [9, 0, 3, 3],
+            "data": data,
+            "filenames": ["a.png", "b.png", "c.png", "d.png"],
+        }
+    )
+    assert (
+        b"numpy.core.multiarray\n_reconstruct" in buf.getvalue()
+        or b"numpy._core.multiarray\n_reconstruct" in buf.getvalue()
+    )
     (root / "data_batch_4").write_bytes(buf.getvalue())
     d = Cifar10Dataset(root)
     assert d.raw_labels[12:16].tolist() == [9, 0, 3, 3]
@@ -273,7 +289,10 @@ def test_cifar_reads_the_official_archive_in_place(cifar_root, tmp_path):
     assert d.class_names[1] == "automobile"
     t = Cifar10Dataset(archive, split="test")
     assert torch.equal(t.images, torch.from_numpy(truth["test_batch"][0].reshape(3, 3, 32, 32)))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]  # nothing extracted
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+    ]  # nothing extracted
 
 
 def test_cifar_archive_errors_name_the_archive(cifar_root, tmp_path):
@@ -317,7 +336,9 @@ def _members(labels: dict | None | str = "absent", extra: dict[str, bytes] | Non
     m = {name: _png(_rgb(v)) for name, v in FILES.items()}
     m["README.txt"] = b"not an image, ignored"
     if labels != "absent":
-        m["dataset.json"] = json.dumps({"labels": None if labels is None else [[k, v] for k, v in labels.items()]}).encode()
+        m["dataset.json"] = json.dumps(
+            {"labels": None if labels is None else [[k, v] for k, v in labels.items()]}
+        ).encode()
     m.update(extra or {})
     return m
 
@@ -338,7 +359,9 @@ def _write_zip(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_DE
 
 @pytest.mark.parametrize("kind", ["dir", "zip"])
 def test_image_folder_order_labels_values(tmp_path, kind):
-    write = (lambda m: _write_dir(tmp_path / "ds", m)) if kind == "dir" else (lambda m: _write_zip(tmp_path / "ds.zip", m))
+    write = (
+        (lambda m: _write_dir(tmp_path / "ds", m)) if kind == "dir" else (lambda m: _write_zip(tmp_path / "ds.zip", m))
+    )
     src = write(_members(LABELS))
     d = ImageFolderDataset(src, conditional=True, resolution=4, channels=3)
     assert d.image_fnames == ORDER
@@ -387,12 +410,18 @@ def test_image_folder_errors_name_archive_and_member(tmp_path):
             ImageFolderDataset(path, **kw)
 
     zip_err({"c/big.png": _png(_rgb(5, size=8))}, r"bad\.zip: member 'c/big\.png'.*8x8.*first image 'a/img10\.png'")
-    zip_err({"c/grey.png": _png(np.zeros((4, 4), np.uint8))}, r"bad\.zip: member 'c/grey\.png': image has 1 channels, but the first image 'a/img10\.png' has 3")
+    zip_err(
+        {"c/grey.png": _png(np.zeros((4, 4), np.uint8))},
+        r"bad\.zip: member 'c/grey\.png': image has 1 channels, but the first image 'a/img10\.png' has 3",
+    )
     zip_err({"c/junk.png": b"this is not a png"}, r"bad\.zip: member 'c/junk\.png': not a readable image")
     zip_err({}, r"bad\.zip: member 'a/img10\.png'.*expected 8x8", resolution=8)
     zip_err({}, r"bad\.zip: member 'a/img10\.png'.*expected 1", channels=1)
     zip_err({"dataset.json": b"{not json"}, r"bad\.zip: member 'dataset\.json': not valid JSON")
-    zip_err({"dataset.json": json.dumps({"labels": [["img0.png", 0]]}).encode()}, r"dataset\.json.*no label for image 'a/img10\.png'")
+    zip_err(
+        {"dataset.json": json.dumps({"labels": [["img0.png", 0]]}).encode()},
+        r"dataset\.json.*no label for image 'a/img10\.png'",
+    )
     zip_err({"dataset.json": json.dumps({"labels": [["img0.png", "cat"]]}).encode()}, r"dataset\.json.*bad label entry")
 
     # the same in a directory names the file

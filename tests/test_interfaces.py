@@ -128,8 +128,14 @@ def test_every_error_is_a_ddo_error_where_it_always_was(module, name, builtin):
 
 
 def test_checkpoint_errors_form_one_branch():
-    for name in ("CorruptCheckpoint", "ArchitectureMismatch", "RecordedNetworkMismatch", "CheckpointMismatch",
-                 "NvidiaPickleError", "UnsafeGlobalError"):
+    for name in (
+        "CorruptCheckpoint",
+        "ArchitectureMismatch",
+        "RecordedNetworkMismatch",
+        "CheckpointMismatch",
+        "NvidiaPickleError",
+        "UnsafeGlobalError",
+    ):
         assert issubclass(getattr(errors, name), errors.CheckpointError), name
     assert issubclass(errors.UnsafeGlobalError, errors.RefusedGlobal)
 
@@ -148,7 +154,9 @@ def test_read_tensor_file_names_the_file(tmp_path):
         read_tensor_file(tmp_path / "nope.pt", what="token file")
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[:40])  # a truncated zip
-    with pytest.raises(errors.CorruptCheckpoint, match=r"checkpoint .*cut\.pt cannot be read \(truncated or corrupt\?\)"):
+    with pytest.raises(
+        errors.CorruptCheckpoint, match=r"checkpoint .*cut\.pt cannot be read \(truncated or corrupt\?\)"
+    ):
         read_tensor_file(cut)
 
     foreign = tmp_path / "foreign.pt"

@@ -8,9 +8,27 @@ import shutil
 PKG = pathlib.Path(__file__).resolve().parents[1] / "src" / "ddo_lightning"
 # checkpoints/ sits above networks/: importing a released checkpoint builds our network from its
 # recorded constructor arguments (docs/architecture.md, "Layers").
-RANK = {"protocols": 0, "errors": 0, "files": 1, "unpickle": 1, "pixels": 1, "schedules": 1, "losses": 1, "likelihood": 2,
-        "objectives": 3, "samplers": 2, "networks": 3, "data": 3, "metrics": 3, "checkpoints": 4, "training": 5, "fetch": 5,
-        "config_files": 5, "commands": 6, "cli": 7}
+RANK = {
+    "protocols": 0,
+    "errors": 0,
+    "files": 1,
+    "unpickle": 1,
+    "pixels": 1,
+    "schedules": 1,
+    "losses": 1,
+    "likelihood": 2,
+    "objectives": 3,
+    "samplers": 2,
+    "networks": 3,
+    "data": 3,
+    "metrics": 3,
+    "checkpoints": 4,
+    "training": 5,
+    "fetch": 5,
+    "config_files": 5,
+    "commands": 6,
+    "cli": 7,
+}
 # The command-line front is one layer in several modules: cli.py, its help and run-directory support, and
 # `ddo slurm` (launch/), whose config check builds the run exactly as `ddo fit` would, through cli.py.
 GROUP = {"cli_help": "cli", "run_dir": "cli", "launch": "cli"}
@@ -49,7 +67,12 @@ def violations(root: pathlib.Path) -> list[str]:
             parts = name.split(".")
             if len(parts) > 1:
                 parts[1] = GROUP.get(parts[1], parts[1])
-            if parts[0] == "ddo_lightning" and len(parts) > 1 and parts[1] != own and RANK.get(parts[1], 99) >= RANK[own]:
+            if (
+                parts[0] == "ddo_lightning"
+                and len(parts) > 1
+                and parts[1] != own
+                and RANK.get(parts[1], 99) >= RANK[own]
+            ):
                 bad.append(f"{rel} imports {name} (not a lower layer)")
             if parts[0] in ("lightning", "pytorch_lightning", "wandb") and own not in ("training", "cli"):
                 bad.append(f"{rel} imports {name} (only training/ and cli.py may)")

@@ -26,7 +26,11 @@ def _expected_loss(logits: torch.Tensor, alpha: float, beta: float) -> torch.Ten
 def _minimise(alpha: float, beta: float) -> torch.Tensor:
     logits = P_REF.log().clone().requires_grad_(True)  # θ initialised at θ_ref
     opt = torch.optim.LBFGS(
-        [logits], lr=1.0, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
+        [logits],
+        lr=1.0,
+        max_iter=500,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
         line_search_fn="strong_wolfe",
     )
 

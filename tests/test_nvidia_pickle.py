@@ -80,7 +80,8 @@ def nvidia_names(reconstruct=_reconstruct_persistent_obj):
 
 def nvidia_names_absent() -> bool:
     return not any(name in sys.modules for name in _NVIDIA_MODULES) and not any(
-        name.startswith("_imported_module_") for name in sys.modules)
+        name.startswith("_imported_module_") for name in sys.modules
+    )
 
 
 _DUMP = {"module_src": None}  # the source stored in every persistent object of the pickle being written
@@ -96,8 +97,9 @@ def persistent(cls):
             self._init_kwargs = copy.deepcopy(kwargs)
 
         def __reduce__(self):
-            meta = dict(type="class", version=6, module_src=_DUMP["module_src"], class_name=cls.__name__,
-                        state=self.__dict__)
+            meta = dict(
+                type="class", version=6, module_src=_DUMP["module_src"], class_name=cls.__name__, state=self.__dict__
+            )
             return _reconstruct_persistent_obj, (meta,), None
 
     Persistent.__name__ = Persistent.__qualname__ = cls.__name__
@@ -167,9 +169,12 @@ class Encoder:  # numpy arrays and scalars in the state, like EDM2's StabilityVA
 
 def make_net(fp16=False) -> nn.Module:
     torch.manual_seed(0)
-    net = Precond(img_resolution=8, img_channels=3, sigma_data=np.float32(0.5),
-                  model_kwargs=FakeEasyDict(channels=4, num_blocks=2,
-                                            block_kwargs=FakeEasyDict(skip_scale=np.sqrt(0.5))))
+    net = Precond(
+        img_resolution=8,
+        img_channels=3,
+        sigma_data=np.float32(0.5),
+        model_kwargs=FakeEasyDict(channels=4, num_blocks=2, block_kwargs=FakeEasyDict(skip_scale=np.sqrt(0.5))),
+    )
     net = net.eval().requires_grad_(False)
     return net.to(torch.float16) if fp16 else net
 
@@ -179,8 +184,10 @@ def build(class_name, init_kwargs):
 
 
 def evil_source(marker) -> str:
-    return (f"import pathlib\npathlib.Path({str(marker)!r}).write_text('the stored code ran')\n"
-            "raise RuntimeError('the stored module source was executed')\n")
+    return (
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('the stored code ran')\n"
+        "raise RuntimeError('the stored module source was executed')\n"
+    )
 
 
 def dump(data, module_src, protocol=4) -> bytes:
@@ -192,13 +199,20 @@ def dump(data, module_src, protocol=4) -> bytes:
 
 
 def edm_like(net):
-    return dict(ema=net, loss_fn=Loss(), augment_pipe=None,
-                dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path="x.zip", resolution=8))
+    return dict(
+        ema=net,
+        loss_fn=Loss(),
+        augment_pipe=None,
+        dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path="x.zip", resolution=8),
+    )
 
 
 def edm2_like(net):
-    data = FakeEasyDict(encoder=Encoder(raw_mean=[0.1, 0.2], raw_std=[4.0, 5.0]), loss_fn=Loss(),
-                        dataset_kwargs=FakeEasyDict(class_name="training.dataset.ImageFolderDataset", path="y.zip"))
+    data = FakeEasyDict(
+        encoder=Encoder(raw_mean=[0.1, 0.2], raw_std=[4.0, 5.0]),
+        loss_fn=Loss(),
+        dataset_kwargs=FakeEasyDict(class_name="training.dataset.ImageFolderDataset", path="y.zip"),
+    )
     data.ema = net
     return data
 
@@ -264,10 +278,17 @@ def test_edm_like_pickle_round_trip_without_running_stored_code(tmp_path, protoc
     blob = dump(edm_like(net), src, protocol)
     path.write_bytes(blob)
     names = globals_in(blob)
-    assert {"torch_utils.persistence._reconstruct_persistent_obj", "torch.storage._load_from_bytes",
-            "torch._utils._rebuild_parameter", "torch._utils._rebuild_tensor_v2",
-            "torch.nn.modules.container.ModuleDict", "torch.nn.modules.normalization.GroupNorm",
-            "dnnlib.util.EasyDict", "numpy._core.multiarray.scalar", "numpy.dtype"} <= names
+    assert {
+        "torch_utils.persistence._reconstruct_persistent_obj",
+        "torch.storage._load_from_bytes",
+        "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_tensor_v2",
+        "torch.nn.modules.container.ModuleDict",
+        "torch.nn.modules.normalization.GroupNorm",
+        "dnnlib.util.EasyDict",
+        "numpy._core.multiarray.scalar",
+        "numpy.dtype",
+    } <= names
 
     array_global = "numpy._core.numeric._frombuffer" if protocol >= 5 else "numpy._core.multiarray._reconstruct"
     assert array_global in names
@@ -333,8 +354,9 @@ def test_edm2_like_fp16_pickle_cast_and_kept(tmp_path):
 def test_numpy_1x_module_names_load(tmp_path):
     net = make_net()
     blob = dump(edm2_like(net), "raise RuntimeError('never')\n")
-    old = respell(respell(blob, "numpy._core.multiarray", "numpy.core.multiarray"),
-                  "numpy._core.numeric", "numpy.core.numeric")
+    old = respell(
+        respell(blob, "numpy._core.multiarray", "numpy.core.multiarray"), "numpy._core.numeric", "numpy.core.numeric"
+    )
     names = globals_in(old)
     assert {"numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar"} <= names
     assert not any(n.startswith("numpy._core") for n in names)
@@ -445,8 +467,12 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize("kind", ["truncated", "empty", "garbage", "not-a-dict"])
 def test_unreadable_files(snapshot, kind):
     blob = snapshot.read_bytes()
-    content = {"truncated": blob[: len(blob) // 2], "empty": b"", "garbage": b"\x00\x01 this is not a pickle",
-               "not-a-dict": pickle.dumps([1, 2, 3])}[kind]
+    content = {
+        "truncated": blob[: len(blob) // 2],
+        "empty": b"",
+        "garbage": b"\x00\x01 this is not a pickle",
+        "not-a-dict": pickle.dumps([1, 2, 3]),
+    }[kind]
     snapshot.write_bytes(content)
     with pytest.raises(NvidiaPickleError) as err:
         load_nvidia_pickle(snapshot)
@@ -538,10 +564,31 @@ def test_ddo_convert_writes_plain_weights(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 # Import checks what it loads: the recorded class and output-changing settings vs the declared network
 
-EDM_KW = dict(img_resolution=8, img_channels=3, label_dim=0, use_fp16=False, model_type="SongUNet", model_channels=16,
-              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], augment_dim=0, dropout=0.0)
-EDM2_KW = dict(img_resolution=8, img_channels=3, label_dim=0, use_fp16=True, model_channels=16, channel_mult=[1, 2],
-               num_blocks=1, attn_resolutions=[4], channels_per_head=8, dropout=0.0)
+EDM_KW = dict(
+    img_resolution=8,
+    img_channels=3,
+    label_dim=0,
+    use_fp16=False,
+    model_type="SongUNet",
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    augment_dim=0,
+    dropout=0.0,
+)
+EDM2_KW = dict(
+    img_resolution=8,
+    img_channels=3,
+    label_dim=0,
+    use_fp16=True,
+    model_channels=16,
+    channel_mult=[1, 2],
+    num_blocks=1,
+    attn_resolutions=[4],
+    channels_per_head=8,
+    dropout=0.0,
+)
 
 
 class _Persisted:
@@ -575,8 +622,12 @@ def nvidia_file(tmp_path, name, class_name, init_kwargs, net: nn.Module):
     """An EDM-format snapshot whose ``ema`` records ``class_name(**init_kwargs)`` with the weights of ``net``."""
     path = tmp_path / name
     _DUMP["module_src"] = "raise RuntimeError('never')\n"
-    path.write_bytes(dump(dict(ema=_Persisted(class_name, init_kwargs, plain_tree(net.state_dict())), loss_fn=Loss()),
-                          _DUMP["module_src"]))
+    path.write_bytes(
+        dump(
+            dict(ema=_Persisted(class_name, init_kwargs, plain_tree(net.state_dict())), loss_fn=Loss()),
+            _DUMP["module_src"],
+        )
+    )
     return str(path)
 
 
@@ -605,9 +656,11 @@ def test_vp_file_into_an_edm_network_is_refused_naming_both(tmp_path):
     with pytest.raises(RecordedNetworkMismatch) as err:
         load_network_weights(declared, path, what=f"init_from {path}")
     msg = str(err.value)
-    assert msg.startswith(f"init_from {path} holds a VPPrecond(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-05, "
-                          "img_resolution=8, img_channels=3, label_dim=0) but the config declares EDMPrecond: "
-                          "set model.init_args.network.class_path to ddo_lightning.networks.VPPrecond")
+    assert msg.startswith(
+        f"init_from {path} holds a VPPrecond(beta_d=19.9, beta_min=0.1, M=1000, epsilon_t=1e-05, "
+        "img_resolution=8, img_channels=3, label_dim=0) but the config declares EDMPrecond: "
+        "set model.init_args.network.class_path to ddo_lightning.networks.VPPrecond"
+    )
     assert "model: ddo_lightning.networks.SongUNet" in msg
     assert isinstance(err.value, ValueError)
     # nothing was loaded into the declared network
@@ -623,11 +676,20 @@ def test_vp_file_into_an_edm_network_is_refused_naming_both(tmp_path):
         DDOModule(edm_net("EDMPrecond"), init_from=path)
 
 
-@pytest.mark.parametrize("change, key, file_value, config_value, where", [
-    (dict(sigma_data=0.6), "sigma_data", "0.6", "0.5", "model.init_args.network.init_args.sigma_data"),
-    (dict(label_dim=10), "label_dim", "10", "0", "model.init_args.network.init_args.model.init_args.label_dim"),
-    (dict(img_resolution=16), "img_resolution", "16", "8", "model.init_args.network.init_args.model.init_args.img_resolution"),
-])
+@pytest.mark.parametrize(
+    "change, key, file_value, config_value, where",
+    [
+        (dict(sigma_data=0.6), "sigma_data", "0.6", "0.5", "model.init_args.network.init_args.sigma_data"),
+        (dict(label_dim=10), "label_dim", "10", "0", "model.init_args.network.init_args.model.init_args.label_dim"),
+        (
+            dict(img_resolution=16),
+            "img_resolution",
+            "16",
+            "8",
+            "model.init_args.network.init_args.model.init_args.img_resolution",
+        ),
+    ],
+)
 def test_settings_that_change_outputs_are_refused(tmp_path, change, key, file_value, config_value, where):
     """Same class, another sigma_data / label width / resolution: refused, naming the setting, both values
     and where the config sets it (checked before names and shapes, which a label width also changes)."""
@@ -640,12 +702,18 @@ def test_settings_that_change_outputs_are_refused(tmp_path, change, key, file_va
     assert str(err.value) == (
         f"checkpoint {path} holds an EDMPrecond whose settings differ from the declared EDMPrecond's, and they change "
         f"its outputs: {key}: file {file_value}, config {config_value} ({where}). Set them to the file's values, or "
-        "choose a matching checkpoint")
+        "choose a matching checkpoint"
+    )
 
 
-@pytest.mark.parametrize("class_name, changes", [
-    ("VPPrecond", dict(beta_min=0.2)), ("VEPrecond", dict(sigma_max=50.0)), ("iDDPMPrecond", dict(C_2=0.01)),
-])
+@pytest.mark.parametrize(
+    "class_name, changes",
+    [
+        ("VPPrecond", dict(beta_min=0.2)),
+        ("VEPrecond", dict(sigma_max=50.0)),
+        ("iDDPMPrecond", dict(C_2=0.01)),
+    ],
+)
 def test_class_specific_settings_are_compared(tmp_path, class_name, changes):
     from ddo_lightning.checkpoints import RecordedNetworkMismatch, load_network_weights
 
@@ -662,7 +730,12 @@ def test_matching_file_loads_and_gives_the_files_denoiser(tmp_path, class_name):
     from ddo_lightning.checkpoints import load_network_weights
 
     src = edm_net(class_name)
-    recorded = dict(EDM_KW, use_fp16=True, dropout=np.float32(0.13), **({"sigma_data": np.float32(0.5)} if class_name == "EDMPrecond" else {}))
+    recorded = dict(
+        EDM_KW,
+        use_fp16=True,
+        dropout=np.float32(0.13),
+        **({"sigma_data": np.float32(0.5)} if class_name == "EDMPrecond" else {}),
+    )
     path = nvidia_file(tmp_path, "snap.pkl", class_name, recorded, src)
     declared = edm_net(class_name)
     with torch.no_grad():
@@ -687,13 +760,18 @@ def test_edm2_file_checked_against_edm2precond(tmp_path):
 
     path = nvidia_file(tmp_path, "edm2.pkl", "Precond", EDM2_KW, edm2())
     load_network_weights(edm2(), path)  # recorded use_fp16=True, declared False: fine
-    with pytest.raises(RecordedNetworkMismatch, match=r"^checkpoint .* holds an EDM2 Precond\(img_resolution=8.*"
-                                                      r"declares EDMPrecond: set .*ddo_lightning.networks.EDM2Precond"):
+    with pytest.raises(
+        RecordedNetworkMismatch,
+        match=r"^checkpoint .* holds an EDM2 Precond\(img_resolution=8.*"
+        r"declares EDMPrecond: set .*ddo_lightning.networks.EDM2Precond",
+    ):
         load_network_weights(edm_net("EDMPrecond"), path)
     other = nvidia_file(tmp_path, "edm2-sd.pkl", "Precond", dict(EDM2_KW, sigma_data=0.6), edm2(sigma_data=0.6))
     with pytest.raises(RecordedNetworkMismatch, match=r"sigma_data: file 0.6, config 0.5"):
         load_network_weights(edm2(), other)
-    heads = nvidia_file(tmp_path, "edm2-heads.pkl", "Precond", dict(EDM2_KW, channels_per_head=16), edm2(channels_per_head=16))
+    heads = nvidia_file(
+        tmp_path, "edm2-heads.pkl", "Precond", dict(EDM2_KW, channels_per_head=16), edm2(channels_per_head=16)
+    )
     with pytest.raises(RecordedNetworkMismatch, match=r"channels_per_head: file 16, config 8 \(4 heads at width 32\)"):
         load_network_weights(edm2(), heads)
 
@@ -703,17 +781,41 @@ def test_ddo_sample_refuses_a_vp_file_for_an_edm_config(tmp_path, capsys):
     from ddo_lightning.commands import run_command
 
     unet = {k: v for k, v in EDM_KW.items() if k not in ("img_channels", "use_fp16", "model_type")}
-    cfg = {"model": {"class_path": "ddo_lightning.training.DDOModule", "init_args": {"network": {
-        "class_path": "ddo_lightning.networks.EDMPrecond",
-        "init_args": {"model": {"class_path": "ddo_lightning.networks.SongUNet",
-                                "init_args": dict(unet, in_channels=3, out_channels=3)}}}}}}
+    cfg = {
+        "model": {
+            "class_path": "ddo_lightning.training.DDOModule",
+            "init_args": {
+                "network": {
+                    "class_path": "ddo_lightning.networks.EDMPrecond",
+                    "init_args": {
+                        "model": {
+                            "class_path": "ddo_lightning.networks.SongUNet",
+                            "init_args": dict(unet, in_channels=3, out_channels=3),
+                        }
+                    },
+                }
+            },
+        }
+    }
     import yaml
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     path = nvidia_file(tmp_path, "vp.pkl", "VPPrecond", EDM_KW, edm_net("VPPrecond"))
     with pytest.raises(SystemExit) as ex:
-        run_command("sample", ["--config", str(tmp_path / "c.yaml"), "--ckpt", path, "--out", str(tmp_path / "o.npz"),
-                               "--device", "cpu", "--quiet"])
+        run_command(
+            "sample",
+            [
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--ckpt",
+                path,
+                "--out",
+                str(tmp_path / "o.npz"),
+                "--device",
+                "cpu",
+                "--quiet",
+            ],
+        )
     assert ex.value.code == 2
     err = capsys.readouterr().err
     assert f"ddo sample: error: --ckpt {path} holds a VPPrecond(" in err and "declares EDMPrecond" in err

@@ -28,14 +28,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import standins
 import torch
 import yaml
 
-import standins
-
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = {"edm_cifar10": "edm", "edm_cifar10_cond": "edm", "edm2_img64_s": "edm2", "edm2_img512_l": "edm2",
-           "var_d16": "var", "var_d30": "var"}
+PRESETS = {
+    "edm_cifar10": "edm",
+    "edm_cifar10_cond": "edm",
+    "edm2_img64_s": "edm2",
+    "edm2_img512_l": "edm2",
+    "var_d16": "var",
+    "var_d30": "var",
+}
 # tiny networks: intra-op threads only cost time on a loaded 2-core machine (6x slower with 2 threads)
 pytestmark = pytest.mark.usefixtures("one_thread")
 SWAP_EXTRACTOR = ["--model.init_args.evaluator.init_args.extractor", "conftest.RandomFeatures"]
@@ -44,17 +49,32 @@ SWAP_EXTRACTOR = ["--model.init_args.evaluator.init_args.extractor", "conftest.R
 # A key is allowed when it is listed or lies under a listed key (vae_kwargs: None -> {V: ..}).
 ALLOWED = {
     # self-play length and evaluation cadence, checkpoint cadence, grid size
-    "trainer.callbacks[SelfPlay].rounds", "trainer.callbacks[SelfPlay].kimg_per_round",
-    "trainer.callbacks[SelfPlay].eval_every_kimg", "trainer.callbacks[ModelCheckpoint].every_n_train_steps",
-    "trainer.callbacks[SampleGrids].num_samples", "trainer.callbacks[SampleGrids].columns",
+    "trainer.callbacks[SelfPlay].rounds",
+    "trainer.callbacks[SelfPlay].kimg_per_round",
+    "trainer.callbacks[SelfPlay].eval_every_kimg",
+    "trainer.callbacks[ModelCheckpoint].every_n_train_steps",
+    "trainer.callbacks[SampleGrids].num_samples",
+    "trainer.callbacks[SampleGrids].columns",
     # network width and depth: SongUNet (EDM), EDM2 U-Net, VAR and its tokenizer
-    "model.network.model.model_channels", "model.network.model.channel_mult", "model.network.model.num_blocks",
-    "model.network.model_channels", "model.network.num_blocks", "model.network.channels_per_head",
-    "model.network.depth", "model.network.embed_dim", "model.network.num_heads", "model.network.patch_nums",
-    "model.network.vocab_size", "model.network.z_channels", "model.network.vae_ch",
+    "model.network.model.model_channels",
+    "model.network.model.channel_mult",
+    "model.network.model.num_blocks",
+    "model.network.model_channels",
+    "model.network.num_blocks",
+    "model.network.channels_per_head",
+    "model.network.depth",
+    "model.network.embed_dim",
+    "model.network.num_heads",
+    "model.network.patch_nums",
+    "model.network.vocab_size",
+    "model.network.z_channels",
+    "model.network.vae_ch",
     "model.evaluator.decoder.vae_kwargs",
     # evaluation samples, batch, pool
-    "model.num_eval_samples", "model.eval_batch_size", "data.batch_size", "data.fake.size",
+    "model.num_eval_samples",
+    "model.eval_batch_size",
+    "data.batch_size",
+    "data.fake.size",
     "data.fake.generation_batch_size",
 }
 
@@ -91,8 +111,12 @@ def resolved(args: list[str]) -> dict:
 
 
 def preset_args(preset: str) -> list[str]:
-    return ["--config", str(ROOT / "configs" / f"{preset}.yaml"),
-            "--config", str(ROOT / "configs" / "rehearsal" / f"{PRESETS[preset]}.yaml")]
+    return [
+        "--config",
+        str(ROOT / "configs" / f"{preset}.yaml"),
+        "--config",
+        str(ROOT / "configs" / "rehearsal" / f"{PRESETS[preset]}.yaml"),
+    ]
 
 
 def test_overlays_exist_one_per_family():
@@ -104,7 +128,9 @@ def test_overlay_changes_only_sizes_and_steps(preset, monkeypatch):
     monkeypatch.setattr("sys.argv", ["ddo"])
     shipped = flatten(resolved(["--config", str(ROOT / "configs" / f"{preset}.yaml")]))
     rehearsed = flatten(resolved(preset_args(preset)))
-    changed = {k for k in shipped.keys() | rehearsed.keys() if shipped.get(k, "<absent>") != rehearsed.get(k, "<absent>")}
+    changed = {
+        k for k in shipped.keys() | rehearsed.keys() if shipped.get(k, "<absent>") != rehearsed.get(k, "<absent>")
+    }
     outside = sorted(k for k in changed if not any(k == a or k.startswith(a + ".") for a in ALLOWED))
     assert not outside, {k: (shipped.get(k, "<absent>"), rehearsed.get(k, "<absent>")) for k in outside}
     # the overlay did shrink the run (a silently ignored overlay would pass the check above)
@@ -118,14 +144,32 @@ def test_overlay_changes_only_sizes_and_steps(preset, monkeypatch):
 
 # Settings of the shipped presets the rehearsal shrinks, checked as shipped (the paper's networks).
 SHIPPED = {
-    "edm_cifar10": {"model.network.model.model_channels": 128, "model.network.model.channel_mult": [2, 2, 2],
-                    "model.network.model.num_blocks": 4, "model.network.model.label_dim": 0},
-    "edm_cifar10_cond": {"model.network.model.model_channels": 128, "model.network.model.channel_mult": [2, 2, 2],
-                         "model.network.model.num_blocks": 4, "model.network.model.label_dim": 10},
-    "edm2_img64_s": {"model.network.model_channels": 192, "model.network.img_channels": 3, "model.network.num_blocks": 3,
-                     "model.network.label_dim": 1000, "model.network.use_fp16": False},
-    "edm2_img512_l": {"model.network.model_channels": 320, "model.network.img_channels": 4, "model.network.num_blocks": 3,
-                      "model.network.label_dim": 1000, "model.network.use_fp16": False},
+    "edm_cifar10": {
+        "model.network.model.model_channels": 128,
+        "model.network.model.channel_mult": [2, 2, 2],
+        "model.network.model.num_blocks": 4,
+        "model.network.model.label_dim": 0,
+    },
+    "edm_cifar10_cond": {
+        "model.network.model.model_channels": 128,
+        "model.network.model.channel_mult": [2, 2, 2],
+        "model.network.model.num_blocks": 4,
+        "model.network.model.label_dim": 10,
+    },
+    "edm2_img64_s": {
+        "model.network.model_channels": 192,
+        "model.network.img_channels": 3,
+        "model.network.num_blocks": 3,
+        "model.network.label_dim": 1000,
+        "model.network.use_fp16": False,
+    },
+    "edm2_img512_l": {
+        "model.network.model_channels": 320,
+        "model.network.img_channels": 4,
+        "model.network.num_blocks": 3,
+        "model.network.label_dim": 1000,
+        "model.network.use_fp16": False,
+    },
     "var_d16": {"model.network.depth": 16, "model.network.vocab_size": 4096, "model.network.num_classes": 1000},
     "var_d30": {"model.network.depth": 30, "model.network.vocab_size": 4096, "model.network.num_classes": 1000},
 }
@@ -139,13 +183,24 @@ def test_shipped_networks_are_the_papers(preset, monkeypatch):
 
 
 def test_flatten_names_callbacks_by_class():
-    cfg = {"trainer": {"callbacks": [{"class_path": "a.SelfPlay", "init_args": {"rounds": 3}},
-                                     {"class_path": "b.ModelCheckpoint", "init_args": {"dirpath": "x"}}]},
-           "model": {"class_path": "m.M", "init_args": {"network": {"class_path": "n.N", "init_args": {"depth": 2}}}}}
-    assert flatten(cfg) == {"trainer.callbacks[SelfPlay].class_path": "a.SelfPlay", "trainer.callbacks[SelfPlay].rounds": 3,
-                            "trainer.callbacks[ModelCheckpoint].class_path": "b.ModelCheckpoint",
-                            "trainer.callbacks[ModelCheckpoint].dirpath": "x", "model.class_path": "m.M",
-                            "model.network.class_path": "n.N", "model.network.depth": 2}
+    cfg = {
+        "trainer": {
+            "callbacks": [
+                {"class_path": "a.SelfPlay", "init_args": {"rounds": 3}},
+                {"class_path": "b.ModelCheckpoint", "init_args": {"dirpath": "x"}},
+            ]
+        },
+        "model": {"class_path": "m.M", "init_args": {"network": {"class_path": "n.N", "init_args": {"depth": 2}}}},
+    }
+    assert flatten(cfg) == {
+        "trainer.callbacks[SelfPlay].class_path": "a.SelfPlay",
+        "trainer.callbacks[SelfPlay].rounds": 3,
+        "trainer.callbacks[ModelCheckpoint].class_path": "b.ModelCheckpoint",
+        "trainer.callbacks[ModelCheckpoint].dirpath": "x",
+        "model.class_path": "m.M",
+        "model.network.class_path": "n.N",
+        "model.network.depth": 2,
+    }
 
 
 # ---- stand-in files where the resolved config looks for them -----------------------------------------------
@@ -177,9 +232,10 @@ def trust_standins(monkeypatch) -> None:
 
     from ddo_lightning.fetch import manifest
 
-    unpublished = {name: dataclasses.replace(e, files=tuple(dataclasses.replace(f, known_hash=None, size=None)
-                                                            for f in e.files))
-                   for name, e in manifest.MANIFEST.items()}
+    unpublished = {
+        name: dataclasses.replace(e, files=tuple(dataclasses.replace(f, known_hash=None, size=None) for f in e.files))
+        for name, e in manifest.MANIFEST.items()
+    }
     monkeypatch.setattr(manifest, "MANIFEST", unpublished)
     for module in ("ddo_lightning.fetch", "ddo_lightning.fetch.cache"):
         monkeypatch.setattr(f"{module}.MANIFEST", unpublished, raising=False)
@@ -222,7 +278,9 @@ def write_standins(cfg: dict, root: Path, inception: Path | None) -> dict[str, t
         unet = net["init_args"]["model"]["init_args"]
         torch.manual_seed(0)
         module = EDMPrecond(SongUNet(**unet), sigma_data=net["init_args"]["sigma_data"])
-        weights = standins.write_edm_pickle(init_from, module, standins.edm_init_kwargs(unet, net["init_args"]["sigma_data"]))
+        weights = standins.write_edm_pickle(
+            init_from, module, standins.edm_init_kwargs(unet, net["init_args"]["sigma_data"])
+        )
     elif _cls(net) == "EDM2Precond":
         from ddo_lightning.networks import EDM2Precond
 
@@ -232,8 +290,9 @@ def write_standins(cfg: dict, root: Path, inception: Path | None) -> dict[str, t
             for p in module.parameters():
                 if p.ndim == 0:
                     p.uniform_(0.2, 1.2)
-        weights = standins.write_edm2_pickle(init_from, module, standins.edm2_init_kwargs(net["init_args"]),
-                                             latent=net["init_args"]["img_channels"] == 4)
+        weights = standins.write_edm2_pickle(
+            init_from, module, standins.edm2_init_kwargs(net["init_args"]), latent=net["init_args"]["img_channels"] == 4
+        )
     elif _cls(net) == "VARNetwork":
         vae = standins.place(net["init_args"]["vae_checkpoint"], root)
         weights = standins.write_var_checkpoints(vae, init_from, net["init_args"])
@@ -265,7 +324,9 @@ def write_standins(cfg: dict, root: Path, inception: Path | None) -> dict[str, t
         standins.write_latent_zip(standins.place(args["path"], root), 16, net["init_args"]["img_resolution"])
     elif _cls(real) == "VARTokenDataset":
         n = net["init_args"]
-        standins.write_var_tokens(standins.place(args["path"], root), 16, n["patch_nums"], n["vocab_size"], n["num_classes"])
+        standins.write_var_tokens(
+            standins.place(args["path"], root), 16, n["patch_nums"], n["vocab_size"], n["num_classes"]
+        )
     else:
         raise AssertionError(f"no stand-in for dataset {real['class_path']}")
     return weights
@@ -318,8 +379,11 @@ def rehearse(preset: str, tmp_path: Path, monkeypatch, swap: bool, inception: Pa
     assert (last.parent / "step=2.ckpt").is_file()
     from ddo_lightning.fetch.cache import lock_path, read_lock  # no published hash: the first use recorded each
 
-    cached = {str(p.relative_to(tmp_path / "cache")) for p in (tmp_path / "cache").rglob("*")
-              if p.is_file() and p != lock_path()}
+    cached = {
+        str(p.relative_to(tmp_path / "cache"))
+        for p in (tmp_path / "cache").rglob("*")
+        if p.is_file() and p != lock_path()
+    }
     assert cached and cached <= set(read_lock()), (cached, read_lock())
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["global_step"] == 2
@@ -376,7 +440,12 @@ def check_family(preset: str, cli) -> None:
         assert Image.open(grids[-1]).size == (side, side)
     else:
         obj = module.objective
-        assert (obj.alpha, obj.beta, obj.label_drop, obj.normalize) == (50.0 if "d16" in preset else 100.0, 0.02, 0.1, True)
+        assert (obj.alpha, obj.beta, obj.label_drop, obj.normalize) == (
+            50.0 if "d16" in preset else 100.0,
+            0.02,
+            0.1,
+            True,
+        )
         assert module.lr == 2e-5 and module.target.fake_tokens == "reencode" and module.sampler.guidance_free
 
 
@@ -397,8 +466,10 @@ def _fidelity_available() -> bool:
 def test_preset_rehearsal(preset, tmp_path, monkeypatch, request):
     """The preset as shipped, with only the overlay's sizes: stop at step 2, resume, finish the round."""
     if not _fidelity_available():
-        pytest.skip("torch-fidelity unavailable here; `make test` runs this in .venv-fid "
-                    "(test_preset_rehearsal_without_inception covers the rest here)")
+        pytest.skip(
+            "torch-fidelity unavailable here; `make test` runs this in .venv-fid "
+            "(test_preset_rehearsal_without_inception covers the rest here)"
+        )
     times = rehearse(preset, tmp_path, monkeypatch, swap=False, inception=request.getfixturevalue("inception_weights"))
     print(f"[rehearsal {preset}] {times}")
 

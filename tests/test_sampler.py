@@ -71,7 +71,7 @@ def test_two_component_denoiser_vs_quadrature():
     gm = GaussianMixture(means, s, w)
     # dense grid over x0 for the posterior mean E[x0 | x0 + σn = x]
     grid = torch.linspace(-6, 6, 200_001, dtype=torch.float64)
-    prior = (w[0] * torch.exp(-0.5 * ((grid + 1.0) / s) ** 2) + w[1] * torch.exp(-0.5 * ((grid - 0.8) / s) ** 2))
+    prior = w[0] * torch.exp(-0.5 * ((grid + 1.0) / s) ** 2) + w[1] * torch.exp(-0.5 * ((grid - 0.8) / s) ** 2)
     xs = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.2, 0.5, 1.5, 3.0], dtype=torch.float64)
     for sigma in (0.05, 0.4, 1.0, 3.0):
         sig = torch.full((len(xs),), sigma, dtype=torch.float64)
@@ -224,7 +224,14 @@ def test_mix_seed_stable():
     a = mix_seed(0, 1, 2)
     assert a == mix_seed(0, 1, 2)
     assert 0 <= a < 2**63
-    values = {mix_seed(0, 1, 2), mix_seed(0, 2, 1), mix_seed(1, 1, 2), mix_seed(0, 1, 3), mix_seed(1, 23), mix_seed(12, 3)}
+    values = {
+        mix_seed(0, 1, 2),
+        mix_seed(0, 2, 1),
+        mix_seed(1, 1, 2),
+        mix_seed(0, 1, 3),
+        mix_seed(1, 23),
+        mix_seed(12, 3),
+    }
     assert len(values) == 6
     # stable across processes with different hash randomisation
     code = "from ddo_lightning.samplers.noise import mix_seed; print(mix_seed(0, 1, 2), mix_seed(7, 3))"
@@ -304,13 +311,20 @@ def test_heun_follows_the_networks_range_and_rounding_like_edms_generator(kind):
     from ddo_lightning.networks import VEPrecond, VPPrecond, iDDPMPrecond
 
     steps = 18
-    net = {"iddpm": lambda: iDDPMPrecond(_ZeroRaw(2)), "ve": lambda: VEPrecond(_ZeroRaw()),
-           "vp": lambda: VPPrecond(_ZeroRaw()), "vp-wide": lambda: VPPrecond(_ZeroRaw())}[kind]()
+    net = {
+        "iddpm": lambda: iDDPMPrecond(_ZeroRaw(2)),
+        "ve": lambda: VEPrecond(_ZeroRaw()),
+        "vp": lambda: VPPrecond(_ZeroRaw()),
+        "vp-wide": lambda: VPPrecond(_ZeroRaw()),
+    }[kind]()
     # vp-wide: a sampler range wider than VP's own [σ(1e-5), σ(1)] ≈ [0.001, 152] on both ends
     lo, hi = (1e-4, 500.0) if kind == "vp-wide" else (0.002, 80.0)
     sampler = HeunSampler(num_steps=steps, sigma_min=lo, sigma_max=hi)
     if kind.startswith("vp"):  # VP's range in closed form: σ(t) = √(exp(½β_d t² + β_min t) − 1)
-        net_min, net_max = math.sqrt(math.expm1(0.5 * 19.9 * 1e-10 + 0.1 * 1e-5)), math.sqrt(math.expm1(0.5 * 19.9 + 0.1))
+        net_min, net_max = (
+            math.sqrt(math.expm1(0.5 * 19.9 * 1e-10 + 0.1 * 1e-5)),
+            math.sqrt(math.expm1(0.5 * 19.9 + 0.1)),
+        )
     elif kind == "ve":
         net_min, net_max = 0.02, 100.0
     else:
@@ -320,7 +334,9 @@ def test_heun_follows_the_networks_range_and_rounding_like_edms_generator(kind):
     got = visited_sigmas(net, sampler, steps)
     # Heun visits t_0, t_1, t_1, t_2, ..., t_{N-1} (each later point twice: correction, then next Euler)
     assert len(got) == 2 * steps - 1
-    assert np.allclose(got[0::2], want[:steps], rtol=1e-6, atol=0) and np.allclose(got[1::2], want[1:steps], rtol=1e-6, atol=0)
+    assert np.allclose(got[0::2], want[:steps], rtol=1e-6, atol=0) and np.allclose(
+        got[1::2], want[1:steps], rtol=1e-6, atol=0
+    )
     plain = karras_sigmas(steps, lo, hi, 7.0).numpy()
     if kind == "vp":  # VP's own range contains EDM's default one: the grid is EDM's unchanged
         assert np.array_equal(sampler.sigmas_for(net).numpy(), plain)
@@ -397,14 +413,18 @@ def test_every_sampler_is_called_the_same_way():
     from ddo_lightning.samplers import Sampler, TokenSampler, seeded_uniform
 
     torch.manual_seed(0)
-    cases = [(HeunSampler(num_steps=3), EDMPrecond(ToyMLP(data_dim=2, hidden=8, depth=1, label_dim=2)), (2,)),
-             (TokenSampler(), TokenGPT(vocab_size=5, length=4, label_dim=2, d_model=8, n_layer=1, n_head=1).eval(), (4,))]
+    cases = [
+        (HeunSampler(num_steps=3), EDMPrecond(ToyMLP(data_dim=2, hidden=8, depth=1, label_dim=2)), (2,)),
+        (TokenSampler(), TokenGPT(vocab_size=5, length=4, label_dim=2, d_model=8, n_layer=1, n_head=1).eval(), (4,)),
+    ]
     seeds, labels = [4, 9, 4], torch.eye(2)[[0, 1, 1]]
     for sampler, net, shape in cases:
         assert isinstance(sampler, Sampler)
         noise = sampler.noise(seeds, shape)
         assert noise.shape == (3, *shape)
-        assert torch.equal(sampler.from_seeds(net, torch.tensor(seeds), labels, shape, "cpu"), sampler(net, noise, labels))
+        assert torch.equal(
+            sampler.from_seeds(net, torch.tensor(seeds), labels, shape, "cpu"), sampler(net, noise, labels)
+        )
     gen = torch.Generator().manual_seed(9)
     assert torch.equal(TokenSampler().noise([4, 9], (4,))[1], torch.rand(4, generator=gen, dtype=torch.float64))
     gen.manual_seed(9)

@@ -33,44 +33,67 @@ def test_script_has_every_flag():
     script = render_sbatch(["configs/edm_cifar10.yaml", "my run.yaml"], **BASE, python="/opt/py/bin/python")
     assert script.startswith("#!/bin/bash\n# ")
     assert sbatch_lines(script) == [
-        "--job-name=ddo-cifar", "--nodes=2", "--ntasks-per-node=4", "--cpus-per-task=8", "--time=1-00:00:00",
-        "--output=/runs/cifar/%x-%j.out", "--error=/runs/cifar/%x-%j.err", "--signal=USR1@90", "--requeue",
-        "--open-mode=append"]
+        "--job-name=ddo-cifar",
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--cpus-per-task=8",
+        "--time=1-00:00:00",
+        "--output=/runs/cifar/%x-%j.out",
+        "--error=/runs/cifar/%x-%j.err",
+        "--signal=USR1@90",
+        "--requeue",
+        "--open-mode=append",
+    ]
     assert "--ntasks=" not in script  # Lightning rejects --ntasks without --ntasks-per-node
     assert srun_line(script) == (
         "srun --kill-on-bad-exit=1 --cpus-per-task=8 /opt/py/bin/python -m ddo_lightning.cli fit "
         "--config configs/edm_cifar10.yaml --config 'my run.yaml' --trainer.accelerator cpu --trainer.num_nodes 2 "
         "--trainer.devices 4 --trainer.callbacks+=ddo_lightning.training.Preemption "
-        '"--trainer.callbacks.path=$RESUME" "$@"')
+        '"--trainer.callbacks.path=$RESUME" "$@"'
+    )
     assert 'RESUME="$OUT_DIR/resume-$SLURM_JOB_ID.ckpt"' in script and "OUT_DIR=/runs/cifar" in script
     no_preemption = render_sbatch(["a.yaml"], **BASE, preemption=False)
     assert "Preemption" not in srun_line(no_preemption) and "RESUME" not in no_preemption
 
 
 def test_gpus_per_node_sets_gres_tasks_accelerator_and_devices():
-    script = render_sbatch(["a.yaml"], **{**BASE, "devices": None}, gpus_per_node=4, batch_per_device=64,
-                           python="py", fit_args=["--trainer.max_steps", "9"])
+    script = render_sbatch(
+        ["a.yaml"],
+        **{**BASE, "devices": None},
+        gpus_per_node=4,
+        batch_per_device=64,
+        python="py",
+        fit_args=["--trainer.max_steps", "9"],
+    )
     lines = sbatch_lines(script)
     assert lines[:4] == ["--job-name=ddo-cifar", "--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4"]
     assert srun_line(script) == (
         "srun --kill-on-bad-exit=1 --cpus-per-task=8 py -m ddo_lightning.cli fit --config a.yaml "
         "--trainer.accelerator gpu --trainer.num_nodes 2 --trainer.devices 4 "
         '--trainer.callbacks+=ddo_lightning.training.Preemption "--trainer.callbacks.path=$RESUME" '
-        '--trainer.max_steps 9 --data.init_args.batch_size 64 "$@"')
+        '--trainer.max_steps 9 --data.init_args.batch_size 64 "$@"'
+    )
     # consistent duplicates are accepted
-    assert render_sbatch(["a.yaml"], **BASE, gpus_per_node=4) == render_sbatch(["a.yaml"], **{**BASE, "devices": None},
-                                                                                 gpus_per_node=4)
+    assert render_sbatch(["a.yaml"], **BASE, gpus_per_node=4) == render_sbatch(
+        ["a.yaml"], **{**BASE, "devices": None}, gpus_per_node=4
+    )
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(devices=None), "give --gpus-per-node N (a GPU job) or --devices N (a CPU job)"),
-    (dict(gpus_per_node=2), "devices 4 and gpus_per_node 2 disagree"),
-    (dict(devices=None, gpus_per_node=0), "gpus_per_node 0"),
-    (dict(extra_sbatch=["--gres=gpu:4"]), "extra sbatch line '--gres=gpu:4': GPUs are asked for with --gpus-per-node"),
-    (dict(extra_sbatch=["#SBATCH --gpus-per-node=2"]), "GPUs are asked for with --gpus-per-node"),
-    (dict(fit_args=["--trainer.devices", "8"]), "fit argument '--trainer.devices': ddo slurm sets"),
-    (dict(fit_args=["--trainer.accelerator=cpu"]), "fit argument '--trainer.accelerator=cpu'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(devices=None), "give --gpus-per-node N (a GPU job) or --devices N (a CPU job)"),
+        (dict(gpus_per_node=2), "devices 4 and gpus_per_node 2 disagree"),
+        (dict(devices=None, gpus_per_node=0), "gpus_per_node 0"),
+        (
+            dict(extra_sbatch=["--gres=gpu:4"]),
+            "extra sbatch line '--gres=gpu:4': GPUs are asked for with --gpus-per-node",
+        ),
+        (dict(extra_sbatch=["#SBATCH --gpus-per-node=2"]), "GPUs are asked for with --gpus-per-node"),
+        (dict(fit_args=["--trainer.devices", "8"]), "fit argument '--trainer.devices': ddo slurm sets"),
+        (dict(fit_args=["--trainer.accelerator=cpu"]), "fit argument '--trainer.accelerator=cpu'"),
+    ],
+)
 def test_inconsistent_device_requests_are_refused(change, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         render_sbatch(["a.yaml"], **{**BASE, **change})
@@ -79,8 +102,8 @@ def test_inconsistent_device_requests_are_refused(change, message):
 def test_gpu_accelerator_without_a_gpu_fails_loudly():
     """What `--gpus-per-node` relies on: Lightning refuses accelerator gpu where there is none (no CPU fallback)."""
     import torch
-    from lightning.pytorch import Trainer
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch import Trainer
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -90,17 +113,28 @@ def test_gpu_accelerator_without_a_gpu_fails_loudly():
 
 def test_per_device_batch_divides_the_global_batch_or_refuses():
     assert slurm.per_device_batch(512, 2, 4) == 64 and slurm.per_device_batch(512, 1, 1) == 512
-    with pytest.raises(ValueError, match=r"global batch 512 does not split over 6 ranks \(2 node\(s\) x 3 task\(s\)\)"
-                                         r": choose a world size that divides it \(e.g. 4 or 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"global batch 512 does not split over 6 ranks \(2 node\(s\) x 3 task\(s\)\)"
+        r": choose a world size that divides it \(e.g. 4 or 8\)",
+    ):
         slurm.per_device_batch(512, 2, 3)
     with pytest.raises(ValueError, match="data.init_args.batch_size 0"):
         slurm.per_device_batch(0, 1, 1)
 
 
 def test_optional_flags_and_extra_lines_pass_through():
-    script = render_sbatch(["a.yaml"], **{**BASE, "output_dir": "out dir"}, partition="gpu", account="proj42",
-                           qos="high", extra_sbatch=["--mem=0", "#SBATCH --exclusive"], requeue_signal="B:USR1",
-                           signal_lead_seconds=300, fit_args=["--trainer.max_steps", "1000"])
+    script = render_sbatch(
+        ["a.yaml"],
+        **{**BASE, "output_dir": "out dir"},
+        partition="gpu",
+        account="proj42",
+        qos="high",
+        extra_sbatch=["--mem=0", "#SBATCH --exclusive"],
+        requeue_signal="B:USR1",
+        signal_lead_seconds=300,
+        fit_args=["--trainer.max_steps", "1000"],
+    )
     lines = sbatch_lines(script)
     assert lines[-5:] == ["--partition=gpu", "--account=proj42", "--qos=high", "--mem=0", "--exclusive"]
     assert '--output="out dir/%x-%j.out"' in lines and "--signal=B:USR1@300" in lines
@@ -120,8 +154,11 @@ class FakeJob:
         (bin_dir / "srun").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/srun-args\n')
         (bin_dir / "srun").chmod(0o755)
         self.script = tmp_path / "job.sh"
-        self.script.write_text(render_sbatch(["a.yaml"], **{**BASE, "output_dir": str(self.out)}, python="py",
-                                             fit_args=["--seed_everything", "3"]))
+        self.script.write_text(
+            render_sbatch(
+                ["a.yaml"], **{**BASE, "output_dir": str(self.out)}, python="py", fit_args=["--seed_everything", "3"]
+            )
+        )
         self.path = f"{bin_dir}:{os.environ['PATH']}"
 
     def run(self, job_id, restarts=None):
@@ -133,12 +170,28 @@ class FakeJob:
         (self.tmp / "srun-args").unlink(missing_ok=True)
         done = subprocess.run(["bash", str(self.script)], env=env, capture_output=True, text=True, check=True)
         args = (self.tmp / "srun-args").read_text().split("\n")[:-1]
-        fixed = ["--kill-on-bad-exit=1", "--cpus-per-task=8", "py", "-m", "ddo_lightning.cli", "fit", "--config",
-                 "a.yaml", "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "4",
-                 "--trainer.callbacks+=ddo_lightning.training.Preemption",
-                 f"--trainer.callbacks.path={self.out}/resume-{job_id}.ckpt", "--seed_everything", "3"]
-        assert args[:len(fixed)] == fixed
-        return args[len(fixed):], done.stdout
+        fixed = [
+            "--kill-on-bad-exit=1",
+            "--cpus-per-task=8",
+            "py",
+            "-m",
+            "ddo_lightning.cli",
+            "fit",
+            "--config",
+            "a.yaml",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.num_nodes",
+            "2",
+            "--trainer.devices",
+            "4",
+            "--trainer.callbacks+=ddo_lightning.training.Preemption",
+            f"--trainer.callbacks.path={self.out}/resume-{job_id}.ckpt",
+            "--seed_everything",
+            "3",
+        ]
+        assert args[: len(fixed)] == fixed
+        return args[len(fixed) :], done.stdout
 
     def checkpoint(self, name):
         (self.out / name).write_bytes(b"")
@@ -180,12 +233,27 @@ def test_script_outside_slurm_stops_with_a_message(tmp_path):
     assert not (tmp_path / "srun-args").exists()
 
 
-@pytest.mark.parametrize("field, value", [
-    ("nodes", 0), ("devices", -1), ("cpus_per_task", 0), ("nodes", "2"),
-    ("time", "90:00:00:00"), ("time", "1:75"), ("time", "2-25:00:00"), ("time", "soon"), ("time", "0"),
-    ("job_name", "my job"), ("job_name", ""), ("output_dir", ""), ("partition", "gpu a100"),
-    ("requeue_signal", "USR1; rm"), ("signal_lead_seconds", 70000), ("batch_per_device", 0),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("nodes", 0),
+        ("devices", -1),
+        ("cpus_per_task", 0),
+        ("nodes", "2"),
+        ("time", "90:00:00:00"),
+        ("time", "1:75"),
+        ("time", "2-25:00:00"),
+        ("time", "soon"),
+        ("time", "0"),
+        ("job_name", "my job"),
+        ("job_name", ""),
+        ("output_dir", ""),
+        ("partition", "gpu a100"),
+        ("requeue_signal", "USR1; rm"),
+        ("signal_lead_seconds", 70000),
+        ("batch_per_device", 0),
+    ],
+)
 def test_bad_input_names_the_value(field, value):
     with pytest.raises(ValueError, match=re.escape(f"{field} {value!r}")):
         render_sbatch(["a.yaml"], **{**BASE, field: value})
@@ -208,8 +276,23 @@ TOY_OVERLAY = {"model": {"init_args": {"init_from": None}}}  # toy2d.yaml's pret
 
 def cli_args(tmp_path, overlay=TOY_OVERLAY, config=TOY, devices=("--devices", "2")):
     extra = _write(tmp_path / "tiny.yaml", overlay)
-    return ["--config", config, "--config", extra, "--nodes", "1", *devices, "--cpus-per-task", "1",
-            "--time", "00:10:00", "--job-name", "toy", "--output-dir", "runs/toy"]
+    return [
+        "--config",
+        config,
+        "--config",
+        extra,
+        "--nodes",
+        "1",
+        *devices,
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "00:10:00",
+        "--job-name",
+        "toy",
+        "--output-dir",
+        "runs/toy",
+    ]
 
 
 @pytest.fixture
@@ -223,16 +306,37 @@ def no_sbatch(monkeypatch):
 
 def test_dry_run_prints_the_script_and_submits_nothing(no_sbatch, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = cli_args(tmp_path) + ["--partition", "debug", "--sbatch-arg", "--mem=0", "--sbatch-arg=--exclusive",
-                                 "--dry-run", "--", "--trainer.max_steps", "4"]
+    argv = cli_args(tmp_path) + [
+        "--partition",
+        "debug",
+        "--sbatch-arg",
+        "--mem=0",
+        "--sbatch-arg=--exclusive",
+        "--dry-run",
+        "--",
+        "--trainer.max_steps",
+        "4",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     # toy2d.yaml: batch_size 512 is the global batch, 2 CPU tasks get 256 each
-    assert captured.out == render_sbatch([TOY, str(tmp_path / "tiny.yaml")], nodes=1, devices=2, cpus_per_task=1,
-                                         time="00:10:00", job_name="toy", output_dir="runs/toy", partition="debug",
-                                         extra_sbatch=["--mem=0", "--exclusive"], batch_per_device=256,
-                                         fit_args=["--trainer.max_steps", "4"])
-    assert "#SBATCH --exclusive" in captured.out and "--trainer.max_steps 4 --data.init_args.batch_size 256" in captured.out
+    assert captured.out == render_sbatch(
+        [TOY, str(tmp_path / "tiny.yaml")],
+        nodes=1,
+        devices=2,
+        cpus_per_task=1,
+        time="00:10:00",
+        job_name="toy",
+        output_dir="runs/toy",
+        partition="debug",
+        extra_sbatch=["--mem=0", "--exclusive"],
+        batch_per_device=256,
+        fit_args=["--trainer.max_steps", "4"],
+    )
+    assert (
+        "#SBATCH --exclusive" in captured.out
+        and "--trainer.max_steps 4 --data.init_args.batch_size 256" in captured.out
+    )
     assert "global batch 512 = 1 node(s) x 2 task(s) x 256 per task" in captured.err
     assert "model DDOModule: trained network" in captured.err and "trainer callbacks: SelfPlay" in captured.err
     assert not (tmp_path / "runs").exists()
@@ -240,9 +344,13 @@ def test_dry_run_prints_the_script_and_submits_nothing(no_sbatch, capsys, tmp_pa
 
 def test_a_batch_size_on_the_command_line_is_the_global_one(no_sbatch, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(cli_args(tmp_path, devices=("--devices", "4")) + ["--dry-run", "--", "--data.init_args.batch_size",
-                                                                  "64"]) == 0
-    assert srun_line(capsys.readouterr().out).endswith('--data.init_args.batch_size 64 --data.init_args.batch_size 16 "$@"')
+    assert (
+        main(cli_args(tmp_path, devices=("--devices", "4")) + ["--dry-run", "--", "--data.init_args.batch_size", "64"])
+        == 0
+    )
+    assert srun_line(capsys.readouterr().out).endswith(
+        '--data.init_args.batch_size 64 --data.init_args.batch_size 16 "$@"'
+    )
 
 
 def refused(argv, capsys):
@@ -286,15 +394,25 @@ def test_a_config_that_crashes_at_startup_is_never_submitted(no_sbatch, capsys, 
     err = refused(cli_args(tmp_path, {**TOY_OVERLAY, "trainer": {"callbacks": callbacks}}), capsys)
     assert err.splitlines()[0] == (
         "ddo slurm: error: the config does not build: ModelCheckpoint: MisconfigurationException: "
-        "ModelCheckpoint(save_top_k=2, monitor=None) is not a valid configuration. No quantity for top_k to track.")
+        "ModelCheckpoint(save_top_k=2, monitor=None) is not a valid configuration. No quantity for top_k to track."
+    )
 
 
-@pytest.mark.parametrize("overlay, message", [
-    ({"model": {"init_args": {"init_from": None, "learning_rate": 1}}}, "learning_rate"),
-    ({"model": {"init_args": {"init_from": None, "lr": "fast"}}}, "lr"),
-    ({"model": {"init_args": {"init_from": None, "sampler": {"class_path": "ddo_lightning.samplers.NoSuchSampler"}}}},
-     "NoSuchSampler"),
-])
+@pytest.mark.parametrize(
+    "overlay, message",
+    [
+        ({"model": {"init_args": {"init_from": None, "learning_rate": 1}}}, "learning_rate"),
+        ({"model": {"init_args": {"init_from": None, "lr": "fast"}}}, "lr"),
+        (
+            {
+                "model": {
+                    "init_args": {"init_from": None, "sampler": {"class_path": "ddo_lightning.samplers.NoSuchSampler"}}
+                }
+            },
+            "NoSuchSampler",
+        ),
+    ],
+)
 def test_a_config_that_does_not_parse_is_refused(overlay, message, no_sbatch, capsys, tmp_path):
     err = refused(cli_args(tmp_path, overlay), capsys)
     assert err.startswith("ddo slurm: error: the config does not parse as `ddo fit` would parse it:") and message in err
@@ -305,8 +423,9 @@ def test_cli_bad_fit_arguments_are_refused(no_sbatch, capsys, tmp_path):
     assert "fit argument '--trainer.num_nodes': ddo slurm sets" in err
 
 
-@pytest.mark.parametrize("preset", ["edm_cifar10", "edm_cifar10_cond", "edm2_img64_s", "edm2_img512_l", "var_d16",
-                                    "var_d30"])
+@pytest.mark.parametrize(
+    "preset", ["edm_cifar10", "edm_cifar10_cond", "edm2_img64_s", "edm2_img512_l", "var_d16", "var_d30"]
+)
 def test_paper_presets_build_without_their_files(preset, tmp_path, monkeypatch):
     """Every paper preset parses and builds (its callbacks included) with none of its weights or data present:
     networks on the meta device, the weights not loaded, the file-reading parts left unbuilt."""
@@ -327,13 +446,24 @@ def test_missing_files_are_reported_before_submission(no_sbatch, capsys, tmp_pat
     monkeypatch.setenv("DDO_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("DDO_FETCH_MIRROR", raising=False)
     preset = os.path.join(ROOT, "configs/edm_cifar10.yaml")
-    overlay = {"data": {"init_args": {"real": {"class_path": "ddo_lightning.data.Cifar10Dataset",
-                                               "init_args": {"root": "data/cifar-10-batches-py"}}}}}
+    overlay = {
+        "data": {
+            "init_args": {
+                "real": {
+                    "class_path": "ddo_lightning.data.Cifar10Dataset",
+                    "init_args": {"root": "data/cifar-10-batches-py"},
+                }
+            }
+        }
+    }
     args = cli_args(tmp_path, overlay, config=preset, devices=("--gpus-per-node", "4"))
     err = refused(args, capsys)
     assert err.splitlines()[0] == "ddo slurm: error: 4 files needed by this config are missing; nothing was built:"
-    for name, file in [("edm-cifar10-uncond-vp", "edm-cifar10-32x32-uncond-vp.pkl"), ("fid-ref-cifar10", "cifar10-32x32.npz"),
-                       ("inception", "weights-inception-2015-12-05-6726825d.pth")]:
+    for name, file in [
+        ("edm-cifar10-uncond-vp", "edm-cifar10-32x32-uncond-vp.pkl"),
+        ("fid-ref-cifar10", "cifar10-32x32.npz"),
+        ("inception", "weights-inception-2015-12-05-6726825d.pth"),
+    ]:
         assert f"file: {tmp_path}/cache/{name}/{file}" in err
     assert "  - data.init_args.real.init_args.root: data/cifar-10-batches-py" in err
     assert f"(relative paths are looked up from {tmp_path}, where the job runs)" in err
@@ -361,9 +491,14 @@ def test_submission_after_the_checks(capsys, tmp_path, monkeypatch):
     assert (tmp_path / "runs/toy").is_dir()
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--nodes", "0"], "nodes 0"), (["--time", "tomorrow"], "time 'tomorrow'"), (["--devices", "two"], "--devices"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--nodes", "0"], "nodes 0"),
+        (["--time", "tomorrow"], "time 'tomorrow'"),
+        (["--devices", "two"], "--devices"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_status_2(change, message, no_sbatch, capsys, tmp_path):
     err = refused(cli_args(tmp_path) + change + ["--dry-run"], capsys)
     assert message in err and err.count("\n") == 1
@@ -371,8 +506,22 @@ def test_cli_bad_input_is_one_line_and_status_2(change, message, no_sbatch, caps
 
 def test_cli_missing_config_is_refused_before_submitting(no_sbatch, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = ["--config", "configs/toy2d.yaml", "--nodes", "1", "--devices", "2", "--cpus-per-task", "1", "--time",
-            "00:10:00", "--job-name", "toy", "--output-dir", "runs/toy"]
+    argv = [
+        "--config",
+        "configs/toy2d.yaml",
+        "--nodes",
+        "1",
+        "--devices",
+        "2",
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "00:10:00",
+        "--job-name",
+        "toy",
+        "--output-dir",
+        "runs/toy",
+    ]
     assert "config 'configs/toy2d.yaml': no such file" in refused(argv, capsys)
 
 
@@ -391,8 +540,17 @@ def test_submit_reports_sbatch_errors_and_parses_the_job_id(tmp_path):
 
 # --- a real SLURM cluster: slurmctld + slurmd on this machine, private munged, private ports ------------
 
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-            "PREEMPTED"}
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 def _free_port():
@@ -449,8 +607,19 @@ class Cluster:
 
     def start(self, name, *cmd):
         log = open(os.path.join(self.root, f"{name}.stdout"), "w")
-        self.procs.append((name, subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                  stdin=subprocess.DEVNULL, start_new_session=True)))
+        self.procs.append(
+            (
+                name,
+                subprocess.Popen(
+                    cmd,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                ),
+            )
+        )
         log.close()
 
     def logs(self):
@@ -460,7 +629,7 @@ class Cluster:
     def stop(self):
         if any(name == "slurmctld" and p.poll() is None for name, p in self.procs):
             self.run("scancel", "--user=root", "--full")
-        for name, proc in reversed(self.procs):  # slurmd, slurmctld, munged
+        for _name, proc in reversed(self.procs):  # slurmd, slurmctld, munged
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -486,9 +655,17 @@ def slurm_cluster():
         with open(key, "wb") as f:
             f.write(os.urandom(1024))
         os.chmod(key, 0o400)
-        cluster.start("munged", shutil.which("munged"), "--foreground", "--force", f"--key-file={key}",
-                      f"--socket={sock}", f"--pid-file={munge_dir}/munged.pid", f"--log-file={root}/munged.log",
-                      f"--seed-file={munge_dir}/munged.seed")
+        cluster.start(
+            "munged",
+            shutil.which("munged"),
+            "--foreground",
+            "--force",
+            f"--key-file={key}",
+            f"--socket={sock}",
+            f"--pid-file={munge_dir}/munged.pid",
+            f"--log-file={root}/munged.log",
+            f"--seed-file={munge_dir}/munged.seed",
+        )
         host = socket.gethostname().split(".")[0]
         cpus = len(os.sched_getaffinity(0))
         for d in ("state", "spool"):
@@ -554,15 +731,43 @@ SMALL_DATA = {"real": {"class_path": "ddo_lightning.data.Toy2DDataset", "init_ar
 
 def _pretrain(tmp_path):
     """A 2-step MLE reference of the toy preset, run here (not under SLURM): tmp_path/pretrain/last.ckpt."""
-    pre = _write(tmp_path / "pre.yaml", {
-        "trainer": {"max_steps": 2, "val_check_interval": 2, "enable_progress_bar": False, "logger": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": "pretrain", "save_last": True, "every_n_train_steps": 2}}]},
-        "model": {"init_args": {"num_eval_samples": 200}}, "data": {"init_args": {"batch_size": 64, **SMALL_DATA}}})
+    pre = _write(
+        tmp_path / "pre.yaml",
+        {
+            "trainer": {
+                "max_steps": 2,
+                "val_check_interval": 2,
+                "enable_progress_bar": False,
+                "logger": False,
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"dirpath": "pretrain", "save_last": True, "every_n_train_steps": 2},
+                    }
+                ],
+            },
+            "model": {"init_args": {"num_eval_samples": 200}},
+            "data": {"init_args": {"batch_size": 64, **SMALL_DATA}},
+        },
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    done = subprocess.run([sys.executable, "-m", "ddo_lightning.cli", "fit", "--config",
-                           os.path.join(ROOT, "configs/toy2d_pretrain.yaml"), "--config", pre],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddo_lightning.cli",
+            "fit",
+            "--config",
+            os.path.join(ROOT, "configs/toy2d_pretrain.yaml"),
+            "--config",
+            pre,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "pretrain/last.ckpt").is_file()
     return str(tmp_path / "pretrain/last.ckpt")
@@ -585,29 +790,63 @@ def _show_job(cluster, job_id):
 
 
 def _job_logs(out, job_name, job_id):
-    return "".join((out / f"{job_name}-{job_id}.{ext}").read_text(errors="replace")
-                   if (out / f"{job_name}-{job_id}.{ext}").exists() else "" for ext in ("out", "err"))
+    return "".join(
+        (out / f"{job_name}-{job_id}.{ext}").read_text(errors="replace")
+        if (out / f"{job_name}-{job_id}.{ext}").exists()
+        else ""
+        for ext in ("out", "err")
+    )
 
 
 @pytest.mark.slow
 def test_two_task_ddo_training_on_a_real_slurm_cluster(slurm_cluster, tmp_path, monkeypatch):
     """`ddo fit` of the toy preset as 2 srun tasks on one node: DDP over gloo, world size 2, job COMPLETED."""
     reference = _pretrain(tmp_path)
-    ddo = _write(tmp_path / "ddo.yaml", {
-        "trainer": {"accelerator": "cpu", "strategy": "ddp", "max_steps": 4, "enable_progress_bar": False,
-                    "logger": False, "callbacks": [
-                        {"class_path": "ddo_lightning.training.SelfPlay",
-                         "init_args": {"rounds": 1, "kimg_per_round": 0.256, "eval_every_kimg": 0.128,
-                                       "monitor": "mmd", "dirpath": "ddo", "summary_path": "ddo/summary.json"}}]},
-        "model": {"init_args": {"init_from": reference, "num_eval_samples": 200}},
-        "data": {"init_args": {"batch_size": 64, **SMALL_DATA,
-                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
-                                        "init_args": {"size": 256}}}}})
+    ddo = _write(
+        tmp_path / "ddo.yaml",
+        {
+            "trainer": {
+                "accelerator": "cpu",
+                "strategy": "ddp",
+                "max_steps": 4,
+                "enable_progress_bar": False,
+                "logger": False,
+                "callbacks": [
+                    {
+                        "class_path": "ddo_lightning.training.SelfPlay",
+                        "init_args": {
+                            "rounds": 1,
+                            "kimg_per_round": 0.256,
+                            "eval_every_kimg": 0.128,
+                            "monitor": "mmd",
+                            "dirpath": "ddo",
+                            "summary_path": "ddo/summary.json",
+                        },
+                    }
+                ],
+            },
+            "model": {"init_args": {"init_from": reference, "num_eval_samples": 200}},
+            "data": {
+                "init_args": {
+                    "batch_size": 64,
+                    **SMALL_DATA,
+                    "fake": {"class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 256}},
+                }
+            },
+        },
+    )
     out = tmp_path / "slurm"
     out.mkdir()
-    script = render_sbatch([os.path.join(ROOT, "configs/toy2d.yaml"), ddo], nodes=1, devices=2, cpus_per_task=1,
-                           time="00:10:00", job_name="ddo-test", output_dir=str(out),
-                           extra_sbatch=[f"--chdir={tmp_path}"])
+    script = render_sbatch(
+        [os.path.join(ROOT, "configs/toy2d.yaml"), ddo],
+        nodes=1,
+        devices=2,
+        cpus_per_task=1,
+        time="00:10:00",
+        job_name="ddo-test",
+        output_dir=str(out),
+        extra_sbatch=[f"--chdir={tmp_path}"],
+    )
     _job_environment(monkeypatch, slurm_cluster)
     job_id = submit(script)
     assert job_id.isdigit()
@@ -631,8 +870,7 @@ def test_two_task_ddo_training_on_a_real_slurm_cluster(slurm_cluster, tmp_path, 
 
 
 @pytest.mark.slow
-def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(slurm_cluster, tmp_path,
-                                                                                monkeypatch):
+def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(slurm_cluster, tmp_path, monkeypatch):
     """`scancel --signal=USR1` to a running two-task DDO job: the Preemption callback writes resume-<job>.ckpt
     at a step boundary and requeues the job (`scontrol requeue` from rank 0); the second run of the job
     resumes from it (the script's --ckpt_path) and completes: every step checkpointed once, none lost."""
@@ -642,33 +880,79 @@ def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(
     reference = _pretrain(tmp_path)
     out = tmp_path / "slurm"
     out.mkdir()
-    ddo = _write(tmp_path / "ddo.yaml", {
-        "trainer": {"accelerator": "cpu", "strategy": "ddp", "max_steps": max_steps, "enable_progress_bar": False,
-                    "logger": False, "callbacks": [
-                        # global batch 64 (32 per rank): a round is 4 steps, 10 rounds are all of max_steps
-                        {"class_path": "ddo_lightning.training.SelfPlay",
-                         "init_args": {"rounds": max_steps // 4, "kimg_per_round": 0.256, "eval_every_kimg": 0.128,
-                                       "monitor": "mmd", "dirpath": "ddo", "summary_path": "ddo/summary.json"}},
-                        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                         "init_args": {"dirpath": str(out / "ckpt"), "filename": "{step}", "save_top_k": -1,
-                                       "every_n_train_steps": 1}}]},  # `ddo slurm` adds Preemption(path=<out>/resume.ckpt)
-        "model": {"init_args": {"init_from": reference, "num_eval_samples": 200, "eval_batch_size": 200,
-                                "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler",
-                                            "init_args": {"num_steps": 4}}}},
-        "data": {"init_args": {"batch_size": 32, **SMALL_DATA,
-                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
-                                        "init_args": {"size": 256, "generation_batch_size": 64,
-                                                      "progress": False}}}}})
-    script = render_sbatch([os.path.join(ROOT, "configs/toy2d.yaml"), ddo], nodes=1, devices=2, cpus_per_task=1,
-                           time="00:10:00", job_name=name, output_dir=str(out), extra_sbatch=[f"--chdir={tmp_path}"])
+    ddo = _write(
+        tmp_path / "ddo.yaml",
+        {
+            "trainer": {
+                "accelerator": "cpu",
+                "strategy": "ddp",
+                "max_steps": max_steps,
+                "enable_progress_bar": False,
+                "logger": False,
+                "callbacks": [
+                    # global batch 64 (32 per rank): a round is 4 steps, 10 rounds are all of max_steps
+                    {
+                        "class_path": "ddo_lightning.training.SelfPlay",
+                        "init_args": {
+                            "rounds": max_steps // 4,
+                            "kimg_per_round": 0.256,
+                            "eval_every_kimg": 0.128,
+                            "monitor": "mmd",
+                            "dirpath": "ddo",
+                            "summary_path": "ddo/summary.json",
+                        },
+                    },
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {
+                            "dirpath": str(out / "ckpt"),
+                            "filename": "{step}",
+                            "save_top_k": -1,
+                            "every_n_train_steps": 1,
+                        },
+                    },
+                ],
+            },  # `ddo slurm` adds Preemption(path=<out>/resume.ckpt)
+            "model": {
+                "init_args": {
+                    "init_from": reference,
+                    "num_eval_samples": 200,
+                    "eval_batch_size": 200,
+                    "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}},
+                }
+            },
+            "data": {
+                "init_args": {
+                    "batch_size": 32,
+                    **SMALL_DATA,
+                    "fake": {
+                        "class_path": "ddo_lightning.training.PoolFakeSource",
+                        "init_args": {"size": 256, "generation_batch_size": 64, "progress": False},
+                    },
+                }
+            },
+        },
+    )
+    script = render_sbatch(
+        [os.path.join(ROOT, "configs/toy2d.yaml"), ddo],
+        nodes=1,
+        devices=2,
+        cpus_per_task=1,
+        time="00:10:00",
+        job_name=name,
+        output_dir=str(out),
+        extra_sbatch=[f"--chdir={tmp_path}"],
+    )
     _job_environment(monkeypatch, slurm_cluster)
     t0 = time.monotonic()
     job_id = submit(script)
     resume = out / f"resume-{job_id}.ckpt"  # the script's: this job's own resume checkpoint
 
     def failure(what):
-        return (f"job {job_id}: {what}\n{slurm_cluster.run('scontrol', 'show', 'job', job_id).stdout}\n"
-                f"{_job_logs(out, name, job_id)[-5000:]}\n{slurm_cluster.logs()}")
+        return (
+            f"job {job_id}: {what}\n{slurm_cluster.run('scontrol', 'show', 'job', job_id).stdout}\n"
+            f"{_job_logs(out, name, job_id)[-5000:]}\n{slurm_cluster.logs()}"
+        )
 
     # 1. Running and past step 3: the signal, to the job's steps (the srun tasks), not to the batch shell.
     deadline = time.monotonic() + 300
@@ -703,10 +987,12 @@ def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(
     # The requeue kills the job's processes at once: whatever they still write after it (here the step's
     # ModelCheckpoint, which runs after Preemption's on_train_batch_end) is lost if the requeue comes too early.
     leftovers = sorted(p.name for p in (out / "ckpt").iterdir() if ".tmp-" in p.name)
-    assert steps == set(range(1, max_steps + 1)) and not leftovers, \
-        failure(f"step checkpoints {sorted(steps)}, partial files {leftovers}")
-    first, resumed = (torch.load(out / f"ckpt/step={k}.ckpt", map_location="cpu", weights_only=True)
-                      for k in (stopped, stopped + 1))
+    assert steps == set(range(1, max_steps + 1)) and not leftovers, failure(
+        f"step checkpoints {sorted(steps)}, partial files {leftovers}"
+    )
+    first, resumed = (
+        torch.load(out / f"ckpt/step={k}.ckpt", map_location="cpu", weights_only=True) for k in (stopped, stopped + 1)
+    )
     assert first["global_step"] == stopped and resumed["global_step"] == stopped + 1
     written = {k: os.path.getmtime(out / f"ckpt/step={k}.ckpt") for k in steps}
     assert all(written[k] <= os.path.getmtime(resume) for k in range(1, stopped)), "the second run repeated steps"
@@ -716,8 +1002,10 @@ def test_preempted_job_checkpoints_requeues_and_resumes_on_a_real_slurm_cluster(
             assert torch.load(out / "ckpt" / final, map_location="cpu", weights_only=True)["global_step"] == max_steps
     summary = json.loads((tmp_path / "ddo/summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == list(range(1, max_steps // 4 + 1))
-    print(f"\n[slurm] job {job_id}: USR1 at {t_signal:.0f} s, stopped after step {stopped}, "
-          f"requeued {job['Restarts']}x, completed at {wall:.0f} s")
+    print(
+        f"\n[slurm] job {job_id}: USR1 at {t_signal:.0f} s, stopped after step {stopped}, "
+        f"requeued {job['Restarts']}x, completed at {wall:.0f} s"
+    )
 
 
 @pytest.mark.slow
@@ -730,32 +1018,82 @@ def test_paper_preset_through_ddo_slurm_on_a_real_slurm_cluster(slurm_cluster, t
     preset = yaml.safe_load(open(os.path.join(ROOT, "configs/edm_cifar10.yaml")))
     callbacks = preset["trainer"]["callbacks"]  # the shipped list; only SelfPlay's schedule shrinks
     selfplay = next(c for c in callbacks if c["class_path"].endswith("SelfPlay"))
-    selfplay["init_args"].update(rounds=1, kimg_per_round=0.032, eval_every_kimg=0.016, dirpath="ddo",
-                                 summary_path="ddo/summary.json")
+    selfplay["init_args"].update(
+        rounds=1, kimg_per_round=0.032, eval_every_kimg=0.016, dirpath="ddo", summary_path="ddo/summary.json"
+    )
     root = write_fake_cifar(str(tmp_path / "data"), per_batch=16)  # 80 images, x-flipped: 160
-    overlay = _write(tmp_path / "small.yaml", {
-        "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "callbacks": callbacks},
-        "model": {"init_args": {
-            "init_from": None, "num_eval_samples": 32, "eval_batch_size": 32,
-            "network": {"init_args": {"model": {"init_args": {"model_channels": 16, "channel_mult": [1, 1],
-                                                               "num_blocks": 1}}}},
-            "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}},
-            "evaluator": {"class_path": "ddo_lightning.metrics.FrechetDistance",
-                          "init_args": {"name": "fid", "reference_stats": None,
-                                        "extractor": {"class_path": "conftest.RandomFeatures"}}}}},
-        "data": {"init_args": {"real": {"class_path": "ddo_lightning.data.Cifar10Dataset",
-                                        "init_args": {"root": root, "xflip": True}},
-                               "batch_size": 16, "num_workers": 0,
-                               "fake": {"class_path": "ddo_lightning.training.PoolFakeSource",
-                                        "init_args": {"size": 32, "generation_batch_size": 16, "progress": False}}}}})
+    overlay = _write(
+        tmp_path / "small.yaml",
+        {
+            "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "callbacks": callbacks},
+            "model": {
+                "init_args": {
+                    "init_from": None,
+                    "num_eval_samples": 32,
+                    "eval_batch_size": 32,
+                    "network": {
+                        "init_args": {
+                            "model": {"init_args": {"model_channels": 16, "channel_mult": [1, 1], "num_blocks": 1}}
+                        }
+                    },
+                    "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 4}},
+                    "evaluator": {
+                        "class_path": "ddo_lightning.metrics.FrechetDistance",
+                        "init_args": {
+                            "name": "fid",
+                            "reference_stats": None,
+                            "extractor": {"class_path": "conftest.RandomFeatures"},
+                        },
+                    },
+                }
+            },
+            "data": {
+                "init_args": {
+                    "real": {
+                        "class_path": "ddo_lightning.data.Cifar10Dataset",
+                        "init_args": {"root": root, "xflip": True},
+                    },
+                    "batch_size": 16,
+                    "num_workers": 0,
+                    "fake": {
+                        "class_path": "ddo_lightning.training.PoolFakeSource",
+                        "init_args": {"size": 32, "generation_batch_size": 16, "progress": False},
+                    },
+                }
+            },
+        },
+    )
     out = tmp_path / "slurm"
     _job_environment(monkeypatch, slurm_cluster)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.join(ROOT, "src"), os.path.join(ROOT, "tests")]))
     monkeypatch.chdir(tmp_path)  # the job runs where it was submitted (sbatch's default)
     t0 = time.monotonic()
-    assert main(["--config", os.path.join(ROOT, "configs/edm_cifar10.yaml"), "--config", overlay, "--nodes", "1",
-                 "--devices", "2", "--cpus-per-task", "1", "--time", "00:15:00", "--job-name", "ddo-cifar",
-                 "--output-dir", str(out), "--", "--trainer.strategy", "ddp"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                os.path.join(ROOT, "configs/edm_cifar10.yaml"),
+                "--config",
+                overlay,
+                "--nodes",
+                "1",
+                "--devices",
+                "2",
+                "--cpus-per-task",
+                "1",
+                "--time",
+                "00:15:00",
+                "--job-name",
+                "ddo-cifar",
+                "--output-dir",
+                str(out),
+                "--",
+                "--trainer.strategy",
+                "ddp",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     job_id = captured.out.strip()
     assert job_id.isdigit(), captured

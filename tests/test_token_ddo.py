@@ -48,7 +48,9 @@ def test_sequence_log_prob_is_the_product_of_conditionals_and_normalised():
     seqs = list(itertools.product(range(V), repeat=L))
     tokens = torch.tensor(seqs)
     for cls in range(K + 1):
-        labels = torch.zeros(len(seqs), K) if cls == K else nn.functional.one_hot(torch.full((len(seqs),), cls), K).float()
+        labels = (
+            torch.zeros(len(seqs), K) if cls == K else nn.functional.one_hot(torch.full((len(seqs),), cls), K).float()
+        )
         logp = token_log_prob(model, tokens, labels)
         expected = torch.tensor([brute_force_log_prob(model, s, cls) for s in seqs], dtype=torch.float64)
         assert torch.allclose(logp.double(), expected.double(), atol=1e-5)
@@ -58,8 +60,10 @@ def test_sequence_log_prob_is_the_product_of_conditionals_and_normalised():
 def _batch(n: int, seed: int = 1) -> PairedBatch:
     gen = torch.Generator().manual_seed(seed)
     labels = nn.functional.one_hot(torch.randint(0, K, (n,), generator=gen), K).float()
-    return PairedBatch(Samples(torch.randint(0, V, (n, L), generator=gen), labels),
-                       Samples(torch.randint(0, V, (n, L), generator=gen), labels.flip(0)))
+    return PairedBatch(
+        Samples(torch.randint(0, V, (n, L), generator=gen), labels),
+        Samples(torch.randint(0, V, (n, L), generator=gen), labels.flip(0)),
+    )
 
 
 def test_delta_is_zero_at_the_reference_and_the_loss_is_exact():
@@ -81,7 +85,9 @@ def test_one_drop_mask_shared_by_target_and_reference():
     (seen_t,), (seen_r,) = target.seen_labels, reference.seen_labels
     assert torch.equal(seen_t, seen_r)  # the same labels, dropped rows included
     dropped = seen_t.sum(1) == 0
-    assert 0.2 < float(dropped.float().mean()) < 0.4 and float(out.stats["label_drop_rate"]) == pytest.approx(float(dropped.float().mean()))
+    assert 0.2 < float(dropped.float().mean()) < 0.4 and float(out.stats["label_drop_rate"]) == pytest.approx(
+        float(dropped.float().mean())
+    )
     original = torch.cat([batch.real.labels, batch.fake.labels])
     assert torch.equal(seen_t[~dropped], original[~dropped])
     # the mask is a function of the global batch: two ranks see the single-process mask's rows
@@ -137,7 +143,7 @@ def test_sampled_sequences_follow_the_model_distribution():
     n = 20000
     labels = nn.functional.one_hot(torch.zeros(n, dtype=torch.long), K).float()
     tokens = sample_tokens(model, labels, seeded_uniform(torch.arange(n), L))
-    freq = torch.bincount(_sequence_index(tokens), minlength=V ** L).double() / n
+    freq = torch.bincount(_sequence_index(tokens), minlength=V**L).double() / n
     seqs = torch.tensor(list(itertools.product(range(V), repeat=L)))
     exact = token_log_prob(model, seqs, labels[: len(seqs)]).double().exp()
     assert 0.5 * (freq - exact).abs().sum() < 0.05  # total variation; ~0.02 expected at n = 20,000
@@ -150,7 +156,9 @@ def test_a_sample_depends_on_its_seed_only():
     seeds = torch.arange(5, 17)
     labels = nn.functional.one_hot(seeds % K, K).float()
     whole = sample_tokens(model, labels, seeded_uniform(seeds, L))
-    parts = torch.cat([sample_tokens(model, labels[i : i + 5], seeded_uniform(seeds[i : i + 5], L)) for i in range(0, 12, 5)])
+    parts = torch.cat(
+        [sample_tokens(model, labels[i : i + 5], seeded_uniform(seeds[i : i + 5], L)) for i in range(0, 12, 5)]
+    )
     assert torch.equal(whole, parts)
     assert not torch.equal(whole, sample_tokens(model, labels, seeded_uniform(seeds + 100, L)))
 

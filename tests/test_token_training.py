@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from conftest import make_trainer
 from torch import nn
 
-from conftest import make_trainer
 from ddo_lightning.data import MarkovSource, MarkovTokenDataset
 from ddo_lightning.metrics import MarkovMetrics
 from ddo_lightning.networks import EDMPrecond, TokenGPT, ToyMLP
@@ -136,16 +136,37 @@ def test_mle_then_ddo_self_play_on_tokens(tmp_path, fake):
     torch.manual_seed(0)
     ds = MarkovTokenDataset(num_samples=1024, num_classes=K, vocab_size=V, length=L)
     make = lambda: TokenGPT(V, L, K, d_model=16, n_layer=1, n_head=2)  # noqa: E731
-    mle = MLEModule(make(), objective=TokenMLE(), lr=3e-3, ema_halflife_kimg=1, sampler=TokenSampler(),
-                    evaluator=MarkovMetrics(), num_eval_samples=64, eval_batch_size=64)
+    mle = MLEModule(
+        make(),
+        objective=TokenMLE(),
+        lr=3e-3,
+        ema_halflife_kimg=1,
+        sampler=TokenSampler(),
+        evaluator=MarkovMetrics(),
+        num_eval_samples=64,
+        eval_batch_size=64,
+    )
     trainer = make_trainer(tmp_path / "mle", max_steps=40)
     trainer.fit(mle, DDODataModule(ds, batch_size=64))
     ckpt = str(tmp_path / "mle.ckpt")
     trainer.save_checkpoint(ckpt)
 
-    source = OnlineFakeSource(seed=1) if fake == "online" else PoolFakeSource(size=96, generation_batch_size=32, seed=1, progress=False)
-    module = DDOModule(make(), init_from=ckpt, objective=TokenDDO(alpha=2.0, beta=0.5), lr=1e-3, ema_halflife_kimg=1,
-                       sampler=TokenSampler(), evaluator=MarkovMetrics(), num_eval_samples=64, eval_batch_size=64)
+    source = (
+        OnlineFakeSource(seed=1)
+        if fake == "online"
+        else PoolFakeSource(size=96, generation_batch_size=32, seed=1, progress=False)
+    )
+    module = DDOModule(
+        make(),
+        init_from=ckpt,
+        objective=TokenDDO(alpha=2.0, beta=0.5),
+        lr=1e-3,
+        ema_halflife_kimg=1,
+        sampler=TokenSampler(),
+        evaluator=MarkovMetrics(),
+        num_eval_samples=64,
+        eval_batch_size=64,
+    )
     for p, q in zip(module.reference.parameters(), mle.ema.model.parameters()):
         assert torch.equal(p, q)  # starts from the MLE EMA
     seen = []
@@ -156,8 +177,9 @@ def test_mle_then_ddo_self_play_on_tokens(tmp_path, fake):
         return orig(batch, batch_idx)
 
     module.training_step = spy
-    selfplay = SelfPlay(rounds=2, kimg_per_round=0.32, eval_every_kimg=0.16, monitor="kl_sym", mode="min",
-                        dirpath=str(tmp_path / "ddo"))
+    selfplay = SelfPlay(
+        rounds=2, kimg_per_round=0.32, eval_every_kimg=0.16, monitor="kl_sym", mode="min", dirpath=str(tmp_path / "ddo")
+    )
     trainer = make_trainer(tmp_path / "ddo", max_steps=-1, callbacks=[selfplay])
     trainer.fit(module, DDODataModule(ds, batch_size=32, fake=source))
 
@@ -178,8 +200,9 @@ def test_mle_then_ddo_self_play_on_tokens(tmp_path, fake):
         assert torch.equal(labels, torch.eye(K)[idx % K])
         assert torch.equal(x, TokenSampler().from_seeds(ref, seeds, labels, (L,), "cpu"))
     else:
-        pool = TokenSampler().from_seeds(ref, torch.tensor([mix_seed(1, 0, i) for i in range(96)]),
-                                         torch.eye(K)[torch.arange(96) % K], (L,), "cpu")
+        pool = TokenSampler().from_seeds(
+            ref, torch.tensor([mix_seed(1, 0, i) for i in range(96)]), torch.eye(K)[torch.arange(96) % K], (L,), "cpu"
+        )
         # the first step takes the first 32 positions of epoch 0's permutation, seeded by (seed, round, epoch)
         rows = torch.randperm(96, generator=torch.Generator().manual_seed(mix_seed(1, 0, 0, 1)))[:32]
         assert torch.equal(x, pool[rows]) and torch.equal(labels, torch.eye(K)[rows % K])

@@ -92,9 +92,7 @@ def test_mmd_vs_numpy():
         return sum(np.exp(-sq / (2 * h * h)) for h in hs)
 
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    ref = (
-        (kxx.sum() - np.trace(kxx)) / (50 * 49) + (kyy.sum() - np.trace(kyy)) / (60 * 59) - 2 * kxy.mean()
-    )
+    ref = (kxx.sum() - np.trace(kxx)) / (50 * 49) + (kyy.sum() - np.trace(kyy)) / (60 * 59) - 2 * kxy.mean()
     assert mmd_rbf(torch.from_numpy(x), torch.from_numpy(y), hs) == pytest.approx(ref, abs=1e-9)
     assert ref > 0.01  # the two sets differ, so the check is not 0 == 0
 

@@ -6,26 +6,45 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from conftest import make_trainer, tiny_net
+
 from ddo_lightning.checkpoints import ArchitectureMismatch
 from ddo_lightning.metrics import MixtureMetrics
 from ddo_lightning.objectives import DiffusionDDO
 from ddo_lightning.protocols import Samples
 from ddo_lightning.samplers import HeunSampler, mix_seed
 from ddo_lightning.training import (
-    DDODataModule, DDOModule, FakeSource, NonFiniteLossError, OnlineFakeSource, PoolFakeSource, SelfPlay,
+    DDODataModule,
+    DDOModule,
+    FakeSource,
+    NonFiniteLossError,
+    OnlineFakeSource,
+    PoolFakeSource,
+    SelfPlay,
 )
 
 
 def ddo_module(init_from=None, alpha=1.0, beta=1.0, lr=1e-3, **kw):
-    return DDOModule(kw.pop("network", tiny_net()), init_from=init_from, objective=DiffusionDDO(alpha=alpha, beta=beta),
-                     lr=lr, ema_halflife_kimg=5, sampler=HeunSampler(num_steps=6), evaluator=MixtureMetrics(),
-                     num_eval_samples=500, eval_batch_size=500, **kw)
+    return DDOModule(
+        kw.pop("network", tiny_net()),
+        init_from=init_from,
+        objective=DiffusionDDO(alpha=alpha, beta=beta),
+        lr=lr,
+        ema_halflife_kimg=5,
+        sampler=HeunSampler(num_steps=6),
+        evaluator=MixtureMetrics(),
+        num_eval_samples=500,
+        eval_batch_size=500,
+        **kw,
+    )
 
 
 def pool_data(real, batch_size=128, size=1024, seed=1):
-    return DDODataModule(real, batch_size=batch_size, fake=PoolFakeSource(size=size, generation_batch_size=512, seed=seed, progress=False))
+    return DDODataModule(
+        real,
+        batch_size=batch_size,
+        fake=PoolFakeSource(size=size, generation_batch_size=512, seed=seed, progress=False),
+    )
 
 
 class Record(pl.Callback):
@@ -119,7 +138,9 @@ class PoisonAfter(pl.Callback):
 
 
 def test_non_finite_loss_stops_with_step_and_stats_and_keeps_checkpoint(tmp_path, toy_real, mle_ckpt):
-    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True, save_top_k=-1)
+    ckpt_cb = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True, save_top_k=-1
+    )
     trainer = make_trainer(tmp_path, max_steps=10, enable_checkpointing=True, callbacks=[ckpt_cb, PoisonAfter(3)])
     with pytest.raises(NonFiniteLossError) as err:
         trainer.fit(ddo_module(mle_ckpt), pool_data(toy_real))
@@ -140,6 +161,7 @@ def _seed_sample_fn(calls=None):
             calls.append(seeds.clone())
         ids = torch.tensor([index_of[int(s)] for s in seeds], dtype=torch.float64)
         return torch.stack([ids, labels.argmax(1).double() if labels.shape[1] else 0 * ids], 1).float()
+
     return sample_fn
 
 
@@ -175,8 +197,15 @@ def _pool_rank_worker(rank, world, init_file, out_dir):
         src.setup((2,), 3, rank=rank, world_size=world)
         src.refresh(_seed_sample_fn(calls), round_index=2)
         steps = [src.next(4, torch.device("cpu")) for _ in range(10)]  # 80 global positions: crosses 2 epochs
-        torch.save({"x": src.x, "labels": src.labels, "generated": torch.cat(calls),
-                    "steps": [(b.x, b.labels) for b in steps]}, f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {
+                "x": src.x,
+                "labels": src.labels,
+                "generated": torch.cat(calls),
+                "steps": [(b.x, b.labels) for b in steps],
+            },
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -184,8 +213,9 @@ def _pool_rank_worker(rank, world, init_file, out_dir):
 def test_pool_generation_is_sharded_and_two_ranks_consume_the_single_process_stream(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.start_processes(_pool_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _pool_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True, start_method="spawn"
+    )
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     whole = _single_process_pool()
     seeds = [set(r["generated"].tolist()) for r in ranks]
@@ -237,8 +267,14 @@ def test_online_fakes_train(tmp_path, toy_real, mle_ckpt):
 
 
 def self_play(tmp_path, rounds=1, kimg_per_round=2.048, eval_every_kimg=1.024):
-    return SelfPlay(rounds=rounds, kimg_per_round=kimg_per_round, eval_every_kimg=eval_every_kimg,
-                    monitor="energy_distance", mode="min", dirpath=str(tmp_path / "sp"))
+    return SelfPlay(
+        rounds=rounds,
+        kimg_per_round=kimg_per_round,
+        eval_every_kimg=eval_every_kimg,
+        monitor="energy_distance",
+        mode="min",
+        dirpath=str(tmp_path / "sp"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -284,10 +320,23 @@ def test_self_play_state_round_trips_and_reads_the_mixed_history_of_older_checkp
     from types import SimpleNamespace
 
     evals = [{"round": 0, "kimg_in_round": k, "kimg": k, "metrics": {"mmd": m}} for k, m in ((0.0, 1.0), (0.512, 0.5))]
-    promotion = {"round": 0, "promoted_kimg_in_round": 0.512, "improved": True, "best_score": 0.5, "weights_changed": True}
+    promotion = {
+        "round": 0,
+        "promoted_kimg_in_round": 0.512,
+        "improved": True,
+        "best_score": 0.5,
+        "weights_changed": True,
+    }
     later = {"round": 1, "kimg_in_round": 0.256, "kimg": 0.768, "metrics": {"mmd": 0.4}}
-    old = {"round": 1, "images_in_round": 256, "best_score": 0.4, "best_images": 256, "last_round_path": "r1.ckpt",
-           "warnings": [], "history": [evals[0], evals[1], promotion, later]}
+    old = {
+        "round": 1,
+        "images_in_round": 256,
+        "best_score": 0.4,
+        "best_images": 256,
+        "last_round_path": "r1.ckpt",
+        "warnings": [],
+        "history": [evals[0], evals[1], promotion, later],
+    }
     module = SimpleNamespace(images_seen=torch.tensor(768), start_round=lambda r: None)
     sp = SelfPlay(rounds=3, monitor="mmd")
     sp.load_state_dict(old)
@@ -336,7 +385,9 @@ def test_checkpoints_load_weights_only(promoted_round):
         torch.load(tmp_path / "sp" / name, weights_only=True)  # raises if anything but tensors/containers
 
 
-def test_self_play_writes_under_the_trainer_root_and_a_finished_run_resumed_rewrites_nothing(tmp_path, toy_real, mle_ckpt):
+def test_self_play_writes_under_the_trainer_root_and_a_finished_run_resumed_rewrites_nothing(
+    tmp_path, toy_real, mle_ckpt
+):
     """Without ``dirpath`` SelfPlay writes under ``default_root_dir`` (``ddo fit``: the run directory). Fitting
     a finished run again (from its last round checkpoint) takes no step and leaves every file as it was."""
     root = tmp_path / "run"
@@ -382,7 +433,9 @@ def test_quantized_pool_matches_real_image_preprocessing():
     from ddo_lightning.data.images import model_to_uint8, uint8_to_model
 
     def sample_fn(seeds, labels):
-        return torch.rand(len(seeds), 1, 4, 4, generator=torch.Generator().manual_seed(int(seeds[0]) % 2**31)) * 2.4 - 1.2
+        return (
+            torch.rand(len(seeds), 1, 4, 4, generator=torch.Generator().manual_seed(int(seeds[0]) % 2**31)) * 2.4 - 1.2
+        )
 
     pool = PoolFakeSource(size=8, generation_batch_size=8, seed=0, quantize=True, progress=False)
     pool.setup((1, 4, 4), 0)
@@ -418,8 +471,19 @@ def _images(n=32, channels=1, res=16, classes=None):
 def _edm_net(res=8, channels=1, label_dim=0):
     from ddo_lightning.networks import EDMPrecond, SongUNet
 
-    return EDMPrecond(SongUNet(img_resolution=res, in_channels=channels, out_channels=channels, label_dim=label_dim,
-                               model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0))
+    return EDMPrecond(
+        SongUNet(
+            img_resolution=res,
+            in_channels=channels,
+            out_channels=channels,
+            label_dim=label_dim,
+            model_channels=8,
+            channel_mult=[1],
+            num_blocks=1,
+            attn_resolutions=[],
+            dropout=0.0,
+        )
+    )
 
 
 class _NoStep(pl.Callback):
@@ -434,17 +498,36 @@ def _fit_mle(tmp_path, net, real):
     make_trainer(tmp_path, max_steps=1, callbacks=[_NoStep()]).fit(module, DDODataModule(real, batch_size=8))
 
 
-@pytest.mark.parametrize("data, net, message", [
-    (dict(res=16), dict(res=8), "the data does not fit the network EDMPrecond around SongUNet: ImageDataset has 16×16 "
-     "images, the network is built for 8×8 (model.init_args.network.init_args.model.init_args.img_resolution)"),
-    (dict(channels=3, res=8), dict(channels=1), "ImageDataset has 3-channel images, the network takes 1 channels "
-     "(model.init_args.network.init_args.model.init_args.in_channels)"),
-    (dict(res=8, classes=10), dict(label_dim=4), "ImageDataset has 10 classes, the network's label_dim is 4 "
-     "(model.init_args.network.init_args.model.init_args.label_dim)"),
-    (dict(res=8), dict(label_dim=10), "the network is class-conditional (label_dim 10, "
-     "model.init_args.network.init_args.model.init_args.label_dim) but ImageDataset has no labels"),
-    (dict(res=8, classes=10), dict(), "ImageDataset has 10 classes but the network is unconditional (label_dim 0"),
-])
+@pytest.mark.parametrize(
+    "data, net, message",
+    [
+        (
+            dict(res=16),
+            dict(res=8),
+            "the data does not fit the network EDMPrecond around SongUNet: ImageDataset has 16×16 "
+            "images, the network is built for 8×8 (model.init_args.network.init_args.model.init_args.img_resolution)",
+        ),
+        (
+            dict(channels=3, res=8),
+            dict(channels=1),
+            "ImageDataset has 3-channel images, the network takes 1 channels "
+            "(model.init_args.network.init_args.model.init_args.in_channels)",
+        ),
+        (
+            dict(res=8, classes=10),
+            dict(label_dim=4),
+            "ImageDataset has 10 classes, the network's label_dim is 4 "
+            "(model.init_args.network.init_args.model.init_args.label_dim)",
+        ),
+        (
+            dict(res=8),
+            dict(label_dim=10),
+            "the network is class-conditional (label_dim 10, "
+            "model.init_args.network.init_args.model.init_args.label_dim) but ImageDataset has no labels",
+        ),
+        (dict(res=8, classes=10), dict(), "ImageDataset has 10 classes but the network is unconditional (label_dim 0"),
+    ],
+)
 def test_data_and_network_shapes_checked_at_setup(tmp_path, data, net, message):
     """16×16 images on an 8×8 network, 3 channels on a 1-channel one, 10 classes on a 4-class network, labels
     missing or unexpected: refused at setup, naming both sides, before any training step."""
@@ -476,27 +559,41 @@ def test_vector_and_token_sizes_checked():
         check_data_fits_network(tiny_net(), (3,), 0)
     check_data_fits_network(tiny_net(), (2,), 0)
     tokens = MarkovTokenDataset(num_samples=16, num_classes=4, vocab_size=6, length=5)
-    check_data_fits_network(TokenGPT(vocab_size=6, length=5, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens)
-    with pytest.raises(DataNetworkMismatch, match=r"MarkovTokenDataset yields samples of shape \[5\], the network "
-                                                  r"takes sequences of length 7 \(model.init_args.network.init_args.length\)"):
-        check_data_fits_network(TokenGPT(vocab_size=6, length=7, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens)
+    check_data_fits_network(
+        TokenGPT(vocab_size=6, length=5, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens
+    )
+    with pytest.raises(
+        DataNetworkMismatch,
+        match=r"MarkovTokenDataset yields samples of shape \[5\], the network "
+        r"takes sequences of length 7 \(model.init_args.network.init_args.length\)",
+    ):
+        check_data_fits_network(
+            TokenGPT(vocab_size=6, length=7, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens
+        )
     with pytest.raises(DataNetworkMismatch, match=r"has 6 token values, the network's vocabulary has 5"):
-        check_data_fits_network(TokenGPT(vocab_size=5, length=5, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens)
+        check_data_fits_network(
+            TokenGPT(vocab_size=5, length=5, label_dim=4), tokens.sample_shape, tokens.label_dim, tokens
+        )
 
 
 class NaNFakes(FakeSource):
     """A broken fake source: NaN samples."""
 
     def next(self, batch_size, device):
-        return Samples(torch.full((batch_size, 2), float("nan"), device=device), torch.zeros(batch_size, 0, device=device))
+        return Samples(
+            torch.full((batch_size, 2), float("nan"), device=device), torch.zeros(batch_size, 0, device=device)
+        )
 
 
-@pytest.mark.parametrize("alpha, beta, data, advice", [
-    # step 0: θ = θ_ref so Δ = 0 exactly; each case makes exactly one part non-finite
-    (1e300, 1.0, "pool", "alpha × fake term overflowed"),  # float32(1e300) = inf times ln 2 > 0
-    (1.0, 1e300, "pool", "beta·Δ overflowed"),  # inf · 0 = NaN inside the sigmoid, Δ itself finite
-    (1.0, 1.0, "nan", "the fake batch holds NaN/inf"),
-])
+@pytest.mark.parametrize(
+    "alpha, beta, data, advice",
+    [
+        # step 0: θ = θ_ref so Δ = 0 exactly; each case makes exactly one part non-finite
+        (1e300, 1.0, "pool", "alpha × fake term overflowed"),  # float32(1e300) = inf times ln 2 > 0
+        (1.0, 1e300, "pool", "beta·Δ overflowed"),  # inf · 0 = NaN inside the sigmoid, Δ itself finite
+        (1.0, 1.0, "nan", "the fake batch holds NaN/inf"),
+    ],
+)
 def test_non_finite_loss_advice_names_the_term(tmp_path, toy_real, mle_ckpt, alpha, beta, data, advice):
     fakes = pool_data(toy_real) if data == "pool" else DDODataModule(toy_real, batch_size=64, fake=NaNFakes())
     with pytest.raises(NonFiniteLossError, match="step 0") as err:
@@ -515,7 +612,9 @@ def test_round_whose_weights_never_change_is_reported(tmp_path, toy_real, mle_ck
     sp = self_play(tmp_path, rounds=1, kimg_per_round=0.512, eval_every_kimg=0.256)
     module = ddo_module(mle_ckpt, alpha=1e30)
     start = {k: v.clone() for k, v in module.target.state_dict().items()}
-    with pytest.raises(WeightsNeverChangedError, match=r"round 1: weights never changed \(α=1e\+30, β=1: Adam's update vanished\)"):
+    with pytest.raises(
+        WeightsNeverChangedError, match=r"round 1: weights never changed \(α=1e\+30, β=1: Adam's update vanished\)"
+    ):
         make_trainer(tmp_path, max_steps=100, callbacks=[sp]).fit(module, pool_data(toy_real))
     assert all(torch.equal(v, start[k]) for k, v in module.target.state_dict().items())  # the claim is true
     summary = json.loads((tmp_path / "sp" / "summary.json").read_text())

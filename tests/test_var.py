@@ -132,8 +132,13 @@ def test_numerical_parity_with_the_original_code(model):
         assert torch.allclose(model(p["tokens"], labels), p["logits"], atol=1e-4)
         assert torch.allclose(model.var.forward_logits(p["labels"], p["var_input"]), p["logits"], atol=1e-4)
     # greedy (top-1) sampling with VAR's linearly ramped CFG: the uniforms do not matter
-    out = model.sample(labels_of(p["greedy_labels"].tolist()), torch.rand(2, L, dtype=torch.float64),
-                       cfg=p["greedy_cfg"], top_k=1, return_images=True)
+    out = model.sample(
+        labels_of(p["greedy_labels"].tolist()),
+        torch.rand(2, L, dtype=torch.float64),
+        cfg=p["greedy_cfg"],
+        top_k=1,
+        return_images=True,
+    )
     assert torch.equal(out.tokens, p["greedy_tokens"])
     assert torch.allclose((out.images + 1) / 2, p["greedy_images01"], atol=1e-4)
     # the greedy tokens are not the unguided ones: the guidance path was exercised
@@ -150,7 +155,9 @@ def test_phi_sharing_follows_the_original_ticks():
         chosen = [next(i for i, m in enumerate(q.quant_resi.qresi_ls) if m is q.phi(si)) for si in range(10)]
         assert chosen == ref == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
         q0 = VQVAE(share_quant_resi=0, ch=32).quantize
-        assert [next(i for i, m in enumerate(nn.ModuleList.__iter__(q0.quant_resi)) if m is q0.phi(si)) for si in range(10)] == list(range(10))
+        assert [
+            next(i for i, m in enumerate(nn.ModuleList.__iter__(q0.quant_resi)) if m is q0.phi(si)) for si in range(10)
+        ] == list(range(10))
         q1 = VQVAE(share_quant_resi=1, ch=32).quantize
         assert all(q1.phi(si) is q1.quant_resi.qresi for si in range(10))
 
@@ -172,7 +179,9 @@ def test_strict_loading_and_clear_errors(tmp_path, model):
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(CheckpointMismatch, match=r"missing keys: head\.bias.*unexpected keys: head\.bias_extra"):
         load_var_checkpoint(tmp_path / "bad.pth", vae, depth=2, **kw)
-    with pytest.raises(CheckpointMismatch, match=r"shape mismatches: class_emb\.weight: checkpoint \(6, 64\) vs network \(11, 64\)"):
+    with pytest.raises(
+        CheckpointMismatch, match=r"shape mismatches: class_emb\.weight: checkpoint \(6, 64\) vs network \(11, 64\)"
+    ):
         load_var_checkpoint(var_path, vae, **{**kw, "num_classes": 10})
     with pytest.raises(CheckpointMismatch, match="unexpected keys"):  # a VAR checkpoint is not a VQ-VAE
         load_vae_checkpoint(var_path, VQVAE(**_cfg(PARITY["config"]["vae"])))
@@ -196,7 +205,9 @@ def test_config_network_loads_released_style_state_dicts(tmp_path, model):
 
     torch.save(model.vae.state_dict(), tmp_path / "vae.pth")
     torch.save(model.var.state_dict(), tmp_path / "var.pth")
-    arch = dict(depth=2, num_classes=K, patch_nums=PN, vocab_size=32, z_channels=8, vae_ch=32, embed_dim=64, num_heads=2)
+    arch = dict(
+        depth=2, num_classes=K, patch_nums=PN, vocab_size=32, z_channels=8, vae_ch=32, embed_dim=64, num_heads=2
+    )
     net = VARNetwork(vae_checkpoint=str(tmp_path / "vae.pth"), init=False, **arch)
     load_network_weights(net, str(tmp_path / "var.pth"))
     tokens, labels = PARITY["tokens"], labels_of([1, None])
@@ -215,8 +226,12 @@ def test_config_network_loads_released_style_state_dicts(tmp_path, model):
 
 def test_building_patches_no_torch_nn_class():
     def snapshot():
-        return {(cls, name): value for cls in vars(nn).values() if isinstance(cls, type)
-                for name, value in vars(cls).items()}
+        return {
+            (cls, name): value
+            for cls in vars(nn).values()
+            if isinstance(cls, type)
+            for name, value in vars(cls).items()
+        }
 
     before = snapshot()
     vae, var = build_vae_var(depth=2, patch_nums=PN, V=32, Cvae=8, ch=32, num_classes=K)  # default init + init_weights
@@ -253,7 +268,9 @@ def test_tokens_influence_exactly_the_later_scales(model):
             out = model(other, labels)
             assert torch.equal(out[:, :e], base[:, :e]), f"scale {k} changed logits of scales <= {k}"
             if e < L:
-                assert (out[:, e:] - base[:, e:]).abs().amax(-1).min() > 1e-6, f"scale {k} did not reach every later position"
+                assert (out[:, e:] - base[:, e:]).abs().amax(-1).min() > 1e-6, (
+                    f"scale {k} did not reach every later position"
+                )
         # within a scale, positions attend to each other: perturb one input position of the last scale
         x = model.vae.quantize.idxBl_to_var_input(model.split(tokens))
         cls = model.class_index(labels)
@@ -317,7 +334,9 @@ def test_sampler_conditionals_agree_with_teacher_forcing(model):
         g = model.sample(labels, u, cfg=cfg)
         cond = model(g.tokens, labels).double()
         uncond = model(g.tokens, torch.zeros_like(labels)).double()
-        s = torch.tensor([cfg * k / (len(PN) - 1) for k, pn in enumerate(PN) for _ in range(pn * pn)], dtype=torch.float64)
+        s = torch.tensor(
+            [cfg * k / (len(PN) - 1) for k, pn in enumerate(PN) for _ in range(pn * pn)], dtype=torch.float64
+        )
         guided = ((1 + s[:, None]) * cond - s[:, None] * uncond).log_softmax(-1)
         expected = guided.gather(-1, g.tokens.unsqueeze(-1)).squeeze(-1).sum(1)
         assert torch.allclose(expected, g.log_prob, atol=1e-4)
@@ -340,8 +359,10 @@ def test_sampler_returns_its_own_tokens_and_images(model):
 def test_samples_depend_on_their_seed_only(model):
     seeds, labels = [3, 1, 4, 1], labels_of([0, 1, 2, 1])
     whole = model.sample_tokens(labels, seeded_uniform(seeds, L), cfg=1.0, top_p=0.9)
-    parts = [model.sample_tokens(labels[i : i + 1], seeded_uniform(seeds[i : i + 1], L), cfg=1.0, top_p=0.9)
-             for i in range(4)]
+    parts = [
+        model.sample_tokens(labels[i : i + 1], seeded_uniform(seeds[i : i + 1], L), cfg=1.0, top_p=0.9)
+        for i in range(4)
+    ]
     assert torch.equal(whole, torch.cat(parts))
     assert torch.equal(whole[1], whole[3])  # same seed and label: same sample
     assert not torch.equal(whole[0], whole[2])
@@ -375,14 +396,14 @@ def test_reencode_returns_the_tokens_of_the_decoded_images(model):
 def test_ddo_module_reencodes_its_fakes_but_never_its_evaluation_samples(model):
     from ddo_lightning.training import DDOModule
 
-    module = DDOModule(VARTokenModel(model.var, model.vae, fake_tokens="reencode"), objective=TokenDDO(),
-                       sampler=TokenSampler())
+    module = DDOModule(
+        VARTokenModel(model.var, model.vae, fake_tokens="reencode"), objective=TokenDDO(), sampler=TokenSampler()
+    )
     module.sample_shape, module.label_dim = (L,), K
     seeds, labels = torch.tensor([3, 4]), labels_of([1, 2])
     sampled = module.sample(module.reference, seeds, labels)  # what evaluation sees
     assert torch.equal(sampled, model.sample_tokens(labels, seeded_uniform(seeds, L)))
     assert torch.equal(module.sample_reference(seeds, labels), model.encode(quantize(model.decode(sampled))))
-
 
 
 # ---------------------------------------------------------------- DDO on the adapter

@@ -73,8 +73,13 @@ class WandbRun:
 def read_run(path: str) -> WandbRun:
     """A run from its ``.wandb`` file, or from a directory holding exactly one (searched recursively)."""
     if os.path.isdir(path):
-        files = sorted({os.path.realpath(f) for f in glob.glob(os.path.join(path, "**", "run-*.wandb"), recursive=True)
-                        if "latest-run" not in f.split(os.sep)})
+        files = sorted(
+            {
+                os.path.realpath(f)
+                for f in glob.glob(os.path.join(path, "**", "run-*.wandb"), recursive=True)
+                if "latest-run" not in f.split(os.sep)
+            }
+        )
         if len(files) != 1:
             raise ValueError(f"expected one run-*.wandb under {path}, found {len(files)}: {files[:5]}")
         path = files[0]
@@ -96,5 +101,7 @@ def read_run(path: str) -> WandbRun:
             continue
         for u in updates:
             value = json.loads(u.value_json)
-            run.config[_item_key(u)] = value.get("value", value) if isinstance(value, dict) and set(value) <= {"value", "desc"} else value
+            run.config[_item_key(u)] = (
+                value.get("value", value) if isinstance(value, dict) and set(value) <= {"value", "desc"} else value
+            )
     return run

@@ -100,8 +100,13 @@ class DDOCLI(LightningCLI):
         as_if_resumed = cfg.clone()  # compared with DIR/config.yaml as it would be stored: paths filled alike
         as_if_resumed.run_dir = run_dir
         fill_paths(as_if_resumed.trainer, run_dir, sub)
-        plan = prepare_fit(run_dir, yaml.safe_load(dump(as_if_resumed)), ckpt_path=cfg.get("ckpt_path"),
-                           new_version=bool(cfg.get("new_version")), force_resume=bool(cfg.get("force_resume")))
+        plan = prepare_fit(
+            run_dir,
+            yaml.safe_load(dump(as_if_resumed)),
+            ckpt_path=cfg.get("ckpt_path"),
+            new_version=bool(cfg.get("new_version")),
+            force_resume=bool(cfg.get("force_resume")),
+        )
         cfg.run_dir, cfg.ckpt_path, self.run_plan = plan.path, plan.ckpt_path, plan
         fill_paths(cfg.trainer, plan.path, sub)
         if rank_zero_only.rank == 0:  # every rank decides alike (same files); one writes and speaks
@@ -191,8 +196,11 @@ class DDOCLI(LightningCLI):
 
         given = config.get("callbacks") or []
         given = given if isinstance(given, (list, tuple)) else [given]
-        if config.get("enable_progress_bar") is False or config.get("barebones") or \
-                any(isinstance(c, ProgressBar) for c in [*given, *callbacks]):
+        if (
+            config.get("enable_progress_bar") is False
+            or config.get("barebones")
+            or any(isinstance(c, ProgressBar) for c in [*given, *callbacks])
+        ):
             return callbacks
         return [*callbacks, default_progress_bar(int(config.get("log_every_n_steps") or 50))]
 
@@ -212,8 +220,12 @@ def add_selfplay_arguments(parser: Any) -> None:
     from typing import Optional
 
     for name, (kind, text) in SELFPLAY_ARGUMENTS.items():
-        parser.add_argument(f"--selfplay.{name}", type=Optional[kind], default=None,
-                            help=f"{text} (sets SelfPlay's {name} in trainer.callbacks; default: the preset's)")
+        parser.add_argument(
+            f"--selfplay.{name}",
+            type=Optional[kind],  # noqa: UP045 (jsonargparse builds the option from a typing.Optional)
+            default=None,
+            help=f"{text} (sets SelfPlay's {name} in trainer.callbacks; default: the preset's)",
+        )
 
 
 def apply_selfplay_arguments(config: Any) -> None:
@@ -228,8 +240,10 @@ def apply_selfplay_arguments(config: Any) -> None:
     targets = [c for c in callbacks if _is_subclass_path(getattr(c, "class_path", None), SelfPlay)]
     if not targets:
         names = ", ".join(f"--selfplay.{k}" for k in given)
-        raise ValueError(f"{names} set(s) the SelfPlay callback, but this config has none in trainer.callbacks "
-                         "(an MLE pretraining preset?): use a DDO preset, or add SelfPlay to trainer.callbacks")
+        raise ValueError(
+            f"{names} set(s) the SelfPlay callback, but this config has none in trainer.callbacks "
+            "(an MLE pretraining preset?): use a DDO preset, or add SelfPlay to trainer.callbacks"
+        )
     for cb in targets:
         for k, v in given.items():
             cb.init_args[k] = v
@@ -275,7 +289,8 @@ def check_checkpoint_kind(path: str, model_config: Any) -> None:
         kind = (ckpt.get("hyper_parameters") or {}).get("_class_path") or "no reference.* weights"
         raise ValueError(
             f"--ckpt_path {path} is an MLE checkpoint ({kind}), not a DDO run's: --ckpt_path resumes a run of "
-            f"the same kind. To start DDO from an MLE checkpoint, use --model.init_args.init_from {path}")
+            f"the same kind. To start DDO from an MLE checkpoint, use --model.init_args.init_from {path}"
+        )
 
 
 def run(args: list[str] | None = None, cli_class: type[DDOCLI] | None = None, **kwargs: Any) -> DDOCLI:
@@ -314,8 +329,11 @@ def convert(args: list[str]) -> str:
     class_name, init_kwargs, state, _ = read_nvidia_network(ns.pickle, ns.key)
     if not ns.keep_dtype:
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    payload = {"state_dict": state, "nvidia_class": class_name,
-               "init_kwargs_json": json.dumps(init_kwargs, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))}
+    payload = {
+        "state_dict": state,
+        "nvidia_class": class_name,
+        "init_kwargs_json": json.dumps(init_kwargs, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)),
+    }
     atomic_torch_save(payload, ns.out)
     print(f"wrote {ns.out}: {class_name}, {len(state)} tensors, {sum(v.numel() for v in state.values()):,} values")
     return ns.out

@@ -23,18 +23,35 @@ FULL_HELP_FLAG = "--help-all"
 
 # (section title, config key prefix, default class path, how the class is chosen)
 SECTIONS = (
-    ("model", "--model", "ddo_lightning.training.DDOModule",
-     "--model ddo_lightning.training.MLEModule for pretraining"),
-    ("objective", "--model.objective", "ddo_lightning.objectives.DiffusionDDO",
-     "TokenDDO for token models, DenoisingScoreMatching/TokenMLE for MLE"),
-    ("self-play", "--selfplay", "ddo_lightning.training.SelfPlay",
-     "sets the SelfPlay entry of trainer.callbacks"),
+    (
+        "model",
+        "--model",
+        "ddo_lightning.training.DDOModule",
+        "--model ddo_lightning.training.MLEModule for pretraining",
+    ),
+    (
+        "objective",
+        "--model.objective",
+        "ddo_lightning.objectives.DiffusionDDO",
+        "TokenDDO for token models, DenoisingScoreMatching/TokenMLE for MLE",
+    ),
+    ("self-play", "--selfplay", "ddo_lightning.training.SelfPlay", "sets the SelfPlay entry of trainer.callbacks"),
     ("data", "--data", "ddo_lightning.training.DDODataModule", "the real data set: --data.real CLASS"),
     ("fakes", "--data.fake", "ddo_lightning.training.PoolFakeSource", "or OnlineFakeSource (fresh every step)"),
 )
 SELFPLAY_OPTIONS = ("rounds", "kimg_per_round", "eval_every_kimg", "monitor", "mode")
-TRAINER_OPTIONS = ("accelerator", "devices", "num_nodes", "strategy", "max_steps", "max_time", "logger",
-                   "callbacks", "log_every_n_steps", "enable_progress_bar")
+TRAINER_OPTIONS = (
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "max_steps",
+    "max_time",
+    "logger",
+    "callbacks",
+    "log_every_n_steps",
+    "enable_progress_bar",
+)
 
 
 def configs_dir() -> Path | None:
@@ -56,7 +73,7 @@ def preset_expectation(path: Path) -> str:
         header.append(line.lstrip("#").strip())
     for line in header:
         if line.startswith("Expected:"):
-            return line[len("Expected:"):].strip().rstrip(".")
+            return line[len("Expected:") :].strip().rstrip(".")
     text = " ".join(header)
     for clause in re.findall(r"\(([^()]*->[^()]*)\)", text):
         for part in clause.split(";"):
@@ -91,14 +108,18 @@ def _chain_text(path: Path) -> str:
 def main_help() -> str:
     """``ddo --help``: the commands, then the presets."""
     width = _width()
-    lines = ["usage: ddo {fit,validate,test,predict,sample,fid,convert,slurm} ...", "",
-             "  ddo fit --config PRESET.yaml [--KEY VALUE ...]   train (ddo fit --help: the options)",
-             "  ddo validate --config PRESET.yaml --ckpt_path FILE   evaluate a checkpoint",
-             "  ddo sample --help    samples of a checkpoint to PNGs or .npz",
-             "  ddo fid --help       FID of a checkpoint or image set; reference statistics of a dataset",
-             "  ddo convert --help   an NVIDIA EDM/EDM2 pickle to plain weights",
-             "  ddo fetch --help     download checkpoints, datasets and statistics a preset needs",
-             "  ddo slurm --help     run ddo fit under SLURM (sbatch script, one task per device)", ""]
+    lines = [
+        "usage: ddo {fit,validate,test,predict,sample,fid,convert,slurm} ...",
+        "",
+        "  ddo fit --config PRESET.yaml [--KEY VALUE ...]   train (ddo fit --help: the options)",
+        "  ddo validate --config PRESET.yaml --ckpt_path FILE   evaluate a checkpoint",
+        "  ddo sample --help    samples of a checkpoint to PNGs or .npz",
+        "  ddo fid --help       FID of a checkpoint or image set; reference statistics of a dataset",
+        "  ddo convert --help   an NVIDIA EDM/EDM2 pickle to plain weights",
+        "  ddo fetch --help     download checkpoints, datasets and statistics a preset needs",
+        "  ddo slurm --help     run ddo fit under SLURM (sbatch script, one task per device)",
+        "",
+    ]
     lines += preset_lines(width)
     return "\n".join(lines) + "\n"
 
@@ -184,8 +205,12 @@ def _config_class_paths(argv: list[str]) -> dict[str, str]:
             continue  # the real parse reports it
         model = (cfg.get("model") or {}) if isinstance(cfg, dict) else {}
         data = (cfg.get("data") or {}) if isinstance(cfg, dict) else {}
-        for key, node in (("--model", model), ("--model.objective", (model.get("init_args") or {}).get("objective")),
-                          ("--data", data), ("--data.fake", (data.get("init_args") or {}).get("fake"))):
+        for key, node in (
+            ("--model", model),
+            ("--model.objective", (model.get("init_args") or {}).get("objective")),
+            ("--data", data),
+            ("--data.fake", (data.get("init_args") or {}).get("fake")),
+        ):
             if isinstance(node, dict) and isinstance(node.get("class_path"), str):
                 chosen[key] = node["class_path"]
     return chosen
@@ -196,10 +221,14 @@ def fit_help(subcommand: str, argv: list[str]) -> str:
     most used ones; ``ddo fit --help-all`` prints jsonargparse's full help."""
     width = _width()
     chosen = _config_class_paths(argv)
-    lines = [f"usage: ddo {subcommand} --config PRESET.yaml [--config MORE.yaml] [--KEY VALUE ...]", "",
-             "Any option below overrides the preset (ddo --help lists the presets). A class is chosen by path,",
-             "e.g. --model.objective ddo_lightning.objectives.TokenDDO; --KEY.help CLASS shows that class's options.",
-             f"Everything, Lightning's Trainer included: ddo {subcommand} {FULL_HELP_FLAG}", ""]
+    lines = [
+        f"usage: ddo {subcommand} --config PRESET.yaml [--config MORE.yaml] [--KEY VALUE ...]",
+        "",
+        "Any option below overrides the preset (ddo --help lists the presets). A class is chosen by path,",
+        "e.g. --model.objective ddo_lightning.objectives.TokenDDO; --KEY.help CLASS shows that class's options.",
+        f"Everything, Lightning's Trainer included: ddo {subcommand} {FULL_HELP_FLAG}",
+        "",
+    ]
     for title, prefix, default, note in SECTIONS:
         class_path = chosen.get(prefix, default)
         try:
@@ -212,12 +241,18 @@ def fit_help(subcommand: str, argv: list[str]) -> str:
         lines.append("")
     lines.append("Lightning Trainer (precision is always 32-true; the rest: --help-all):")
     for i in range(0, len(TRAINER_OPTIONS), 4):
-        lines.append(_clip("  " + "  ".join(f"--trainer.{name}" for name in TRAINER_OPTIONS[i:i + 4]), width))
-    lines += ["", "run:",
-              _clip(f"  {'--ckpt_path FILE':<44} resume this run from a checkpoint (to start DDO from an MLE "
-                    "checkpoint: --model.init_from FILE)", width),
-              _clip(f"  {'--print_config':<44} print the resolved config and exit", width),
-              _clip(f"  {'-c, --config FILE':<44} a preset or any YAML fragment (several are merged in order)", width)]
+        lines.append(_clip("  " + "  ".join(f"--trainer.{name}" for name in TRAINER_OPTIONS[i : i + 4]), width))
+    lines += [
+        "",
+        "run:",
+        _clip(
+            f"  {'--ckpt_path FILE':<44} resume this run from a checkpoint (to start DDO from an MLE "
+            "checkpoint: --model.init_from FILE)",
+            width,
+        ),
+        _clip(f"  {'--print_config':<44} print the resolved config and exit", width),
+        _clip(f"  {'-c, --config FILE':<44} a preset or any YAML fragment (several are merged in order)", width),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -260,5 +295,5 @@ class DDOArgumentParser(LightningArgumentParser):
         return super().add_argument(*args, **kwargs)
 
     def format_usage(self) -> str:
-        prog = re.sub(r"^\S+ (\[options\] )?", "ddo ", self.prog + " ") .strip()
+        prog = re.sub(r"^\S+ (\[options\] )?", "ddo ", self.prog + " ").strip()
         return f"usage: {prog} [--config PRESET.yaml] [--KEY VALUE ...]   ({prog} --help: the options)\n"

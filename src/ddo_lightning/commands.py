@@ -150,8 +150,9 @@ def sample_shape_of(net: nn.Module) -> tuple[tuple[int, ...], int]:
     return spec.shape, spec.label_dim
 
 
-def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
-                  device: str = "cpu") -> tuple[nn.Module, Sampler, dict[str, Any]]:
+def load_denoiser(
+    configs: list[str], ckpt: str | None, which: str = "auto", device: str = "cpu"
+) -> tuple[nn.Module, Sampler, dict[str, Any]]:
     """The config's network with the checkpoint's weights (eval mode, fp32, on ``device``), the config's
     sampler (any ``samplers.Sampler``; none given: ``HeunSampler()``, the training modules' default), and
     a description of what was loaded."""
@@ -159,7 +160,9 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
     model = cfg.get("model")
     init = model.get("init_args", {}) if isinstance(model, dict) else {}
     if "network" not in init:
-        raise CommandError(f"{', '.join(configs)}: no model.init_args.network (a DDOModule or MLEModule preset is needed)")
+        raise CommandError(
+            f"{', '.join(configs)}: no model.init_args.network (a DDOModule or MLEModule preset is needed)"
+        )
     what = f"--ckpt {ckpt}" if ckpt else f"init_from {init.get('init_from')}"
     ckpt = resolve(ckpt or init.get("init_from") or "")
     if not ckpt:
@@ -167,7 +170,11 @@ def load_denoiser(configs: list[str], ckpt: str | None, which: str = "auto",
     if which not in WHICH:
         raise CommandError(f"--net must be one of {', '.join(WHICH)}, got {which!r}")
     net = _instantiate(copy.deepcopy(init["network"]), nn.Module, "model.init_args.network")
-    sampler = HeunSampler() if init.get("sampler") is None else _instantiate(copy.deepcopy(init["sampler"]), Sampler, "model.init_args.sampler")
+    sampler = (
+        HeunSampler()
+        if init.get("sampler") is None
+        else _instantiate(copy.deepcopy(init["sampler"]), Sampler, "model.init_args.sampler")
+    )
     try:
         load_network_weights(net, ckpt, what, None if which == "auto" else which)
     except ArchitectureMismatch:  # reported as it is (the recorded class / the differing tensors)
@@ -188,8 +195,15 @@ def with_steps(sampler: Sampler, steps: int | None) -> Sampler:
         raise CommandError(f"--steps {steps}: {err}") from err
 
 
-def generate(net: nn.Module, sampler: Sampler, seeds: list[int], batch_size: int, device: str,
-             class_idx: int | None = None, progress: bool = True) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+def generate(
+    net: nn.Module,
+    sampler: Sampler,
+    seeds: list[int],
+    batch_size: int,
+    device: str,
+    class_idx: int | None = None,
+    progress: bool = True,
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """Batches of (seeds, integer labels [B] (−1: unconditional), samples [B, *D]: images and points in
     model space, tokens as int64), each sample a function of its seed (``Sampler.from_seeds``)."""
     shape, label_dim = sample_shape_of(net)
@@ -258,15 +272,31 @@ def _write_npz(path: str, **arrays: np.ndarray) -> None:
 
 
 def sample_main(argv: list[str]) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="ddo sample", description="Draw samples from a checkpoint (fixed seeds, class-balanced "
-                                "labels): images as PNGs or .npz, points and tokens as .npz.")
-    p.add_argument("--config", action="append", required=True, help="preset(s) naming the network and sampler (repeatable)")
+    p = argparse.ArgumentParser(
+        prog="ddo sample",
+        description="Draw samples from a checkpoint (fixed seeds, class-balanced "
+        "labels): images as PNGs or .npz, points and tokens as .npz.",
+    )
+    p.add_argument(
+        "--config", action="append", required=True, help="preset(s) naming the network and sampler (repeatable)"
+    )
     p.add_argument("--ckpt", help="weights: our .ckpt/.pt or an NVIDIA .pkl (default: the config's init_from)")
-    p.add_argument("--net", default="auto", choices=WHICH, help="which network of a training checkpoint (auto: reference, else EMA)")
-    p.add_argument("--seeds", default="0-63", help="seed list, EDM style: 0-999 or 1,5,9 (default 0-63; each seed once)")
-    p.add_argument("--class", dest="class_idx", type=int, help="one class for all samples (default: class-balanced, i mod K)")
+    p.add_argument(
+        "--net",
+        default="auto",
+        choices=WHICH,
+        help="which network of a training checkpoint (auto: reference, else EMA)",
+    )
+    p.add_argument(
+        "--seeds", default="0-63", help="seed list, EDM style: 0-999 or 1,5,9 (default 0-63; each seed once)"
+    )
+    p.add_argument(
+        "--class", dest="class_idx", type=int, help="one class for all samples (default: class-balanced, i mod K)"
+    )
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--steps", type=positive_int, help="sampler steps, >= 1 (Heun: NFE = 2*steps-1; default: the config's sampler)")
+    p.add_argument(
+        "--steps", type=positive_int, help="sampler steps, >= 1 (Heun: NFE = 2*steps-1; default: the config's sampler)"
+    )
     p.add_argument("--out", required=True, help="a folder for PNGs (images only), or a file ending in .npz")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -279,8 +309,10 @@ def sample_main(argv: list[str]) -> dict[str, Any]:
     sampler = with_steps(sampler, a.steps)
     spec = sample_kind_of(net)
     if spec.kind != "images" and not a.out.endswith(".npz"):
-        raise CommandError(f"{type(getattr(net, 'model', net)).__name__} makes {spec.kind} of shape {list(spec.shape)}, "
-                           "not images: --out must be a file ending in .npz")
+        raise CommandError(
+            f"{type(getattr(net, 'model', net)).__name__} makes {spec.kind} of shape {list(spec.shape)}, "
+            "not images: --out must be a file ending in .npz"
+        )
     decode = decoder_of(net) if spec.kind == "tokens" else None
     t0 = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {"labels": []}
@@ -302,8 +334,15 @@ def sample_main(argv: list[str]) -> dict[str, Any]:
         _write_npz(a.out, **arrays, seeds=np.asarray(seeds, np.int64))
     else:
         write_png_folder(a.out, seeds, arrays["labels"], arrays["images"])
-    result = {**info, "out": a.out, "kind": spec.kind, "num_samples": written, "num_images": len(arrays.get("images", ())),
-              "nfe": sampler.nfe, "seconds": time.perf_counter() - t0}
+    result = {
+        **info,
+        "out": a.out,
+        "kind": spec.kind,
+        "num_samples": written,
+        "num_images": len(arrays.get("images", ())),
+        "nfe": sampler.nfe,
+        "seconds": time.perf_counter() - t0,
+    }
     print(json.dumps(result))
     return result
 
@@ -346,9 +385,11 @@ def uint8_images_of(net: nn.Module, decoder: nn.Module | None):
         return lambda x: model_to_uint8(decode(x))
     name = type(getattr(net, "model", net)).__name__
     why = "has no decode() to turn its tokens into images" if spec.kind == "tokens" else "makes no images"
-    raise CommandError(f"ddo fid measures images; {name} makes {spec.kind} of shape {list(spec.shape)}, {why}, and the "
-                       "preset's evaluator declares no decoder: use the preset's evaluator (`ddo validate`), or "
-                       "`ddo sample` to export the samples")
+    raise CommandError(
+        f"ddo fid measures images; {name} makes {spec.kind} of shape {list(spec.shape)}, {why}, and the "
+        "preset's evaluator declares no decoder: use the preset's evaluator (`ddo validate`), or "
+        "`ddo sample` to export the samples"
+    )
 
 
 def image_batches(path: str, batch_size: int) -> tuple[int, Iterator[torch.Tensor]]:
@@ -363,7 +404,9 @@ def image_batches(path: str, batch_size: int) -> tuple[int, Iterator[torch.Tenso
                 raise CommandError(f"{path} has no 'images' or 'arr_0' array (keys: {z.files})")
             arr = z[key]
         if arr.dtype != np.uint8 or arr.ndim != 4:
-            raise CommandError(f"{path}: expected uint8 images [N, H, W, C] or [N, C, H, W], got {arr.dtype} {arr.shape}")
+            raise CommandError(
+                f"{path}: expected uint8 images [N, H, W, C] or [N, C, H, W], got {arr.dtype} {arr.shape}"
+            )
         t = torch.from_numpy(arr)
         if t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
             t = t.permute(0, 3, 1, 2)
@@ -381,14 +424,21 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         prog="ddo fid",
         description="FID of a checkpoint's samples or of an image set against reference statistics (EDM's .npz: mu, sigma); "
-                    "or, with --write-stats, reference statistics of a dataset.")
+        "or, with --write-stats, reference statistics of a dataset.",
+    )
     p.add_argument("--ref", help="reference statistics .npz (mu, sigma)")
-    p.add_argument("--write-stats", metavar="OUT.npz", help="write the statistics of --images or the config's real data instead")
+    p.add_argument(
+        "--write-stats", metavar="OUT.npz", help="write the statistics of --images or the config's real data instead"
+    )
     p.add_argument("--images", help="a folder or .zip of images (EDM's dataset format) or an .npz of uint8 images")
-    p.add_argument("--config", action="append", help="preset(s): the network (with --ckpt) or, with --write-stats, the real data")
+    p.add_argument(
+        "--config", action="append", help="preset(s): the network (with --ckpt) or, with --write-stats, the real data"
+    )
     p.add_argument("--ckpt", help="weights to sample from (default: the config's init_from)")
     p.add_argument("--net", default="auto", choices=WHICH)
-    p.add_argument("--num", type=positive_int, default=50000, help="samples to generate (seeds 0..num-1; default 50000)")
+    p.add_argument(
+        "--num", type=positive_int, default=50000, help="samples to generate (seeds 0..num-1; default 50000)"
+    )
     p.add_argument("--seeds", help="explicit seed list instead of --num")
     p.add_argument("--steps", type=positive_int, help="sampler steps, >= 1 (default: the config's sampler)")
     p.add_argument("--batch-size", type=positive_int, default=250)
@@ -464,18 +514,28 @@ def fetch_main(argv: list[str]) -> dict[str, Any]:
     from .fetch import MANIFEST, cache_refs, cache_root, entry, entry_path, fetch_entry, find_problems
     from .fetch.download import entry_status
 
-    p = argparse.ArgumentParser(prog="ddo fetch", description="Download checkpoints, datasets and statistics into the "
-                                "cache ($DDO_CACHE, default ~/.cache/ddo_lightning): resumable, atomic, checked by hash.")
+    p = argparse.ArgumentParser(
+        prog="ddo fetch",
+        description="Download checkpoints, datasets and statistics into the "
+        "cache ($DDO_CACHE, default ~/.cache/ddo_lightning): resumable, atomic, checked by hash.",
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="manifest entries (see --list)")
-    p.add_argument("--config", action="append", help="every cache:NAME of these presets, merged as `ddo fit` merges them")
+    p.add_argument(
+        "--config", action="append", help="every cache:NAME of these presets, merged as `ddo fit` merges them"
+    )
     p.add_argument("--list", action="store_true", help="the manifest: entries, status, files, sources, licences")
-    p.add_argument("--retries", type=int, default=3, help="tries after a broken transfer that made progress (default 3)")
+    p.add_argument(
+        "--retries", type=int, default=3, help="tries after a broken transfer that made progress (default 3)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.list:
         for e in MANIFEST.values():
-            print(f"{e.name:22} {entry_status(e):8} {entry_path(e)}\n{'':31}{e.description}; {e.licence}\n"
-                  + "".join(f"{'':31}{f.url}\n" for f in e.files), end="")
+            print(
+                f"{e.name:22} {entry_status(e):8} {entry_path(e)}\n{'':31}{e.description}; {e.licence}\n"
+                + "".join(f"{'':31}{f.url}\n" for f in e.files),
+                end="",
+            )
         return {"cache": str(cache_root()), "entries": list(MANIFEST)}
     cfg = read_configs(a.config) if a.config else None
     names = list(dict.fromkeys([*a.names, *(cache_refs(cfg) if cfg else [])]))

@@ -35,8 +35,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         if isinstance(err, OSError) and not isinstance(err, WriteError):
-            raise WriteError(err.errno, f"writing {path} failed ({err.strerror or err}); nothing was written",
-                             path) from err
+            raise WriteError(
+                err.errno, f"writing {path} failed ({err.strerror or err}); nothing was written", path
+            ) from err
         if isinstance(err, Exception):
             err.add_note(f"while writing {path} (nothing was written)")
         raise
@@ -65,8 +66,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
-def read_tensor_file(path: str | os.PathLike, *, what: str = "checkpoint", mmap: bool = False,
-                     map_location: Any = "cpu") -> Any:
+def read_tensor_file(
+    path: str | os.PathLike, *, what: str = "checkpoint", mmap: bool = False, map_location: Any = "cpu"
+) -> Any:
     """The package's one reader of torch files (checkpoints ``.ckpt``/``.pt``, VAR's ``.pth``, token files):
     ``torch.load(weights_only=True)``, so nothing stored in the file can execute (tensors and plain
     containers only). NVIDIA's pickles go through :mod:`ddo_lightning.checkpoints.nvidia_pickle` instead;
@@ -83,4 +85,6 @@ def read_tensor_file(path: str | os.PathLike, *, what: str = "checkpoint", mmap:
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # truncated zip, foreign pickle, unsafe global, ...: name the file and the cause
-        raise CorruptCheckpoint(f"{what} {path} cannot be read (truncated or corrupt?): {type(err).__name__}: {err}") from err
+        raise CorruptCheckpoint(
+            f"{what} {path} cannot be read (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from err

@@ -51,9 +51,7 @@ def diffusion_log_ratio(
     reference under ``torch.no_grad``; the reference's mode (eval) is the caller's business.
     """
     if target.sigma_data != reference.sigma_data:
-        raise ValueError(
-            f"target and reference disagree on sigma_data ({target.sigma_data} vs {reference.sigma_data})"
-        )
+        raise ValueError(f"target and reference disagree on sigma_data ({target.sigma_data} vs {reference.sigma_data})")
     shape = (-1,) + (1,) * (x.ndim - 1)
     noisy = x + sigma.reshape(shape) * noise
     weight = edm_weight(sigma, target.sigma_data)
@@ -87,7 +85,9 @@ class TokenLogRatio:
     logp_reference: torch.Tensor
 
 
-def token_log_ratio(target: TokenModel, reference: TokenModel, tokens: torch.Tensor, labels: torch.Tensor) -> TokenLogRatio:
+def token_log_ratio(
+    target: TokenModel, reference: TokenModel, tokens: torch.Tensor, labels: torch.Tensor
+) -> TokenLogRatio:
     """Exact log p_θ(x|c) − log p_ref(x|c) for every sequence, with ONE forward of each network over the
     whole batch (real and fake concatenated by the caller): target with grad, reference without."""
     logp_target = token_log_prob(target, tokens, labels)

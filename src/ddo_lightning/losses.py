@@ -21,8 +21,10 @@ import torch.nn.functional as F
 def check_alpha_beta(alpha: float, beta: float) -> None:
     """Reject α, β outside the loss's domain (α ≥ 0 weights the fake term, β > 0 scales r)."""
     for name, value, ok in (("alpha", alpha, lambda v: v >= 0), ("beta", beta, lambda v: v > 0)):
-        if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)) or (
-            isinstance(value, torch.Tensor) and value.numel() != 1
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (numbers.Real, torch.Tensor))
+            or (isinstance(value, torch.Tensor) and value.numel() != 1)
         ):
             raise TypeError(f"DDO {name} must be a number, got {type(value).__name__}: {value!r}")
         value = float(value)
@@ -95,9 +97,7 @@ def ddo_loss(
     return DDOLoss(real_term + alpha * fake_term, real_term, fake_term, delta_real, delta_fake)
 
 
-def denoising_error(
-    denoised: torch.Tensor, clean: torch.Tensor, weight: torch.Tensor
-) -> torch.Tensor:
+def denoising_error(denoised: torch.Tensor, clean: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """λ-weighted squared error per sample: λ(σ_i)·Σ_dims (D_i − x_i)², SUMMED over all non-batch
     dimensions (the ELBO-style per-sample quantity of docs/method.md §2, not a mean). Returns [B]."""
     err = (denoised.float() - clean.float()).square().flatten(1).sum(dim=1)

@@ -36,13 +36,19 @@ def check_pair(real: Samples, fake: Samples) -> None:
     if real.x.shape[1:] != fake.x.shape[1:]:
         raise ValueError(f"real samples have shape {tuple(real.x.shape[1:])}, fake {tuple(fake.x.shape[1:])}")
     if real.labels.shape[1:] != fake.labels.shape[1:]:
-        raise ValueError(
-            f"real labels have width {tuple(real.labels.shape[1:])}, fake {tuple(fake.labels.shape[1:])}"
-        )
+        raise ValueError(f"real labels have width {tuple(real.labels.shape[1:])}, fake {tuple(fake.labels.shape[1:])}")
 
 
-def pair_noise(batch_size: int, shape: tuple[int, ...], P_mean: float, P_std: float, generator: torch.Generator | None,
-               device: torch.device, dtype: torch.dtype, shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_noise(
+    batch_size: int,
+    shape: tuple[int, ...],
+    P_mean: float,
+    P_std: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    shard: tuple[int, int] = (0, 1),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """σ [B] and ε [B, *D] for this process's B samples, drawn for the global batch of B·world samples
     and sliced at rows ``rank::world``: a sample's noise depends on its global position only, not on how
     many processes share the batch (a DistributedSampler hands rank r the global positions r, r + world,
@@ -65,8 +71,14 @@ class DDOObjective:
     alpha: float | None = None
     beta: float | None = None
 
-    def __call__(self, target, reference, batch: PairedBatch, generator: torch.Generator | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+    def __call__(
+        self,
+        target,
+        reference,
+        batch: PairedBatch,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> ObjectiveOutput:
         raise NotImplementedError
 
 
@@ -74,8 +86,9 @@ class MLEObjective:
     """Base class of likelihood (pretraining) objectives (what ``MLEModule(objective=...)`` accepts):
     ``objective(net, Samples, generator=, shard=) -> ObjectiveOutput``."""
 
-    def __call__(self, net, batch: Samples, generator: torch.Generator | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+    def __call__(
+        self, net, batch: Samples, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+    ) -> ObjectiveOutput:
         raise NotImplementedError
 
 
@@ -93,8 +106,14 @@ class DiffusionDDO(DDOObjective):
             overrides ``P_std`` from round 0 on. E.g. ``[1.6, 1.6, 3.0]``.
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.05, P_mean: float = -1.2, P_std: float = 1.2,
-                 P_std_schedule: list[float] | None = None):
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 0.05,
+        P_mean: float = -1.2,
+        P_std: float = 1.2,
+        P_std_schedule: list[float] | None = None,
+    ):
         check_alpha_beta(alpha, beta)
         if not P_std > 0 or any(not s > 0 for s in P_std_schedule or ()):
             raise ValueError(f"P_std must be > 0, got {P_std} (schedule {P_std_schedule})")
@@ -110,7 +129,11 @@ class DiffusionDDO(DDOObjective):
             self.P_std = self.P_std_schedule[min(round_index, len(self.P_std_schedule) - 1)]
 
     def __call__(
-        self, target: Denoiser, reference: Denoiser, batch: PairedBatch, generator: torch.Generator | None = None,
+        self,
+        target: Denoiser,
+        reference: Denoiser,
+        batch: PairedBatch,
+        generator: torch.Generator | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> ObjectiveOutput:
         """One σ and ε per pair, shared by real and fake and by target and reference; one 2B forward
@@ -119,7 +142,9 @@ class DiffusionDDO(DDOObjective):
         real, fake = batch
         check_pair(real, fake)
         B, device = len(real), real.x.device
-        sigma, noise = pair_noise(B, tuple(real.x.shape[1:]), self.P_mean, self.P_std, generator, device, real.x.dtype, shard)
+        sigma, noise = pair_noise(
+            B, tuple(real.x.shape[1:]), self.P_mean, self.P_std, generator, device, real.x.dtype, shard
+        )
         est = diffusion_log_ratio(
             target,
             reference,
@@ -169,14 +194,21 @@ class TokenDDO(DDOObjective):
         check_label_drop(label_drop)
         self.alpha, self.beta, self.label_drop, self.normalize = alpha, beta, label_drop, normalize
 
-    def drop_mask(self, batch_size: int, generator: torch.Generator | None, device: torch.device,
-                  shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+    def drop_mask(
+        self, batch_size: int, generator: torch.Generator | None, device: torch.device, shard: tuple[int, int] = (0, 1)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean [B] masks (real, fake) of dropped labels, drawn for the global batch and sliced at
         ``rank::world`` like the diffusion noise (the same for any number of processes)."""
         return label_drop_mask(batch_size, 2, self.label_drop, generator, device, shard)
 
-    def __call__(self, target: TokenModel, reference: TokenModel, batch: PairedBatch,
-                 generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+    def __call__(
+        self,
+        target: TokenModel,
+        reference: TokenModel,
+        batch: PairedBatch,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> ObjectiveOutput:
         real, fake = batch
         check_pair(real, fake)
         B, device = len(real), real.x.device
@@ -199,8 +231,14 @@ class TokenDDO(DDOObjective):
         return ObjectiveOutput(per_sample.mean(), per_sample, stats)
 
 
-def label_drop_mask(batch_size: int, columns: int, p: float, generator: torch.Generator | None, device: torch.device,
-                    shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, ...]:
+def label_drop_mask(
+    batch_size: int,
+    columns: int,
+    p: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+    shard: tuple[int, int] = (0, 1),
+) -> tuple[torch.Tensor, ...]:
     """``columns`` boolean [B] masks, True with probability ``p``, drawn for the global batch of
     B·world examples and sliced at rows ``rank::world``."""
     rank, world = shard
@@ -221,8 +259,9 @@ class TokenMLE(MLEObjective):
         check_label_drop(label_drop)
         self.label_drop = label_drop
 
-    def __call__(self, net: TokenModel, batch: Samples, generator: torch.Generator | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+    def __call__(
+        self, net: TokenModel, batch: Samples, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+    ) -> ObjectiveOutput:
         tokens, labels = batch
         if labels.shape[1] and self.label_drop > 0:
             (drop,) = label_drop_mask(len(batch), 1, self.label_drop, generator, tokens.device, shard)
@@ -245,10 +284,13 @@ class DenoisingScoreMatching(MLEObjective):
             raise ValueError(f"P_std must be > 0, got {P_std}")
         self.P_mean, self.P_std = P_mean, P_std
 
-    def __call__(self, net: Denoiser, batch: Samples, generator: torch.Generator | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> ObjectiveOutput:
+    def __call__(
+        self, net: Denoiser, batch: Samples, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+    ) -> ObjectiveOutput:
         x, labels = batch
-        sigma, noise = pair_noise(len(batch), tuple(x.shape[1:]), self.P_mean, self.P_std, generator, x.device, x.dtype, shard)
+        sigma, noise = pair_noise(
+            len(batch), tuple(x.shape[1:]), self.P_mean, self.P_std, generator, x.device, x.dtype, shard
+        )
         shape = (-1,) + (1,) * (x.ndim - 1)
         denoised = net(x + sigma.reshape(shape) * noise, sigma, labels)
         per_sample = dsm_loss(denoised, x, edm_weight(sigma, net.sigma_data))
@@ -256,5 +298,15 @@ class DenoisingScoreMatching(MLEObjective):
         return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "dsm_real": loss.detach()})
 
 
-__all__ = ["DDOObjective", "DenoisingScoreMatching", "DiffusionDDO", "MLEObjective", "ObjectiveOutput", "TokenDDO", "TokenMLE",
-           "check_pair", "label_drop_mask", "pair_noise"]
+__all__ = [
+    "DDOObjective",
+    "DenoisingScoreMatching",
+    "DiffusionDDO",
+    "MLEObjective",
+    "ObjectiveOutput",
+    "TokenDDO",
+    "TokenMLE",
+    "check_pair",
+    "label_drop_mask",
+    "pair_noise",
+]

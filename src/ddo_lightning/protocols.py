@@ -125,8 +125,15 @@ class SamplesTokens(Protocol):
     @property
     def num_sampling_steps(self) -> int: ...
 
-    def sample_tokens(self, labels: torch.Tensor, uniforms: torch.Tensor, cfg: float = 0.0,
-                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor: ...
+    def sample_tokens(
+        self,
+        labels: torch.Tensor,
+        uniforms: torch.Tensor,
+        cfg: float = 0.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> torch.Tensor: ...
 
 
 # ---- objectives -----------------------------------------------------------------------------------------

@@ -50,16 +50,45 @@ CHECKPOINT_GLOBS = (os.path.join("checkpoints", "*.ckpt"), os.path.join("rounds"
 # output and logging, hardware placement, evaluation/generation batch sizes, the pretrained weights file
 # (a resume takes every weight from the checkpoint). Everything else is compared.
 HARMLESS = (
-    "config", "run_dir", "new_version", "force_resume", "ckpt_path", "selfplay.*",  # --selfplay.*: in SelfPlay's
-    "trainer.default_root_dir", "trainer.logger", "trainer.logger.*", "trainer.callbacks.*",
-    "trainer.max_steps", "trainer.max_epochs", "trainer.max_time", "trainer.min_steps", "trainer.min_epochs",
-    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing",
-    "trainer.log_every_n_steps", "trainer.num_sanity_val_steps", "trainer.val_check_interval",
-    "trainer.check_val_every_n_epoch", "trainer.limit_val_batches", "trainer.limit_test_batches",
-    "trainer.limit_predict_batches", "trainer.accelerator", "trainer.strategy", "trainer.strategy.*",
-    "trainer.plugins", "trainer.plugins.*", "trainer.profiler", "trainer.profiler.*", "trainer.detect_anomaly",
-    "trainer.barebones", "*.num_workers", "*.eval_batch_size", "*.generation_batch_size",
-    "model.init_args.evaluator.*batch_size", "model.init_args.init_from",
+    "config",
+    "run_dir",
+    "new_version",
+    "force_resume",
+    "ckpt_path",
+    "selfplay.*",  # --selfplay.*: in SelfPlay's
+    "trainer.default_root_dir",
+    "trainer.logger",
+    "trainer.logger.*",
+    "trainer.callbacks.*",
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "trainer.max_time",
+    "trainer.min_steps",
+    "trainer.min_epochs",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.enable_checkpointing",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+    "trainer.val_check_interval",
+    "trainer.check_val_every_n_epoch",
+    "trainer.limit_val_batches",
+    "trainer.limit_test_batches",
+    "trainer.limit_predict_batches",
+    "trainer.accelerator",
+    "trainer.strategy",
+    "trainer.strategy.*",
+    "trainer.plugins",
+    "trainer.plugins.*",
+    "trainer.profiler",
+    "trainer.profiler.*",
+    "trainer.detect_anomaly",
+    "trainer.barebones",
+    "*.num_workers",
+    "*.eval_batch_size",
+    "*.generation_batch_size",
+    "model.init_args.evaluator.*batch_size",
+    "model.init_args.init_from",
 )
 # SelfPlay's settings do change the result (which EMA is promoted), except these
 SELFPLAY_HARMLESS = ("rounds", "dirpath", "summary_path")
@@ -182,8 +211,9 @@ def _format_changes(changes: list[tuple[str, Any, Any]]) -> str:
 
 
 # ---- the decision -----------------------------------------------------------------------------------------
-def prepare_fit(run_dir: str, config: dict, *, ckpt_path: str | None = None, new_version: bool = False,
-                force_resume: bool = False) -> RunPlan:
+def prepare_fit(
+    run_dir: str, config: dict, *, ckpt_path: str | None = None, new_version: bool = False, force_resume: bool = False
+) -> RunPlan:
     """Decide how ``ddo fit`` uses ``run_dir`` given the resolved ``config`` (a plain dict); raise
     :class:`RunDirError` when it must not (nothing is written here)."""
     import yaml
@@ -191,9 +221,12 @@ def prepare_fit(run_dir: str, config: dict, *, ckpt_path: str | None = None, new
     results = results_in(run_dir)
     if new_version and results:
         new = next_version(run_dir)
-        return RunPlan(new, ckpt_path=ckpt_path,
-                       message=f"[run_dir] {run_dir} already holds a run: starting a new one in {new} (--new_version)"
-                               + (f" from {ckpt_path}" if ckpt_path else ""))
+        return RunPlan(
+            new,
+            ckpt_path=ckpt_path,
+            message=f"[run_dir] {run_dir} already holds a run: starting a new one in {new} (--new_version)"
+            + (f" from {ckpt_path}" if ckpt_path else ""),
+        )
     if ckpt_path and os.path.isfile(ckpt_path):
         from .training.checkpoint_io import usable_checkpoint
 
@@ -204,11 +237,17 @@ def prepare_fit(run_dir: str, config: dict, *, ckpt_path: str | None = None, new
             raise RunDirError(
                 f"run directory {run_dir} holds results of an earlier run ({', '.join(results)}) but no checkpoint "
                 f"to resume from: add --new_version to start {next_version(run_dir)} beside it, or choose another "
-                "--run_dir (nothing was changed)")
+                "--run_dir (nothing was changed)"
+            )
         return RunPlan(run_dir, message=f"[run_dir] new run in {run_dir}")
     step = checkpoint_step(resume)
-    plan = RunPlan(run_dir, ckpt_path=resume, resume_step=step, write_config=False,
-                   message=f"[run_dir] resuming {run_dir} from {resume}" + (f" (step {step})" if step is not None else ""))
+    plan = RunPlan(
+        run_dir,
+        ckpt_path=resume,
+        resume_step=step,
+        write_config=False,
+        message=f"[run_dir] resuming {run_dir} from {resume}" + (f" (step {step})" if step is not None else ""),
+    )
     stored = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(stored):
         plan.write_config = True  # e.g. a run started before run directories stored their config
@@ -220,12 +259,15 @@ def prepare_fit(run_dir: str, config: dict, *, ckpt_path: str | None = None, new
         raise RunDirError(
             f"cannot resume {run_dir}: the config differs from the run's ({stored}) in settings that change the "
             f"result:\n{_format_changes(changes)}\nUndo them, add --new_version to start a new run, or add "
-            "--force_resume to resume with them anyway (nothing was changed)")
+            "--force_resume to resume with them anyway (nothing was changed)"
+        )
     if changes:
         plan.changes, plan.write_config = changes, True
         plan.keep_old_config_as = os.path.join(run_dir, f"config.before-step-{step if step is not None else 'x'}.yaml")
-        plan.message += (f"; --force_resume with a changed config ({', '.join(k for k, _, _ in changes)}); the "
-                         f"run's previous config is kept as {plan.keep_old_config_as}")
+        plan.message += (
+            f"; --force_resume with a changed config ({', '.join(k for k, _, _ in changes)}); the "
+            f"run's previous config is kept as {plan.keep_old_config_as}"
+        )
     elif harmless:
         plan.message += f"; changed settings that do not change the result: {', '.join(harmless)}"
     return plan
@@ -233,13 +275,25 @@ def prepare_fit(run_dir: str, config: dict, *, ckpt_path: str | None = None, new
 
 def add_run_dir_arguments(parser: Any) -> None:
     """``--run_dir``, ``--new_version``, ``--force_resume`` (added to every subcommand's parser)."""
-    parser.add_argument("--run_dir", type=str | None, default=None,
-                        help="root of every output of the run (default: outputs/<stem of the first --config>); "
-                             "a run directory with checkpoints is resumed from its newest readable one")
-    parser.add_argument("--new_version", type=bool, default=False,
-                        help="fit: when the run directory already holds a run, start a new one in DIR-v2 (-v3, ...)")
-    parser.add_argument("--force_resume", type=bool, default=False,
-                        help="fit: resume even though the config differs from the run's in keys that change the result")
+    parser.add_argument(
+        "--run_dir",
+        type=str | None,
+        default=None,
+        help="root of every output of the run (default: outputs/<stem of the first --config>); "
+        "a run directory with checkpoints is resumed from its newest readable one",
+    )
+    parser.add_argument(
+        "--new_version",
+        type=bool,
+        default=False,
+        help="fit: when the run directory already holds a run, start a new one in DIR-v2 (-v3, ...)",
+    )
+    parser.add_argument(
+        "--force_resume",
+        type=bool,
+        default=False,
+        help="fit: resume even though the config differs from the run's in keys that change the result",
+    )
 
 
 # ---- filling the paths ------------------------------------------------------------------------------------
@@ -257,11 +311,15 @@ def fill_paths(trainer: Any, run_dir: str, subcommand: str = "fit") -> None:
     logger = _get(trainer, "logger")
     if logger is None or logger is True:
         if subcommand == "fit":
-            trainer.logger = Namespace(class_path="ddo_lightning.training.RunCSVLogger",
-                                       init_args=Namespace(save_dir=run_dir, name="logs", version=""))
+            trainer.logger = Namespace(
+                class_path="ddo_lightning.training.RunCSVLogger",
+                init_args=Namespace(save_dir=run_dir, name="logs", version=""),
+            )
         else:
-            trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
-                                       init_args=Namespace(save_dir=os.path.join(run_dir, "logs"), name=subcommand))
+            trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=Namespace(save_dir=os.path.join(run_dir, "logs"), name=subcommand),
+            )
     elif logger is not False:
         for entry in logger if isinstance(logger, list) else [logger]:
             args = _get(entry, "init_args")
@@ -272,7 +330,10 @@ def fill_paths(trainer: Any, run_dir: str, subcommand: str = "fit") -> None:
                     args.save_dir, args.name, args.version = os.path.join(run_dir, "logs"), subcommand, None
     for entry in _get(trainer, "callbacks") or []:
         args = _get(entry, "init_args")
-        if str(_get(entry, "class_path", "")).endswith("ModelCheckpoint") and args is not None \
-                and _get(args, "dirpath") is None:
+        if (
+            str(_get(entry, "class_path", "")).endswith("ModelCheckpoint")
+            and args is not None
+            and _get(args, "dirpath") is None
+        ):
             args.dirpath = os.path.join(run_dir, "checkpoints")
             args.enable_version_counter = False  # last.ckpt is the run's final state, never last-v1.ckpt

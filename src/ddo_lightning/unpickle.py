@@ -32,8 +32,16 @@ class RestrictedUnpickler(pickle.Unpickler):
     table lives); ``encoding`` as :class:`pickle.Unpickler` (``"bytes"`` for Python 2 pickles).
     """
 
-    def __init__(self, file: IO[bytes], source: str, allowed: Mapping[tuple[str, str], Any], *, hint: str = "",
-                 refused: type[Exception] = RefusedGlobal, encoding: str = "ASCII") -> None:
+    def __init__(
+        self,
+        file: IO[bytes],
+        source: str,
+        allowed: Mapping[tuple[str, str], Any],
+        *,
+        hint: str = "",
+        refused: type[Exception] = RefusedGlobal,
+        encoding: str = "ASCII",
+    ) -> None:
         super().__init__(file, encoding=encoding)
         self.source, self.allowed, self.hint, self.refused = source, allowed, hint, refused
 
@@ -41,8 +49,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return self.allowed[(module, name)]
         except KeyError:
-            raise self.refused(f"{self.source}: refusing the global '{module}.{name}' referenced by the pickle"
-                               + (f": {self.hint}" if self.hint else "")) from None
+            raise self.refused(
+                f"{self.source}: refusing the global '{module}.{name}' referenced by the pickle"
+                + (f": {self.hint}" if self.hint else "")
+            ) from None
 
 
 def codecs_encode(text: Any, encoding: str = "latin1") -> bytes:

@@ -19,8 +19,14 @@ from ..files import read_tensor_file
 from .architecture import check_checkpoint_fits, check_same_architecture
 from .nvidia_pickle import load_edm2_training_state, read_nvidia_network
 
-__all__ = ["ArchitectureMismatch", "check_checkpoint_fits", "check_same_architecture", "denoiser_state_dict",
-           "load_network_weights", "read_denoiser"]
+__all__ = [
+    "ArchitectureMismatch",
+    "check_checkpoint_fits",
+    "check_same_architecture",
+    "denoiser_state_dict",
+    "load_network_weights",
+    "read_denoiser",
+]
 
 # Which weights of a training checkpoint make a denoiser, in order of preference:
 # a DDO run's reference is the best promoted model; an MLE run's EMA is its best estimate.
@@ -39,7 +45,9 @@ def denoiser_state_dict(path: str, which: str | None = None) -> dict[str, torch.
     return read_denoiser(path, which)[0]
 
 
-def read_denoiser(path: str, which: str | None = None) -> tuple[dict[str, torch.Tensor], tuple[str, dict[str, Any]] | None]:
+def read_denoiser(
+    path: str, which: str | None = None
+) -> tuple[dict[str, torch.Tensor], tuple[str, dict[str, Any]] | None]:
     """``(state_dict, recorded)``: the weights as :func:`denoiser_state_dict` reads them, and
     ``recorded = (class_name, init_kwargs)`` of the network the file records (NVIDIA's pickles, and
     ``ddo convert``'s ``.pt`` files through their ``nvidia_class``/``init_kwargs_json``), else None."""

@@ -99,11 +99,28 @@ class PersistentRecord:
     object's ``__dict__``. ``module_src_sha256`` identifies the stored source without running it.
     """
 
-    __slots__ = ("module_name", "class_name", "init_args", "init_kwargs", "state", "version", "kind",
-                 "module_src_sha256")
+    __slots__ = (
+        "module_name",
+        "class_name",
+        "init_args",
+        "init_kwargs",
+        "state",
+        "version",
+        "kind",
+        "module_src_sha256",
+    )
 
-    def __init__(self, module_name: str | None, class_name: str, init_args: Any, init_kwargs: Any, state: dict,
-                 version: Any = None, kind: Any = "class", module_src_sha256: str | None = None) -> None:
+    def __init__(
+        self,
+        module_name: str | None,
+        class_name: str,
+        init_args: Any,
+        init_kwargs: Any,
+        state: dict,
+        version: Any = None,
+        kind: Any = "class",
+        module_src_sha256: str | None = None,
+    ) -> None:
         self.module_name = module_name
         self.class_name = class_name
         self.init_args = init_args
@@ -197,8 +214,16 @@ def _record_persistent_obj(meta: Any) -> PersistentRecord:
     # persistence.py (version 6) keeps the constructor arguments in the state; accept them in meta as well.
     init_args = state.get("_init_args", meta.get("init_args"))
     init_kwargs = state.get("_init_kwargs", meta.get("init_kwargs"))
-    return PersistentRecord(meta.get("module_name"), class_name, init_args, init_kwargs, dict(state),
-                            version=meta.get("version"), kind=meta.get("type", "class"), module_src_sha256=digest)
+    return PersistentRecord(
+        meta.get("module_name"),
+        class_name,
+        init_args,
+        init_kwargs,
+        dict(state),
+        version=meta.get("version"),
+        kind=meta.get("type", "class"),
+        module_src_sha256=digest,
+    )
 
 
 def _load_storage_from_bytes(b: Any):
@@ -217,8 +242,15 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, bac
         raise pickle.UnpicklingError(f"tensor: expected a torch storage, got {type(storage).__name__}")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise pickle.UnpicklingError(f"tensor: metadata is a {type(metadata).__name__}, not a dict")
-    return torch._utils._rebuild_tensor_v2(storage, int(storage_offset), tuple(size), tuple(stride),
-                                           bool(requires_grad), collections.OrderedDict(), metadata or None)
+    return torch._utils._rebuild_tensor_v2(
+        storage,
+        int(storage_offset),
+        tuple(size),
+        tuple(stride),
+        bool(requires_grad),
+        collections.OrderedDict(),
+        metadata or None,
+    )
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks=None):
@@ -260,9 +292,14 @@ class SafeNvidiaUnpickler(RestrictedUnpickler):
     (refusals raise :class:`UnsafeGlobalError`). Persistent ids are refused too."""
 
     def __init__(self, file, path: str = "<stream>") -> None:
-        super().__init__(file, path, ALLOWED_GLOBALS, refused=UnsafeGlobalError,
-                         hint="it is not on the allow-list of the safe NVIDIA pickle loader "
-                              "(ddo_lightning.checkpoints.nvidia_pickle.ALLOWED_GLOBALS)")
+        super().__init__(
+            file,
+            path,
+            ALLOWED_GLOBALS,
+            refused=UnsafeGlobalError,
+            hint="it is not on the allow-list of the safe NVIDIA pickle loader "
+            "(ddo_lightning.checkpoints.nvidia_pickle.ALLOWED_GLOBALS)",
+        )
         self.path = path
 
 
@@ -321,8 +358,10 @@ def network_from_record(record: PersistentRecord) -> tuple[str, dict, dict[str, 
     if not isinstance(record, PersistentRecord) or not record.is_module:
         raise NvidiaPickleError(f"not a persistent network record: {record!r}")
     if record.init_args:
-        raise NvidiaPickleError(f"{record.class_name} was constructed with positional arguments "
-                                f"({len(record.init_args)}); only keyword arguments can be rebuilt")
+        raise NvidiaPickleError(
+            f"{record.class_name} was constructed with positional arguments "
+            f"({len(record.init_args)}); only keyword arguments can be rebuilt"
+        )
     init_kwargs = dict(record.init_kwargs or {})
     state_dict: dict[str, torch.Tensor] = {}
     _flatten(record, "", state_dict)
@@ -336,12 +375,16 @@ def _default_build(path: str) -> Callable[[str, dict], nn.Module]:
     except ImportError as err:
         if isinstance(err, ModuleNotFoundError) and err.name != factory:
             raise  # something the factory itself imports is missing: a real error
-        raise NvidiaPickleError(f"cannot build the network of {path}: pass build=(class_name, init_kwargs) -> "
-                                f"nn.Module ({factory}.build_edm_network is not available: {err})") from err
+        raise NvidiaPickleError(
+            f"cannot build the network of {path}: pass build=(class_name, init_kwargs) -> "
+            f"nn.Module ({factory}.build_edm_network is not available: {err})"
+        ) from err
     return build_edm_network
 
 
-def read_nvidia_network(path: str | os.PathLike, key: str = "ema") -> tuple[str, dict, dict[str, torch.Tensor], PersistentRecord]:
+def read_nvidia_network(
+    path: str | os.PathLike, key: str = "ema"
+) -> tuple[str, dict, dict[str, torch.Tensor], PersistentRecord]:
     """``(class_name, init_kwargs, state_dict, record)`` of the network stored at ``key``, without
     building anything (the state dict keeps the file's dtypes)."""
     path = os.fspath(path)
@@ -358,9 +401,12 @@ def read_nvidia_network(path: str | os.PathLike, key: str = "ema") -> tuple[str,
     return class_name, init_kwargs, state_dict, record
 
 
-def load_network_from_nvidia_pickle(path: str | os.PathLike, key: str = "ema",
-                                     build: Callable[[str, dict], nn.Module] | None = None,
-                                     dtype: torch.dtype | None = torch.float32) -> nn.Module:
+def load_network_from_nvidia_pickle(
+    path: str | os.PathLike,
+    key: str = "ema",
+    build: Callable[[str, dict], nn.Module] | None = None,
+    dtype: torch.dtype | None = torch.float32,
+) -> nn.Module:
     """Build our re-implementation of the network stored at ``key`` of an NVIDIA pickle and load its weights.
 
     ``build(class_name, init_kwargs)`` makes the module (default:
@@ -376,11 +422,13 @@ def load_network_from_nvidia_pickle(path: str | os.PathLike, key: str = "ema",
     try:
         net = build(class_name, init_kwargs)
     except Exception as err:
-        raise NvidiaPickleError(f"{path}[{key!r}]: cannot build network class {class_name!r}: "
-                                f"{type(err).__name__}: {err}") from err
+        raise NvidiaPickleError(
+            f"{path}[{key!r}]: cannot build network class {class_name!r}: {type(err).__name__}: {err}"
+        ) from err
     if not isinstance(net, nn.Module):
-        raise NvidiaPickleError(f"{path}[{key!r}]: build({class_name!r}, ...) returned a {type(net).__name__}, "
-                                "not an nn.Module")
+        raise NvidiaPickleError(
+            f"{path}[{key!r}]: build({class_name!r}, ...) returned a {type(net).__name__}, not an nn.Module"
+        )
     if dtype is not None:
         net.to(dtype)
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
@@ -435,8 +483,9 @@ def read_edm2_training_state(path: str | os.PathLike) -> dict:
     return dict(obj)
 
 
-def load_edm2_training_state(path: str | os.PathLike, which: str = "ema", ema_index: int = 0,
-                             dtype: torch.dtype | None = torch.float32) -> dict[str, torch.Tensor]:
+def load_edm2_training_state(
+    path: str | os.PathLike, which: str = "ema", ema_index: int = 0, dtype: torch.dtype | None = torch.float32
+) -> dict[str, torch.Tensor]:
     """Network weights from an EDM2 ``training-state-*.pt``: ``which='net'`` the raw trained weights,
     ``'ema'`` the ``ema_index``-th power-function EMA (``ema['stds'][ema_index]``). Floating tensors are
     cast to ``dtype`` (None: as stored)."""
@@ -451,7 +500,9 @@ def load_edm2_training_state(path: str | os.PathLike, which: str = "ema", ema_in
         emas = ema.get("emas") if isinstance(ema, Mapping) else None
         if not isinstance(emas, (list, tuple)) or not -len(emas) <= ema_index < len(emas):
             have = len(emas) if isinstance(emas, (list, tuple)) else 0
-            raise NvidiaPickleError(f"{path}: no EMA number {ema_index} (it holds {have}; stds {ema.get('stds') if isinstance(ema, Mapping) else None})")
+            raise NvidiaPickleError(
+                f"{path}: no EMA number {ema_index} (it holds {have}; stds {ema.get('stds') if isinstance(ema, Mapping) else None})"
+            )
         state = emas[ema_index]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NvidiaPickleError(f"{path}: '{which}' is not a state dict of tensors")

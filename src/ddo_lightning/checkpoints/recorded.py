@@ -50,8 +50,13 @@ def _our_classes() -> dict[str, type[nn.Module]]:
     """Our class per kind (imported here: the networks package does not import checkpoints)."""
     from ..networks import EDM2Precond, EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 
-    return {"EDMPrecond": EDMPrecond, "VPPrecond": VPPrecond, "VEPrecond": VEPrecond,
-            "iDDPMPrecond": iDDPMPrecond, _EDM2: EDM2Precond}
+    return {
+        "EDMPrecond": EDMPrecond,
+        "VPPrecond": VPPrecond,
+        "VEPrecond": VEPrecond,
+        "iDDPMPrecond": iDDPMPrecond,
+        _EDM2: EDM2Precond,
+    }
 
 
 def recorded_kind(class_name: str) -> str | None:
@@ -90,6 +95,7 @@ def _edm2_block_attr(attr: str) -> Callable[[nn.Module], Any]:
     def get(net: nn.Module) -> Any:
         blocks = _edm2_blocks(net)
         return getattr(blocks[0], attr) if blocks else _MISSING
+
     return get
 
 
@@ -252,7 +258,8 @@ def check_recorded_network(net: nn.Module, class_name: str, init_kwargs: Mapping
         raise RecordedNetworkMismatch(
             f"{what} holds {_a(str(class_name))} network, which ddo_lightning has no equivalent of, but the config "
             f"declares {declared}: only EDM's EDMPrecond/VPPrecond/VEPrecond/iDDPMPrecond and EDM2's Precond load "
-            "into our preconditioners")
+            "into our preconditioners"
+        )
     if recorded != declared:
         own = _own_settings(recorded, init_kwargs)
         shown = own if recorded == _EDM2 else {k: v for k, v in own.items() if k not in _COMMON}
@@ -261,11 +268,14 @@ def check_recorded_network(net: nn.Module, class_name: str, init_kwargs: Mapping
             f"{what} holds {_a(_describe(_display(recorded), own))} but the config declares {declared}: set "
             f"{NETWORK_PATH}.class_path to ddo_lightning.networks.{recorded} (init_args {settings}"
             f"{_model_hint(recorded, init_kwargs)}), or choose a checkpoint of {_a(declared)}. Read as {_a(declared)}, "
-            "its weights would give other outputs (another preconditioning)")
+            "its weights would give other outputs (another preconditioning)"
+        )
     rec, dec, differ = _compare(net, declared, init_kwargs)
     if differ:
-        items = "; ".join(f"{k}: file {_fmt(rec[k])}, config {_fmt(dec[k])} ({_config_path(declared, k)})"
-                          for k in differ)
+        items = "; ".join(
+            f"{k}: file {_fmt(rec[k])}, config {_fmt(dec[k])} ({_config_path(declared, k)})" for k in differ
+        )
         raise RecordedNetworkMismatch(
             f"{what} holds {_a(_display(recorded))} whose settings differ from the declared {declared}'s, and they "
-            f"change its outputs: {items}. Set them to the file's values, or choose a matching checkpoint")
+            f"change its outputs: {items}. Set them to the file's values, or choose a matching checkpoint"
+        )

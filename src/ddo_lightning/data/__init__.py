@@ -13,8 +13,8 @@ from .images import (
 )
 from .latents import LatentFolderDataset, LatentScaling, StabilityVAE
 from .tokens import MarkovSource, MarkovTokenDataset
-from .var_tokens import VARTokenDataset, encode_dataset
 from .toy2d import GaussianMixture, Toy2DDataset, mixture_preset
+from .var_tokens import VARTokenDataset, encode_dataset
 
 __all__ = [
     "MarkovSource",
@@ -32,5 +32,6 @@ __all__ = [
     "model_to_uint8",
     "quantize",
     "uint8_to_model",
-    "VARTokenDataset", "encode_dataset",
+    "VARTokenDataset",
+    "encode_dataset",
 ]

@@ -90,7 +90,9 @@ class ImageDataset(Dataset):
         self.source = str(source)
         images = torch.as_tensor(images)
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"{self.source}: images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"{self.source}: images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) == 0:
             raise ValueError(f"{self.source}: no images")
         _, c, h, w = images.shape
@@ -216,8 +218,16 @@ class DigitsDataset(ImageDataset):
         if factor > 1:
             images = images.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
         super().__init__(
-            images, labels, source=str(ref), conditional=conditional, xflip=xflip, max_size=max_size, seed=seed,
-            resolution=resolution, channels=1, num_classes=10,
+            images,
+            labels,
+            source=str(ref),
+            conditional=conditional,
+            xflip=xflip,
+            max_size=max_size,
+            seed=seed,
+            resolution=resolution,
+            channels=1,
+            num_classes=10,
         )
 
 
@@ -246,8 +256,13 @@ def safe_loads_pickle(data: bytes, source: str) -> Any:
 
 def _safe_unpickle(f: Any, source: str) -> Any:
     try:
-        return RestrictedUnpickler(f, source, _allowed_globals(), encoding="bytes",  # Python 2 pickles
-                                   hint="only numpy arrays and plain containers are allowed in CIFAR-10 batches").load()
+        return RestrictedUnpickler(
+            f,
+            source,
+            _allowed_globals(),
+            encoding="bytes",  # Python 2 pickles
+            hint="only numpy arrays and plain containers are allowed in CIFAR-10 batches",
+        ).load()
     except pickle.UnpicklingError as e:
         if source in str(e):
             raise
@@ -279,7 +294,9 @@ def _read_tar_members(archive: Path, wanted: Sequence[str]) -> dict[str, bytes]:
                 if member.isfile() and name in wanted and folder.endswith(DIR):
                     out[name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"{archive}: not a readable CIFAR-10 archive (truncated or corrupt?): {type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"{archive}: not a readable CIFAR-10 archive (truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from e
     return out
 
 
@@ -322,8 +339,10 @@ class Cifar10Dataset(ImageDataset):
             if (root / DIR).is_dir():
                 root = root / DIR
             if not root.is_dir():
-                raise FileNotFoundError(f"{root}: CIFAR-10 not found (expected the cifar-10-python.tar.gz archive or "
-                                        "its cifar-10-batches-py directory)")
+                raise FileNotFoundError(
+                    f"{root}: CIFAR-10 not found (expected the cifar-10-python.tar.gz archive or "
+                    "its cifar-10-batches-py directory)"
+                )
             where = {n: str(root / n) for n in (*names, self.META)}
             load = {n: (lambda n=n: safe_load_pickle(root / n)) for n in where if (root / n).is_file()}
         images, labels = [], []
@@ -333,11 +352,21 @@ class Cifar10Dataset(ImageDataset):
             x, y = self._read_batch(load[name](), where[name])
             images.append(x)
             labels.append(y)
-        self.class_names = self._read_meta(load[self.META](), where[self.META]) if self.META in load else self.CLASS_NAMES
+        self.class_names = (
+            self._read_meta(load[self.META](), where[self.META]) if self.META in load else self.CLASS_NAMES
+        )
         self.split = split
         super().__init__(
-            np.concatenate(images), np.concatenate(labels), source=str(root), conditional=conditional, xflip=xflip,
-            max_size=max_size, seed=seed, resolution=32, channels=3, num_classes=10,
+            np.concatenate(images),
+            np.concatenate(labels),
+            source=str(root),
+            conditional=conditional,
+            xflip=xflip,
+            max_size=max_size,
+            seed=seed,
+            resolution=32,
+            channels=3,
+            num_classes=10,
         )
 
     @staticmethod
@@ -346,7 +375,9 @@ class Cifar10Dataset(ImageDataset):
             raise ValueError(f"{path}: expected a pickled dict, got {type(d).__name__}")
         data, labels = _key(d, "data", path), _key(d, "labels", path)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
-            raise ValueError(f"{path}: b'data' must be a uint8 array, got {type(data).__name__} {getattr(data, 'dtype', '')}")
+            raise ValueError(
+                f"{path}: b'data' must be a uint8 array, got {type(data).__name__} {getattr(data, 'dtype', '')}"
+            )
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise ValueError(f"{path}: b'data' must be [N, 3072], got {list(data.shape)}")
         try:
@@ -397,8 +428,9 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
-def read_dataset_json_labels(names: list[str], fnames: list[str], read: Any, num_classes: int | None,
-                         where: str) -> np.ndarray | None:
+def read_dataset_json_labels(
+    names: list[str], fnames: list[str], read: Any, num_classes: int | None, where: str
+) -> np.ndarray | None:
     """The labels [N] int64 of ``fnames`` from the folder's ``dataset.json`` (EDM's dataset_tool format:
     ``{"labels": [[relative_path, int], ...]}``), or None without one (or with ``"labels": null``).
 
@@ -420,8 +452,12 @@ def read_dataset_json_labels(names: list[str], fnames: list[str], read: Any, num
     table: dict[str, int] = {}
     for e in entries:
         if (
-            not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[0], str)
-            or not isinstance(e[1], int) or isinstance(e[1], bool) or e[1] < 0
+            not isinstance(e, (list, tuple))
+            or len(e) != 2
+            or not isinstance(e[0], str)
+            or not isinstance(e[1], int)
+            or isinstance(e[1], bool)
+            or e[1] < 0
         ):
             raise ValueError(f"{where}: bad label entry {e!r} (need [relative_path, non-negative int])")
         table[e[0].replace("\\", "/")] = e[1]
@@ -465,9 +501,7 @@ class ImageFolderDataset(ImageDataset):
         self.path = Path(path)
         zf = None
         if self.path.is_dir():
-            names = sorted(
-                p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()
-            )
+            names = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
             read = lambda name: (self.path / name).read_bytes()  # noqa: E731
         elif self.path.is_file():
             try:
@@ -500,8 +534,16 @@ class ImageFolderDataset(ImageDataset):
             if zf is not None:
                 zf.close()
         super().__init__(
-            images, None if labels is None else labels[keep], source=str(self.path), conditional=conditional,
-            xflip=xflip, max_size=None, seed=seed, resolution=resolution, channels=channels, num_classes=num_classes,
+            images,
+            None if labels is None else labels[keep],
+            source=str(self.path),
+            conditional=conditional,
+            xflip=xflip,
+            max_size=None,
+            seed=seed,
+            resolution=resolution,
+            channels=channels,
+            num_classes=num_classes,
         )
         self.raw_indices = torch.from_numpy(keep)
         self.max_size = max_size
@@ -509,7 +551,9 @@ class ImageFolderDataset(ImageDataset):
     def _where(self, name: str) -> str:
         return f"{self.path}: member {name!r}" if self.path.is_file() else str(self.path / name)
 
-    def _read_labels(self, names: list[str], fnames: list[str], read: Any, num_classes: int | None) -> np.ndarray | None:
+    def _read_labels(
+        self, names: list[str], fnames: list[str], read: Any, num_classes: int | None
+    ) -> np.ndarray | None:
         return read_dataset_json_labels(names, fnames, read, num_classes, self._where("dataset.json"))
 
     def _read_images(self, fnames: list[str], read: Any, resolution: int | None, channels: int | None) -> np.ndarray:

@@ -51,8 +51,13 @@ class LatentScaling:
     """EDM2's per-channel affine map between raw VAE latents and the model's ("final") latents, computed in
     float32 like EDM2 (``scale = final_std/raw_std``, ``bias = final_mean − raw_mean·scale``)."""
 
-    def __init__(self, raw_mean: Sequence[float] = EDM2_RAW_MEAN, raw_std: Sequence[float] = EDM2_RAW_STD,
-                 final_mean: float = 0.0, final_std: float = 0.5):
+    def __init__(
+        self,
+        raw_mean: Sequence[float] = EDM2_RAW_MEAN,
+        raw_std: Sequence[float] = EDM2_RAW_STD,
+        final_mean: float = 0.0,
+        final_std: float = 0.5,
+    ):
         if len(raw_mean) != len(raw_std):
             raise ValueError(f"raw_mean has {len(raw_mean)} channels, raw_std {len(raw_std)}")
         self.scale = np.float32(final_std) / np.asarray(raw_std, dtype=np.float32)
@@ -63,8 +68,10 @@ class LatentScaling:
         if x.shape[-3] != self.channels:
             raise ValueError(f"latents have {x.shape[-3]} channels, the scaling {self.channels}")
         shape = (-1, 1, 1)
-        return (torch.as_tensor(self.scale, device=x.device).reshape(shape),
-                torch.as_tensor(self.bias, device=x.device).reshape(shape))
+        return (
+            torch.as_tensor(self.scale, device=x.device).reshape(shape),
+            torch.as_tensor(self.bias, device=x.device).reshape(shape),
+        )
 
     def to_final(self, raw: torch.Tensor) -> torch.Tensor:
         scale, bias = self._affine(raw)
@@ -94,10 +101,18 @@ class LatentFolderDataset(Dataset):
         raw_mean, raw_std, final_mean, final_std: :class:`LatentScaling` (EDM2's defaults).
     """
 
-    def __init__(self, path: str | os.PathLike, conditional: bool = False, num_classes: int | None = None,
-                 max_size: int | None = None, latent_seed: int | None = None,
-                 raw_mean: Sequence[float] = EDM2_RAW_MEAN, raw_std: Sequence[float] = EDM2_RAW_STD,
-                 final_mean: float = 0.0, final_std: float = 0.5):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        conditional: bool = False,
+        num_classes: int | None = None,
+        max_size: int | None = None,
+        latent_seed: int | None = None,
+        raw_mean: Sequence[float] = EDM2_RAW_MEAN,
+        raw_std: Sequence[float] = EDM2_RAW_STD,
+        final_mean: float = 0.0,
+        final_std: float = 0.5,
+    ):
         from .images import read_dataset_json_labels
 
         self.path = Path(path)
@@ -125,12 +140,16 @@ class LatentFolderDataset(Dataset):
             raise ValueError(f"{self.path}: conditional=True but it has no labels (no dataset.json, or null labels)")
         self.fnames = fnames
         self.conditional = bool(conditional)
-        self._num_classes = 0 if labels is None else (int(num_classes) if num_classes is not None else int(labels.max()) + 1)
+        self._num_classes = (
+            0 if labels is None else (int(num_classes) if num_classes is not None else int(labels.max()) + 1)
+        )
         self.raw_labels = None if labels is None else torch.from_numpy(labels)
         first = self._load(0)
         if first.shape[0] != 2 * self.scaling.channels:
-            raise ValueError(f"{self._where(fnames[0])}: {first.shape[0]} channels, expected mean ⊕ std = "
-                             f"{2 * self.scaling.channels}")
+            raise ValueError(
+                f"{self._where(fnames[0])}: {first.shape[0]} channels, expected mean ⊕ std = "
+                f"{2 * self.scaling.channels}"
+            )
         self._shape = (self.scaling.channels, *first.shape[1:])
 
     # ---- reading --------------------------------------------------------------------------------------
@@ -183,7 +202,9 @@ class LatentFolderDataset(Dataset):
         """The stored posterior mean and std of item i, each float32 [C, H, W]."""
         arr = self._load(i)
         if (arr.shape[0] // 2, *arr.shape[1:]) != self._shape:
-            raise ValueError(f"{self._where(self.fnames[i])}: shape {arr.shape}, expected {(2 * self._shape[0], *self._shape[1:])}")
+            raise ValueError(
+                f"{self._where(self.fnames[i])}: shape {arr.shape}, expected {(2 * self._shape[0], *self._shape[1:])}"
+            )
         mean, std = torch.from_numpy(arr.astype(np.float32)).chunk(2, dim=0)
         return mean, std
 
@@ -201,8 +222,10 @@ class LatentFolderDataset(Dataset):
         return Samples(x, label)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(source={str(self.path)!r}, latents={len(self)}, shape={self.sample_shape}, "
-                f"num_classes={self.num_classes}, conditional={self.conditional})")
+        return (
+            f"{type(self).__name__}(source={str(self.path)!r}, latents={len(self)}, shape={self.sample_shape}, "
+            f"num_classes={self.num_classes}, conditional={self.conditional})"
+        )
 
 
 class StabilityVAE(nn.Module):
@@ -220,16 +243,25 @@ class StabilityVAE(nn.Module):
     forward(latents [B, C, h, w] final) -> uint8 [B, 3, H, W]: ``decode``.
     """
 
-    def __init__(self, vae_path: str | None = None, vae: nn.Module | None = None,
-                 raw_mean: Sequence[float] = EDM2_RAW_MEAN, raw_std: Sequence[float] = EDM2_RAW_STD,
-                 final_mean: float = 0.0, final_std: float = 0.5, batch_size: int = 8):
+    def __init__(
+        self,
+        vae_path: str | None = None,
+        vae: nn.Module | None = None,
+        raw_mean: Sequence[float] = EDM2_RAW_MEAN,
+        raw_std: Sequence[float] = EDM2_RAW_STD,
+        final_mean: float = 0.0,
+        final_std: float = 0.5,
+        batch_size: int = 8,
+    ):
         super().__init__()
         if (vae_path is None) == (vae is None):
             raise ValueError("give exactly one of vae_path (a local diffusers directory) and vae")
         if vae is None:
             if not os.path.isdir(vae_path):
-                raise FileNotFoundError(f"VAE directory not found: {vae_path} (a local diffusers AutoencoderKL "
-                                        "directory, e.g. stabilityai/sd-vae-ft-mse downloaded beforehand)")
+                raise FileNotFoundError(
+                    f"VAE directory not found: {vae_path} (a local diffusers AutoencoderKL "
+                    "directory, e.g. stabilityai/sd-vae-ft-mse downloaded beforehand)"
+                )
             try:
                 from diffusers import AutoencoderKL
             except ImportError as err:
@@ -239,7 +271,7 @@ class StabilityVAE(nn.Module):
         self.scaling = LatentScaling(raw_mean, raw_std, final_mean, final_std)
         self.batch_size = int(batch_size)
 
-    def train(self, mode: bool = True) -> "StabilityVAE":  # always in eval mode
+    def train(self, mode: bool = True) -> StabilityVAE:  # always in eval mode
         return super().train(False)
 
     @torch.no_grad()

@@ -19,21 +19,26 @@ from ..protocols import Samples
 
 class MarkovSource:
     """Args:
-        num_classes: K.
-        vocab_size: V.
-        length: L.
-        sharpness: scale of the logits (larger: more deterministic chains, a harder target for a small model).
-        seed: seed of the chains' parameters.
+    num_classes: K.
+    vocab_size: V.
+    length: L.
+    sharpness: scale of the logits (larger: more deterministic chains, a harder target for a small model).
+    seed: seed of the chains' parameters.
     """
 
-    def __init__(self, num_classes: int = 4, vocab_size: int = 4, length: int = 6, sharpness: float = 2.0, seed: int = 0):
+    def __init__(
+        self, num_classes: int = 4, vocab_size: int = 4, length: int = 6, sharpness: float = 2.0, seed: int = 0
+    ):
         if num_classes < 1 or vocab_size < 2 or length < 1:
             raise ValueError(f"invalid MarkovSource sizes: K={num_classes}, V={vocab_size}, L={length}")
         self.num_classes, self.vocab_size, self.length = num_classes, vocab_size, length
         gen = torch.Generator().manual_seed(seed)
-        self.log_init = torch.log_softmax(sharpness * torch.randn(num_classes, vocab_size, generator=gen, dtype=torch.float64), -1)
-        self.log_trans = torch.log_softmax(sharpness * torch.randn(num_classes, vocab_size, vocab_size, generator=gen,
-                                                                   dtype=torch.float64), -1)
+        self.log_init = torch.log_softmax(
+            sharpness * torch.randn(num_classes, vocab_size, generator=gen, dtype=torch.float64), -1
+        )
+        self.log_trans = torch.log_softmax(
+            sharpness * torch.randn(num_classes, vocab_size, vocab_size, generator=gen, dtype=torch.float64), -1
+        )
 
     def log_prob(self, tokens: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Exact log p(tokens | class) [B] (float64)."""
@@ -53,7 +58,7 @@ class MarkovSource:
 
     def all_sequences(self) -> torch.Tensor:
         """Every sequence [V^L, L]."""
-        if self.vocab_size ** self.length > 2 ** 20:
+        if self.vocab_size**self.length > 2**20:
             raise ValueError(f"{self.vocab_size}^{self.length} sequences are too many to enumerate")
         return torch.tensor(list(itertools.product(range(self.vocab_size), repeat=self.length)))
 
@@ -64,12 +69,22 @@ class MarkovSource:
         from ..likelihood import token_log_prob
 
         seqs = self.all_sequences()
-        device = next((p.device for p in model.parameters()), torch.device("cpu")) if isinstance(model, torch.nn.Module) else "cpu"
+        device = (
+            next((p.device for p in model.parameters()), torch.device("cpu"))
+            if isinstance(model, torch.nn.Module)
+            else "cpu"
+        )
         forward, reverse = [], []
         for c in range(self.num_classes):
             labels = torch.nn.functional.one_hot(torch.full((len(seqs),), c), self.num_classes).float()
-            lq = torch.cat([token_log_prob(model, seqs[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)).double().cpu()
-                            for i in range(0, len(seqs), batch_size)])
+            lq = torch.cat(
+                [
+                    token_log_prob(model, seqs[i : i + batch_size].to(device), labels[i : i + batch_size].to(device))
+                    .double()
+                    .cpu()
+                    for i in range(0, len(seqs), batch_size)
+                ]
+            )
             lp = self.log_prob(seqs, torch.full((len(seqs),), c))
             forward.append(float((lp.exp() * (lp - lq)).sum()))
             reverse.append(float((lq.exp() * (lq - lp)).sum()))
@@ -85,8 +100,16 @@ class MarkovTokenDataset(Dataset):
         seed: seed of the drawn sequences.
     """
 
-    def __init__(self, num_samples: int = 20000, num_classes: int = 4, vocab_size: int = 4, length: int = 6,
-                 sharpness: float = 2.0, source_seed: int = 0, seed: int = 1):
+    def __init__(
+        self,
+        num_samples: int = 20000,
+        num_classes: int = 4,
+        vocab_size: int = 4,
+        length: int = 6,
+        sharpness: float = 2.0,
+        source_seed: int = 0,
+        seed: int = 1,
+    ):
         self.source = MarkovSource(num_classes, vocab_size, length, sharpness, source_seed)
         self.classes = torch.arange(num_samples) % num_classes
         self.tokens = self.source.sample(self.classes, seed)

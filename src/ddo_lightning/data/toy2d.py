@@ -26,7 +26,11 @@ class GaussianMixture:
         if not std > 0:
             raise ValueError(f"std must be > 0, got {std}")
         self.std = float(std)
-        w = torch.ones(len(self.means), dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        w = (
+            torch.ones(len(self.means), dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
         if w.shape != (len(self.means),) or (w < 0).any() or w.sum() <= 0:
             raise ValueError("weights must be [M], non-negative, with a positive sum")
         self.weights = w / w.sum()

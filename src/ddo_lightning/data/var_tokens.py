@@ -37,8 +37,8 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 class VARTokenDataset(Dataset):
     """Args:
-        path: the ``.npz``/``.pt`` file (module docstring).
-        num_classes: K when the file does not store it (a stored value must agree).
+    path: the ``.npz``/``.pt`` file (module docstring).
+    num_classes: K when the file does not store it (a stored value must agree).
     """
 
     def __init__(self, path: str | os.PathLike, num_classes: int | None = None):
@@ -53,7 +53,9 @@ class VARTokenDataset(Dataset):
         if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"{self.path}: tokens must be an integer array [N, L], got {tokens.dtype} {tokens.shape}")
         if labels.shape != (len(tokens),) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"{self.path}: labels must be integers [N={len(tokens)}], got {labels.dtype} {labels.shape}")
+            raise ValueError(
+                f"{self.path}: labels must be integers [N={len(tokens)}], got {labels.dtype} {labels.shape}"
+            )
         stored = int(data["num_classes"]) if "num_classes" in data else None
         if stored is not None and num_classes is not None and stored != num_classes:
             raise ValueError(f"{self.path} stores num_classes={stored}, but num_classes={num_classes} was given")
@@ -94,8 +96,15 @@ class VARTokenDataset(Dataset):
 
 
 @torch.no_grad()
-def encode_dataset(images_dataset: Dataset, adapter: Any, out_path: str | os.PathLike, batch_size: int = 64,
-                   device: torch.device | str | None = None, num_workers: int = 0, progress: bool = True) -> Path:
+def encode_dataset(
+    images_dataset: Dataset,
+    adapter: Any,
+    out_path: str | os.PathLike,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Path:
     """Encode every image of ``images_dataset`` (``Samples(x [3, H, W] in [−1, 1], one-hot labels [K])``)
     with ``adapter.encode`` (a ``VARTokenModel``) and write a token file (``.npz``, or ``.pt`` by suffix)
     atomically: to a temporary file in the same folder, then renamed. Returns the path."""
@@ -115,9 +124,12 @@ def encode_dataset(images_dataset: Dataset, adapter: Any, out_path: str | os.Pat
         tokens.append(adapter.encode(x).cpu().numpy().astype(dtype))
         labels.append(lab.argmax(1).numpy().astype(np.int64) if k else np.zeros(len(x), np.int64))
     L = int(adapter.length)
-    data = {"tokens": np.concatenate(tokens) if tokens else np.zeros((0, L), dtype),
-            "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
-            "num_classes": np.int64(k), "vocab_size": np.int64(vocab)}
+    data = {
+        "tokens": np.concatenate(tokens) if tokens else np.zeros((0, L), dtype),
+        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        "num_classes": np.int64(k),
+        "vocab_size": np.int64(vocab),
+    }
     with atomic_path(out_path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
         if out_path.suffix == ".npz":
             np.savez(f, **data)

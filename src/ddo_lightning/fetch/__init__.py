@@ -10,6 +10,25 @@ from .download import ResumableDownloader, fetch_entry, fetch_file
 from .manifest import MANIFEST, Entry, RemoteFile
 from .preflight import cache_refs, find_problems, missing_message, preflight, resolve_refs
 
-__all__ = ["MANIFEST", "PREFIX", "Entry", "FetchError", "MissingFile", "RemoteFile", "ResumableDownloader", "cache_refs",
-           "cache_root", "entry", "entry_path", "fetch_entry", "fetch_file", "find_problems", "is_ref", "lock_path",
-           "missing_message", "preflight", "resolve", "resolve_refs"]
+__all__ = [
+    "MANIFEST",
+    "PREFIX",
+    "Entry",
+    "FetchError",
+    "MissingFile",
+    "RemoteFile",
+    "ResumableDownloader",
+    "cache_refs",
+    "cache_root",
+    "entry",
+    "entry_path",
+    "fetch_entry",
+    "fetch_file",
+    "find_problems",
+    "is_ref",
+    "lock_path",
+    "missing_message",
+    "preflight",
+    "resolve",
+    "resolve_refs",
+]

@@ -27,8 +27,20 @@ from ..errors import FetchError, MissingFile
 from ..files import atomic_write_text
 from .manifest import MANIFEST, Entry, RemoteFile
 
-__all__ = ["PREFIX", "FetchError", "MissingFile", "cache_root", "entry", "entry_path", "file_path", "is_ref", "lock_path",
-           "resolve", "url_of", "verify_file"]
+__all__ = [
+    "PREFIX",
+    "FetchError",
+    "MissingFile",
+    "cache_root",
+    "entry",
+    "entry_path",
+    "file_path",
+    "is_ref",
+    "lock_path",
+    "resolve",
+    "url_of",
+    "verify_file",
+]
 
 PREFIX = "cache:"
 LOCK_NAME = "ddo-fetch.lock.json"
@@ -85,8 +97,10 @@ def read_lock() -> dict[str, dict[str, Any]]:
         assert isinstance(files, dict)
         return files
     except Exception as err:  # noqa: BLE001 - any damage: say which file and how to recover
-        raise FetchError(f"cannot read the lock file {path} ({type(err).__name__}: {err}); repair it, or delete it "
-                         "to record every cached file's sha256 again from the files as they are now") from err
+        raise FetchError(
+            f"cannot read the lock file {path} ({type(err).__name__}: {err}); repair it, or delete it "
+            "to record every cached file's sha256 again from the files as they are now"
+        ) from err
 
 
 def update_lock(key: str, record: dict[str, Any] | None) -> bool:
@@ -97,7 +111,9 @@ def update_lock(key: str, record: dict[str, Any] | None) -> bool:
             files.pop(key, None)
         else:
             files[key] = record
-        atomic_write_text(lock_path(), json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n")
+        atomic_write_text(
+            lock_path(), json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n"
+        )
         return True
     except OSError:
         return False
@@ -116,9 +132,13 @@ def file_hash(path: Path, alg: str) -> str:
 
 def record(e: Entry, f: RemoteFile, path: Path, origin: str, digest: str | None = None) -> str:
     """Lock ``path`` (a file of entry ``e``) with its hash (computed unless given); returns the hash."""
-    digest = digest or (f.known_hash if f.known_hash and path.name == f.source_name else f"sha256:{file_hash(path, 'sha256')}")
-    update_lock(f"{e.name}/{path.name}", {"hash": digest, "origin": origin, **_stamp(path),
-                                          "recorded": time.strftime("%Y-%m-%d %H:%M:%S")})
+    digest = digest or (
+        f.known_hash if f.known_hash and path.name == f.source_name else f"sha256:{file_hash(path, 'sha256')}"
+    )
+    update_lock(
+        f"{e.name}/{path.name}",
+        {"hash": digest, "origin": origin, **_stamp(path), "recorded": time.strftime("%Y-%m-%d %H:%M:%S")},
+    )
     return digest
 
 
@@ -144,8 +164,10 @@ def verify_file(e: Entry, f: RemoteFile, path: Path) -> None:
             return
         actual = f"{alg} {got}, expected {want}"
     against = "published checksum" if published else f"recorded hash (lock file {lock_path()})"
-    raise FetchError(f"{path} does not match its {against} ({actual}): the file changed since it was checked. "
-                     f"Delete it and run `ddo fetch {e.name}`")
+    raise FetchError(
+        f"{path} does not match its {against} ({actual}): the file changed since it was checked. "
+        f"Delete it and run `ddo fetch {e.name}`"
+    )
 
 
 def resolve(ref: str, check: bool = True) -> str:
@@ -155,13 +177,15 @@ def resolve(ref: str, check: bool = True) -> str:
     command) and match their hashes (else ``FetchError``)."""
     if not is_ref(ref):
         return ref
-    e = entry(ref[len(PREFIX):])
+    e = entry(ref[len(PREFIX) :])
     target = entry_path(e)
     if check:
         for f in e.files:
             path = file_path(e, f)
             if not path.is_file():
-                raise MissingFile(f"{ref}: {path} is missing ({e.description}; from {url_of(e, f)}). "
-                                  f"Download it with `ddo fetch {e.name}`")
+                raise MissingFile(
+                    f"{ref}: {path} is missing ({e.description}; from {url_of(e, f)}). "
+                    f"Download it with `ddo fetch {e.name}`"
+                )
             verify_file(e, f, path)
     return str(target)

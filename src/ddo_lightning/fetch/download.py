@@ -80,9 +80,19 @@ class ResumableDownloader:
             # (read(n) of urllib3 drops a short last block when the connection dies)
             read = getattr(r.raw, "read1", None) or r.raw.read
             self.part.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.part, "ab" if have else "wb") as out, tqdm(
-                    total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=self.part.name[:-5],
-                    disable=not self.progress, leave=False) as bar:
+            with (
+                open(self.part, "ab" if have else "wb") as out,
+                tqdm(
+                    total=total,
+                    initial=have,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=self.part.name[:-5],
+                    disable=not self.progress,
+                    leave=False,
+                ) as bar,
+            ):
                 try:
                     while chunk := read(CHUNK):
                         out.write(chunk)
@@ -111,8 +121,10 @@ def edm2_ref_to_npz(source: str, target: str) -> None:
         stats = load_nvidia_pickle(source)["fid"]
         mu, sigma = np.asarray(stats["mu"], np.float64), np.asarray(stats["sigma"], np.float64)
     except Exception as err:  # noqa: BLE001 - unsafe global, not a dict, no 'fid': name the file
-        raise FetchError(f"{source}: not EDM2 reference statistics with a 'fid' entry holding mu and sigma "
-                         f"({type(err).__name__}: {err})") from err
+        raise FetchError(
+            f"{source}: not EDM2 reference statistics with a 'fid' entry holding mu and sigma "
+            f"({type(err).__name__}: {err})"
+        ) from err
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise FetchError(f"{source}: 'fid' mu must be [d] and sigma [d, d], got {mu.shape} and {sigma.shape}")
     save_reference_stats(target, mu, sigma)  # atomic: temporary name, then rename
@@ -157,21 +169,33 @@ def fetch_file(e: Entry, f: RemoteFile, retries: int = 3, progress: bool = True)
     downloader = ResumableDownloader(Path(f"{source}.part"), retries=retries, progress=progress)
     fresh = not source.is_file()
     try:
-        pooch.retrieve(url, known_hash=known, fname=source.name, path=source.parent, downloader=downloader,
-                       processor=_Convert(f.convert, target) if f.convert else None)
+        pooch.retrieve(
+            url,
+            known_hash=known,
+            fname=source.name,
+            path=source.parent,
+            downloader=downloader,
+            processor=_Convert(f.convert, target) if f.convert else None,
+        )
     except ValueError as err:  # pooch: hash mismatch (the temporary file is already deleted)
         _drop_empty(source.parent)
-        raise FetchError(f"{e.name}: {url} downloaded, but {err.args[0].split('. ')[0]} "
-                         f"({'published checksum' if f.known_hash else 'sha256 recorded at its first download'}). "
-                         "Nothing was kept. A changed file on the server or a proxy that rewrites downloads? "
-                         f"If the new file is right, remove its record from {source.parent.parent / 'ddo-fetch.lock.json'}") from err
+        raise FetchError(
+            f"{e.name}: {url} downloaded, but {err.args[0].split('. ')[0]} "
+            f"({'published checksum' if f.known_hash else 'sha256 recorded at its first download'}). "
+            "Nothing was kept. A changed file on the server or a proxy that rewrites downloads? "
+            f"If the new file is right, remove its record from {source.parent.parent / 'ddo-fetch.lock.json'}"
+        ) from err
     except (requests.RequestException, OSError) as err:
         part = downloader.part
-        kept = (f" The {part.stat().st_size} bytes received are kept in {part}: run `ddo fetch {e.name}` again to "
-                "resume.") if part.is_file() else ""
+        kept = (
+            (f" The {part.stat().st_size} bytes received are kept in {part}: run `ddo fetch {e.name}` again to resume.")
+            if part.is_file()
+            else ""
+        )
         _drop_empty(source.parent)
-        raise FetchError(f"{e.name}: cannot download {url} ({type(err).__name__}: {err}).{kept} "
-                         f"Without network: {manual_hint(e, f)}") from err
+        raise FetchError(
+            f"{e.name}: cannot download {url} ({type(err).__name__}: {err}).{kept} Without network: {manual_hint(e, f)}"
+        ) from err
     except FetchError:
         if fresh:
             source.unlink(missing_ok=True)

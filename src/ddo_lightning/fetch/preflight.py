@@ -23,16 +23,17 @@ __all__ = ["PATH_KEYS", "Problem", "cache_refs", "find_problems", "missing_messa
 
 #: Constructor arguments that name an input file or folder (DDOModule/MLEModule, FrechetDistance,
 #: InceptionFeatures, VARNetwork/VARImageDecoder, StabilityVAE, the datasets).
-PATH_KEYS = frozenset({"init_from", "reference_stats", "weights_path", "vae_checkpoint", "var_checkpoint", "vae_path",
-                       "root", "path"})
+PATH_KEYS = frozenset(
+    {"init_from", "reference_stats", "weights_path", "vae_checkpoint", "var_checkpoint", "vae_path", "root", "path"}
+)
 INPUT_SECTIONS = ("model", "data")
 
 #: How to make the inputs that cannot be downloaded, by the class that reads them.
 PREPARE = {
     "ImageFolderDataset": "ImageNet-derived data cannot be downloaded: make it with EDM2's `dataset_tool.py convert` "
-                          "(the preset's header says how)",
+    "(the preset's header says how)",
     "LatentFolderDataset": "ImageNet-derived latents cannot be downloaded: make them with EDM2's `dataset_tool.py convert`, "
-                           "then `encode` (the preset's header; docs/edm2.md, Latents)",
+    "then `encode` (the preset's header; docs/edm2.md, Latents)",
     "VARTokenDataset": "ImageNet-derived tokens cannot be downloaded: encode them with ddo_lightning.data.encode_dataset (docs/var.md)",
 }
 
@@ -77,7 +78,7 @@ def walk(node: Any, prefix: str = "", owner: str = "") -> Iterator[Leaf]:
 
 def cache_refs(config: Any) -> list[str]:
     """Entry names of every ``cache:NAME`` string in ``config``, in order of appearance, without repeats."""
-    names = [v[len(PREFIX):] for _, v, _, _ in walk(config) if is_ref(v)]
+    names = [v[len(PREFIX) :] for _, v, _, _ in walk(config) if is_ref(v)]
     return list(dict.fromkeys(names))
 
 
@@ -116,7 +117,7 @@ def _plain_problem(key: str, value: str, owner: str, config_dir: Path, base: str
 
 
 def _cache_problems(key: str, value: str) -> list[Problem]:
-    e = entry(value[len(PREFIX):])
+    e = entry(value[len(PREFIX) :])
     out = []
     for f in e.files:
         path = file_path(e, f)
@@ -137,8 +138,12 @@ def find_problems(config: Any, config_dir: str | Path = "configs", base: str = "
     for key, value, owner, _ in walk(config):
         if is_ref(value):
             problems += _cache_problems(key, value)
-        elif (isinstance(value, str) and value and key.split(".", 1)[0] in INPUT_SECTIONS
-              and key.rsplit(".", 1)[-1] in PATH_KEYS):
+        elif (
+            isinstance(value, str)
+            and value
+            and key.split(".", 1)[0] in INPUT_SECTIONS
+            and key.rsplit(".", 1)[-1] in PATH_KEYS
+        ):
             problems += [p for p in [_plain_problem(key, value, owner, Path(config_dir), base)] if p]
     return problems
 
@@ -151,7 +156,9 @@ def missing_message(problems: list[Problem], configs: list[str], prog: str = "dd
         files.setdefault(p.path, []).append(p)
     n = len(files)
     head = f"{prog}: " if prog else ""  # "" where the caller adds its own prefix
-    lines = [f"{head}{n} file{'s' * (n != 1)} needed by this config {'are' if n != 1 else 'is'} missing; nothing was built:"]
+    lines = [
+        f"{head}{n} file{'s' * (n != 1)} needed by this config {'are' if n != 1 else 'is'} missing; nothing was built:"
+    ]
     for path, ps in files.items():
         p = ps[0]
         lines.append(f"  - {', '.join(q.key for q in ps)}: {p.value}")
@@ -163,7 +170,9 @@ def missing_message(problems: list[Problem], configs: list[str], prog: str = "dd
     if by_hand:
         lines.append(f"The {by_hand} file{'s' * (by_hand != 1)} not from `ddo fetch` must be made as said above.")
     if fetch:
-        args = " ".join(f"--config {c}" for c in configs) if configs else " ".join(sorted(v[len(PREFIX):] for v in fetch))
+        args = (
+            " ".join(f"--config {c}" for c in configs) if configs else " ".join(sorted(v[len(PREFIX) :] for v in fetch))
+        )
         what = "the others" if by_hand else "it" if n == 1 else "them"
         lines.append(f"Download {what} into {cache_root()} ($DDO_CACHE) with: ddo fetch {args}")
     return "\n".join(lines)

@@ -153,13 +153,17 @@ def _run(configs: Sequence[str], fit_args: Sequence[str], build: bool, unbuilt: 
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise):
             warnings.simplefilter("ignore")
-            return run(args, cli_class=_cli_class(build, unbuilt, failures),
-                       parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}})
+            return run(
+                args,
+                cli_class=_cli_class(build, unbuilt, failures),
+                parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+            )
     except (ArgumentError, SystemExit, Exception) as err:
         if failures:  # the innermost constructor that refused: the job would fail the same way at startup
             cls, cause = failures[0]
-            raise ConfigError(f"the config does not build: {cls.__name__}: {type(cause).__name__}: "
-                              f"{_first_lines(str(cause))}") from None
+            raise ConfigError(
+                f"the config does not build: {cls.__name__}: {type(cause).__name__}: {_first_lines(str(cause))}"
+            ) from None
         if not isinstance(err, (ArgumentError, SystemExit)):
             raise ConfigError(f"the config does not build: {type(err).__name__}: {_first_lines(str(err))}") from err
         detail = str(err) if isinstance(err, ArgumentError) else noise.getvalue()
@@ -195,8 +199,10 @@ def dry_build(configs: Sequence[str], fit_args: Sequence[str] = ()) -> tuple[dic
         except (AttributeError, NotImplementedError):
             network = model
         params = sum(p.numel() for p in network.parameters())
-        notes.append(f"model {type(model).__name__}: trained network {type(network).__name__} of "
-                     f"{params / 1e6:.2f}M parameters (shapes only, no weights read)")
+        notes.append(
+            f"model {type(model).__name__}: trained network {type(network).__name__} of "
+            f"{params / 1e6:.2f}M parameters (shapes only, no weights read)"
+        )
     callbacks = [type(c).__name__ for c in trainer.callbacks]
     notes.append(f"trainer callbacks: {', '.join(callbacks)}")
     if unbuilt:

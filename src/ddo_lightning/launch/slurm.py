@@ -33,8 +33,10 @@ from collections.abc import Sequence
 
 # sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
 # days-hours:minutes:seconds
-_TIME = re.compile(r"(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
-                   r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)")
+_TIME = re.compile(
+    r"(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)"
+)
 _SIGNAL = re.compile(r"(?:[RB]:)?(?:SIG)?[A-Z0-9]+")
 
 
@@ -95,8 +97,10 @@ def tasks_per_node(devices: int | None, gpus_per_node: int | None) -> int:
     if gpus_per_node is not None:
         _check_positive("gpus_per_node", gpus_per_node)
         if devices is not None and devices != gpus_per_node:
-            raise ValueError(f"devices {devices!r} and gpus_per_node {gpus_per_node!r} disagree: a GPU job runs one "
-                             "task per GPU; give --gpus-per-node alone")
+            raise ValueError(
+                f"devices {devices!r} and gpus_per_node {gpus_per_node!r} disagree: a GPU job runs one "
+                "task per GPU; give --gpus-per-node alone"
+            )
         return gpus_per_node
     return _check_positive("devices", devices)
 
@@ -110,22 +114,31 @@ def per_device_batch(global_batch: int, nodes: int, tasks: int) -> int:
     if global_batch % world:
         divisors = [w for w in range(1, global_batch + 1) if global_batch % w == 0]
         near = sorted({max(w for w in divisors if w < world), min((w for w in divisors if w > world), default=1)})
-        raise ValueError(f"global batch {global_batch} does not split over {world} ranks ({nodes} node(s) x {tasks} "
-                         f"task(s)): choose a world size that divides it (e.g. {' or '.join(map(str, near))}) "
-                         "or set --data.init_args.batch_size to a multiple of the world size")
+        raise ValueError(
+            f"global batch {global_batch} does not split over {world} ranks ({nodes} node(s) x {tasks} "
+            f"task(s)): choose a world size that divides it (e.g. {' or '.join(map(str, near))}) "
+            "or set --data.init_args.batch_size to a multiple of the world size"
+        )
     return global_batch // world
 
 
 _RESUME_VAR = "$RESUME"
 
 
-def fit_command_args(nodes: int, tasks: int, gpu: bool, fit_args: Sequence[str], batch_per_device: int | None,
-                     resume_path: str | None) -> list[str]:
+def fit_command_args(
+    nodes: int, tasks: int, gpu: bool, fit_args: Sequence[str], batch_per_device: int | None, resume_path: str | None
+) -> list[str]:
     """The ``ddo fit`` arguments after the ``--config`` files: the allocation (accelerator, nodes, devices),
     the Preemption callback writing ``resume_path`` (None: no callback), the user's ``fit_args``, and the
     per-device batch last, so that it wins over a batch size in ``fit_args`` (which is the global one)."""
-    args = ["--trainer.accelerator", "gpu" if gpu else "cpu", "--trainer.num_nodes", str(nodes),
-            "--trainer.devices", str(tasks)]
+    args = [
+        "--trainer.accelerator",
+        "gpu" if gpu else "cpu",
+        "--trainer.num_nodes",
+        str(nodes),
+        "--trainer.devices",
+        str(tasks),
+    ]
     if resume_path is not None:
         args += ["--trainer.callbacks+=ddo_lightning.training.Preemption", f"--trainer.callbacks.path={resume_path}"]
     args += list(fit_args)
@@ -134,12 +147,27 @@ def fit_command_args(nodes: int, tasks: int, gpu: bool, fit_args: Sequence[str],
     return args
 
 
-def render_sbatch(configs: Sequence[str], *, nodes: int, cpus_per_task: int, time: str, job_name: str,
-                  output_dir: str, devices: int | None = None, gpus_per_node: int | None = None,
-                  batch_per_device: int | None = None, partition: str | None = None, account: str | None = None,
-                  qos: str | None = None, extra_sbatch: Sequence[str] = (), requeue_signal: str = "USR1",
-                  signal_lead_seconds: int = 90, python: str = sys.executable,
-                  fit_args: Sequence[str] = (), preemption: bool = True) -> str:
+def render_sbatch(
+    configs: Sequence[str],
+    *,
+    nodes: int,
+    cpus_per_task: int,
+    time: str,
+    job_name: str,
+    output_dir: str,
+    devices: int | None = None,
+    gpus_per_node: int | None = None,
+    batch_per_device: int | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    qos: str | None = None,
+    extra_sbatch: Sequence[str] = (),
+    requeue_signal: str = "USR1",
+    signal_lead_seconds: int = 90,
+    python: str = sys.executable,
+    fit_args: Sequence[str] = (),
+    preemption: bool = True,
+) -> str:
     """The sbatch script (bash) of ``ddo fit --config ...`` on ``nodes`` x tasks-per-node ranks.
 
     ``gpus_per_node``: a GPU job, one task per GPU (``--gres=gpu:N``, ``--trainer.accelerator gpu``).
@@ -166,17 +194,25 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, cpus_per_task: int, tim
         raise ValueError(f"output_dir {output_dir!r}: expected a directory path")
     if not isinstance(requeue_signal, str) or not _SIGNAL.fullmatch(requeue_signal):
         raise ValueError(f"requeue_signal {requeue_signal!r}: expected a signal name such as USR1")
-    if isinstance(signal_lead_seconds, bool) or not isinstance(signal_lead_seconds, int) \
-            or not 0 <= signal_lead_seconds <= 65535:
+    if (
+        isinstance(signal_lead_seconds, bool)
+        or not isinstance(signal_lead_seconds, int)
+        or not 0 <= signal_lead_seconds <= 65535
+    ):
         raise ValueError(f"signal_lead_seconds {signal_lead_seconds!r}: expected an integer in 0-65535")
 
     lines = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks}"]
     if gpus_per_node is not None:
         lines.append(f"--gres=gpu:{gpus_per_node}")
-    lines += [f"--cpus-per-task={cpus_per_task}", f"--time={time}",
-              f"--output={_sbatch_path(os.path.join(output_dir, '%x-%j.out'))}",
-              f"--error={_sbatch_path(os.path.join(output_dir, '%x-%j.err'))}",
-              f"--signal={requeue_signal}@{signal_lead_seconds}", "--requeue", "--open-mode=append"]
+    lines += [
+        f"--cpus-per-task={cpus_per_task}",
+        f"--time={time}",
+        f"--output={_sbatch_path(os.path.join(output_dir, '%x-%j.out'))}",
+        f"--error={_sbatch_path(os.path.join(output_dir, '%x-%j.err'))}",
+        f"--signal={requeue_signal}@{signal_lead_seconds}",
+        "--requeue",
+        "--open-mode=append",
+    ]
     for flag, value in (("partition", partition), ("account", account), ("qos", qos)):
         if value is not None:
             lines.append(f"--{flag}={_check_word(flag, value)}")
@@ -189,19 +225,24 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, cpus_per_task: int, tim
             raise ValueError(f"extra sbatch line {extra!r}: expected one non-empty line such as --exclusive")
         extra = extra.strip()
         if _GPU_REQUEST.match(extra):
-            raise ValueError(f"extra sbatch line {extra!r}: GPUs are asked for with --gpus-per-node N (it also sets "
-                             "the tasks and the trainer's accelerator and devices)")
+            raise ValueError(
+                f"extra sbatch line {extra!r}: GPUs are asked for with --gpus-per-node N (it also sets "
+                "the tasks and the trainer's accelerator and devices)"
+            )
         sbatch_lines.append(extra if extra.startswith("#SBATCH") else f"#SBATCH {extra}")
     for arg in fit_args:
         if isinstance(arg, str) and arg.split("=")[0] in _SET_BY_SLURM:
-            raise ValueError(f"fit argument {arg!r}: ddo slurm sets {', '.join(_SET_BY_SLURM)} from --nodes and "
-                             "--gpus-per-node/--devices")
+            raise ValueError(
+                f"fit argument {arg!r}: ddo slurm sets {', '.join(_SET_BY_SLURM)} from --nodes and "
+                "--gpus-per-node/--devices"
+            )
 
     command = [python, "-m", "ddo_lightning.cli", "fit"]
     for config in configs:
         command += ["--config", config]
-    command += fit_command_args(nodes, tasks, gpus_per_node is not None, fit_args, batch_per_device,
-                                _RESUME_VAR if preemption else None)
+    command += fit_command_args(
+        nodes, tasks, gpus_per_node is not None, fit_args, batch_per_device, _RESUME_VAR if preemption else None
+    )
     # the resume path holds the job id, known at run time only: that one argument is expanded by bash
     srun = " ".join(f'"{a}"' if _RESUME_VAR in a else shlex.quote(str(a)) for a in command)
     kind = f"{gpus_per_node} GPU(s) per node" if gpus_per_node is not None else f"{tasks} CPU task(s) per node"
@@ -215,25 +256,29 @@ def render_sbatch(configs: Sequence[str], *, nodes: int, cpus_per_task: int, tim
         "# checkpoints at the end of the step (resume-<job id>.ckpt in the output directory) and requeues the job;",
         "# the requeued job (same id) resumes from that checkpoint, no other job does.",
     ]
-    resume = [
-        ': "${SLURM_JOB_ID:?not running under SLURM: submit this script with sbatch}"',
-        f"OUT_DIR={shlex.quote(output_dir)}",
-        'RESUME="$OUT_DIR/resume-$SLURM_JOB_ID.ckpt"',
-        'RESTARTS="${SLURM_RESTART_COUNT:-0}"',
-        "set --",
-        'if [ "$RESTARTS" -gt 0 ] && [ -f "$RESUME" ]; then',
-        '  echo "job $SLURM_JOB_ID, restart $RESTARTS: resuming from $RESUME"',
-        '  set -- --ckpt_path "$RESUME"',
-        'elif [ "$RESTARTS" -gt 0 ]; then',
-        '  echo "job $SLURM_JOB_ID, restart $RESTARTS: no $RESUME, starting from the config"',
-        "fi",
-        "# A resume checkpoint of another job (or of an earlier job with this id) is never used: say so.",
-        'for old in "$OUT_DIR"/resume*.ckpt; do',
-        '  if [ -e "$old" ] && { [ "$old" != "$RESUME" ] || [ "$RESTARTS" -eq 0 ]; }; then',
-        '    echo "not resuming from $old: not written by an earlier run of this job (job $SLURM_JOB_ID, restart $RESTARTS)"',
-        "  fi",
-        "done",
-    ] if preemption else ["set --  # no Preemption callback (--no-preemption): nothing to resume from here"]
+    resume = (
+        [
+            ': "${SLURM_JOB_ID:?not running under SLURM: submit this script with sbatch}"',
+            f"OUT_DIR={shlex.quote(output_dir)}",
+            'RESUME="$OUT_DIR/resume-$SLURM_JOB_ID.ckpt"',
+            'RESTARTS="${SLURM_RESTART_COUNT:-0}"',
+            "set --",
+            'if [ "$RESTARTS" -gt 0 ] && [ -f "$RESUME" ]; then',
+            '  echo "job $SLURM_JOB_ID, restart $RESTARTS: resuming from $RESUME"',
+            '  set -- --ckpt_path "$RESUME"',
+            'elif [ "$RESTARTS" -gt 0 ]; then',
+            '  echo "job $SLURM_JOB_ID, restart $RESTARTS: no $RESUME, starting from the config"',
+            "fi",
+            "# A resume checkpoint of another job (or of an earlier job with this id) is never used: say so.",
+            'for old in "$OUT_DIR"/resume*.ckpt; do',
+            '  if [ -e "$old" ] && { [ "$old" != "$RESUME" ] || [ "$RESTARTS" -eq 0 ]; }; then',
+            '    echo "not resuming from $old: not written by an earlier run of this job (job $SLURM_JOB_ID, restart $RESTARTS)"',
+            "  fi",
+            "done",
+        ]
+        if preemption
+        else ["set --  # no Preemption callback (--no-preemption): nothing to resume from here"]
+    )
     body = [
         "set -euo pipefail",
         "",
@@ -253,8 +298,7 @@ def submit(script_text: str, *, sbatch: str = "sbatch") -> str:
     Raises ``RuntimeError`` (with sbatch's message) if sbatch is missing or refuses the job.
     """
     try:
-        done = subprocess.run([sbatch, "--parsable"], input=script_text, capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run([sbatch, "--parsable"], input=script_text, capture_output=True, text=True, check=False)
     except FileNotFoundError as err:
         raise RuntimeError(f"{sbatch!r} not found: is SLURM installed and on PATH? ({err})") from err
     if done.returncode != 0:
@@ -273,9 +317,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="ddo slurm", description="Run `ddo fit` under SLURM: check the config, render an sbatch "
-                "script and submit it. Arguments after `--` are passed on to `ddo fit`. The config's "
-                "data.init_args.batch_size is the global batch; each task gets global / (nodes x tasks per node).")
+    p = _Parser(
+        prog="ddo slurm",
+        description="Run `ddo fit` under SLURM: check the config, render an sbatch "
+        "script and submit it. Arguments after `--` are passed on to `ddo fit`. The config's "
+        "data.init_args.batch_size is the global batch; each task gets global / (nodes x tasks per node).",
+    )
     p.add_argument("--config", action="append", required=True, help="config file (repeat to compose)")
     p.add_argument("--nodes", type=int, required=True, help="number of nodes")
     p.add_argument("--gpus-per-node", type=int, help="a GPU job: GPUs (= tasks) per node, --gres=gpu:N")
@@ -283,16 +330,23 @@ def _parser() -> _Parser:
     p.add_argument("--cpus-per-task", type=int, required=True, help="CPU cores per task")
     p.add_argument("--time", required=True, help="time limit: minutes, HH:MM:SS or D-HH:MM:SS")
     p.add_argument("--job-name", required=True, help="SLURM job name")
-    p.add_argument("--output-dir", required=True,
-                   help="where the job's logs (%%x-%%j.out/.err) and resume checkpoints go")
+    p.add_argument(
+        "--output-dir", required=True, help="where the job's logs (%%x-%%j.out/.err) and resume checkpoints go"
+    )
     p.add_argument("--partition")
     p.add_argument("--account")
     p.add_argument("--qos")
-    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                   help="extra #SBATCH option, e.g. --sbatch-arg=--exclusive (repeatable)")
+    p.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra #SBATCH option, e.g. --sbatch-arg=--exclusive (repeatable)",
+    )
     p.add_argument("--dry-run", action="store_true", help="check the config, print the script, submit nothing")
-    p.add_argument("--no-preemption", action="store_true",
-                   help="do not add the Preemption callback (a config already has one)")
+    p.add_argument(
+        "--no-preemption", action="store_true", help="do not add the Preemption callback (a config already has one)"
+    )
     return p
 
 
@@ -305,8 +359,10 @@ def _check_files(config: dict, configs: Sequence[str], base: str | None = None) 
     base = base or os.getcwd()
     problems = find_problems(config, base=base)
     if problems:
-        raise ValueError(missing_message(problems, list(configs), prog="")
-                         + f"\n(relative paths are looked up from {base}, where the job runs)")
+        raise ValueError(
+            missing_message(problems, list(configs), prog="")
+            + f"\n(relative paths are looked up from {base}, where the job runs)"
+        )
 
 
 def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
@@ -314,10 +370,21 @@ def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
     from .config_check import dry_build, fit_config
 
     tasks = tasks_per_node(ns.devices, ns.gpus_per_node)
-    render = dict(nodes=ns.nodes, devices=ns.devices, gpus_per_node=ns.gpus_per_node, cpus_per_task=ns.cpus_per_task,
-                  time=ns.time, job_name=ns.job_name, output_dir=ns.output_dir, partition=ns.partition,
-                  account=ns.account, qos=ns.qos, extra_sbatch=ns.sbatch_arg, fit_args=fit_args,
-                  preemption=not ns.no_preemption)
+    render = dict(
+        nodes=ns.nodes,
+        devices=ns.devices,
+        gpus_per_node=ns.gpus_per_node,
+        cpus_per_task=ns.cpus_per_task,
+        time=ns.time,
+        job_name=ns.job_name,
+        output_dir=ns.output_dir,
+        partition=ns.partition,
+        account=ns.account,
+        qos=ns.qos,
+        extra_sbatch=ns.sbatch_arg,
+        fit_args=fit_args,
+        preemption=not ns.no_preemption,
+    )
     render_sbatch(ns.config, **render)  # bad flags first, before the config is read
     missing = [c for c in ns.config if not os.path.isfile(c)]
     if missing:
@@ -325,24 +392,37 @@ def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
     config = fit_config(ns.config, fit_args)
     accelerator = config.get("trainer", {}).get("accelerator")
     if ns.gpus_per_node is None and accelerator not in (None, "auto", "cpu"):
-        raise ValueError(f"the config asks for trainer.accelerator {accelerator!r} but --devices makes a CPU job: "
-                         "use --gpus-per-node N for GPUs")
-    notes = [] if ns.gpus_per_node is not None else [
-        f"a CPU job: {tasks} process(es) per node, --trainer.accelerator cpu (GPUs: --gpus-per-node)"]
+        raise ValueError(
+            f"the config asks for trainer.accelerator {accelerator!r} but --devices makes a CPU job: "
+            "use --gpus-per-node N for GPUs"
+        )
+    notes = (
+        []
+        if ns.gpus_per_node is not None
+        else [f"a CPU job: {tasks} process(es) per node, --trainer.accelerator cpu (GPUs: --gpus-per-node)"]
+    )
     data_args = (config.get("data") or {}).get("init_args") or {}
     batch = None
     if "batch_size" in data_args:
         batch = per_device_batch(data_args["batch_size"], ns.nodes, tasks)
-        notes.append(f"global batch {data_args['batch_size']} = {ns.nodes} node(s) x {tasks} task(s) x {batch} per task")
+        notes.append(
+            f"global batch {data_args['batch_size']} = {ns.nodes} node(s) x {tasks} task(s) x {batch} per task"
+        )
     else:
         notes.append("the data module has no batch_size: nothing split over the ranks")
     script = render_sbatch(ns.config, **render, batch_per_device=batch)
     resume = None if ns.no_preemption else os.path.join(ns.output_dir, "resume-JOBID.ckpt")
-    config, built = dry_build(ns.config, fit_command_args(ns.nodes, tasks, ns.gpus_per_node is not None, fit_args,
-                                                          batch, resume))  # exactly what the job will parse
-    chdir = [a.split("=", 1)[1] for a in (x.strip().removeprefix("#SBATCH").strip() for x in ns.sbatch_arg)
-             if a.startswith("--chdir=")]
-    _check_files(config, ns.config, base=os.path.abspath(chdir[-1]) if chdir else None)  # sbatch --chdir: where the job runs
+    config, built = dry_build(
+        ns.config, fit_command_args(ns.nodes, tasks, ns.gpus_per_node is not None, fit_args, batch, resume)
+    )  # exactly what the job will parse
+    chdir = [
+        a.split("=", 1)[1]
+        for a in (x.strip().removeprefix("#SBATCH").strip() for x in ns.sbatch_arg)
+        if a.startswith("--chdir=")
+    ]
+    _check_files(
+        config, ns.config, base=os.path.abspath(chdir[-1]) if chdir else None
+    )  # sbatch --chdir: where the job runs
     return script, notes + built
 
 
@@ -352,7 +432,7 @@ def main(argv: Sequence[str]) -> int:
     fit_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, fit_args = argv[:cut], argv[cut + 1:]
+        argv, fit_args = argv[:cut], argv[cut + 1 :]
     joined: list[str] = []  # `--sbatch-arg --exclusive`: argparse would take the value for an option
     i = 0
     while i < len(argv):

@@ -7,4 +7,14 @@ from .inception import InceptionFeatures
 from .tokens import MarkovMetrics
 from .toy2d import MixtureMetrics, energy_distance, mixture_metrics, mmd_rbf
 
-__all__ = ["DigitsFeatures", "FrechetDistance", "InceptionFeatures", "MarkovMetrics", "frechet_distance", "MixtureMetrics", "energy_distance", "mixture_metrics", "mmd_rbf"]
+__all__ = [
+    "DigitsFeatures",
+    "FrechetDistance",
+    "InceptionFeatures",
+    "MarkovMetrics",
+    "frechet_distance",
+    "MixtureMetrics",
+    "energy_distance",
+    "mixture_metrics",
+    "mmd_rbf",
+]

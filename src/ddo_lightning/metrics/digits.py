@@ -22,9 +22,13 @@ class DigitsFeatures(nn.Module):
     def __init__(self, pretrained: bool = True):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.SiLU(),  # 4x4
-            nn.Flatten(), nn.Linear(64 * 16, self.feature_dim), nn.SiLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(32, 64, 3, padding=1, stride=2),
+            nn.SiLU(),  # 4x4
+            nn.Flatten(),
+            nn.Linear(64 * 16, self.feature_dim),
+            nn.SiLU(),
         )
         self.head = nn.Linear(self.feature_dim, 10)
         if pretrained:

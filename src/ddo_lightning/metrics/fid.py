@@ -31,10 +31,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"feature statistics of different sizes: mu {mu1.shape} vs {mu2.shape}, "
-                         f"sigma {sigma1.shape} vs {sigma2.shape}")
-    return float(np.square(mu1 - mu2).sum() + np.trace(sigma1) + np.trace(sigma2)
-                 - 2 * trace_sqrt_product(sigma1, sigma2))
+        raise ValueError(
+            f"feature statistics of different sizes: mu {mu1.shape} vs {mu2.shape}, "
+            f"sigma {sigma1.shape} vs {sigma2.shape}"
+        )
+    return float(
+        np.square(mu1 - mu2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2)
+    )
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -67,7 +70,9 @@ def load_reference_stats(path: str, feature_dim: int | None = None) -> tuple[np.
     """``mu``, ``sigma`` (float64) from an ``.npz`` in EDM's format, checked for shape (and against the
     extractor's ``feature_dim`` when given)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"reference statistics not found: {path} (write them with `ddo fid --write-stats {path} ...`)")
+        raise FileNotFoundError(
+            f"reference statistics not found: {path} (write them with `ddo fid --write-stats {path} ...`)"
+        )
     try:
         with np.load(path) as z:
             files = list(z.files)
@@ -76,14 +81,18 @@ def load_reference_stats(path: str, feature_dim: int | None = None) -> tuple[np.
         raise ValueError(f"cannot read reference statistics {path}: {type(err).__name__}: {err}") from err
     missing = [k for k in ("mu", "sigma") if k not in arrays]
     if missing:
-        raise ValueError(f"{path} has no {' or '.join(missing)} (keys: {files}); expected EDM's format with mu and sigma")
+        raise ValueError(
+            f"{path} has no {' or '.join(missing)} (keys: {files}); expected EDM's format with mu and sigma"
+        )
     mu, sigma = arrays["mu"], arrays["sigma"]
     d = mu.shape[0] if mu.ndim == 1 else -1
     if mu.ndim != 1 or sigma.shape != (d, d):
         raise ValueError(f"{path}: mu must be [d] and sigma [d, d], got {mu.shape} and {sigma.shape}")
     if feature_dim is not None and d != feature_dim:
-        raise ValueError(f"{path} holds {d}-d statistics but the feature extractor gives {feature_dim}-d features "
-                         "(statistics from another extractor?)")
+        raise ValueError(
+            f"{path} holds {d}-d statistics but the feature extractor gives {feature_dim}-d features "
+            "(statistics from another extractor?)"
+        )
     return mu, sigma
 
 
@@ -119,8 +128,15 @@ class FrechetDistance(Metric):
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self, extractor: nn.Module, name: str = "fid", reference_stats: str | None = None,
-                 reference_batch_size: int = 500, decoder: nn.Module | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        extractor: nn.Module,
+        name: str = "fid",
+        reference_stats: str | None = None,
+        reference_batch_size: int = 500,
+        decoder: nn.Module | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         if not isinstance(extractor, FeatureExtractor):
             raise TypeError(f"the feature extractor {type(extractor).__name__} must have a `feature_dim`")
@@ -152,8 +168,9 @@ class FrechetDistance(Metric):
             raise ValueError(f"{type(real).__name__} has no uint8 `images`: give FrechetDistance reference_stats")
         self.reference = self.statistics_of(torch.as_tensor(images).split(self.reference_batch_size), total=len(images))
 
-    def statistics_of(self, batches: Iterable[torch.Tensor], total: int | None = None,
-                      desc: str = "reference statistics") -> tuple[np.ndarray, np.ndarray]:
+    def statistics_of(
+        self, batches: Iterable[torch.Tensor], total: int | None = None, desc: str = "reference statistics"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) of the features of uint8 image batches, without touching the metric's state.
         Shows a progress bar for more than 2,000 images."""
         sx, sxx, n = 0, 0, 0

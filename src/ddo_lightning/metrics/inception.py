@@ -56,7 +56,9 @@ def resize_for_inception(images_uint8: torch.Tensor, size: int = 299) -> torch.T
     """The resize the Inception extractor applies: float32 of the uint8 values, TF1 bilinear to
     ``size``×``size`` without antialiasing (torch-fidelity's implementation). [B, C, H, W] → [B, C, size, size]."""
     mod = fidelity_inception_module()
-    return mod.interpolate_bilinear_2d_like_tensorflow1x(images_uint8.to(torch.float32), size=(size, size), align_corners=False)
+    return mod.interpolate_bilinear_2d_like_tensorflow1x(
+        images_uint8.to(torch.float32), size=(size, size), align_corners=False
+    )
 
 
 class InceptionFeatures(nn.Module):

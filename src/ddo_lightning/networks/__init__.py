@@ -11,7 +11,8 @@ from .token_gpt import TokenGPT
 from .toy import ToyMLP
 from .var import VAR, VQVAE, VARNetwork, VARTokenModel, build_vae, build_var, load_vae_checkpoint, load_var_checkpoint
 
-__all__ = ["TokenGPT",
+__all__ = [
+    "TokenGPT",
     "Backbone",
     "Network",
     "EDM2_PRESETS",
@@ -28,5 +29,12 @@ __all__ = ["TokenGPT",
     "build_edm_network",
     "edm_coefficients",
     "iDDPMPrecond",
-    "VAR", "VQVAE", "VARNetwork", "VARTokenModel", "build_vae", "build_var", "load_vae_checkpoint", "load_var_checkpoint",
+    "VAR",
+    "VQVAE",
+    "VARNetwork",
+    "VARTokenModel",
+    "build_vae",
+    "build_var",
+    "load_vae_checkpoint",
+    "load_var_checkpoint",
 ]

@@ -40,8 +40,20 @@ from torch import nn
 
 from .base import Network
 
-__all__ = ["EDM2_PRESETS", "Block", "MPConv", "MPFourier", "Precond", "UNet", "edm2_preset_kwargs",
-           "mp_cat", "mp_silu", "mp_sum", "normalize", "resample"]
+__all__ = [
+    "EDM2_PRESETS",
+    "Block",
+    "MPConv",
+    "MPFourier",
+    "Precond",
+    "UNet",
+    "edm2_preset_kwargs",
+    "mp_cat",
+    "mp_silu",
+    "mp_sum",
+    "normalize",
+    "resample",
+]
 
 
 def normalize(x: torch.Tensor, dim: Sequence[int] | int | None = None, eps: float = 1e-4) -> torch.Tensor:
@@ -149,10 +161,21 @@ class Block(nn.Module):
     1×1 skip convolution and pixel norm before the residual branch, ``'dec'`` the skip convolution after.
     Arguments and names as in EDM2."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, flavor: str = "enc",
-                 resample_mode: str = "keep", resample_filter: Sequence[float] = (1, 1), attention: bool = False,
-                 channels_per_head: int = 64, dropout: float = 0, res_balance: float = 0.3,
-                 attn_balance: float = 0.3, clip_act: float | None = 256):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        flavor: str = "enc",
+        resample_mode: str = "keep",
+        resample_filter: Sequence[float] = (1, 1),
+        attention: bool = False,
+        channels_per_head: int = 64,
+        dropout: float = 0,
+        res_balance: float = 0.3,
+        attn_balance: float = 0.3,
+        clip_act: float | None = 256,
+    ):
         super().__init__()
         if flavor not in ("enc", "dec"):
             raise ValueError(f"flavor must be 'enc' or 'dec', got {flavor!r}")
@@ -213,10 +236,21 @@ class UNet(nn.Module):
     **block_kwargs (see :class:`Block`).
     """
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, model_channels: int = 192,
-                 channel_mult: Sequence[int] = (1, 2, 3, 4), channel_mult_noise: int | None = None,
-                 channel_mult_emb: int | None = None, num_blocks: int = 3, attn_resolutions: Sequence[int] = (16, 8),
-                 label_balance: float = 0.5, concat_balance: float = 0.5, **block_kwargs):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int,
+        model_channels: int = 192,
+        channel_mult: Sequence[int] = (1, 2, 3, 4),
+        channel_mult_noise: int | None = None,
+        channel_mult_emb: int | None = None,
+        num_blocks: int = 3,
+        attn_resolutions: Sequence[int] = (16, 8),
+        label_balance: float = 0.5,
+        concat_balance: float = 0.5,
+        **block_kwargs,
+    ):
         super().__init__()
         widths = [model_channels * m for m in channel_mult]
         c_noise = model_channels * channel_mult_noise if channel_mult_noise is not None else widths[0]
@@ -236,11 +270,13 @@ class UNet(nn.Module):
                 self.enc[f"{res}x{res}_conv"] = MPConv(channels, width, kernel=[3, 3])
                 channels = width
             else:
-                self.enc[f"{res}x{res}_down"] = Block(channels, channels, c_emb, flavor="enc", resample_mode="down",
-                                                      **block_kwargs)
+                self.enc[f"{res}x{res}_down"] = Block(
+                    channels, channels, c_emb, flavor="enc", resample_mode="down", **block_kwargs
+                )
             for i in range(num_blocks):
-                self.enc[f"{res}x{res}_block{i}"] = Block(channels, width, c_emb, flavor="enc", attention=res in attn,
-                                                          **block_kwargs)
+                self.enc[f"{res}x{res}_block{i}"] = Block(
+                    channels, width, c_emb, flavor="enc", attention=res in attn, **block_kwargs
+                )
                 channels = width
 
         self.dec = nn.ModuleDict()
@@ -248,14 +284,18 @@ class UNet(nn.Module):
         for level in reversed(range(len(widths))):
             res, width = img_resolution >> level, widths[level]
             if level == len(widths) - 1:
-                self.dec[f"{res}x{res}_in0"] = Block(channels, channels, c_emb, flavor="dec", attention=True, **block_kwargs)
+                self.dec[f"{res}x{res}_in0"] = Block(
+                    channels, channels, c_emb, flavor="dec", attention=True, **block_kwargs
+                )
                 self.dec[f"{res}x{res}_in1"] = Block(channels, channels, c_emb, flavor="dec", **block_kwargs)
             else:
-                self.dec[f"{res}x{res}_up"] = Block(channels, channels, c_emb, flavor="dec", resample_mode="up",
-                                                    **block_kwargs)
+                self.dec[f"{res}x{res}_up"] = Block(
+                    channels, channels, c_emb, flavor="dec", resample_mode="up", **block_kwargs
+                )
             for i in range(num_blocks + 1):
-                self.dec[f"{res}x{res}_block{i}"] = Block(channels + skip_widths.pop(), width, c_emb, flavor="dec",
-                                                          attention=res in attn, **block_kwargs)
+                self.dec[f"{res}x{res}_block{i}"] = Block(
+                    channels + skip_widths.pop(), width, c_emb, flavor="dec", attention=res in attn, **block_kwargs
+                )
                 channels = width
         self.out_conv = MPConv(channels, img_channels, kernel=[3, 3])
 
@@ -295,8 +335,17 @@ class Precond(Network):
     Pass ``train_logvar=True`` to train it (EDM2's own loss).
     """
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool = True,
-                 sigma_data: float = 0.5, logvar_channels: int = 128, train_logvar: bool = False, **unet_kwargs):
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int,
+        use_fp16: bool = True,
+        sigma_data: float = 0.5,
+        logvar_channels: int = 128,
+        train_logvar: bool = False,
+        **unet_kwargs,
+    ):
         super().__init__()
         self.img_resolution = int(img_resolution)
         self.img_channels = int(img_channels)
@@ -313,8 +362,15 @@ class Precond(Network):
         """(C, H, W) = (img_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
         return (self.img_channels, self.img_resolution, self.img_resolution)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
-                force_fp32: bool = False, return_logvar: bool = False, **unet_kwargs):
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        force_fp32: bool = False,
+        return_logvar: bool = False,
+        **unet_kwargs,
+    ):
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1).expand(x.shape[0])
         if self.label_dim == 0:
@@ -359,5 +415,10 @@ def edm2_preset_kwargs(dataset: str, size: str, label_dim: int = 1000) -> dict:
     if channels is None:
         raise ValueError(f"unknown EDM2 dataset {dataset!r}; expected 'img64' or 'img512'")
     p = EDM2_PRESETS[size]
-    return dict(img_resolution=64, img_channels=channels, label_dim=label_dim,
-                model_channels=int(p["model_channels"]), dropout=p["dropout"])
+    return dict(
+        img_resolution=64,
+        img_channels=channels,
+        label_dim=label_dim,
+        model_channels=int(p["model_channels"]),
+        dropout=p["dropout"],
+    )

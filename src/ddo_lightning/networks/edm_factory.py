@@ -53,8 +53,9 @@ def build_edm_network(class_name: str, init_kwargs: Mapping[str, Any]) -> nn.Mod
     if name == "Precond":  # EDM2 (training.networks_edm2.Precond): no EDM class has this name
         return build_edm2_network(init_kwargs)
     if name not in _PRECONDS:
-        raise ValueError(f"unknown EDM network class {class_name!r}; expected one of "
-                         f"{', '.join(_PRECONDS)} or Precond (EDM2)")
+        raise ValueError(
+            f"unknown EDM network class {class_name!r}; expected one of {', '.join(_PRECONDS)} or Precond (EDM2)"
+        )
     wrapper, own_defaults, default_model, out_mult = _PRECONDS[name]
     kwargs = dict(init_kwargs)
     try:
@@ -68,8 +69,13 @@ def build_edm_network(class_name: str, init_kwargs: Mapping[str, Any]) -> nn.Mod
     model_type = kwargs.pop("model_type", default_model)
     if model_type not in _MODELS:
         raise ValueError(f"unknown EDM model_type {model_type!r}; expected one of {', '.join(_MODELS)}")
-    model = _MODELS[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                out_channels=img_channels * out_mult, label_dim=label_dim, **kwargs)
+    model = _MODELS[model_type](
+        img_resolution=img_resolution,
+        in_channels=img_channels,
+        out_channels=img_channels * out_mult,
+        label_dim=label_dim,
+        **kwargs,
+    )
     net = wrapper(model, **own)
     net.img_resolution = img_resolution
     net.img_channels = img_channels

@@ -86,13 +86,21 @@ def _init_pair(out_shape, bias: bool, mode: str, fan_in: int, fan_out: int, init
 class Linear(nn.Module):
     """Fully connected layer y = x Wᵀ + b with EDM's init (``weight`` [out, in], ``bias`` [out])."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_mode: str = "kaiming_normal",
-                 init_weight: float = 1, init_bias: float = 0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        init_mode: str = "kaiming_normal",
+        init_weight: float = 1,
+        init_bias: float = 0,
+    ):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        self.weight, self.bias = _init_pair([out_features, in_features], bias, init_mode, in_features, out_features,
-                                            init_weight, init_bias)
+        self.weight, self.bias = _init_pair(
+            [out_features, in_features], bias, init_mode, in_features, out_features, init_weight, init_bias
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = None if self.bias is None else self.bias.to(x.dtype)
@@ -130,9 +138,20 @@ class Conv2d(nn.Module):
     ``resample_filter`` [1, 1, f, f].
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True, up: bool = False,
-                 down: bool = False, resample_filter: Sequence[float] = (1, 1), fused_resample: bool = False,
-                 init_mode: str = "kaiming_normal", init_weight: float = 1, init_bias: float = 0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        bias: bool = True,
+        up: bool = False,
+        down: bool = False,
+        resample_filter: Sequence[float] = (1, 1),
+        fused_resample: bool = False,
+        init_mode: str = "kaiming_normal",
+        init_weight: float = 1,
+        init_bias: float = 0,
+    ):
         if up and down:
             raise ValueError("Conv2d: up and down are exclusive")
         super().__init__()
@@ -142,9 +161,15 @@ class Conv2d(nn.Module):
         self.down = down
         self.fused_resample = fused_resample
         if kernel:
-            self.weight, self.bias = _init_pair([out_channels, in_channels, kernel, kernel], bias, init_mode,
-                                                in_channels * kernel * kernel, out_channels * kernel * kernel,
-                                                init_weight, init_bias)
+            self.weight, self.bias = _init_pair(
+                [out_channels, in_channels, kernel, kernel],
+                bias,
+                init_mode,
+                in_channels * kernel * kernel,
+                out_channels * kernel * kernel,
+                init_weight,
+                init_bias,
+            )
         else:
             self.weight, self.bias = None, None
         self.register_buffer("resample_filter", _fir_filter_2d(resample_filter) if (up or down) else None)
@@ -208,11 +233,26 @@ class UNetBlock(nn.Module):
     default ``init``); ``num_heads`` overrides ``out_channels // channels_per_head``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False, down: bool = False,
-                 attention: bool = False, num_heads: int | None = None, channels_per_head: int = 64,
-                 dropout: float = 0, skip_scale: float = 1, eps: float = 1e-5,
-                 resample_filter: Sequence[float] = (1, 1), resample_proj: bool = False, adaptive_scale: bool = True,
-                 init: dict | None = None, init_zero: dict | None = None, init_attn: dict | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        up: bool = False,
+        down: bool = False,
+        attention: bool = False,
+        num_heads: int | None = None,
+        channels_per_head: int = 64,
+        dropout: float = 0,
+        skip_scale: float = 1,
+        eps: float = 1e-5,
+        resample_filter: Sequence[float] = (1, 1),
+        resample_proj: bool = False,
+        adaptive_scale: bool = True,
+        init: dict | None = None,
+        init_zero: dict | None = None,
+        init_attn: dict | None = None,
+    ):
         super().__init__()
         init = {} if init is None else dict(init)
         init_zero = dict(init_weight=0) if init_zero is None else dict(init_zero)
@@ -228,8 +268,9 @@ class UNetBlock(nn.Module):
         self.adaptive_scale = adaptive_scale
 
         self.norm0 = GroupNorm(in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter,
-                            **init)
+        self.conv0 = Conv2d(
+            in_channels, out_channels, kernel=3, up=up, down=down, resample_filter=resample_filter, **init
+        )
         self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), **init)
         self.norm1 = GroupNorm(out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)  # a module (no tensors) so that disable_dropout reaches it
@@ -239,8 +280,15 @@ class UNetBlock(nn.Module):
         self.skip = None
         if out_channels != in_channels or up or down:
             project = resample_proj or out_channels != in_channels
-            self.skip = Conv2d(in_channels, out_channels, kernel=1 if project else 0, up=up, down=down,
-                               resample_filter=resample_filter, **init)
+            self.skip = Conv2d(
+                in_channels,
+                out_channels,
+                kernel=1 if project else 0,
+                up=up,
+                down=down,
+                resample_filter=resample_filter,
+                **init,
+            )
 
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps=eps)
@@ -365,12 +413,26 @@ class SongUNet(Backbone):
     '_aux_norm' | '_aux_conv']``.
     """
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
-                 augment_dim: int = 0, model_channels: int = 128, channel_mult: Sequence[int] = (1, 2, 2, 2),
-                 channel_mult_emb: int = 4, num_blocks: int = 4, attn_resolutions: Sequence[int] = (16,),
-                 dropout: float = 0.10, label_dropout: float = 0, embedding_type: str = "positional",
-                 channel_mult_noise: int = 1, encoder_type: str = "standard", decoder_type: str = "standard",
-                 resample_filter: Sequence[float] = (1, 1)):
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int,
+        out_channels: int,
+        label_dim: int = 0,
+        augment_dim: int = 0,
+        model_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        channel_mult_emb: int = 4,
+        num_blocks: int = 4,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.10,
+        label_dropout: float = 0,
+        embedding_type: str = "positional",
+        channel_mult_noise: int = 1,
+        encoder_type: str = "standard",
+        decoder_type: str = "standard",
+        resample_filter: Sequence[float] = (1, 1),
+    ):
         if embedding_type not in ("fourier", "positional"):
             raise ValueError(f"embedding_type must be 'fourier' or 'positional', got {embedding_type!r}")
         if encoder_type not in ("standard", "skip", "residual"):
@@ -387,9 +449,19 @@ class SongUNet(Backbone):
         init = dict(init_mode="xavier_uniform")
         init_zero = dict(init_mode="xavier_uniform", init_weight=1e-5)
         init_attn = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
-        blk = dict(emb_channels=emb_ch, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5), eps=1e-6,
-                   resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
-                   init=init, init_zero=init_zero, init_attn=init_attn)
+        blk = dict(
+            emb_channels=emb_ch,
+            num_heads=1,
+            dropout=dropout,
+            skip_scale=math.sqrt(0.5),
+            eps=1e-6,
+            resample_filter=resample_filter,
+            resample_proj=True,
+            adaptive_scale=False,
+            init=init,
+            init_zero=init_zero,
+            init_attn=init_attn,
+        )
 
         # Noise / label / augmentation embedding → MLP.
         if embedding_type == "positional":
@@ -416,17 +488,25 @@ class SongUNet(Backbone):
                 self.enc[f"{r}x{r}_down"] = UNetBlock(width, width, down=True, **blk)
                 skip_widths.append(width)
                 if encoder_type == "skip":
-                    self.enc[f"{r}x{r}_aux_down"] = Conv2d(aux_width, aux_width, kernel=0, down=True,
-                                                          resample_filter=resample_filter)
+                    self.enc[f"{r}x{r}_aux_down"] = Conv2d(
+                        aux_width, aux_width, kernel=0, down=True, resample_filter=resample_filter
+                    )
                     self.enc[f"{r}x{r}_aux_skip"] = Conv2d(aux_width, width, kernel=1, **init)
                 elif encoder_type == "residual":
-                    self.enc[f"{r}x{r}_aux_residual"] = Conv2d(aux_width, width, kernel=3, down=True,
-                                                              resample_filter=resample_filter,
-                                                              fused_resample=True, **init)
+                    self.enc[f"{r}x{r}_aux_residual"] = Conv2d(
+                        aux_width,
+                        width,
+                        kernel=3,
+                        down=True,
+                        resample_filter=resample_filter,
+                        fused_resample=True,
+                        **init,
+                    )
                     aux_width = width
             for i in range(num_blocks):
-                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(width, model_channels * mult,
-                                                          attention=r in attn_resolutions, **blk)
+                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(
+                    width, model_channels * mult, attention=r in attn_resolutions, **blk
+                )
                 width = model_channels * mult
                 skip_widths.append(width)
 
@@ -441,14 +521,18 @@ class SongUNet(Backbone):
             else:
                 self.dec[f"{r}x{r}_up"] = UNetBlock(width, width, up=True, **blk)
             for i in range(num_blocks + 1):
-                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(width + skip_widths.pop(), model_channels * mult,
-                                                          attention=(i == num_blocks and r in attn_resolutions),
-                                                          **blk)
+                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(
+                    width + skip_widths.pop(),
+                    model_channels * mult,
+                    attention=(i == num_blocks and r in attn_resolutions),
+                    **blk,
+                )
                 width = model_channels * mult
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < last:
-                    self.dec[f"{r}x{r}_aux_up"] = Conv2d(out_channels, out_channels, kernel=0, up=True,
-                                                        resample_filter=resample_filter)
+                    self.dec[f"{r}x{r}_aux_up"] = Conv2d(
+                        out_channels, out_channels, kernel=0, up=True, resample_filter=resample_filter
+                    )
                 self.dec[f"{r}x{r}_aux_norm"] = GroupNorm(width, eps=1e-6)
                 self.dec[f"{r}x{r}_aux_conv"] = Conv2d(width, out_channels, kernel=3, **init_zero)
 
@@ -457,8 +541,13 @@ class SongUNet(Backbone):
         """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
         return (self.in_channels, self.img_resolution, self.img_resolution)
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_labels: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         batch = x.shape[0]
         emb = self.map_noise(noise_labels.reshape(-1).to(x.dtype))
         half = emb.shape[1] // 2
@@ -524,10 +613,21 @@ class DhariwalUNet(Backbone):
     init with gain √(1/3) and zero-initialised residual outputs.
     """
 
-    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
-                 augment_dim: int = 0, model_channels: int = 192, channel_mult: Sequence[int] = (1, 2, 3, 4),
-                 channel_mult_emb: int = 4, num_blocks: int = 3, attn_resolutions: Sequence[int] = (32, 16, 8),
-                 dropout: float = 0.10, label_dropout: float = 0):
+    def __init__(
+        self,
+        img_resolution: int,
+        in_channels: int,
+        out_channels: int,
+        label_dim: int = 0,
+        augment_dim: int = 0,
+        model_channels: int = 192,
+        channel_mult: Sequence[int] = (1, 2, 3, 4),
+        channel_mult_emb: int = 4,
+        num_blocks: int = 3,
+        attn_resolutions: Sequence[int] = (32, 16, 8),
+        dropout: float = 0.10,
+        label_dropout: float = 0,
+    ):
         super().__init__()
         self.img_resolution = img_resolution
         self.in_channels = in_channels
@@ -542,8 +642,11 @@ class DhariwalUNet(Backbone):
         self.map_augment = _make_augment_layer(augment_dim, model_channels, init_zero)
         self.map_layer0 = Linear(model_channels, emb_ch, **init)
         self.map_layer1 = Linear(emb_ch, emb_ch, **init)
-        self.map_label = (Linear(label_dim, emb_ch, bias=False, init_mode="kaiming_normal",
-                                 init_weight=math.sqrt(label_dim)) if label_dim else None)
+        self.map_label = (
+            Linear(label_dim, emb_ch, bias=False, init_mode="kaiming_normal", init_weight=math.sqrt(label_dim))
+            if label_dim
+            else None
+        )
 
         self.enc = nn.ModuleDict()
         width = in_channels
@@ -557,8 +660,9 @@ class DhariwalUNet(Backbone):
                 self.enc[f"{r}x{r}_down"] = UNetBlock(width, width, down=True, **blk)
             skip_widths.append(width)
             for i in range(num_blocks):
-                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(width, model_channels * mult,
-                                                          attention=r in attn_resolutions, **blk)
+                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(
+                    width, model_channels * mult, attention=r in attn_resolutions, **blk
+                )
                 width = model_channels * mult
                 skip_widths.append(width)
 
@@ -572,8 +676,9 @@ class DhariwalUNet(Backbone):
             else:
                 self.dec[f"{r}x{r}_up"] = UNetBlock(width, width, up=True, **blk)
             for i in range(num_blocks + 1):
-                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(width + skip_widths.pop(), model_channels * mult,
-                                                          attention=r in attn_resolutions, **blk)
+                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(
+                    width + skip_widths.pop(), model_channels * mult, attention=r in attn_resolutions, **blk
+                )
                 width = model_channels * mult
         self.out_norm = GroupNorm(width)
         self.out_conv = Conv2d(width, out_channels, kernel=3, **init_zero)
@@ -583,8 +688,13 @@ class DhariwalUNet(Backbone):
         """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
         return (self.in_channels, self.img_resolution, self.img_resolution)
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_labels: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         batch = x.shape[0]
         emb = self.map_noise(noise_labels.reshape(-1).to(x.dtype))
         if self.map_augment is not None and augment_labels is not None:

@@ -86,23 +86,32 @@ class _Preconditioner(Network):
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1).expand(x.shape[0])
         return x, sigma
 
-    def _raw(self, x: torch.Tensor, sigma: torch.Tensor, c_in: torch.Tensor, c_noise: torch.Tensor,
-             labels: torch.Tensor | None, model_kwargs: dict) -> torch.Tensor:
+    def _raw(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        c_in: torch.Tensor,
+        c_noise: torch.Tensor,
+        labels: torch.Tensor | None,
+        model_kwargs: dict,
+    ) -> torch.Tensor:
         shape = (-1,) + (1,) * (x.ndim - 1)
         if labels is not None:
             labels = labels.to(torch.float32)
         F_x = self.model(c_in.reshape(shape) * x, c_noise, labels, **model_kwargs)
         return self._select(F_x, x).to(torch.float32)
 
-    def raw(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None,
-            **model_kwargs) -> torch.Tensor:
+    def raw(
+        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None, **model_kwargs
+    ) -> torch.Tensor:
         """F(c_in·x; c_noise): the raw network output (for iDDPM, its first C channels)."""
         x, sigma = self._prepare(x, sigma)
         _, _, c_in, c_noise = self.coefficients(sigma)
         return self._raw(x, sigma, c_in, c_noise, labels, model_kwargs)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None,
-                **model_kwargs) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None, **model_kwargs
+    ) -> torch.Tensor:
         x, sigma = self._prepare(x, sigma)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         shape = (-1,) + (1,) * (x.ndim - 1)
@@ -123,8 +132,9 @@ class EDMPrecond(_Preconditioner):
     autocast: the DDO log-ratio is a small difference of large sums, docs/method.md §2).
     """
 
-    def __init__(self, model: Backbone, sigma_data: float = 0.5, *, sigma_min: float = 0.0,
-                 sigma_max: float = float("inf")):
+    def __init__(
+        self, model: Backbone, sigma_data: float = 0.5, *, sigma_min: float = 0.0, sigma_max: float = float("inf")
+    ):
         super().__init__(model)
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
@@ -144,8 +154,16 @@ class VPPrecond(_Preconditioner):
     sigma_min = σ(epsilon_t), sigma_max = σ(1); sigma_data = 0.5 (see the module docstring).
     """
 
-    def __init__(self, model: Backbone, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
-                 epsilon_t: float = 1e-5, *, sigma_data: float = 0.5):
+    def __init__(
+        self,
+        model: Backbone,
+        beta_d: float = 19.9,
+        beta_min: float = 0.1,
+        M: int = 1000,
+        epsilon_t: float = 1e-5,
+        *,
+        sigma_data: float = 0.5,
+    ):
         super().__init__(model)
         self.beta_d = float(beta_d)
         self.beta_min = float(beta_min)
@@ -178,8 +196,7 @@ class VEPrecond(_Preconditioner):
     c_in = 1, c_noise = ln(σ/2). Args: model, sigma_min=0.02, sigma_max=100; sigma_data = 0.5 (see
     the module docstring)."""
 
-    def __init__(self, model: Backbone, sigma_min: float = 0.02, sigma_max: float = 100.0, *,
-                 sigma_data: float = 0.5):
+    def __init__(self, model: Backbone, sigma_min: float = 0.02, sigma_max: float = 100.0, *, sigma_data: float = 0.5):
         super().__init__(model)
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
@@ -202,8 +219,15 @@ class iDDPMPrecond(_Preconditioner):  # noqa: N801 (EDM's class name)
     ``u`` is computed in float32 like EDM's (loading a checkpoint replaces it with the stored values).
     """
 
-    def __init__(self, model: Backbone, C_1: float = 0.001, C_2: float = 0.008, M: int = 1000, *,  # noqa: N803
-                 sigma_data: float = 0.5):
+    def __init__(
+        self,
+        model: Backbone,
+        C_1: float = 0.001,
+        C_2: float = 0.008,
+        M: int = 1000,
+        *,  # noqa: N803
+        sigma_data: float = 0.5,
+    ):
         super().__init__(model)
         self.C_1 = float(C_1)
         self.C_2 = float(C_2)

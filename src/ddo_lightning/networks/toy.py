@@ -38,7 +38,9 @@ class ToyMLP(Backbone):
     def __init__(self, data_dim: int = 2, hidden: int = 64, depth: int = 2, label_dim: int = 0, dropout: float = 0.0):
         super().__init__()
         if data_dim < 1 or hidden < 1 or depth < 1 or label_dim < 0:
-            raise ValueError(f"invalid ToyMLP sizes: data_dim={data_dim}, hidden={hidden}, depth={depth}, label_dim={label_dim}")
+            raise ValueError(
+                f"invalid ToyMLP sizes: data_dim={data_dim}, hidden={hidden}, depth={depth}, label_dim={label_dim}"
+            )
         self.data_dim, self.label_dim = data_dim, label_dim
         self.embed = FourierNoiseEmbedding()
         layers: list[nn.Module] = []

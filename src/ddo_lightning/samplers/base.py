@@ -27,8 +27,9 @@ class Sampler(ABC):
     num_steps: float
 
     @abstractmethod
-    def noise(self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...],
-              device: torch.device | str | None = None) -> torch.Tensor:
+    def noise(
+        self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...], device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """The randomness of samples [N, *sample_shape] from seeds [N]: row i from seeds[i] only."""
 
     @abstractmethod
@@ -36,8 +37,14 @@ class Sampler(ABC):
         """Samples [N, *D] from ``net`` given ``noise`` (what :meth:`noise` makes, on the network's
         device) and labels [N, K] (one-hot; K = 0 unconditional; an all-zero row: no condition)."""
 
-    def from_seeds(self, net: nn.Module, seeds: torch.Tensor | list[int], labels: torch.Tensor,
-                   sample_shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    def from_seeds(
+        self,
+        net: nn.Module,
+        seeds: torch.Tensor | list[int],
+        labels: torch.Tensor,
+        sample_shape: tuple[int, ...],
+        device: torch.device | str,
+    ) -> torch.Tensor:
         """Samples [N, *sample_shape] on ``device`` from ``net`` given seeds [N] and labels [N, K]."""
         return self(net, self.noise(seeds, tuple(sample_shape), device), labels.to(device))
 

@@ -124,7 +124,7 @@ class HeunSampler(Sampler):
         self.grid = dict(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
         self.churn = dict(S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise)
 
-    def with_steps(self, num_steps: int) -> "HeunSampler":
+    def with_steps(self, num_steps: int) -> HeunSampler:
         """The same sampler (σ range, ρ, churn) with another number of steps."""
         return HeunSampler(num_steps, **self.grid, **self.churn, compile=self.compile)
 
@@ -147,7 +147,8 @@ class HeunSampler(Sampler):
             raise ValueError(
                 f"the sampler's σ range [{self.grid['sigma_min']:g}, {self.grid['sigma_max']:g}] and the range of "
                 f"{type(net).__name__} [{float(net_min or 0):g}, {float(net_max or math.inf):g}] do not overlap: "
-                "set the sampler's sigma_min/sigma_max inside the network's range")
+                "set the sampler's sigma_min/sigma_max inside the network's range"
+            )
         else:
             sig = karras_sigmas(self.num_steps, lo, hi, self.grid["rho"])
         if callable(round_sigma):
@@ -155,7 +156,10 @@ class HeunSampler(Sampler):
         return sig
 
     def __call__(
-        self, denoiser: Denoiser, noise: torch.Tensor, labels: torch.Tensor,
+        self,
+        denoiser: Denoiser,
+        noise: torch.Tensor,
+        labels: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """Samples [N, *D] (float32) from standard normal ``noise`` [N, *D] (the sampler contract);
@@ -165,8 +169,15 @@ class HeunSampler(Sampler):
         round_sigma = getattr(denoiser, "round_sigma", None)
         if self.compile:
             denoiser = self.compiled(denoiser)
-        return heun_sampler(denoiser, noise, labels, sigmas, generator=generator,
-                            round_sigma=round_sigma if callable(round_sigma) else None, **self.churn)
+        return heun_sampler(
+            denoiser,
+            noise,
+            labels,
+            sigmas,
+            generator=generator,
+            round_sigma=round_sigma if callable(round_sigma) else None,
+            **self.churn,
+        )
 
     def compiled(self, denoiser: Denoiser) -> Denoiser:
         """``torch.compile(denoiser)``, made once per network object (the compiled wrapper reads the
@@ -177,13 +188,20 @@ class HeunSampler(Sampler):
             self._compiled[denoiser] = fn
         return fn
 
-    def noise(self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...],
-              device: torch.device | str | None = None) -> torch.Tensor:
+    def noise(
+        self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...], device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Initial noise [N, *sample_shape]: standard normal, row i from seeds[i] (``seeded_normal``)."""
         return seeded_normal(seeds, sample_shape, device=device)
 
-    def from_seeds(self, net: Denoiser, seeds: torch.Tensor | list[int], labels: torch.Tensor,
-                   sample_shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    def from_seeds(
+        self,
+        net: Denoiser,
+        seeds: torch.Tensor | list[int],
+        labels: torch.Tensor,
+        sample_shape: tuple[int, ...],
+        device: torch.device | str,
+    ) -> torch.Tensor:
         """Samples from per-sample seeded noise; with churn (S_churn > 0) each sample's churn noise comes
         from its own generator too, seeded with ``mix_seed(seed, 1)``, so a churn sample is also a function
         of its seed only (without churn: exactly ``Sampler.from_seeds``)."""

@@ -24,8 +24,12 @@ def mix_seed(*parts: int) -> int:
 
 
 def seeded_rows(
-    seeds: torch.Tensor | list[int], shape: tuple[int, ...], draw: Callable[..., torch.Tensor], *,
-    dtype: torch.dtype, device: torch.device | str | None = None,
+    seeds: torch.Tensor | list[int],
+    shape: tuple[int, ...],
+    draw: Callable[..., torch.Tensor],
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """[len(seeds), *shape]: row i is ``draw(shape, generator=g, dtype=dtype)`` with a CPU generator ``g``
     seeded with seeds[i] (``draw``: ``torch.randn``, ``torch.rand``, …).
@@ -43,14 +47,19 @@ def seeded_rows(
 
 
 def seeded_normal(
-    seeds: torch.Tensor | list[int], shape: tuple[int, ...], *, device: torch.device | str | None = None,
+    seeds: torch.Tensor | list[int],
+    shape: tuple[int, ...],
+    *,
+    device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard normal noise [len(seeds), *shape], row i from seeds[i] (:func:`seeded_rows`)."""
     return seeded_rows(seeds, tuple(shape), torch.randn, dtype=dtype, device=device)
 
 
-def seeded_uniform(seeds: torch.Tensor | list[int], length: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+def seeded_uniform(
+    seeds: torch.Tensor | list[int], length: int, *, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Uniforms in [0, 1) [len(seeds), length], float64, row i from seeds[i] (:func:`seeded_rows`)."""
     return seeded_rows(seeds, (int(length),), torch.rand, dtype=torch.float64, device=device)
 

@@ -20,8 +20,9 @@ from .noise import inverse_cdf, seeded_uniform
 __all__ = ["TokenSampler", "filtered_probs", "inverse_cdf", "sample_tokens", "seeded_uniform"]
 
 
-def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None) -> torch.Tensor:
+def filtered_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """Probabilities [B, V] (float64) from logits after temperature, top-k and top-p (nucleus) filtering."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -45,8 +46,16 @@ def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | 
 
 
 @torch.no_grad()
-def sample_tokens(model: TokenModel, labels: torch.Tensor, uniforms: torch.Tensor, *, cfg: float = 0.0,
-                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+def sample_tokens(
+    model: TokenModel,
+    labels: torch.Tensor,
+    uniforms: torch.Tensor,
+    *,
+    cfg: float = 0.0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
     """Tokens [B, L] drawn from ``model`` given ``labels`` [B, K], one position at a time, token t the
     inverse CDF of p(· | tokens<t, c) at ``uniforms[:, t]``. ``cfg`` > 0: logits
     (1 + cfg)·cond − cfg·uncond (the unconditional branch gets all-zero labels). Each step re-runs the
@@ -78,7 +87,9 @@ class TokenSampler(Sampler):
         top_p: nucleus sampling mass (None: all).
     """
 
-    def __init__(self, cfg: float = 0.0, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+    def __init__(
+        self, cfg: float = 0.0, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+    ):
         if cfg < 0:
             raise ValueError(f"cfg must be >= 0, got {cfg}")
         filtered_probs(torch.zeros(1, 2), temperature, top_k, top_p)  # validates the settings
@@ -90,8 +101,9 @@ class TokenSampler(Sampler):
     def guidance_free(self) -> bool:
         return self.cfg == 0 and self.temperature == 1 and self.top_k is None and self.top_p is None
 
-    def noise(self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...],
-              device: torch.device | str | None = None) -> torch.Tensor:
+    def noise(
+        self, seeds: torch.Tensor | list[int], sample_shape: tuple[int, ...], device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Uniforms [N, L] in [0, 1), float64, row i from seeds[i] (``seeded_uniform``); sample_shape = (L,)."""
         if len(sample_shape) != 1:
             raise ValueError(f"token samples are sequences [L]; got the sample shape {tuple(sample_shape)}")

@@ -9,8 +9,8 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torchmetrics import Metric
 
@@ -55,16 +55,23 @@ def check_model_family(network: nn.Module, objective: Any, sampler: Any) -> None
     """A diffusion denoiser (has ``sigma_data``) goes with a diffusion objective and sampler; a
     next-token model with TokenDDO/TokenMLE and TokenSampler. Mixing them fails here, by name."""
     diffusion = isinstance(network, Denoiser)
-    mixed = isinstance(objective, (TokenDDO, TokenMLE)) or isinstance(sampler, TokenSampler) if diffusion else \
-        isinstance(objective, (DiffusionDDO, DenoisingScoreMatching)) or isinstance(sampler, HeunSampler)
+    mixed = (
+        isinstance(objective, (TokenDDO, TokenMLE)) or isinstance(sampler, TokenSampler)
+        if diffusion
+        else isinstance(objective, (DiffusionDDO, DenoisingScoreMatching)) or isinstance(sampler, HeunSampler)
+    )
     if not mixed:
         return
     got = f"objective {type(objective).__name__} and sampler {type(sampler).__name__}"
     if diffusion:
-        raise ValueError(f"{type(network).__name__} is a diffusion denoiser (it has sigma_data) but got {got}: "
-                         "use DiffusionDDO / DenoisingScoreMatching and HeunSampler")
-    raise ValueError(f"{type(network).__name__} is not a diffusion denoiser (no sigma_data) but got {got}: a "
-                     "next-token model needs objective TokenDDO (TokenMLE for pretraining) and sampler TokenSampler")
+        raise ValueError(
+            f"{type(network).__name__} is a diffusion denoiser (it has sigma_data) but got {got}: "
+            "use DiffusionDDO / DenoisingScoreMatching and HeunSampler"
+        )
+    raise ValueError(
+        f"{type(network).__name__} is not a diffusion denoiser (no sigma_data) but got {got}: a "
+        "next-token model needs objective TokenDDO (TokenMLE for pretraining) and sampler TokenSampler"
+    )
 
 
 NETWORK = "model.init_args.network"
@@ -73,7 +80,10 @@ NETWORK = "model.init_args.network"
 def _network_attr(net: nn.Module, *names: str) -> tuple[Any, str] | None:
     """(value, config key) of the first of ``names`` on the raw network (``net.model``: EDM's wrappers keep
     the sizes there, their own ``label_dim`` only forwards it) or on the network, or None."""
-    for obj, where in ((getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args"), (net, f"{NETWORK}.init_args")):
+    for obj, where in (
+        (getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args"),
+        (net, f"{NETWORK}.init_args"),
+    ):
         if not isinstance(obj, nn.Module):
             continue
         for name in names:
@@ -106,7 +116,9 @@ def check_data_fits_network(net: nn.Module, sample_shape: tuple[int, ...], label
     """
     data = type(real).__name__ if real is not None else "the data"
     shape = tuple(int(d) for d in sample_shape)
-    net_name = type(net).__name__ + (f" around {type(net.model).__name__}" if isinstance(getattr(net, "model", None), nn.Module) else "")
+    net_name = type(net).__name__ + (
+        f" around {type(net.model).__name__}" if isinstance(getattr(net, "model", None), nn.Module) else ""
+    )
     problems: list[str] = []
     res = _network_attr(net, "img_resolution")
     ch = _network_attr(net, "img_channels", "in_channels")
@@ -115,14 +127,17 @@ def check_data_fits_network(net: nn.Module, sample_shape: tuple[int, ...], label
             problems.append(f"{data} yields samples of shape {list(shape)}, the network takes images [C, H, W]")
         else:
             if res is not None and shape[1:] != (res[0], res[0]):
-                problems.append(f"{data} has {shape[1]}×{shape[2]} images, the network is built for {res[0]}×{res[0]} "
-                                f"({res[1]})")
+                problems.append(
+                    f"{data} has {shape[1]}×{shape[2]} images, the network is built for {res[0]}×{res[0]} ({res[1]})"
+                )
             if ch is not None and shape[0] != ch[0]:
                 problems.append(f"{data} has {shape[0]}-channel images, the network takes {ch[0]} channels ({ch[1]})")
     for attr, what in (("data_dim", "vectors of length"), ("length", "sequences of length")):
         found = _network_attr(net, attr)
         if found is not None and shape != (found[0],):
-            problems.append(f"{data} yields samples of shape {list(shape)}, the network takes {what} {found[0]} ({found[1]})")
+            problems.append(
+                f"{data} yields samples of shape {list(shape)}, the network takes {what} {found[0]} ({found[1]})"
+            )
     vocab, data_vocab = _network_attr(net, "vocab_size"), _data_vocab(real)
     if vocab is not None and data_vocab is not None and data_vocab > vocab[0]:
         problems.append(f"{data} has {data_vocab} token values, the network's vocabulary has {vocab[0]} ({vocab[1]})")
@@ -130,11 +145,15 @@ def check_data_fits_network(net: nn.Module, sample_shape: tuple[int, ...], label
     if labels is not None and labels[0] != label_dim:
         k, where = labels
         if label_dim == 0:
-            problems.append(f"the network is class-conditional (label_dim {k}, {where}) but {data} has no labels: it "
-                            "would only ever see the no-label input; use labelled data or set label_dim: 0")
+            problems.append(
+                f"the network is class-conditional (label_dim {k}, {where}) but {data} has no labels: it "
+                "would only ever see the no-label input; use labelled data or set label_dim: 0"
+            )
         elif k == 0:
-            problems.append(f"{data} has {label_dim} classes but the network is unconditional (label_dim 0, {where}): "
-                            f"set label_dim: {label_dim}, or use the data without labels")
+            problems.append(
+                f"{data} has {label_dim} classes but the network is unconditional (label_dim 0, {where}): "
+                f"set label_dim: {label_dim}, or use the data without labels"
+            )
         else:
             problems.append(f"{data} has {label_dim} classes, the network's label_dim is {k} ({where})")
     if problems:
@@ -194,8 +213,9 @@ class DenoiserModule(pl.LightningModule):
         from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
         from_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=[] if from_cli else object_args, frame=inspect.currentframe().f_back,
-                                  logger=False)  # the CLI logs the whole config (LogConfigCallback)
+        self.save_hyperparameters(
+            ignore=[] if from_cli else object_args, frame=inspect.currentframe().f_back, logger=False
+        )  # the CLI logs the whole config (LogConfigCallback)
 
     # ---- the trained network: subclasses set self.ema and implement trained_network -------------
     def trained_network(self) -> nn.Module:
@@ -208,8 +228,9 @@ class DenoiserModule(pl.LightningModule):
         if not isinstance(dm, SampleSpec):
             raise TypeError("ddo_lightning modules need a DDODataModule (it tells the sample shape and labels)")
         self.sample_shape, self.label_dim = tuple(dm.sample_shape), int(dm.label_dim)
-        check_data_fits_network(self.trained_network(), self.sample_shape, self.label_dim,
-                                dm.real if isinstance(dm, HasRealData) else None)
+        check_data_fits_network(
+            self.trained_network(), self.sample_shape, self.label_dim, dm.real if isinstance(dm, HasRealData) else None
+        )
         if isinstance(self.evaluator, ConnectsToData):
             self.evaluator.connect(dm)  # the evaluator takes what it needs: ground truth, real images
 

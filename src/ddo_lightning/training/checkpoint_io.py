@@ -27,13 +27,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         atomic_torch_save(checkpoint, str(path))  # a failed write removes its temporary file and names `path`
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except FileNotFoundError:
             raise
         except Exception as err:
-            raise CorruptCheckpoint(f"checkpoint {path} cannot be read (truncated or corrupt?): {type(err).__name__}: {err}") from err
+            raise CorruptCheckpoint(
+                f"checkpoint {path} cannot be read (truncated or corrupt?): {type(err).__name__}: {err}"
+            ) from err
 
 
 def check_checkpoint(path: str) -> None:
@@ -52,8 +56,11 @@ def usable_checkpoint(path: str) -> str:
     except CorruptCheckpoint as err:
         first = err
     here = os.path.dirname(os.path.abspath(path))
-    others = sorted((p for p in glob.glob(os.path.join(here, "*.ckpt")) if os.path.abspath(p) != os.path.abspath(path)),
-                    key=os.path.getmtime, reverse=True)
+    others = sorted(
+        (p for p in glob.glob(os.path.join(here, "*.ckpt")) if os.path.abspath(p) != os.path.abspath(path)),
+        key=os.path.getmtime,
+        reverse=True,
+    )
     for other in others:
         try:
             check_checkpoint(other)

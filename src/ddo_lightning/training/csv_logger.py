@@ -64,8 +64,10 @@ class _ContinuingWriter(ExperimentWriter):
             kept = [r for r in rows if _before(r, self._resume_step)]
             if len(kept) < len(rows):
                 atomic_write_text(self.metrics_file_path, _rows_text(self.metrics_keys, kept))
-                rank_zero_info(f"[logs] {self.metrics_file_path}: dropped {len(rows) - len(kept)} rows logged after "
-                               f"step {self._resume_step} by the interrupted run (they are logged again)")
+                rank_zero_info(
+                    f"[logs] {self.metrics_file_path}: dropped {len(rows) - len(kept)} rows logged after "
+                    f"step {self._resume_step} by the interrupted run (they are logged again)"
+                )
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         _, rows = _read_rows(self.metrics_file_path)
@@ -84,10 +86,21 @@ class RunCSVLogger(CSVLogger):
         flush_logs_every_n_steps: write buffered rows every this many steps (and at every checkpoint).
     """
 
-    def __init__(self, save_dir: str | None = None, name: str = "logs", version: int | str | None = "",
-                 prefix: str = "", flush_logs_every_n_steps: int = 100):
-        super().__init__(save_dir if save_dir is not None else ".", name=name, version=version, prefix=prefix,
-                         flush_logs_every_n_steps=flush_logs_every_n_steps)
+    def __init__(
+        self,
+        save_dir: str | None = None,
+        name: str = "logs",
+        version: int | str | None = "",
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ):
+        super().__init__(
+            save_dir if save_dir is not None else ".",
+            name=name,
+            version=version,
+            prefix=prefix,
+            flush_logs_every_n_steps=flush_logs_every_n_steps,
+        )
         self.resume_step: int | None = None  # set by `ddo fit` when resuming, before anything is logged
 
     @property

@@ -44,8 +44,10 @@ class DDODataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not isinstance(real, RealDataset):
-            raise TypeError(f"the real dataset {type(real).__name__} must expose `sample_shape` and `label_dim` "
-                            "(and be a map-style dataset of Samples: ddo_lightning.protocols.RealDataset)")
+            raise TypeError(
+                f"the real dataset {type(real).__name__} must expose `sample_shape` and `label_dim` "
+                "(and be a map-style dataset of Samples: ddo_lightning.protocols.RealDataset)"
+            )
         if len(real) < batch_size:
             raise ValueError(f"the real dataset has {len(real)} samples, fewer than one batch of {batch_size}")
         self.real, self.batch_size, self.fake = real, batch_size, fake
@@ -79,8 +81,10 @@ class DDODataModule(pl.LightningDataModule):
         module = self.trainer.lightning_module
         sample_fn: SampleFn | None = getattr(module, "sample_reference", None)
         if sample_fn is None:
-            raise TypeError(f"a fake source needs a DDO module (its reference makes the fakes); "
-                            f"{type(module).__name__} has no `sample_reference`")
+            raise TypeError(
+                f"a fake source needs a DDO module (its reference makes the fakes); "
+                f"{type(module).__name__} has no `sample_reference`"
+            )
         if not self.fake.ready or self.fake.round != module.round_index:
             self.fake.refresh(sample_fn, module.round_index)
         fake = self.fake.next(len(real), real.x.device)

@@ -34,7 +34,7 @@ class EMA(nn.Module):
         self.rampup_ratio = rampup_ratio
         self.register_buffer("images", torch.zeros((), dtype=torch.int64))
 
-    def train(self, mode: bool = True) -> "EMA":  # the average is never in training mode
+    def train(self, mode: bool = True) -> EMA:  # the average is never in training mode
         return super().train(False)
 
     def beta(self, batch_images: int) -> float:
@@ -105,8 +105,9 @@ class PowerEMA(EMA):
         return (1.0 - batch_images / t) ** (self.gamma + 1) if t > 0 else 0.0
 
 
-def make_ema(source: nn.Module, halflife_kimg: float, rampup_ratio: float | None = 0.05,
-             sigma_rel: float | None = None) -> EMA | PowerEMA:
+def make_ema(
+    source: nn.Module, halflife_kimg: float, rampup_ratio: float | None = 0.05, sigma_rel: float | None = None
+) -> EMA | PowerEMA:
     """:class:`PowerEMA` (``sigma_rel`` given) or the classic :class:`EMA` (half-life, ramp-up)."""
     if sigma_rel is not None:
         return PowerEMA(source, sigma_rel)

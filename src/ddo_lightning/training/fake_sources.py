@@ -99,8 +99,14 @@ class PoolFakeSource(FakeSource):
         progress: show a progress bar while generating (rank 0 only).
     """
 
-    def __init__(self, size: int = 50_000, generation_batch_size: int = 500, seed: int = 0,
-                 quantize: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        size: int = 50_000,
+        generation_batch_size: int = 500,
+        seed: int = 0,
+        quantize: bool = False,
+        progress: bool = True,
+    ):
         super().__init__(seed, quantize)
         if size < 1 or generation_batch_size < 1:
             raise ValueError(f"pool size and generation_batch_size must be >= 1, got {size}, {generation_batch_size}")
@@ -116,8 +122,16 @@ class PoolFakeSource(FakeSource):
         if len(self.indices) == 0:
             raise ValueError(f"pool of {self.size} samples leaves rank {self.rank} of {self.world_size} with none")
         xs = []
-        chunks = list(rank_batches(self.size, self.generation_batch_size, self.rank, self.world_size, self.world_size > 1))
-        bar = tqdm(chunks, desc=f"fake pool, round {self.round + 1}", unit="batch", disable=not self.progress or self.rank != 0, leave=False)
+        chunks = list(
+            rank_batches(self.size, self.generation_batch_size, self.rank, self.world_size, self.world_size > 1)
+        )
+        bar = tqdm(
+            chunks,
+            desc=f"fake pool, round {self.round + 1}",
+            unit="batch",
+            disable=not self.progress or self.rank != 0,
+            leave=False,
+        )
         for idx, n in bar:  # every rank makes the same number of sampler calls (sharded references need it)
             seeds = torch.tensor([mix_seed(self.seed, self.round, int(i)) for i in idx])
             x = sample_fn(seeds, balanced_labels(idx, self.label_dim))[:n].detach().cpu()
@@ -128,8 +142,11 @@ class PoolFakeSource(FakeSource):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: torch.randperm(self.size, generator=torch.Generator().manual_seed(
-                mix_seed(self.seed, self.round, epoch, 1)))}
+            self._perm_cache = {
+                epoch: torch.randperm(
+                    self.size, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.round, epoch, 1))
+                )
+            }
         return self._perm_cache[epoch]
 
     def next(self, batch_size: int, device: torch.device) -> Samples:
@@ -166,4 +183,3 @@ class OnlineFakeSource(FakeSource):
         self.position += batch_size
         x = sample_fn(seeds, labels).to(device)
         return Samples(quantize(x) if self.quantize else x, labels)
-

@@ -62,7 +62,9 @@ class DDOModule(DenoiserModule):
         seed: int = 0,
         ema_sigma_rel: float | None = None,
     ):
-        super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
+        super().__init__(
+            lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed
+        )
         self.save_config_hyperparameters(["network", "objective", "sampler", "evaluator"])
         if init_from is not None:
             load_network_weights(network, init_from, what=f"init_from {init_from}")
@@ -82,7 +84,7 @@ class DDOModule(DenoiserModule):
         return self.target
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "DDOModule":
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> DDOModule:
         """Lightning's, with ``init_from`` skipped: the checkpoint holds target, reference and EMA, so the
         run's starting weights (which may no longer exist on this machine) are not read."""
         kwargs.setdefault("init_from", None)
@@ -92,7 +94,7 @@ class DDOModule(DenoiserModule):
         finally:
             _RESTORING.reset(token)
 
-    def train(self, mode: bool = True) -> "DDOModule":
+    def train(self, mode: bool = True) -> DDOModule:
         super().train(mode)
         self.reference.eval()  # never in training mode, whatever Lightning toggles
         return self
@@ -141,20 +143,25 @@ class DDOModule(DenoiserModule):
         bad = {k for k, v in stats.items() if not torch.isfinite(v).all()}
         alpha, beta = self.objective.alpha, self.objective.beta
         if any(not torch.isfinite(local_part(p)).all() for p in self.target.parameters()):
-            return ("Cause: the target's weights are already NaN/inf (an earlier update diverged): lower lr and "
-                    "resume from that checkpoint.")
+            return (
+                "Cause: the target's weights are already NaN/inf (an earlier update diverged): lower lr and "
+                "resume from that checkpoint."
+            )
         for name, part in (("real", batch.real), ("fake", batch.fake)):
             if not torch.isfinite(part.x).all():
                 source = "the data set" if name == "real" else "the fake source (the reference's samples)"
                 return f"Cause: the {name} batch holds NaN/inf: check {source}; the weights are fine."
         if any(k.startswith(("delta_", "dsm_", "nll_")) for k in bad):
-            return ("Cause: the log-ratio Δ = log p_θ − log p_ref is non-finite with finite weights and inputs "
-                    "(the network's output overflowed): lower lr, or resume from that checkpoint.")
+            return (
+                "Cause: the log-ratio Δ = log p_θ − log p_ref is non-finite with finite weights and inputs "
+                "(the network's output overflowed): lower lr, or resume from that checkpoint."
+            )
         if bad & {"loss_real", "loss_fake"}:  # -log σ(±βΔ) is finite for finite βΔ: βΔ itself overflowed
-            return (f"Cause: beta·Δ overflowed float32 with finite Δ (beta={beta}): lower beta (the paper: "
-                    "0.01 to 0.1).")
-        return (f"Cause: both loss terms are finite, so alpha × fake term overflowed float32 (alpha={alpha}): "
-                "lower alpha (the paper: 0.5 to 50).")
+            return f"Cause: beta·Δ overflowed float32 with finite Δ (beta={beta}): lower beta (the paper: 0.01 to 0.1)."
+        return (
+            f"Cause: both loss terms are finite, so alpha × fake term overflowed float32 (alpha={alpha}): "
+            "lower alpha (the paper: 0.5 to 50)."
+        )
 
     # ---- self-play -----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -45,7 +45,9 @@ class MLEModule(DenoiserModule):
         seed: int = 0,
         ema_sigma_rel: float | None = None,
     ):
-        super().__init__(lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed)
+        super().__init__(
+            lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed
+        )
         self.save_config_hyperparameters(["network", "objective", "sampler", "evaluator"])
         self.net = network
         self.objective = objective if objective is not None else DenoisingScoreMatching()

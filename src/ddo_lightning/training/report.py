@@ -30,9 +30,15 @@ def fmt(v: Any) -> str:
 
 
 # ---- evaluations ------------------------------------------------------------------------------------------
-def publish_evaluation(trainer: pl.Trainer, pl_module: Any, metrics: dict[str, float], prefix: str = "eval",
-                       round_index: int | None = None, kimg_in_round: float | None = None,
-                       log: bool = True) -> dict[str, float]:
+def publish_evaluation(
+    trainer: pl.Trainer,
+    pl_module: Any,
+    metrics: dict[str, float],
+    prefix: str = "eval",
+    round_index: int | None = None,
+    kimg_in_round: float | None = None,
+    log: bool = True,
+) -> dict[str, float]:
     """Log ``metrics`` as ``<prefix>/<name>`` with ``<prefix>/kimg`` (and ``round``,
     ``<prefix>/kimg_in_round`` in self-play) at the current step to every logger (unless ``log`` is
     False: the caller logged them itself); then call every callback's ``on_evaluation``. Returns the record."""
@@ -68,8 +74,14 @@ def logger_dirs(trainer: pl.Trainer) -> list[str]:
 
 
 # ---- a self-play run's summary ----------------------------------------------------------------------------
-def summary(evaluations: list[dict[str, Any]], promotions: list[dict[str, Any]], monitor: str, mode: str,
-            warnings: list[str] = (), wall_seconds: float | None = None) -> dict[str, Any]:
+def summary(
+    evaluations: list[dict[str, Any]],
+    promotions: list[dict[str, Any]],
+    monitor: str,
+    mode: str,
+    warnings: list[str] = (),
+    wall_seconds: float | None = None,
+) -> dict[str, Any]:
     """The starting reference's metrics and, per finished round, the metrics of the promoted checkpoint (the
     previous one's when nothing beat the round's start) and the round's curve of ``monitor``."""
     out: dict[str, Any] = {"monitor": monitor, "mode": mode, "reference": None, "rounds": []}
@@ -81,11 +93,20 @@ def summary(evaluations: list[dict[str, Any]], promotions: list[dict[str, Any]],
         best = cands[-1]["metrics"] if cands and end["improved"] else None
         if best is None:  # carried over: the previous promoted metrics
             best = out["rounds"][-1]["metrics"] if out["rounds"] else out["reference"]
-        out["rounds"].append({"round": r + 1, "improved": end["improved"],
-                              "weights_changed": end.get("weights_changed", True),
-                              "promoted_kimg_in_round": end["promoted_kimg_in_round"], "metrics": best,
-                              "curve": [{"kimg_in_round": h["kimg_in_round"], monitor: h["metrics"][monitor]}
-                                        for h in evaluations if h["round"] == r]})
+        out["rounds"].append(
+            {
+                "round": r + 1,
+                "improved": end["improved"],
+                "weights_changed": end.get("weights_changed", True),
+                "promoted_kimg_in_round": end["promoted_kimg_in_round"],
+                "metrics": best,
+                "curve": [
+                    {"kimg_in_round": h["kimg_in_round"], monitor: h["metrics"][monitor]}
+                    for h in evaluations
+                    if h["round"] == r
+                ],
+            }
+        )
     if warnings:
         out["warnings"] = list(warnings)
     if wall_seconds is not None:
@@ -100,12 +121,18 @@ def table(s: dict[str, Any]) -> str:
     keys = [k for k in s["reference"] if k not in COST_KEYS]
     rows = [["reference (start)", "-"] + [fmt(s["reference"][k]) for k in keys]]
     for r in s["rounds"]:
-        tag = f"round {r['round']}" + ("" if r["improved"] else " (carried over)") + \
-            ("" if r["weights_changed"] else " (weights never changed)")
+        tag = (
+            f"round {r['round']}"
+            + ("" if r["improved"] else " (carried over)")
+            + ("" if r["weights_changed"] else " (weights never changed)")
+        )
         rows.append([tag, fmt(r["promoted_kimg_in_round"])] + [fmt(r["metrics"][k]) for k in keys])
     header = ["model", "best@kimg"] + keys
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+
+    def line(cells: list) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -113,8 +140,9 @@ def write_summary(path: str, s: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(s, indent=2))
 
 
-def write_curve(dirs: list[str], evaluations: list[dict[str, Any]], promotions: list[dict[str, Any]],
-                monitor: str) -> None:
+def write_curve(
+    dirs: list[str], evaluations: list[dict[str, Any]], promotions: list[dict[str, Any]], monitor: str
+) -> None:
     """``curve.png`` in each of ``dirs``: ``monitor`` against kimg, one segment per round, promoted
     evaluations circled. Nothing without evaluations."""
     if not evaluations:

@@ -34,7 +34,9 @@ def is_sharded(net: nn.Module) -> bool:
 T = TypeVar("T")
 
 
-def rank_batches(total: int, batch_size: int, rank: int, world: int, lockstep: bool) -> Iterator[tuple[torch.Tensor, int]]:
+def rank_batches(
+    total: int, batch_size: int, rank: int, world: int, lockstep: bool
+) -> Iterator[tuple[torch.Tensor, int]]:
     """This rank's share (indices ``rank::world``) of the ``total`` samples of a fixed-seed set, in batches of
     at most ``batch_size``, as (indices, n real). With ``lockstep`` every rank yields the same number of
     batches of the same sizes — the last ones padded by repeating an index (drop all but the first ``n``

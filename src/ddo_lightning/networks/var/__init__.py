@@ -3,7 +3,6 @@ builders and strict checkpoint loaders (names as FoundationVision/VAR), and ``VA
 ``protocols.TokenModel`` adapter used by autoregressive DDO. See docs/var.md."""
 
 from .adapter import VARNetwork, VARSample, VARTokenModel
-from .decoder import VARImageDecoder
 from .build import (
     PATCH_NUMS_256,
     VAR_CHECKPOINTS,
@@ -14,9 +13,9 @@ from .build import (
     load_vae_checkpoint,
     load_var_checkpoint,
 )
+from .decoder import VARImageDecoder
 from .transformer import VAR, AdaLNBeforeHead, AdaLNSelfAttn
 from .vqvae import VQVAE, VectorQuantizer2
-
 
 __all__ = [
     "PATCH_NUMS_256",

@@ -58,30 +58,36 @@ class VARSample:
 def _drop_var_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     head = prefix + "var."
     for key in [k for k in state_dict if k.startswith(head)]:
-        state_dict[prefix + key[len(head):]] = state_dict.pop(key)
+        state_dict[prefix + key[len(head) :]] = state_dict.pop(key)
 
 
 def _add_var_prefix(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
     head = prefix + "var."
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(head)]:
-        state_dict[head + key[len(prefix):]] = state_dict.pop(key)
+        state_dict[head + key[len(prefix) :]] = state_dict.pop(key)
 
 
 class VARTokenModel(Network):
     """Args:
-        var: the VAR transformer (trained; its ``cond_drop_rate`` is set to 0).
-        vae: its VQ-VAE tokenizer (frozen: eval, no gradients).
-        fake_tokens: what ``prepare_fakes`` makes of the reference's samples (DDO's fakes): ``"tokens"`` (the sampled indices) or ``"reencode"``
-            (the sampled tokens decoded to images and encoded again, as the paper's authors did for VAR
-            fakes so that real and fake tokens come from the same encoder).
-        reencode_uint8: in ``"reencode"``, quantise the decoded images to 8 bits first, as real images are.
-        cfg_schedule: ``"linear"`` (VAR) or ``"constant"`` guidance over scales.
-        keep_drop_path: keep VAR's stochastic depth in train mode (default: off, see the module docstring).
+    var: the VAR transformer (trained; its ``cond_drop_rate`` is set to 0).
+    vae: its VQ-VAE tokenizer (frozen: eval, no gradients).
+    fake_tokens: what ``prepare_fakes`` makes of the reference's samples (DDO's fakes): ``"tokens"`` (the sampled indices) or ``"reencode"``
+        (the sampled tokens decoded to images and encoded again, as the paper's authors did for VAR
+        fakes so that real and fake tokens come from the same encoder).
+    reencode_uint8: in ``"reencode"``, quantise the decoded images to 8 bits first, as real images are.
+    cfg_schedule: ``"linear"`` (VAR) or ``"constant"`` guidance over scales.
+    keep_drop_path: keep VAR's stochastic depth in train mode (default: off, see the module docstring).
     """
 
-    def __init__(self, var: VAR, vae: VQVAE, fake_tokens: Literal["tokens", "reencode"] = "tokens",
-                 reencode_uint8: bool = True, cfg_schedule: Literal["linear", "constant"] = "linear",
-                 keep_drop_path: bool = False):
+    def __init__(
+        self,
+        var: VAR,
+        vae: VQVAE,
+        fake_tokens: Literal["tokens", "reencode"] = "tokens",
+        reencode_uint8: bool = True,
+        cfg_schedule: Literal["linear", "constant"] = "linear",
+        keep_drop_path: bool = False,
+    ):
         super().__init__()
         if fake_tokens not in ("tokens", "reencode"):
             raise ValueError(f"fake_tokens must be 'tokens' or 'reencode', got {fake_tokens!r}")
@@ -169,8 +175,16 @@ class VARTokenModel(Network):
         return self.vae.idxBl_to_img(self.split(tokens.long()), same_shape=True, last_one=True)
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, uniforms: torch.Tensor, cfg: float = 0.0, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None, return_images: bool = False) -> VARSample:
+    def sample(
+        self,
+        labels: torch.Tensor,
+        uniforms: torch.Tensor,
+        cfg: float = 0.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        return_images: bool = False,
+    ) -> VARSample:
         """Scale-by-scale sampling (module docstring) of the tokens, with the log-probabilities used and,
         if asked, the images decoded from the sampler's own f̂. labels [B, K]; uniforms [B, L] in [0, 1)."""
         var, quant = self.var, self.vae.quantize
@@ -217,8 +231,15 @@ class VARTokenModel(Network):
         return VARSample(tokens, log_prob, self.vae.fhat_to_img(f_hat) if return_images else None)
 
     @torch.no_grad()
-    def sample_tokens(self, labels: torch.Tensor, uniforms: torch.Tensor, cfg: float = 0.0, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    def sample_tokens(
+        self,
+        labels: torch.Tensor,
+        uniforms: torch.Tensor,
+        cfg: float = 0.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> torch.Tensor:
         """The sampled tokens [B, L] (what ``samplers.tokens.TokenSampler`` calls, for fakes and evaluation)."""
         return self.sample(labels, uniforms, cfg, temperature, top_k, top_p).tokens
 
@@ -251,21 +272,46 @@ class VARNetwork(VARTokenModel):
         fake_tokens, reencode_uint8, cfg_schedule, keep_drop_path: see ``VARTokenModel``.
     """
 
-    def __init__(self, depth: int = 16, vae_checkpoint: str | None = None, var_checkpoint: str | None = None,
-                 init: bool = True, num_classes: int = 1000,
-                 patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), vocab_size: int = 4096,
-                 z_channels: int = 32, vae_ch: int = 160, share_quant_resi: int = 4, embed_dim: int | None = None,
-                 num_heads: int | None = None, attn_l2_norm: bool = True, shared_aln: bool = False,
-                 fake_tokens: Literal["tokens", "reencode"] = "tokens", reencode_uint8: bool = True,
-                 cfg_schedule: Literal["linear", "constant"] = "linear", keep_drop_path: bool = False):
+    def __init__(
+        self,
+        depth: int = 16,
+        vae_checkpoint: str | None = None,
+        var_checkpoint: str | None = None,
+        init: bool = True,
+        num_classes: int = 1000,
+        patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+        vocab_size: int = 4096,
+        z_channels: int = 32,
+        vae_ch: int = 160,
+        share_quant_resi: int = 4,
+        embed_dim: int | None = None,
+        num_heads: int | None = None,
+        attn_l2_norm: bool = True,
+        shared_aln: bool = False,
+        fake_tokens: Literal["tokens", "reencode"] = "tokens",
+        reencode_uint8: bool = True,
+        cfg_schedule: Literal["linear", "constant"] = "linear",
+        keep_drop_path: bool = False,
+    ):
         vae = build_vae(vocab_size, z_channels, vae_ch, share_quant_resi, tuple(patch_nums))
         if vae_checkpoint is not None:
             load_vae_checkpoint(vae_checkpoint, vae)
-        arch = dict(num_classes=num_classes, shared_aln=shared_aln, attn_l2_norm=attn_l2_norm, embed_dim=embed_dim,
-                    num_heads=num_heads)
+        arch = dict(
+            num_classes=num_classes,
+            shared_aln=shared_aln,
+            attn_l2_norm=attn_l2_norm,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+        )
         if var_checkpoint is not None:
             var = load_var_checkpoint(var_checkpoint, vae, depth=depth, **arch)
         else:
             var = build_var(vae, depth, init=init, **arch)
-        super().__init__(var, vae, fake_tokens=fake_tokens, reencode_uint8=reencode_uint8, cfg_schedule=cfg_schedule,
-                         keep_drop_path=keep_drop_path)
+        super().__init__(
+            var,
+            vae,
+            fake_tokens=fake_tokens,
+            reencode_uint8=reencode_uint8,
+            cfg_schedule=cfg_schedule,
+            keep_drop_path=keep_drop_path,
+        )

@@ -38,39 +38,82 @@ VAR_CHECKPOINTS = {
 }
 
 
-def build_vae(V: int = 4096, Cvae: int = 32, ch: int = 160, share_quant_resi: int = 4,
-              patch_nums: Sequence[int] = PATCH_NUMS_256, device: torch.device | str | None = None) -> VQVAE:
+def build_vae(
+    V: int = 4096,
+    Cvae: int = 32,
+    ch: int = 160,
+    share_quant_resi: int = 4,
+    patch_nums: Sequence[int] = PATCH_NUMS_256,
+    device: torch.device | str | None = None,
+) -> VQVAE:
     """The tokenizer as VAR builds it (frozen, ``test_mode=True``)."""
     with torch.device(device) if device is not None else nullcontext():
-        return VQVAE(vocab_size=V, z_channels=Cvae, ch=ch, test_mode=True, share_quant_resi=share_quant_resi,
-                     v_patch_nums=tuple(patch_nums))
+        return VQVAE(
+            vocab_size=V,
+            z_channels=Cvae,
+            ch=ch,
+            test_mode=True,
+            share_quant_resi=share_quant_resi,
+            v_patch_nums=tuple(patch_nums),
+        )
 
 
-def build_var(vae: VQVAE, depth: int = 16, num_classes: int = 1000, shared_aln: bool = False,
-              attn_l2_norm: bool = True, cond_drop_rate: float = 0.1, drop_path_rate: float | None = None,
-              embed_dim: int | None = None, num_heads: int | None = None, init: bool = True,
-              init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
-              init_std: float = -1, device: torch.device | str | None = None) -> VAR:
+def build_var(
+    vae: VQVAE,
+    depth: int = 16,
+    num_classes: int = 1000,
+    shared_aln: bool = False,
+    attn_l2_norm: bool = True,
+    cond_drop_rate: float = 0.1,
+    drop_path_rate: float | None = None,
+    embed_dim: int | None = None,
+    num_heads: int | None = None,
+    init: bool = True,
+    init_adaln: float = 0.5,
+    init_adaln_gamma: float = 1e-5,
+    init_head: float = 0.02,
+    init_std: float = -1,
+    device: torch.device | str | None = None,
+) -> VAR:
     """VAR of a given depth with ``build_vae_var``'s rules: ``embed_dim = 64·depth``, ``num_heads = depth``,
     ``drop_path_rate = 0.1·depth/24`` (each overridable, for tiny test models). ``init``: run
     ``init_weights`` (skip it when loading weights)."""
     with torch.device(device) if device is not None else nullcontext():
-        var = VAR(vae_local=vae, num_classes=num_classes, depth=depth,
-                  embed_dim=64 * depth if embed_dim is None else embed_dim,
-                  num_heads=depth if num_heads is None else num_heads, drop_rate=0.0, attn_drop_rate=0.0,
-                  drop_path_rate=0.1 * depth / 24 if drop_path_rate is None else drop_path_rate, norm_eps=1e-6,
-                  shared_aln=shared_aln, cond_drop_rate=cond_drop_rate, attn_l2_norm=attn_l2_norm,
-                  patch_nums=vae.quantize.v_patch_nums)
+        var = VAR(
+            vae_local=vae,
+            num_classes=num_classes,
+            depth=depth,
+            embed_dim=64 * depth if embed_dim is None else embed_dim,
+            num_heads=depth if num_heads is None else num_heads,
+            drop_rate=0.0,
+            attn_drop_rate=0.0,
+            drop_path_rate=0.1 * depth / 24 if drop_path_rate is None else drop_path_rate,
+            norm_eps=1e-6,
+            shared_aln=shared_aln,
+            cond_drop_rate=cond_drop_rate,
+            attn_l2_norm=attn_l2_norm,
+            patch_nums=vae.quantize.v_patch_nums,
+        )
         if init and not any(p.is_meta for p in var.parameters()):
-            var.init_weights(init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head,
-                             init_std=init_std)
+            var.init_weights(
+                init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head, init_std=init_std
+            )
     return var
 
 
-def build_vae_var(depth: int = 16, patch_nums: Sequence[int] = PATCH_NUMS_256, V: int = 4096, Cvae: int = 32,
-                  ch: int = 160, share_quant_resi: int = 4, num_classes: int = 1000, shared_aln: bool = False,
-                  attn_l2_norm: bool = True, init: bool = True,
-                  device: torch.device | str | None = None) -> tuple[VQVAE, VAR]:
+def build_vae_var(
+    depth: int = 16,
+    patch_nums: Sequence[int] = PATCH_NUMS_256,
+    V: int = 4096,
+    Cvae: int = 32,
+    ch: int = 160,
+    share_quant_resi: int = 4,
+    num_classes: int = 1000,
+    shared_aln: bool = False,
+    attn_l2_norm: bool = True,
+    init: bool = True,
+    device: torch.device | str | None = None,
+) -> tuple[VQVAE, VAR]:
     """(VQ-VAE, VAR) as the original ``build_vae_var`` makes them, without patching ``torch.nn``."""
     vae = build_vae(V, Cvae, ch, share_quant_resi, patch_nums, device)
     return vae, build_var(vae, depth, num_classes, shared_aln, attn_l2_norm, init=init, device=device)
@@ -87,15 +130,21 @@ def _strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], path: str
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-                    for k in set(own) & set(state) if state[k].shape != own[k].shape
-                    and not (what == "VQ-VAE" and k == "quantize.ema_vocab_hit_SV"))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape and not (what == "VQ-VAE" and k == "quantize.ema_vocab_hit_SV")
+    )
     if missing or unexpected or shapes:
+
         def few(xs: list[str]) -> str:
             return ", ".join(xs[:8]) + (f", … ({len(xs)} in all)" if len(xs) > 8 else "")
 
-        parts = [f"missing keys: {few(missing)}" if missing else "", f"unexpected keys: {few(unexpected)}" if unexpected else "",
-                 f"shape mismatches: {few(shapes)}" if shapes else ""]
+        parts = [
+            f"missing keys: {few(missing)}" if missing else "",
+            f"unexpected keys: {few(unexpected)}" if unexpected else "",
+            f"shape mismatches: {few(shapes)}" if shapes else "",
+        ]
         raise CheckpointMismatch(f"{path} does not fit this {what} ({'; '.join(p for p in parts if p)})")
     module.load_state_dict(state, strict=True)
 
@@ -109,8 +158,9 @@ def load_vae_checkpoint(path: str | os.PathLike, vae: VQVAE | None = None, **bui
     return vae.eval().requires_grad_(False)
 
 
-def load_var_checkpoint(path: str | os.PathLike, vae: VQVAE, var: VAR | None = None, depth: int | None = None,
-                        **build_kwargs) -> VAR:
+def load_var_checkpoint(
+    path: str | os.PathLike, vae: VQVAE, var: VAR | None = None, depth: int | None = None, **build_kwargs
+) -> VAR:
     """A VAR with the weights of ``path`` (strict). ``var``: load into this one; else build it with
     ``build_var(vae, depth, init=False, **build_kwargs)``, the depth inferred from the checkpoint
     (``blocks.{depth−1}``) when not given."""

@@ -25,8 +25,9 @@ class VARImageDecoder(nn.Module):
         decode_batch_size: sequences decoded at once.
     """
 
-    def __init__(self, vae_checkpoint: str | None = None, vae_kwargs: dict[str, Any] | None = None,
-                 decode_batch_size: int = 100):
+    def __init__(
+        self, vae_checkpoint: str | None = None, vae_kwargs: dict[str, Any] | None = None, decode_batch_size: int = 100
+    ):
         super().__init__()
         vae_kwargs = dict(vae_kwargs or {})
         vae = load_vae_checkpoint(vae_checkpoint, **vae_kwargs) if vae_checkpoint else build_vae(**vae_kwargs)
@@ -41,6 +42,10 @@ class VARImageDecoder(nn.Module):
         sizes = [pn * pn for pn in self.vae.quantize.v_patch_nums]
         if tokens.ndim != 2 or tokens.shape[1] != sum(sizes):
             raise ValueError(f"expected tokens [B, {sum(sizes)}], got {tuple(tokens.shape)}")
-        images = torch.cat([self.vae.idxBl_to_img(list(chunk.long().split(sizes, 1)), same_shape=True, last_one=True)
-                            for chunk in tokens.split(self.decode_batch_size)])
+        images = torch.cat(
+            [
+                self.vae.idxBl_to_img(list(chunk.long().split(sizes, 1)), same_shape=True, last_one=True)
+                for chunk in tokens.split(self.decode_batch_size)
+            ]
+        )
         return model_to_uint8(images)

@@ -65,8 +65,14 @@ class DropPath(nn.Module):
 class FFN(nn.Module):
     """fc1 → GELU(tanh) → fc2 (→ dropout)."""
 
-    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
-                 drop: float = 0.0, fused_if_available: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        drop: float = 0.0,
+        fused_if_available: bool = True,
+    ):
         super().__init__()
         self.fused_if_available = fused_if_available  # recorded only
         self.fc1 = nn.Linear(in_features, hidden_features or in_features)
@@ -83,8 +89,16 @@ class SelfAttention(nn.Module):
     attention (cosine similarity times a learned per-head temperature ``exp(scale_mul_1H11)`` capped at
     100) and a key/value cache for scale-by-scale sampling."""
 
-    def __init__(self, block_idx: int, embed_dim: int = 768, num_heads: int = 12, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, attn_l2_norm: bool = False, flash_if_available: bool = True):
+    def __init__(
+        self,
+        block_idx: int,
+        embed_dim: int = 768,
+        num_heads: int = 12,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        attn_l2_norm: bool = False,
+        flash_if_available: bool = True,
+    ):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
@@ -124,8 +138,14 @@ class SelfAttention(nn.Module):
             self.cached_k, self.cached_v = k, v
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_bias,
-                                             dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
+        out = F.scaled_dot_product_attention(
+            q,
+            k.to(q.dtype),
+            v.to(q.dtype),
+            attn_mask=attn_bias,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            scale=self.scale,
+        )
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
 
     def extra_repr(self) -> str:
@@ -144,21 +164,41 @@ class AdaLNSelfAttn(nn.Module):
     x += γ₁·Attn(LN(x)·(1 + s₁) + b₁); x += γ₂·FFN(LN(x)·(1 + s₂) + b₂), (γ₁, γ₂, s₁, s₂, b₁, b₂) from
     ``ada_lin(cond)`` (or ``ada_gss`` + the shared projection)."""
 
-    def __init__(self, block_idx: int, last_drop_p: float, embed_dim: int, cond_dim: int, shared_aln: bool,
-                 norm_layer, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, attn_l2_norm: bool = False, flash_if_available: bool = False,
-                 fused_if_available: bool = True):
+    def __init__(
+        self,
+        block_idx: int,
+        last_drop_p: float,
+        embed_dim: int,
+        cond_dim: int,
+        shared_aln: bool,
+        norm_layer,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        attn_l2_norm: bool = False,
+        flash_if_available: bool = False,
+        fused_if_available: bool = True,
+    ):
         super().__init__()
         self.block_idx, self.last_drop_p = block_idx, last_drop_p
         self.C, self.D = embed_dim, cond_dim
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.attn = SelfAttention(block_idx=block_idx, embed_dim=embed_dim, num_heads=num_heads, attn_drop=attn_drop,
-                                  proj_drop=drop, attn_l2_norm=attn_l2_norm, flash_if_available=flash_if_available)
+        self.attn = SelfAttention(
+            block_idx=block_idx,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            attn_l2_norm=attn_l2_norm,
+            flash_if_available=flash_if_available,
+        )
         self.ffn = FFN(embed_dim, round(embed_dim * mlp_ratio), drop=drop, fused_if_available=fused_if_available)
         self.ln_wo_grad = norm_layer(embed_dim, elementwise_affine=False)
         self.shared_aln = shared_aln
         if shared_aln:
-            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, embed_dim) / embed_dim ** 0.5)
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, embed_dim) / embed_dim**0.5)
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * embed_dim))
         self.fused_add_norm_fn = None
@@ -196,31 +236,46 @@ def scale_ids(patch_nums: Sequence[int]) -> torch.Tensor:
 
 class VAR(nn.Module):
     """Args (as FoundationVision/VAR's ``VAR``):
-        vae_local: the VQ-VAE (held by reference, NOT a submodule: it is not in ``state_dict``).
-        num_classes: classes; the class embedding has one more row, index ``num_classes`` = no condition.
-        depth, embed_dim, num_heads, mlp_ratio: transformer sizes (``build_var``: width 64·depth, depth heads).
-        drop_rate, attn_drop_rate, drop_path_rate: dropouts (stochastic depth rises linearly to
-            ``drop_path_rate`` over the blocks).
-        norm_eps: LayerNorm epsilon.
-        shared_aln: one AdaLN projection for all blocks (VAR-d36-s) instead of one per block.
-        cond_drop_rate: label dropout inside ``forward`` (train mode only here; DDO uses 0 and drops labels
-            outside).
-        attn_l2_norm: cosine attention with learned temperature (the released models: True).
-        patch_nums: token-map sides per scale (256 px: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), L = 680).
-        flash_if_available, fused_if_available: accepted for compatibility, not used.
+    vae_local: the VQ-VAE (held by reference, NOT a submodule: it is not in ``state_dict``).
+    num_classes: classes; the class embedding has one more row, index ``num_classes`` = no condition.
+    depth, embed_dim, num_heads, mlp_ratio: transformer sizes (``build_var``: width 64·depth, depth heads).
+    drop_rate, attn_drop_rate, drop_path_rate: dropouts (stochastic depth rises linearly to
+        ``drop_path_rate`` over the blocks).
+    norm_eps: LayerNorm epsilon.
+    shared_aln: one AdaLN projection for all blocks (VAR-d36-s) instead of one per block.
+    cond_drop_rate: label dropout inside ``forward`` (train mode only here; DDO uses 0 and drops labels
+        outside).
+    attn_l2_norm: cosine attention with learned temperature (the released models: True).
+    patch_nums: token-map sides per scale (256 px: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), L = 680).
+    flash_if_available, fused_if_available: accepted for compatibility, not used.
     """
 
-    def __init__(self, vae_local: VQVAE, num_classes: int = 1000, depth: int = 16, embed_dim: int = 1024,
-                 num_heads: int = 16, mlp_ratio: float = 4.0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, norm_eps: float = 1e-6, shared_aln: bool = False,
-                 cond_drop_rate: float = 0.1, attn_l2_norm: bool = False,
-                 patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-                 flash_if_available: bool = True, fused_if_available: bool = True):
+    def __init__(
+        self,
+        vae_local: VQVAE,
+        num_classes: int = 1000,
+        depth: int = 16,
+        embed_dim: int = 1024,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_eps: float = 1e-6,
+        shared_aln: bool = False,
+        cond_drop_rate: float = 0.1,
+        attn_l2_norm: bool = False,
+        patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+        flash_if_available: bool = True,
+        fused_if_available: bool = True,
+    ):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
         if tuple(patch_nums) != tuple(vae_local.quantize.v_patch_nums):
-            raise ValueError(f"patch_nums {tuple(patch_nums)} differ from the VQ-VAE's {vae_local.quantize.v_patch_nums}")
+            raise ValueError(
+                f"patch_nums {tuple(patch_nums)} differ from the VQ-VAE's {vae_local.quantize.v_patch_nums}"
+            )
         self.Cvae, self.V = vae_local.Cvae, vae_local.vocab_size
         self.depth, self.C, self.D, self.num_heads = depth, embed_dim, embed_dim, num_heads
         self.cond_drop_rate = cond_drop_rate
@@ -245,16 +300,31 @@ class VAR(nn.Module):
         for t in (self.class_emb.weight, self.pos_start, self.pos_1LC, self.lvl_embed.weight):
             nn.init.trunc_normal_(t.data, mean=0, std=std)
 
-        self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(self.D, 6 * self.C)) if shared_aln else nn.Identity()
+        self.shared_ada_lin = (
+            nn.Sequential(nn.SiLU(), SharedAdaLin(self.D, 6 * self.C)) if shared_aln else nn.Identity()
+        )
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.drop_path_rate = drop_path_rate
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
-            AdaLNSelfAttn(block_idx=i, last_drop_p=0 if i == 0 else dpr[i - 1], embed_dim=self.C, cond_dim=self.D,
-                          shared_aln=shared_aln, norm_layer=norm_layer, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                          drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i], attn_l2_norm=attn_l2_norm,
-                          flash_if_available=flash_if_available, fused_if_available=fused_if_available)
-            for i in range(depth))
+            AdaLNSelfAttn(
+                block_idx=i,
+                last_drop_p=0 if i == 0 else dpr[i - 1],
+                embed_dim=self.C,
+                cond_dim=self.D,
+                shared_aln=shared_aln,
+                norm_layer=norm_layer,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                attn_l2_norm=attn_l2_norm,
+                flash_if_available=flash_if_available,
+                fused_if_available=fused_if_available,
+            )
+            for i in range(depth)
+        )
         self.using_fused_add_norm_fn = False
 
         ids = scale_ids(self.patch_nums).to(self.pos_1LC.device)
@@ -297,16 +367,31 @@ class VAR(nn.Module):
         return self.get_logits(x, cond_BD)
 
     @torch.no_grad()
-    def init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02,
-                     init_std: float = 0.02, conv_std_or_gain: float = 0.02) -> None:
+    def init_weights(
+        self,
+        init_adaln: float = 0.5,
+        init_adaln_gamma: float = 1e-5,
+        init_head: float = 0.02,
+        init_std: float = 0.02,
+        conv_std_or_gain: float = 0.02,
+    ) -> None:
         """VAR's from-scratch initialisation (``build_var`` calls it like ``build_vae_var``): truncated normal
         Linear/Embedding weights (std ``init_std``; < 0: sqrt(1/(3C))), zero biases, unit norms, the head
         scaled by ``init_head``, attention/FFN output projections by 1/sqrt(2·depth), the AdaLN projections
         by ``init_adaln`` (shift/scale rows) and ``init_adaln_gamma`` (gate rows)."""
         if init_std < 0:
             init_std = (1 / self.C / 3) ** 0.5
-        norms = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-                 nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+        norms = (
+            nn.LayerNorm,
+            nn.GroupNorm,
+            nn.BatchNorm1d,
+            nn.BatchNorm2d,
+            nn.BatchNorm3d,
+            nn.SyncBatchNorm,
+            nn.InstanceNorm1d,
+            nn.InstanceNorm2d,
+            nn.InstanceNorm3d,
+        )
         convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
         for m in self.modules():
             weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
@@ -339,7 +424,7 @@ class VAR(nn.Module):
                 block.ada_gss[:, :, :2].mul_(init_adaln_gamma)
             else:
                 lin = block.ada_lin[-1]
-                lin.weight[2 * self.C:].mul_(init_adaln)
+                lin.weight[2 * self.C :].mul_(init_adaln)
                 lin.weight[: 2 * self.C].mul_(init_adaln_gamma)
                 lin.bias.zero_()
 

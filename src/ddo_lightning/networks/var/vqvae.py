@@ -79,7 +79,7 @@ class AttnBlock(nn.Module):
         self.C = in_channels
         self.norm = _group_norm(in_channels)
         self.qkv = nn.Conv2d(in_channels, 3 * in_channels, 1)
-        self.w_ratio = in_channels ** -0.5
+        self.w_ratio = in_channels**-0.5
         self.proj_out = nn.Conv2d(in_channels, in_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,11 +96,26 @@ def _level() -> nn.Module:
 class Encoder(nn.Module):
     """Image [B, 3, H, W] → feature [B, z_channels, H/2^(n−1), W/2^(n−1)], n = len(ch_mult)."""
 
-    def __init__(self, *, ch: int = 128, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int = 2,
-                 dropout: float = 0.0, in_channels: int = 3, z_channels: int, double_z: bool = False,
-                 using_sa: bool = True, using_mid_sa: bool = True):
+    def __init__(
+        self,
+        *,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 4, 8),
+        num_res_blocks: int = 2,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+        z_channels: int,
+        double_z: bool = False,
+        using_sa: bool = True,
+        using_mid_sa: bool = True,
+    ):
         super().__init__()
-        self.ch, self.num_resolutions, self.num_res_blocks, self.in_channels = ch, len(ch_mult), num_res_blocks, in_channels
+        self.ch, self.num_resolutions, self.num_res_blocks, self.in_channels = (
+            ch,
+            len(ch_mult),
+            num_res_blocks,
+            in_channels,
+        )
         self.downsample_ratio = 2 ** (self.num_resolutions - 1)
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
         widths = [ch] + [ch * m for m in ch_mult]
@@ -108,9 +123,14 @@ class Encoder(nn.Module):
         for i in range(self.num_resolutions):
             lvl, last = _level(), i == self.num_resolutions - 1
             lvl.block = nn.ModuleList(
-                ResnetBlock(in_channels=widths[i] if j == 0 else widths[i + 1], out_channels=widths[i + 1], dropout=dropout)
-                for j in range(num_res_blocks))
-            lvl.attn = nn.ModuleList(AttnBlock(widths[i + 1]) for _ in range(num_res_blocks if (last and using_sa) else 0))
+                ResnetBlock(
+                    in_channels=widths[i] if j == 0 else widths[i + 1], out_channels=widths[i + 1], dropout=dropout
+                )
+                for j in range(num_res_blocks)
+            )
+            lvl.attn = nn.ModuleList(
+                AttnBlock(widths[i + 1]) for _ in range(num_res_blocks if (last and using_sa) else 0)
+            )
             if not last:
                 lvl.downsample = Downsample2x(widths[i + 1])
             self.down.append(lvl)
@@ -138,11 +158,25 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Feature [B, z_channels, h, w] → image [B, in_channels, h·2^(n−1), w·2^(n−1)] (unclamped)."""
 
-    def __init__(self, *, ch: int = 128, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int = 2,
-                 dropout: float = 0.0, in_channels: int = 3, z_channels: int, using_sa: bool = True,
-                 using_mid_sa: bool = True):
+    def __init__(
+        self,
+        *,
+        ch: int = 128,
+        ch_mult: Sequence[int] = (1, 2, 4, 8),
+        num_res_blocks: int = 2,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+        z_channels: int,
+        using_sa: bool = True,
+        using_mid_sa: bool = True,
+    ):
         super().__init__()
-        self.ch, self.num_resolutions, self.num_res_blocks, self.in_channels = ch, len(ch_mult), num_res_blocks, in_channels
+        self.ch, self.num_resolutions, self.num_res_blocks, self.in_channels = (
+            ch,
+            len(ch_mult),
+            num_res_blocks,
+            in_channels,
+        )
         width = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, width, 3, 1, 1)
         self.mid = _level()
@@ -154,7 +188,8 @@ class Decoder(nn.Module):
             lvl, out = _level(), ch * ch_mult[i]
             lvl.block = nn.ModuleList(
                 ResnetBlock(in_channels=width if j == 0 else out, out_channels=out, dropout=dropout)
-                for j in range(num_res_blocks + 1))
+                for j in range(num_res_blocks + 1)
+            )
             top = i == self.num_resolutions - 1
             lvl.attn = nn.ModuleList(AttnBlock(out) for _ in range(num_res_blocks + 1 if (top and using_sa) else 0))
             if i != 0:
@@ -240,8 +275,17 @@ class VectorQuantizer2(nn.Module):
     0: one per scale), ``v_patch_nums`` scale sides, ``quant_resi`` ρ, ``share_quant_resi``
     (0: one φ per scale, 1: a single φ, n ≥ 2: n partially shared φ)."""
 
-    def __init__(self, vocab_size: int, Cvae: int, using_znorm: bool, beta: float = 0.25, default_qresi_counts: int = 0,
-                 v_patch_nums: Sequence[int] | None = None, quant_resi: float = 0.5, share_quant_resi: int = 4):
+    def __init__(
+        self,
+        vocab_size: int,
+        Cvae: int,
+        using_znorm: bool,
+        beta: float = 0.25,
+        default_qresi_counts: int = 0,
+        v_patch_nums: Sequence[int] | None = None,
+        quant_resi: float = 0.5,
+        share_quant_resi: int = 4,
+    ):
         super().__init__()
         if not v_patch_nums or len(v_patch_nums) < 2:
             raise ValueError(f"v_patch_nums needs at least two scales, got {v_patch_nums}")
@@ -273,7 +317,9 @@ class VectorQuantizer2(nn.Module):
         if self.using_znorm:
             return (F.normalize(z_NC, dim=-1) @ F.normalize(codebook, dim=-1).T).argmax(1)
         # ‖z‖² + ‖e‖² − 2 z·e, with the product accumulated by addmm like the original (same rounding: ties)
-        dist = torch.addmm(z_NC.square().sum(1, keepdim=True) + codebook.square().sum(1), z_NC, codebook.T, beta=1, alpha=-2)
+        dist = torch.addmm(
+            z_NC.square().sum(1, keepdim=True) + codebook.square().sum(1), z_NC, codebook.T, beta=1, alpha=-2
+        )
         return dist.argmin(1)
 
     def _phi_up(self, h: torch.Tensor, si: int, S: int, H: int, W: int) -> torch.Tensor:
@@ -283,8 +329,9 @@ class VectorQuantizer2(nn.Module):
             h = F.interpolate(h, size=(H, W), mode="bicubic")
         return self.quant_resi[si / (S - 1)](h)
 
-    def f_to_idxBl_or_fhat(self, f_BChw: torch.Tensor, to_fhat: bool,
-                           v_patch_nums: Sequence[int | tuple[int, int]] | None = None) -> list[torch.Tensor]:
+    def f_to_idxBl_or_fhat(
+        self, f_BChw: torch.Tensor, to_fhat: bool, v_patch_nums: Sequence[int | tuple[int, int]] | None = None
+    ) -> list[torch.Tensor]:
         """Quantize a feature map scale by scale: the index maps [B, ph·pw] (``to_fhat=False``) or the
         running reconstructions f̂ [B, C, H, W] after each scale (``to_fhat=True``)."""
         B, C, H, W = f_BChw.shape
@@ -303,8 +350,9 @@ class VectorQuantizer2(nn.Module):
             out.append(f_hat.clone() if to_fhat else idx.reshape(B, ph * pw))
         return out
 
-    def embed_to_fhat(self, ms_h_BChw: list[torch.Tensor], all_to_max_scale: bool = True,
-                      last_one: bool = False) -> list[torch.Tensor] | torch.Tensor:
+    def embed_to_fhat(
+        self, ms_h_BChw: list[torch.Tensor], all_to_max_scale: bool = True, last_one: bool = False
+    ) -> list[torch.Tensor] | torch.Tensor:
         """Accumulate per-scale code maps into f̂ (at full size; ``all_to_max_scale=False`` is the
         original's experimental progressive-resize variant). ``last_one``: only the final f̂."""
         B = ms_h_BChw[0].shape[0]
@@ -326,7 +374,7 @@ class VectorQuantizer2(nn.Module):
     def idx_to_h(self, idx_Bl: torch.Tensor) -> torch.Tensor:
         """Index map [B, pn²] → code map [B, Cvae, pn, pn]."""
         B, l = idx_Bl.shape
-        pn = round(l ** 0.5)
+        pn = round(l**0.5)
         if pn * pn != l:
             raise ValueError(f"a scale must hold a square number of tokens, got {l}")
         return self.embedding(idx_Bl).transpose(1, 2).reshape(B, self.Cvae, pn, pn)
@@ -344,8 +392,9 @@ class VectorQuantizer2(nn.Module):
             inputs.append(F.interpolate(f_hat, size=(nxt, nxt), mode="area").flatten(2).transpose(1, 2))
         return torch.cat(inputs, 1) if inputs else None
 
-    def get_next_autoregressive_input(self, si: int, SN: int, f_hat: torch.Tensor,
-                                      h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_next_autoregressive_input(
+        self, si: int, SN: int, f_hat: torch.Tensor, h_BChw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling: add scale ``si``'s code map to f̂ (in place, as the original) and return (f̂, the next
         scale's input: f̂ area-downsampled to pn_{si+1}; f̂ itself after the last scale)."""
         side = self.v_patch_nums[-1]
@@ -356,8 +405,10 @@ class VectorQuantizer2(nn.Module):
         return f_hat, F.interpolate(f_hat, size=(nxt, nxt), mode="area")
 
     def forward(self, f_BChw: torch.Tensor, ret_usages: bool = False):
-        raise NotImplementedError("VQ-VAE training (the quantizer's training forward) is not re-implemented; "
-                                  "use f_to_idxBl_or_fhat for inference")
+        raise NotImplementedError(
+            "VQ-VAE training (the quantizer's training forward) is not re-implemented; "
+            "use f_to_idxBl_or_fhat for inference"
+        )
 
 
 class VQVAE(nn.Module):
@@ -366,24 +417,50 @@ class VQVAE(nn.Module):
     parameters). ``test_mode`` freezes it (eval, no gradients), as for VAR training and DDO.
     ``ch`` must be a multiple of 32 (GroupNorm with 32 groups)."""
 
-    def __init__(self, vocab_size: int = 4096, z_channels: int = 32, ch: int = 128, dropout: float = 0.0,
-                 beta: float = 0.25, using_znorm: bool = False, quant_conv_ks: int = 3, quant_resi: float = 0.5,
-                 share_quant_resi: int = 4, default_qresi_counts: int = 0,
-                 v_patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), test_mode: bool = True):
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        z_channels: int = 32,
+        ch: int = 128,
+        dropout: float = 0.0,
+        beta: float = 0.25,
+        using_znorm: bool = False,
+        quant_conv_ks: int = 3,
+        quant_resi: float = 0.5,
+        share_quant_resi: int = 4,
+        default_qresi_counts: int = 0,
+        v_patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+        test_mode: bool = True,
+    ):
         super().__init__()
         if ch % 32:
             raise ValueError(f"ch must be a multiple of 32 (GroupNorm(32)), got {ch}")
         self.test_mode = test_mode
         self.V = self.vocab_size = vocab_size
         self.Cvae = z_channels
-        dd = dict(dropout=dropout, ch=ch, z_channels=z_channels, in_channels=3, ch_mult=(1, 1, 2, 2, 4),
-                  num_res_blocks=2, using_sa=True, using_mid_sa=True)
+        dd = dict(
+            dropout=dropout,
+            ch=ch,
+            z_channels=z_channels,
+            in_channels=3,
+            ch_mult=(1, 1, 2, 2, 4),
+            num_res_blocks=2,
+            using_sa=True,
+            using_mid_sa=True,
+        )
         self.encoder = Encoder(double_z=False, **dd)
         self.decoder = Decoder(**dd)
         self.downsample = 2 ** (len(dd["ch_mult"]) - 1)
-        self.quantize = VectorQuantizer2(vocab_size=vocab_size, Cvae=z_channels, using_znorm=using_znorm, beta=beta,
-                                         default_qresi_counts=default_qresi_counts, v_patch_nums=v_patch_nums,
-                                         quant_resi=quant_resi, share_quant_resi=share_quant_resi)
+        self.quantize = VectorQuantizer2(
+            vocab_size=vocab_size,
+            Cvae=z_channels,
+            using_znorm=using_znorm,
+            beta=beta,
+            default_qresi_counts=default_qresi_counts,
+            v_patch_nums=v_patch_nums,
+            quant_resi=quant_resi,
+            share_quant_resi=share_quant_resi,
+        )
         pad = quant_conv_ks // 2
         self.quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, 1, pad)
         self.post_quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, 1, pad)
@@ -397,20 +474,24 @@ class VQVAE(nn.Module):
         """f̂ [B, Cvae, h, w] → image [B, 3, 16h, 16w] in [−1, 1]."""
         return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1)
 
-    def img_to_idxBl(self, inp_img_no_grad: torch.Tensor,
-                     v_patch_nums: Sequence[int | tuple[int, int]] | None = None) -> list[torch.Tensor]:
+    def img_to_idxBl(
+        self, inp_img_no_grad: torch.Tensor, v_patch_nums: Sequence[int | tuple[int, int]] | None = None
+    ) -> list[torch.Tensor]:
         """Image [B, 3, H, W] in [−1, 1] → list of index maps [B, pn²], coarse to fine."""
         f = self.quant_conv(self.encoder(inp_img_no_grad))
         return self.quantize.f_to_idxBl_or_fhat(f, to_fhat=False, v_patch_nums=v_patch_nums)
 
-    def idxBl_to_img(self, ms_idx_Bl: list[torch.Tensor], same_shape: bool,
-                     last_one: bool = False) -> list[torch.Tensor] | torch.Tensor:
+    def idxBl_to_img(
+        self, ms_idx_Bl: list[torch.Tensor], same_shape: bool, last_one: bool = False
+    ) -> list[torch.Tensor] | torch.Tensor:
         """Index maps → image(s) in [−1, 1] (``last_one``: only the image of all scales)."""
-        return self.embed_to_img([self.quantize.idx_to_h(idx) for idx in ms_idx_Bl], all_to_max_scale=same_shape,
-                                 last_one=last_one)
+        return self.embed_to_img(
+            [self.quantize.idx_to_h(idx) for idx in ms_idx_Bl], all_to_max_scale=same_shape, last_one=last_one
+        )
 
-    def embed_to_img(self, ms_h_BChw: list[torch.Tensor], all_to_max_scale: bool,
-                     last_one: bool = False) -> list[torch.Tensor] | torch.Tensor:
+    def embed_to_img(
+        self, ms_h_BChw: list[torch.Tensor], all_to_max_scale: bool, last_one: bool = False
+    ) -> list[torch.Tensor] | torch.Tensor:
         f = self.quantize.embed_to_fhat(ms_h_BChw, all_to_max_scale=all_to_max_scale, last_one=last_one)
         return self.fhat_to_img(f) if last_one else [self.fhat_to_img(x) for x in f]
 

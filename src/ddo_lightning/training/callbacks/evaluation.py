@@ -74,8 +74,9 @@ class SampleGrids(pl.Callback):
         idx = torch.arange(self.num_samples)
         seeds = torch.tensor([mix_seed(self.seed, int(i), 5) for i in idx])
         net = pl_module.ema.model
-        x = on_rank_zero(net, trainer.is_global_zero,
-                         lambda: pl_module.sample(net, seeds, balanced_labels(idx, pl_module.label_dim)))
+        x = on_rank_zero(
+            net, trainer.is_global_zero, lambda: pl_module.sample(net, seeds, balanced_labels(idx, pl_module.label_dim))
+        )
         if x is None:
             return
         evaluator = pl_module.evaluator  # latents -> images (EDM2 512 px)
@@ -86,7 +87,9 @@ class SampleGrids(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 big = grid.repeat_interleave(self.scale, 0).repeat_interleave(self.scale, 1).numpy()
-                logger.log_image(key="samples", images=[big[..., 0] if big.shape[-1] == 1 else big], step=step, caption=[caption])
+                logger.log_image(
+                    key="samples", images=[big[..., 0] if big.shape[-1] == 1 else big], step=step, caption=[caption]
+                )
         for d in logger_dirs(trainer):
             path = os.path.join(d, "samples", f"step-{step:07d}.png")
             save_png(grid, path, self.scale)

@@ -86,8 +86,11 @@ class ScatterFigure(_StartVersusEnd):
 
     def _plot(self, plt, trainer, pl_module, start, end):
         real = trainer.datamodule.real.x[: self.num_samples]
-        panels = [("data", real), ("reference at start (MLE)", start),
-                  (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", end)]
+        panels = [
+            ("data", real),
+            ("reference at start (MLE)", start),
+            (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", end),
+        ]
         lim = float(real.abs().max()) * 1.3
         fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.6), sharex=True, sharey=True)
         for ax, (title, pts) in zip(axes, panels):
@@ -117,11 +120,19 @@ class ImageGridFigure(_StartVersusEnd):
 
     def _plot(self, plt, trainer, pl_module, start, end):
         fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-        for ax, (title, x) in zip(axes, [("reference at start (MLE)", start),
-                                          (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", end)]):
+        for ax, (title, x) in zip(
+            axes,
+            [
+                ("reference at start (MLE)", start),
+                (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", end),
+            ],
+        ):
             g = image_grid(x, self.columns)
-            ax.imshow(g.squeeze(-1) if g.shape[-1] == 1 else g, cmap="gray" if g.shape[-1] == 1 else None,
-                      interpolation="nearest")
+            ax.imshow(
+                g.squeeze(-1) if g.shape[-1] == 1 else g,
+                cmap="gray" if g.shape[-1] == 1 else None,
+                interpolation="nearest",
+            )
             ax.set_title(title)
             ax.axis("off")
         fig.tight_layout()
@@ -163,9 +174,14 @@ class TokenFigure(_StartVersusEnd):
         n = min(self.num_samples, len(real))
         rows = [real[i] for i in range(n)]
         real_x = torch.stack([r.x for r in rows])
-        real_c = torch.stack([r.labels for r in rows]).argmax(1) if pl_module.label_dim else torch.zeros(n, dtype=torch.long)
-        series = [("data", truth.log_prob(real_x, real_c)), ("reference at start (MLE)", truth.log_prob(start, classes)),
-                  (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", truth.log_prob(end, classes))]
+        real_c = (
+            torch.stack([r.labels for r in rows]).argmax(1) if pl_module.label_dim else torch.zeros(n, dtype=torch.long)
+        )
+        series = [
+            ("data", truth.log_prob(real_x, real_c)),
+            ("reference at start (MLE)", truth.log_prob(start, classes)),
+            (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", truth.log_prob(end, classes)),
+        ]
         kl_end = truth.exact_kl(pl_module.reference)
         fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
         lo = min(float(s.min()) for _, s in series)

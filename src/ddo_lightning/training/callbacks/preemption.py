@@ -39,8 +39,9 @@ class Preemption(pl.Callback):
         requeue: under SLURM (``SLURM_JOB_ID`` set), rank 0 runs ``scontrol requeue <job>`` after saving.
     """
 
-    def __init__(self, path: str | None = None, signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM"),
-                 requeue: bool = True):
+    def __init__(
+        self, path: str | None = None, signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM"), requeue: bool = True
+    ):
         unknown = [s for s in signals if s not in SIGNALS]
         if unknown:
             raise ValueError(f"unknown signal(s) {unknown}; use any of {sorted(SIGNALS)}")
@@ -81,8 +82,9 @@ class Preemption(pl.Callback):
         self._previous.clear()
 
     # ---- the step boundary -----------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if not stop:
             return
@@ -90,12 +92,17 @@ class Preemption(pl.Callback):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         trainer.save_checkpoint(self.path)  # atomic: AtomicCheckpointIO writes a temporary file and renames it
         self.saved_at_step = trainer.global_step
-        rank_zero_info(f"[preemption] {name}: checkpoint of step {trainer.global_step} written to {self.path}; stopping")
+        rank_zero_info(
+            f"[preemption] {name}: checkpoint of step {trainer.global_step} written to {self.path}; stopping"
+        )
         trainer.should_stop = True  # the requeue waits for the end of training: it ends this job's tasks at once,
         # and the step's other callbacks (ModelCheckpoint runs last) and the loggers must finish first
 
     def _requeue(self, trainer: pl.Trainer) -> None:
-        job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        job = (
+            os.environ.get("SLURM_ARRAY_JOB_ID")
+            and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        )
         job = job or os.environ.get("SLURM_JOB_ID")
         if not (self.requeue and job and trainer.is_global_zero):
             return

@@ -58,8 +58,9 @@ class RoundProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
         self._refresh(trainer, trainer.lightning_module, reset=True)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._should_update(trainer.global_step, trainer.global_step + 1):
             self._refresh(trainer, pl_module)
 
@@ -112,8 +113,9 @@ class LineProgress(ProgressBar):
         parts += [f"{k} {v}" for k, v in train_metrics(trainer).items()]
         return " · ".join(parts)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._enabled and trainer.global_step % self.every_n_steps == 0:
             print(self.line(trainer, pl_module), flush=True)
 

@@ -62,13 +62,22 @@ def vanished_update_message(round_number: int, pl_module: Any) -> str:
     """Why round ``round_number``'s weights did not move, from the objective's α, β and Adam's state."""
     objective = getattr(pl_module, "objective", None)
     alpha, beta = getattr(objective, "alpha", float("nan")), getattr(objective, "beta", float("nan"))
-    overflow = any(not torch.isfinite(_local(s["exp_avg_sq"])).all()
-                   for opt in pl_module.trainer.optimizers for s in opt.state.values() if "exp_avg_sq" in s)
-    why = ("the squared gradients overflowed float32 in Adam's second moment, so every update m/√v was 0"
-           if overflow else f"every update lr·m/√v (lr={pl_module.lr:g}) was below float32's resolution of the weights")
-    return (f"round {round_number}: weights never changed (α={float(alpha):g}, β={float(beta):g}: Adam's update vanished) — "
-            f"{why}; the target is bit-identical to the round's reference. Lower alpha/beta (the paper: alpha in "
-            "[0.5, 50], beta in [0.01, 0.1]) or raise lr.")
+    overflow = any(
+        not torch.isfinite(_local(s["exp_avg_sq"])).all()
+        for opt in pl_module.trainer.optimizers
+        for s in opt.state.values()
+        if "exp_avg_sq" in s
+    )
+    why = (
+        "the squared gradients overflowed float32 in Adam's second moment, so every update m/√v was 0"
+        if overflow
+        else f"every update lr·m/√v (lr={pl_module.lr:g}) was below float32's resolution of the weights"
+    )
+    return (
+        f"round {round_number}: weights never changed (α={float(alpha):g}, β={float(beta):g}: Adam's update vanished) — "
+        f"{why}; the target is bit-identical to the round's reference. Lower alpha/beta (the paper: alpha in "
+        "[0.5, 50], beta in [0.01, 0.1]) or raise lr."
+    )
 
 
 class SelfPlay(pl.Callback):
@@ -135,8 +144,16 @@ class SelfPlay(pl.Callback):
         return os.path.join(self.dirpath, "rounds", f"round-{n}.ckpt")
 
     # ---- state ---------------------------------------------------------------------------------------
-    STATE = ("round", "round_start_images", "best_score", "best_images", "evaluations", "promotions",
-             "last_round_path", "warnings")
+    STATE = (
+        "round",
+        "round_start_images",
+        "best_score",
+        "best_images",
+        "evaluations",
+        "promotions",
+        "last_round_path",
+        "warnings",
+    )
 
     def state_dict(self) -> dict[str, Any]:
         """The state, and ``images_in_round`` for a reader of the checkpoint (derived: not read back)."""
@@ -161,7 +178,9 @@ class SelfPlay(pl.Callback):
                 if not hasattr(pl_module, attr):
                     raise TypeError(f"SelfPlay needs a DDOModule; {type(pl_module).__name__} has no `{attr}`")
             if getattr(pl_module, "evaluator", None) is None:
-                raise ValueError("SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`")
+                raise ValueError(
+                    "SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`"
+                )
             self._module = pl_module
             self.dirpath = self.dirpath or trainer.default_root_dir
             self.summary_path = self.summary_path or os.path.join(self.dirpath, "summary.json")
@@ -176,8 +195,10 @@ class SelfPlay(pl.Callback):
         if self.round < self.rounds:
             return False
         if not trainer.should_stop:
-            rank_zero_info(f"[selfplay] this run already finished its {self.rounds} rounds: nothing to train, "
-                           "nothing rewritten (give more `rounds` to continue it)")
+            rank_zero_info(
+                f"[selfplay] this run already finished its {self.rounds} rounds: nothing to train, "
+                "nothing rewritten (give more `rounds` to continue it)"
+            )
         trainer.should_stop = True
         return True
 
@@ -199,7 +220,9 @@ class SelfPlay(pl.Callback):
         if fresh:
             self._evaluate(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         before, now = self._checked_images, self.images_in_round
         self._checked_images = now
         pl_module.log("round", float(self.display_round))
@@ -217,7 +240,9 @@ class SelfPlay(pl.Callback):
         if ends and not any(h.get("weights_changed", True) for h in ends):
             # after the summary is written: nothing is lost, but the exit status says the run did nothing
             raise WeightsNeverChangedError(
-                f"no round changed the weights ({len(ends)} round(s), summary: {self.summary_path}): " + self.warnings[-1])
+                f"no round changed the weights ({len(ends)} round(s), summary: {self.summary_path}): "
+                + self.warnings[-1]
+            )
 
     @property
     def display_round(self) -> int:
@@ -237,11 +262,16 @@ class SelfPlay(pl.Callback):
         if self.monitor not in metrics:
             raise KeyError(f"SelfPlay monitors '{self.monitor}' but the evaluator returned {sorted(metrics)}")
         score = metrics[self.monitor]
-        entry = {"round": self.round, "kimg_in_round": self.images_in_round / 1000,
-                 "kimg": int(pl_module.images_seen) / 1000, "metrics": metrics}
+        entry = {
+            "round": self.round,
+            "kimg_in_round": self.images_in_round / 1000,
+            "kimg": int(pl_module.images_seen) / 1000,
+            "metrics": metrics,
+        }
         self.evaluations.append(entry)
-        report.publish_evaluation(trainer, pl_module, metrics, round_index=self.display_round,
-                                  kimg_in_round=entry["kimg_in_round"])
+        report.publish_evaluation(
+            trainer, pl_module, metrics, round_index=self.display_round, kimg_in_round=entry["kimg_in_round"]
+        )
         if self._better(score):
             self.best_score, self.best_images = score, self.images_in_round
             net = pl_module.ema.model
@@ -250,8 +280,10 @@ class SelfPlay(pl.Callback):
                 atomic_torch_save(weights, self.best_path)
             trainer.strategy.barrier("selfplay-best")
         others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != self.monitor)
-        rank_zero_info(f"[round {self.display_round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
-                       f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg) | {others}")
+        rank_zero_info(
+            f"[round {self.display_round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
+            f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg) | {others}"
+        )
 
     def _end_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         weights = read_tensor_file(self.best_path, map_location=pl_module.device)
@@ -263,11 +295,18 @@ class SelfPlay(pl.Callback):
         pl_module.promote(weights)
         rank_zero_info(
             f"[round {self.display_round}] promoted the EMA at {self.best_images / 1000:.1f} kimg ({self.monitor}={_fmt(self.best_score)})"
-            if improved else
-            f"[round {self.display_round}] nothing beat the round's starting weights: the reference carries over unchanged"
+            if improved
+            else f"[round {self.display_round}] nothing beat the round's starting weights: the reference carries over unchanged"
         )
-        self.promotions.append({"round": self.round, "promoted_kimg_in_round": self.best_images / 1000,
-                                "improved": improved, "best_score": self.best_score, "weights_changed": changed})
+        self.promotions.append(
+            {
+                "round": self.round,
+                "promoted_kimg_in_round": self.best_images / 1000,
+                "improved": improved,
+                "best_score": self.best_score,
+                "weights_changed": changed,
+            }
+        )
         finished = self.round + 1
         self.round, self.best_images = finished, 0  # best_score: the new reference's
         self.round_start_images = self._checked_images = int(pl_module.images_seen)
@@ -296,4 +335,6 @@ class SelfPlay(pl.Callback):
     def _write_report(self, trainer: pl.Trainer) -> None:
         """``summary.json``, and ``curve.png`` in each file logger's directory (else in ``dirpath``)."""
         report.write_summary(self.summary_path, self.summary())
-        report.write_curve(report.logger_dirs(trainer) or [self.dirpath], self.evaluations, self.promotions, self.monitor)
+        report.write_curve(
+            report.logger_dirs(trainer) or [self.dirpath], self.evaluations, self.promotions, self.monitor
+        )
