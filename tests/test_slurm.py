@@ -1116,5 +1116,5 @@ def test_paper_preset_through_ddo_slurm_on_a_real_slurm_cluster(slurm_cluster, t
     assert summary["rounds"][0]["promoted_kimg_in_round"] in (0.016, 0.032), summary
     import torch
 
-    assert torch.load(tmp_path / "ddo/round-1.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    assert torch.load(tmp_path / "ddo/rounds/round-1.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
     print(f"\n[slurm] edm_cifar10 preset job {job_id}: completed in {time.monotonic() - t0:.0f} s")
