@@ -221,6 +221,43 @@ def _print_config(path):
     return buf.getvalue()
 
 
+def tiny_demo_overlays(tmp_path, steps, model, data_pre, data_ddo, selfplay, figure):
+    """The second --config of each stage of a demo at a tiny size: MLE pretraining for ``steps`` steps with
+    a last.ckpt, then a DDO run with SelfPlay(**selfplay) and the demo's figure callback (class, init_args)."""
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"save_last": True, "every_n_train_steps": steps},
+    }
+    pre = write(
+        tmp_path / "pre.yaml",
+        {
+            "trainer": {
+                "max_steps": steps,
+                "val_check_interval": steps,
+                "enable_progress_bar": False,
+                "callbacks": [checkpoint],
+            },
+            "model": {"init_args": model},
+            "data": data_pre,
+        },
+    )
+    ddo = write(
+        tmp_path / "ddo.yaml",
+        {
+            "trainer": {
+                "enable_progress_bar": False,
+                "callbacks": [
+                    {"class_path": "ddo_lightning.training.SelfPlay", "init_args": {"rounds": 1, **selfplay}},
+                    {"class_path": figure[0], "init_args": figure[1]},
+                ],
+            },
+            "model": {"init_args": model},
+            "data": data_ddo,
+        },
+    )
+    return pre, ddo
+
+
 def test_digits_presets_run_tiny_steps(tmp_path, monkeypatch):
     """`make demo-digits` at a tiny size: 2 MLE steps, then one short DDO round with a quantised pool."""
     monkeypatch.chdir(tmp_path)
@@ -229,55 +266,17 @@ def test_digits_presets_run_tiny_steps(tmp_path, monkeypatch):
         "eval_batch_size": 40,
         "sampler": {"class_path": "ddo_lightning.samplers.HeunSampler", "init_args": {"num_steps": 3}},
     }
-    pre = write(
-        tmp_path / "pre.yaml",
-        {
-            "trainer": {
-                "max_steps": 2,
-                "val_check_interval": 2,
-                "enable_progress_bar": False,
-                "callbacks": [
-                    {
-                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                        "init_args": {"save_last": True, "every_n_train_steps": 2},
-                    }
-                ],
-            },
-            "model": {"init_args": small},
-            "data": {"init_args": {"batch_size": 16}},
-        },
+    pool = {"class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 64, "quantize": True}}
+    pre, ddo = tiny_demo_overlays(
+        tmp_path,
+        2,
+        small,
+        {"init_args": {"batch_size": 16}},
+        {"init_args": {"batch_size": 16, "fake": pool}},
+        {"kimg_per_round": 0.032, "eval_every_kimg": 0.016, "monitor": "digits_fid"},
+        ("ddo_lightning.training.ImageGridFigure", {"num_samples": 20}),
     )
     main(["fit", "--config", str(ROOT / "configs/digits_pretrain.yaml"), "--config", pre])
-    ddo = write(
-        tmp_path / "ddo.yaml",
-        {
-            "trainer": {
-                "enable_progress_bar": False,
-                "callbacks": [
-                    {
-                        "class_path": "ddo_lightning.training.SelfPlay",
-                        "init_args": {
-                            "rounds": 1,
-                            "kimg_per_round": 0.032,
-                            "eval_every_kimg": 0.016,
-                            "monitor": "digits_fid",
-                        },
-                    },
-                    {"class_path": "ddo_lightning.training.ImageGridFigure", "init_args": {"num_samples": 20}},
-                ],
-            },
-            "model": {"init_args": small},
-            "data": {
-                "init_args": {
-                    "batch_size": 16,
-                    "fake": {
-                        "class_path": "ddo_lightning.training.PoolFakeSource",
-                        "init_args": {"size": 64, "quantize": True},
-                    },
-                }
-            },
-        },
-    )
     main(["fit", "--config", str(ROOT / "configs/digits.yaml"), "--config", ddo])
     summary = json.loads((tmp_path / "outputs/digits/summary.json").read_text())
     assert summary["monitor"] == "digits_fid" and summary["reference"]["digits_fid"] > 0
@@ -290,47 +289,16 @@ def test_token_presets_run_tiny_steps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     small = {"num_eval_samples": 64, "eval_batch_size": 64}
     data = {"init_args": {"batch_size": 16, "real": {"init_args": {"num_samples": 256}}}}
-    pre = write(
-        tmp_path / "pre.yaml",
-        {
-            "trainer": {
-                "max_steps": 4,
-                "val_check_interval": 4,
-                "enable_progress_bar": False,
-                "callbacks": [
-                    {
-                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                        "init_args": {"save_last": True, "every_n_train_steps": 4},
-                    }
-                ],
-            },
-            "model": {"init_args": small},
-            "data": data,
-        },
+    pre, ddo = tiny_demo_overlays(
+        tmp_path,
+        4,
+        small,
+        data,
+        data,
+        {"kimg_per_round": 0.064, "eval_every_kimg": 0.032, "monitor": "kl_sym"},
+        ("ddo_lightning.training.TokenFigure", {"num_samples": 64}),
     )
     main(["fit", "--config", str(ROOT / "configs/tokens_pretrain.yaml"), "--config", pre])
-    ddo = write(
-        tmp_path / "ddo.yaml",
-        {
-            "trainer": {
-                "enable_progress_bar": False,
-                "callbacks": [
-                    {
-                        "class_path": "ddo_lightning.training.SelfPlay",
-                        "init_args": {
-                            "rounds": 1,
-                            "kimg_per_round": 0.064,
-                            "eval_every_kimg": 0.032,
-                            "monitor": "kl_sym",
-                        },
-                    },
-                    {"class_path": "ddo_lightning.training.TokenFigure", "init_args": {"num_samples": 64}},
-                ],
-            },
-            "model": {"init_args": small},
-            "data": data,
-        },
-    )
     main(["fit", "--config", str(ROOT / "configs/tokens.yaml"), "--config", ddo])
     summary = json.loads((tmp_path / "outputs/tokens/summary.json").read_text())
     assert summary["monitor"] == "kl_sym" and summary["reference"]["kl_sym"] > 0
