@@ -234,6 +234,7 @@ def _wait_for(path_glob, root: pathlib.Path, proc, timeout: float = 300):
     raise TimeoutError(path_glob)
 
 
+@pytest.mark.slow  # three `ddo fit` launches; mid-round resume stays fast (test_training, test_checkpoint_io)
 def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(toy_reference, tmp_path):
     """SIGKILL during round 2 (a checkpoint every step, so the kill can land mid-write), resume from the
     newest readable checkpoint: the continued run's losses and final weights equal the uninterrupted
@@ -272,15 +273,19 @@ def test_sigkill_mid_round_then_resume_matches_an_uninterrupted_run(toy_referenc
     assert play["round"] == full_play["round"] and play["images_in_round"] == full_play["images_in_round"]
 
 
-@pytest.mark.parametrize("signame", ["SIGUSR1", "SIGTERM"])
-def test_signal_to_rank_zero_stops_both_ranks_at_a_step_boundary_and_resumes(toy_reference, tmp_path, signame):
+# SIGUSR1 in the fast tier; SIGTERM goes through the same handler, so its run is in the end-to-end tier
+@pytest.mark.parametrize("signame", ["SIGUSR1", pytest.param("SIGTERM", marks=pytest.mark.slow)])
+def test_signal_to_rank_zero_stops_both_ranks_at_a_step_boundary_and_resumes(
+    toy_reference, global_batch_runs, tmp_path, signame
+):
     """SIGUSR1 (SLURM's time-limit warning) or SIGTERM (preemption) to rank 0 of a two-process run: both
     ranks stop after the same step, resume.ckpt is written (by rank 0, atomically); resuming from it
-    completes the run with the uninterrupted run's losses and weights."""
+    completes the run with the uninterrupted run's losses and weights (the module's uninterrupted
+    two-process run, ``global_batch_runs["two"]``: the same command without the signal)."""
     import signal
 
     steps = 8
-    full_losses, full_state, _ = run_ddo(tmp_path / "full", toy_reference, 2, 32, steps=steps)
+    full_losses, full_state, _ = global_batch_runs["two"]
     out = tmp_path / "signalled"
     cmd, env = ddo_command(out, toy_reference, 2, 32, steps=steps, ckpt_every=1, preemption=True)
     t0 = time.perf_counter()
@@ -309,11 +314,12 @@ def test_signal_to_rank_zero_stops_both_ranks_at_a_step_boundary_and_resumes(toy
     _same_weights(full_state, state, atol=1e-5)
 
 
-def test_fsdp2_two_processes_train_promote_checkpoint_and_resume(toy_reference, tmp_path):
+def test_fsdp2_two_processes_train_promote_checkpoint_and_resume(toy_reference, global_batch_runs, tmp_path):
     """FSDP2 (target, reference and EMA sharded separately over two gloo processes): DDO steps, two
     SelfPlay promotions on sharded weights, distributed checkpoints; the result equals one process with
-    the same global batch, and a resume from a mid-round-2 checkpoint reproduces the uninterrupted run."""
-    one_losses, one_state, _ = run_ddo(tmp_path / "one", toy_reference, devices=1, batch_size=64)
+    the same global batch (the module's ``global_batch_runs["one"]``), and a resume from a mid-round-2
+    checkpoint reproduces the uninterrupted run."""
+    one_losses, one_state, _ = global_batch_runs["one"]
     out = tmp_path / "fsdp"
     losses, state, seconds = run_ddo(out, toy_reference, devices=2, batch_size=32, ckpt_every=2, strategy="fsdp2")
     print(f"\nFSDP2, 2 processes, 8 steps with 2 promotions and 5 distributed checkpoints: {seconds:.1f} s")
