@@ -1,7 +1,9 @@
 # ddo_lightning — two commands do everything on a fresh machine:
 #   make demo   install, then pretrain the 2-D reference by MLE and run 3 DDO rounds (CPU, < 5 min);
 #               again: resumes both runs, which are finished, so nothing is retrained or overwritten
-#   make test   install, then run the whole test suite (slow end-to-end tests included)
+#   make test   install, then the fast tier of the test suite: every test not marked `slow` (< 8 min)
+#   make test-slow  install, then the end-to-end tier: `slow` tests, and the Inception (`fid`) tests in .venv-fid
+#   make test-all   both tiers, as CI runs them (.ci/run); which test is `slow`: docs/testing.md
 #   make bench  install, then the CPU benchmarks (benchmarks/, < 15 min; not part of `make test`)
 #   make lint   install, then `ruff format --check` and `ruff check` (settings in pyproject.toml)
 # Everything lives in a local virtual environment, .venv/.
@@ -16,7 +18,8 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Inception FID goes through torch-fidelity, which needs a torchvision matching torch exactly. PyPI has no
 # torchvision for the CPU-only torch above, so on such machines the `fid` tests run in a second venv with
-# a consistent pair (CUDA builds that also run on CPU, ~5.5 GB from the local wheel cache).
+# a consistent pair (CUDA builds that also run on CPU, ~5.8 GB from the local wheel cache). Only
+# `make test-slow` (and `make test-fid`) build it: `make test` skips the `fid` tests when .venv lacks torch-fidelity.
 FID_VENV ?= .venv-fid
 FID_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 FID_PY := $(FID_VENV)/bin/python
@@ -25,10 +28,11 @@ FID_PY := $(FID_VENV)/bin/python
 BENCH_SPEC ?= k-diffusion==0.1.1.post1 torchdiffeq==0.2.5 torchsde==0.2.6 trampoline==0.1.2
 BENCH_ARGS ?=
 
-.PHONY: install install-fid demo demo-digits demo-tokens test test-fast test-fid lint bench clean help
+.PHONY: install install-fid demo demo-digits demo-tokens test test-slow test-all test-fid lint bench clean help
 
 help:
-	@echo "make demo | make demo-digits | make demo-tokens | make test | make test-fast | make test-fid | make lint | make bench | make clean"
+	@echo "make demo | make demo-digits | make demo-tokens | make test | make test-slow | make test-all | make test-fid | make lint | make bench | make clean"
+	@echo "  test: fast tier (not slow); test-slow: end-to-end tier (slow, then fid in .venv-fid); test-all: both (CI)"
 
 # An existing torch is never replaced: if the interpreter already imports torch, the venv sees it
 # (--system-site-packages); otherwise a CUDA machine gets pip's default torch and a CPU machine TORCH_SPEC.
@@ -81,17 +85,24 @@ demo-tokens: install
 	$(VENV)/bin/ddo fit --config configs/tokens.yaml && \
 	echo "[demo-tokens] results in outputs/tokens (summary.json, samples.png; MLE reference: outputs/tokens_pretrain) in $$(( $$(date +%s) - start )) s"
 
-# Every test; the `fid` ones (torch-fidelity) skip in .venv when it has no torchvision and run in .venv-fid.
+# Two tiers (docs/testing.md says which test is `slow` and why). The fast tier: every test not marked `slow`,
+# at least one of every subsystem. Its `fid` tests (Inception through torch-fidelity) skip when .venv has no
+# torch-fidelity (CPU-only torch): they run in `make test-slow`, which builds .venv-fid for them.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
-	@if $(PY) -c "import torch_fidelity" >/dev/null 2>&1; then echo "[test] torch-fidelity in $(VENV): fid tests ran above"; \
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The end-to-end tier: the `slow` tests (whole demos, the notebook, presets as shipped, multi-process
+# kill/signal/resume runs, a real SLURM cluster), then every `fid` test in .venv-fid unless .venv has torch-fidelity.
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	@if $(PY) -c "import torch_fidelity" >/dev/null 2>&1; then echo "[test-slow] torch-fidelity in $(VENV): its fid tests ran in make test and above"; \
 	else $(MAKE) --no-print-directory test-fid; fi
+
+# Both tiers: everything CI runs (.ci/run also runs make lint first).
+test-all: test test-slow
 
 test-fid: install-fid
 	$(FID_PY) -m pytest -m fid $(PYTEST_ARGS)
-
-test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Formatting and lint (ruff, from the `test` extra); `ruff format . && ruff check --fix .` repairs most findings.
 lint: install

@@ -247,7 +247,7 @@ def _need_fidelity():
 
         fidelity_inception_module()
     except ImportError as err:
-        pytest.skip(f"torch-fidelity unavailable here ({str(err)[:120]}...); `make test` runs this in .venv-fid")
+        pytest.skip(f"torch-fidelity unavailable here ({str(err)[:120]}...); `make test-slow` runs this in .venv-fid")
 
 
 @pytest.mark.fid

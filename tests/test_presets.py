@@ -467,7 +467,7 @@ def test_preset_rehearsal(preset, tmp_path, monkeypatch, request):
     """The preset as shipped, with only the overlay's sizes: stop at step 2, resume, finish the round."""
     if not _fidelity_available():
         pytest.skip(
-            "torch-fidelity unavailable here; `make test` runs this in .venv-fid "
+            "torch-fidelity unavailable here; `make test-slow` runs this in .venv-fid "
             "(test_preset_rehearsal_without_inception covers the rest here)"
         )
     times = rehearse(preset, tmp_path, monkeypatch, swap=False, inception=request.getfixturevalue("inception_weights"))
