@@ -54,7 +54,7 @@ class DDOCLI(LightningCLI):
         from lightning.fabric.plugins import CheckpointIO
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        from .training.checkpoint_io import AtomicCheckpointIO
+        from .training.run_io import AtomicCheckpointIO
 
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
@@ -133,7 +133,7 @@ class DDOCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         self._write_run_config()
-        from .training.csv_logger import RunCSVLogger
+        from .training.run_io import RunCSVLogger
 
         step = self.run_plan.resume_step if self.run_plan is not None else None
         for logger in self.trainer.loggers if step is not None else []:
@@ -145,7 +145,7 @@ class DDOCLI(LightningCLI):
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if isinstance(path, str) and os.path.isfile(path):
-            from .training.checkpoint_io import usable_checkpoint
+            from .training.run_io import usable_checkpoint
 
             self.config[sub].ckpt_path = usable_checkpoint(path)
             check_checkpoint_kind(self.config[sub].ckpt_path, self.config[sub].get("model"))

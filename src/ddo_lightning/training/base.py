@@ -18,7 +18,7 @@ from ..errors import DataNetworkMismatch
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
 from ..protocols import ConnectsToData, Denoiser, HasRealData, MeasuresNetwork, RoundCheckpoints, SampleSpec
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
-from .fake_sources import balanced_labels
+from .datamodule import balanced_labels
 from .sharding import is_sharded, rank_batches
 
 # Lightning ≥ 2.2 warns when submodules are in eval mode at fit start; our frozen reference and EMA are

@@ -18,8 +18,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 
+from ..files import atomic_path, atomic_write_text
 from ..protocols import EvaluationListener
-from .atomic import atomic_path, atomic_write_text
 
 _LAID_OUT: set[tuple[int, str]] = set()  # (W&B logger, prefix) pairs whose metric layout is defined
 COST_KEYS = ("num_samples", "eval_seconds", "nfe", "sampler_steps")  # how a number was measured, not a result

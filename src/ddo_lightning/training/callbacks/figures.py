@@ -13,10 +13,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from ...files import atomic_path
 from ...protocols import HasGroundTruth, KnownTokenSource
 from ...samplers import mix_seed
-from ..atomic import atomic_path
-from ..fake_sources import balanced_labels
+from ..datamodule import balanced_labels
 from ..sharding import on_rank_zero
 from .evaluation import image_grid
 

@@ -37,9 +37,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ...errors import WeightsNeverChangedError
-from ...files import read_tensor_file
+from ...files import atomic_torch_save, read_tensor_file
 from .. import report
-from ..atomic import atomic_torch_save
 from ..report import fmt as _fmt
 from ..sharding import full_state_dict, local_part, on_rank_zero
 
