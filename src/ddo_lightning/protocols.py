@@ -105,6 +105,14 @@ class NoiseLevels(Protocol):
 
 
 @runtime_checkable
+class DecodesTokens(Protocol):
+    """A token model whose tokens stand for images (VAR's adapter): ``decode(tokens [B, L])`` -> images
+    [B, C, H, W] in [-1, 1]. ``ddo sample`` writes PNGs and ``ddo fid`` measures images through it."""
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class PreparesFakes(Protocol):
     """A model whose samples need post-processing into what DDO trains on as fakes (VAR: the tokens of
     the decoded, 8-bit images). ``DDOModule.sample_reference`` calls it; evaluation samples are never
@@ -143,6 +151,19 @@ class RoundAware(Protocol):
     ``SelfPlay`` calls ``start_round(r)`` (r = 0, 1, ...) before each round's first step."""
 
     def start_round(self, round_index: int) -> None: ...
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+@runtime_checkable
+class SamplesReference(Protocol):
+    """A training module whose frozen reference makes the fakes (``DDOModule``): ``round_index`` is the
+    0-based self-play round in progress and ``sample_reference(seeds [B], labels [B, K])`` -> [B, *D] that
+    round's reference's samples (a :class:`SampleFn`). The data module checks it once, when a fit with a
+    fake source is set up, and then calls it directly."""
+
+    round_index: int
+
+    def sample_reference(self, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
 
 # ---- data -------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..errors import DataNetworkMismatch
+from ..networks import raw_network
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
 from ..protocols import ConnectsToData, Denoiser, HasRealData, MeasuresNetwork, RoundCheckpoints, SampleSpec
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
@@ -80,12 +81,11 @@ NETWORK = "model.init_args.network"
 def _network_attr(net: nn.Module, *names: str) -> tuple[Any, str] | None:
     """(value, config key) of the first of ``names`` on the raw network (``net.model``: EDM's wrappers keep
     the sizes there, their own ``label_dim`` only forwards it) or on the network, or None."""
-    for obj, where in (
-        (getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args"),
-        (net, f"{NETWORK}.init_args"),
-    ):
-        if not isinstance(obj, nn.Module):
-            continue
+    raw = raw_network(net)
+    places = [(net, f"{NETWORK}.init_args")]
+    if raw is not net:  # a preconditioner: its raw network first
+        places.insert(0, (raw, f"{NETWORK}.init_args.model.init_args"))
+    for obj, where in places:
         for name in names:
             value = getattr(obj, name, None)
             if isinstance(value, int) and not isinstance(value, bool):
@@ -117,7 +117,7 @@ def check_data_fits_network(net: nn.Module, sample_shape: tuple[int, ...], label
     data = type(real).__name__ if real is not None else "the data"
     shape = tuple(int(d) for d in sample_shape)
     net_name = type(net).__name__ + (
-        f" around {type(net.model).__name__}" if isinstance(getattr(net, "model", None), nn.Module) else ""
+        f" around {type(raw_network(net)).__name__}" if raw_network(net) is not net else ""
     )
     problems: list[str] = []
     res = _network_attr(net, "img_resolution")
@@ -302,8 +302,8 @@ class DenoiserModule(pl.LightningModule):
             metrics.update({k: float(v) for k, v in self.evaluator.measure_network(net).items()})
         # how the number was obtained travels with it: sample count, sampler cost, wall time
         metrics["num_samples"] = float(self.num_eval_samples)
-        metrics["nfe"] = float(getattr(self.sampler, "nfe", float("nan")))
-        metrics["sampler_steps"] = float(getattr(self.sampler, "num_steps", float("nan")))
+        metrics["nfe"] = float(self.sampler.nfe)
+        metrics["sampler_steps"] = float(self.sampler.num_steps)
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..data.images import model_to_uint8, quantize, uint8_to_model
-from ..protocols import HasGroundTruth, PairedBatch, RealDataset, SampleFn, Samples
+from ..protocols import HasGroundTruth, PairedBatch, RealDataset, SampleFn, Samples, SamplesReference
 from ..samplers.noise import mix_seed
 from .sharding import gather_shards, rank_batches
 
@@ -250,20 +250,20 @@ class DDODataModule(pl.LightningDataModule):
         if self.fake is not None:
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             self.fake.setup(self.sample_shape, self.label_dim, rank, world)
+            module = self.trainer.lightning_module if self.trainer else None
+            if stage == "fit" and not isinstance(module, SamplesReference):
+                raise TypeError(
+                    f"a fake source needs a DDO module (its reference makes the fakes); "
+                    f"{type(module).__name__} has no `sample_reference` and `round_index`"
+                )
 
     def fakes_for(self, real: Samples) -> Samples:
         """As many fakes as ``real`` holds, on its device, from the training module's reference of its current
         round: a new round (or a fresh fit, or a resumed one) first points the fake source at that reference
         (a pool is generated then; a resumed round keeps its stream position)."""
-        module = self.trainer.lightning_module
-        sample_fn: SampleFn | None = getattr(module, "sample_reference", None)
-        if sample_fn is None:
-            raise TypeError(
-                f"a fake source needs a DDO module (its reference makes the fakes); "
-                f"{type(module).__name__} has no `sample_reference`"
-            )
+        module: SamplesReference = self.trainer.lightning_module  # checked in setup
         if not self.fake.ready or self.fake.round != module.round_index:
-            self.fake.refresh(sample_fn, module.round_index)
+            self.fake.refresh(module.sample_reference, module.round_index)
         fake = self.fake.next(len(real), real.x.device)
         if len(fake) != len(real):
             raise ValueError(

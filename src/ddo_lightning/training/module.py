@@ -18,6 +18,7 @@ from ..objectives import DDOObjective, DiffusionDDO
 from ..protocols import PairedBatch, PreparesFakes, RoundAware
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
+from .datamodule import DDODataModule
 from .ema import make_ema
 from .sharding import is_sharded, load_full_state_dict, local_part, reset_optimizer_state, shard_network
 
@@ -110,7 +111,8 @@ class DDOModule(DenoiserModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and getattr(self.trainer.datamodule, "fake", None) is None:
+        dm = self.trainer.datamodule
+        if stage == "fit" and not (isinstance(dm, DDODataModule) and dm.fake is not None):
             raise RuntimeError("DDO needs fake samples: give DDODataModule a `fake` source (pool or online)")
 
     def start_round(self, round_index: int) -> None:

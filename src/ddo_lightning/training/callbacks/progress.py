@@ -15,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
+from ..base import DenoiserModule
 from .self_play import SelfPlay
 
 
@@ -33,7 +34,7 @@ def status_text(trainer: pl.Trainer, pl_module: Any) -> str:
     sp = next((cb for cb in trainer.callbacks if isinstance(cb, SelfPlay)), None)
     if sp is None:
         total = f"/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
-        return f"step {trainer.global_step}{total} · kimg {_kimg(int(getattr(pl_module, 'images_seen', 0)))}"
+        return f"step {trainer.global_step}{total} · kimg {_kimg(int(pl_module.images_seen) if isinstance(pl_module, DenoiserModule) else 0)}"
     finished = sp.round >= sp.rounds  # after the last promotion: show the last round as complete
     r = sp.rounds if finished else sp.display_round
     done = sp.images_per_round if finished else sp.images_in_round

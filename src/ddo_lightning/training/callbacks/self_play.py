@@ -39,6 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from ...errors import WeightsNeverChangedError
 from ...files import atomic_torch_save, read_tensor_file
 from .. import report
+from ..module import DDOModule
 from ..report import fmt as _fmt
 from ..sharding import full_state_dict, local_part, on_rank_zero
 
@@ -59,8 +60,7 @@ def target_moved(trainer: pl.Trainer, pl_module: Any) -> bool:
 
 def vanished_update_message(round_number: int, pl_module: Any) -> str:
     """Why round ``round_number``'s weights did not move, from the objective's α, β and Adam's state."""
-    objective = getattr(pl_module, "objective", None)
-    alpha, beta = getattr(objective, "alpha", float("nan")), getattr(objective, "beta", float("nan"))
+    alpha, beta = (float("nan") if v is None else v for v in (pl_module.objective.alpha, pl_module.objective.beta))
     overflow = any(
         not torch.isfinite(_local(s["exp_avg_sq"])).all()
         for opt in pl_module.trainer.optimizers
@@ -96,6 +96,8 @@ class SelfPlay(pl.Callback):
     A fit that starts with every round done (``ddo fit`` resuming a finished run) trains nothing and
     rewrites none of these files.
     """
+
+    _t0: float | None = None  # when this fit's training started (on_train_start): the summary's wall time
 
     def __init__(
         self,
@@ -173,10 +175,9 @@ class SelfPlay(pl.Callback):
     # ---- hooks ---------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            for attr in ("promote", "start_round", "evaluate"):
-                if not hasattr(pl_module, attr):
-                    raise TypeError(f"SelfPlay needs a DDOModule; {type(pl_module).__name__} has no `{attr}`")
-            if getattr(pl_module, "evaluator", None) is None:
+            if not isinstance(pl_module, DDOModule):
+                raise TypeError(f"SelfPlay needs a DDOModule, got {type(pl_module).__name__}")
+            if pl_module.evaluator is None:
                 raise ValueError(
                     "SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`"
                 )
@@ -325,7 +326,7 @@ class SelfPlay(pl.Callback):
     # ---- reporting (training.report) ----------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """The starting reference's metrics and, per round, the metrics of the promoted checkpoint."""
-        wall = time.perf_counter() - self._t0 if hasattr(self, "_t0") else None
+        wall = time.perf_counter() - self._t0 if self._t0 is not None else None
         return report.summary(self.evaluations, self.promotions, self.monitor, self.mode, self.warnings, wall)
 
     def table(self) -> str:
