@@ -178,6 +178,15 @@ class RealDataset(SampleSpec, Protocol):
 
 
 @runtime_checkable
+class TokenVocabulary(Protocol):
+    """Token data that says how many token values it can hold: ``vocab_size`` (V; None where the data does
+    not say). Checked against the network's vocabulary before training."""
+
+    @property
+    def vocab_size(self) -> int | None: ...
+
+
+@runtime_checkable
 class HasImages(Protocol):
     """An image dataset that holds all its images in memory: ``images`` [N, C, H, W] uint8 (what FID's
     reference statistics are computed from)."""

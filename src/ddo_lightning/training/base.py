@@ -17,7 +17,15 @@ from torchmetrics import Metric
 from ..errors import DataNetworkMismatch
 from ..networks import raw_network
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
-from ..protocols import ConnectsToData, Denoiser, HasRealData, MeasuresNetwork, RoundCheckpoints, SampleSpec
+from ..protocols import (
+    ConnectsToData,
+    Denoiser,
+    HasRealData,
+    MeasuresNetwork,
+    RoundCheckpoints,
+    SampleSpec,
+    TokenVocabulary,
+)
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
 from .datamodule import balanced_labels
 from .sharding import is_sharded, rank_batches
@@ -94,12 +102,9 @@ def _network_attr(net: nn.Module, *names: str) -> tuple[Any, str] | None:
 
 
 def _data_vocab(real: Any) -> int | None:
-    """How many token values the data can hold, where the dataset says (its own or its source's vocab_size)."""
-    for obj in (real, getattr(real, "source", None)):
-        v = getattr(obj, "vocab_size", None)
-        if isinstance(v, int):
-            return v
-    return None
+    """How many token values the data can hold, where the dataset says (:class:`TokenVocabulary`)."""
+    v = real.vocab_size if isinstance(real, TokenVocabulary) else None
+    return v if isinstance(v, int) else None
 
 
 def check_data_fits_network(net: nn.Module, sample_shape: tuple[int, ...], label_dim: int, real: Any = None) -> None:

@@ -67,7 +67,7 @@ def logger_dirs(trainer: pl.Trainer) -> list[str]:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             continue
-        d = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+        d = logger.log_dir or logger.save_dir
         if d:
             out.append(str(d))
     return out
