@@ -350,6 +350,10 @@ def main(args: list[str] | None = None) -> None:
         from .launch.slurm import main as slurm_main
 
         raise SystemExit(slurm_main(argv[1:]))
+    if argv[:1] == ["promote"]:
+        from .launch.promote import main as promote_main
+
+        raise SystemExit(promote_main(argv[1:]))
     if argv[:1] in (["sample"], ["fid"], ["fetch"]):
         from .commands import run_command
 

@@ -445,6 +445,9 @@ def _parser() -> _Parser:
     p.add_argument(
         "--no-preemption", action="store_true", help="do not add the Preemption callback (a config already has one)"
     )
+    from .sweep import add_sweep_arguments
+
+    add_sweep_arguments(p)
     return p
 
 
@@ -542,7 +545,12 @@ def main(argv: Sequence[str]) -> int:
             i += 1
     parser = _parser()
     ns = parser.parse_args(joined)
+    if ns.sweep:
+        return _main_sweep(parser, ns, fit_args)
     try:
+        from .sweep import check_sweep_flags
+
+        check_sweep_flags(ns)
         script, notes = _plan(ns, fit_args)
     except ValueError as err:  # ConfigError included
         parser.error(str(err))
@@ -558,6 +566,32 @@ def main(argv: Sequence[str]) -> int:
         print(f"ddo slurm: error: {err}".replace("\n", " "), file=sys.stderr)
         return 1
     print(job_id)
+    return 0
+
+
+def _main_sweep(parser: _Parser, ns: argparse.Namespace, fit_args: list[str]) -> int:
+    """``ddo slurm --sweep``: check, then print (``--dry-run``) or submit the chain of every round left."""
+    from .sweep import plan_sweep, print_scripts, submit_chain
+
+    try:
+        scripts, notes = plan_sweep(ns, fit_args)
+    except ValueError as err:  # SearchError and ConfigError included
+        parser.error(str(err))
+    for note in notes:
+        print(f"ddo slurm: {note}", file=sys.stderr)
+    if ns.dry_run:
+        print_scripts(scripts)
+        return 0
+    if not scripts:
+        return 0
+    os.makedirs(ns.output_dir, exist_ok=True)  # SLURM does not create the directory of --output
+    try:
+        ids = submit_chain(scripts, submit)
+    except RuntimeError as err:
+        print(f"ddo slurm: error: {err}".replace("\n", " "), file=sys.stderr)
+        return 1
+    for name, job_id in ids.items():
+        print(f"{name} {job_id}")
     return 0
 
 
