@@ -211,6 +211,7 @@ SELFPLAY_ARGUMENTS = {  # --selfplay.NAME: type, help (the SelfPlay callback's a
     "eval_every_kimg": (float, "evaluate the EMA every this many kimg"),
     "monitor": (str, "the evaluator's metric that picks each round's best checkpoint"),
     "mode": (str, "'min' or 'max': whether lower or higher monitor values are better"),
+    "start_round": (int, "the first round this fit plays (1-based; with --selfplay.rounds R: round R alone)"),
 }
 
 
