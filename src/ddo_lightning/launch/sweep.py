@@ -185,6 +185,7 @@ def render_sweep(
     for r in range(first_round, rounds + 1):
         reference = reference_file(run_dir, r - 1) if r > 1 else None
         round_dir = os.path.join(run_dir, f"round-{r}")
+        start = reference or "the config's init_from"
         dependency = (
             [f"#SBATCH --dependency=afterok:{placeholder(r - 1, 'promotion')}", "#SBATCH --kill-on-invalid-dep=yes"]
             if r > first_round
@@ -203,11 +204,10 @@ def render_sweep(
         )
         header = [
             "#!/bin/bash",
-            f"# ddo slurm --sweep, round {r} of {rounds}: {k} candidate(s), one array task each; each task is",
-            f"# ddo fit on {nodes} node(s) x {kind}, one task per device"
-            + (f", {batch_per_device} samples per device and step," if batch_per_device else ",")
-            + " playing this one round",
-            f"# from {reference or 'the config’s init_from'} in {round_dir}/<candidate>.",
+            f"# ddo slurm --sweep, round {r} of {rounds}: {k} candidate(s), one array task each. Each task is ddo fit",
+            f"# on {nodes} node(s) x {kind}, one task per device"
+            + (f", {batch_per_device} samples per device and step;" if batch_per_device else ";"),
+            f"# it plays round {r} alone, from {start}, in {round_dir}/<candidate>.",
             "# Written by `ddo slurm --sweep` (ddo_lightning.launch.sweep); `ddo slurm` submits it with the job",
             "# ids of the <...> placeholders filled in.",
             f"# SLURM sends SIG{signal} {signal_lead_seconds} s before the time limit; the Preemption callback then",
