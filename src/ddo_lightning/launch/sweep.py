@@ -260,7 +260,7 @@ def render_sweep(
         after = [f"afterany:{placeholder(r, 'array')}"] + (
             [f"afterok:{placeholder(r - 1, 'promotion')}"] if r > first_round else []
         )
-        promote = [python, "-m", "ddo_lightning.cli", "promote", "--run_dir", run_dir, "--round", str(r)]
+        promote = [python, "-m", "ddo_lightning.launch.promote", "--run_dir", run_dir, "--round", str(r)]
         promote += ["--monitor", monitor, "--mode", mode, *labels]
         lines = [
             f"--job-name={job_name}-promote-r{r}",
@@ -286,6 +286,7 @@ def render_sweep(
             *chdir,
             "",
             "set -euo pipefail",
+            "# `ddo promote`, run as its module: it needs neither Lightning nor a GPU",
             " ".join(shlex.quote(str(a)) for a in promote),
         ]
         scripts.append(Script(f"round-{r}-promotion", "\n".join(text) + "\n"))
