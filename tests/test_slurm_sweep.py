@@ -585,3 +585,38 @@ def test_two_rounds_of_two_candidates_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert out == "" and "all 2 round(s) of run are done" in err
+
+
+def test_docs_show_the_renderers_scripts():
+    """docs/slurm.md's CIFAR-10 example (2 rounds, alpha in {2, 4, 8}, 2 nodes x 8 GPUs) is the renderer's text
+    for that command: the preset's SelfPlay monitors fid (min) and its global batch of 512 gives 32 per GPU."""
+    import io
+
+    from ddo_lightning.launch.sweep import print_scripts
+
+    text = (ROOT / "docs/slurm.md").read_text()
+    start = text.index("<!-- sweep-scripts -->\n```bash\n") + len("<!-- sweep-scripts -->\n```bash\n")
+    shown = text[start : text.index("```\n", start)]
+    preset = yaml.safe_load((ROOT / "configs/edm_cifar10.yaml").read_text())
+    selfplay = next(c for c in preset["trainer"]["callbacks"] if c["class_path"].endswith("SelfPlay"))["init_args"]
+    assert (selfplay["monitor"], selfplay["mode"], preset["data"]["init_args"]["batch_size"]) == ("fid", "min", 512)
+    scripts = render_sweep(
+        ["configs/edm_cifar10.yaml"],
+        candidates=[{"model.objective.alpha": a} for a in (2, 4, 8)],
+        rounds=2,
+        run_dir="runs/cifar-search",
+        monitor="fid",
+        mode="min",
+        nodes=2,
+        gpus_per_node=8,
+        cpus_per_task=8,
+        time="1-00:00:00",
+        job_name="cifar-search",
+        output_dir="runs/cifar-search/logs",
+        partition="gpu",
+        batch_per_device=512 // 16,
+        python="/opt/ddo/.venv/bin/python",
+    )
+    out = io.StringIO()
+    print_scripts(scripts, out)
+    assert shown == out.getvalue()
