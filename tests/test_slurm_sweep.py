@@ -563,6 +563,8 @@ def test_two_rounds_of_two_candidates_end_to_end(tmp_path, monkeypatch, capsys):
         for i, task in enumerate(tasks):
             assert task.wait(timeout=300) == 0, (tmp_path / f"task-{r}-{i}.log").read_text()[-3000:]
         summaries = [json.loads((tmp_path / f"run/round-{r}/{label}/summary.json").read_text()) for label in labels]
+        for label, alpha, summary in zip(labels, (0.5, 2.0), summaries):  # the task's candidate reached SelfPlay
+            assert summary["candidates"] == [{"label": label, "overrides": {"model.objective.alpha": alpha}}]
         reference = summaries[0]["reference"]["mmd"]
         assert summaries[1]["reference"]["mmd"] == pytest.approx(reference, rel=1e-6)  # the same start
         if expected_reference is not None:  # round 2 starts from round 1's promoted weights
