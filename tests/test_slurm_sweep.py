@@ -622,3 +622,43 @@ def test_docs_show_the_renderers_scripts():
     out = io.StringIO()
     print_scripts(scripts, out)
     assert shown == out.getvalue()
+
+
+# ---- a real one-node SLURM cluster (as root; tests/test_slurm.py starts it) --------------------------------
+from test_slurm import _job_environment, _show_job, slurm_cluster  # noqa: E402, F401 (the cluster fixture)
+
+
+@pytest.mark.slow
+def test_a_search_on_a_real_slurm_cluster(slurm_cluster, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """`ddo slurm --sweep` submitted with the real sbatch: 2 rounds x 2 candidates of the tiny toy search; the
+    arrays, promotions and dependencies run to the end (every job COMPLETED, both rounds promoted, round 2's
+    tasks started from round 1's reference)."""
+    import time
+
+    cluster = slurm_cluster
+    _job_environment(monkeypatch, cluster)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TOY_TINY))
+    args = ["--config", TOY, "--config", "tiny.yaml", "--nodes", "1", "--devices", "1", "--cpus-per-task", "1"]
+    args += ["--time", "10", "--job-name", "toy", "--output-dir", "logs", "--run-dir", "run"]
+    args += ["--sweep", "model.objective.alpha=0.5,2"]
+    assert main(args) == 0
+    ids = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert list(ids) == ["round-1-array", "round-1-promotion", "round-2-array", "round-2-promotion"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        states = {name: _show_job(cluster, job)["JobState"] for name, job in ids.items()}
+        if all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for s in states.values()):
+            break
+        time.sleep(2)
+    logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted((tmp_path / "logs").glob("*")))
+    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}\n{cluster.logs()}"
+    assert _show_job(cluster, ids["round-2-array"])["Dependency"] in ("(null)", "")  # satisfied, then cleared
+    records = [json.loads((tmp_path / f"run/rounds/round-{r}.json").read_text()) for r in (1, 2)]
+    assert [r["round"] for r in records] == [1, 2]
+    start = json.loads((tmp_path / "run/round-2/alpha=2/summary.json").read_text())["reference"]["mmd"]
+    assert start == pytest.approx(records[0]["score"], rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "logs").glob("toy-r1-*_*.out")) == [
+        f"toy-r1-{ids['round-1-array']}_{i}.out" for i in (0, 1)
+    ]
