@@ -423,8 +423,8 @@ def _decoder_level(
 
 
 class _UNetCall:
-    """What the two U-Nets share around their layers: the attributes every ``Backbone`` here reports, the
-    label checks and label dropout, and the call ``embedding`` → ``trunk``. (A mixin, not a ``Backbone``,
+    """What the two U-Nets share around their layers: the size and label attributes, the label checks and
+    label dropout, and the call ``embedding`` → ``trunk``. (A mixin, not a ``Backbone``,
     so that the config help lists only the two U-Nets.)"""
 
     def __init__(self, img_resolution: int, in_channels: int, label_dim: int, label_dropout: float):
@@ -433,11 +433,6 @@ class _UNetCall:
         self.in_channels = in_channels
         self.label_dim = label_dim
         self.label_dropout = label_dropout
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
-        return (self.in_channels, self.img_resolution, self.img_resolution)
 
     def forward(
         self,
@@ -454,6 +449,15 @@ class _UNetCall:
             augment = self.map_augment(augment_labels.to(x.dtype))
         emb = self.embedding(self.map_noise(noise_labels.reshape(-1).to(x.dtype)), labels, augment)
         return self.trunk(x, emb)
+
+    def embedding(self, emb: torch.Tensor, labels: torch.Tensor | None, augment: torch.Tensor | None) -> torch.Tensor:
+        """The blocks' embedding from the noise embedding ``emb``, the class labels after label dropout (None:
+        unconditional) and the mapped augmentation labels (None when absent)."""
+        raise NotImplementedError
+
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Encoder and decoder on ``x`` with the blocks' embedding ``emb``."""
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -590,9 +594,13 @@ class SongUNet(_UNetCall, Backbone):
                 self.dec[f"{r}x{r}_aux_norm"] = GroupNorm(width, eps=1e-6)
                 self.dec[f"{r}x{r}_aux_conv"] = Conv2d(width, out_channels, kernel=3, **init_zero)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
+        return (self.in_channels, self.img_resolution, self.img_resolution)
+
     def embedding(self, emb: torch.Tensor, labels: torch.Tensor | None, augment: torch.Tensor | None) -> torch.Tensor:
-        """The block embedding from the noise embedding ``emb``, the (dropped-out) labels and the mapped
-        augmentation labels (None when absent)."""
+        """DDPM++'s order: [sin, cos] features, plus labels and augmentation, then two SiLU layers."""
         half = emb.shape[1] // 2
         emb = torch.cat([emb[:, half:], emb[:, :half]], dim=1)  # DDPM++ orders the features [sin, cos]
         if labels is not None:
@@ -603,7 +611,7 @@ class SongUNet(_UNetCall, Backbone):
         return F.silu(self.map_layer1(emb))
 
     def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """Encoder and decoder on ``x`` with the block embedding ``emb``."""
+        """Encoder (skips kept, the auxiliary input pyramid in place) and decoder (the output pyramid)."""
         # Encoder: every main-path output is kept for the decoder; the auxiliary layers update the
         # most recent one in place of the main path.
         skips: list[torch.Tensor] = []
@@ -713,9 +721,13 @@ class DhariwalUNet(_UNetCall, Backbone):
         self.out_norm = GroupNorm(width)
         self.out_conv = Conv2d(width, out_channels, kernel=3, **init_zero)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
+        return (self.in_channels, self.img_resolution, self.img_resolution)
+
     def embedding(self, emb: torch.Tensor, labels: torch.Tensor | None, augment: torch.Tensor | None) -> torch.Tensor:
-        """The block embedding from the noise embedding ``emb``, the (dropped-out) labels and the mapped
-        augmentation labels (None when absent)."""
+        """ADM's order: augmentation added, the two layers, then the labels added before the SiLU."""
         if augment is not None:
             emb = emb + augment
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
@@ -724,7 +736,7 @@ class DhariwalUNet(_UNetCall, Backbone):
         return F.silu(emb)
 
     def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """Encoder and decoder on ``x`` with the block embedding ``emb``."""
+        """Encoder (every output a skip), decoder, then the output norm and conv."""
         skips: list[torch.Tensor] = []
         for layer in self.enc.values():
             x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)
