@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 
 from . import summary
+from .common import ROOT
 
 BENCHMARKS = ("step_cost", "sampler", "memory", "fake_samples", "scaling", "compile")
 
@@ -24,13 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     args, rest = p.parse_known_args(argv)
     names = args.only.split(",") if args.only else list(BENCHMARKS)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = ["--out", args.out] if args.out else []
     failed, t_all = [], time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
         print(f"[bench] {name} …", flush=True)
-        rc = subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *rest, *out], cwd=root)
+        rc = subprocess.call([sys.executable, "-m", f"benchmarks.{name}", *rest, *out], cwd=ROOT)
         print(f"[bench] {name}: exit {rc} in {time.perf_counter() - t0:.0f} s", flush=True)
         if rc:
             failed.append(name)

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+ROOT = pathlib.Path(__file__).resolve().parent.parent  # the repository (where ``-m benchmarks.X`` runs)
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 # ---- machine ----------------------------------------------------------------------------------------
@@ -77,6 +78,11 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 def ratios(num: Sequence[float], den: Sequence[float]) -> list[float]:
     """Per-repeat ratios num[i] / den[i] (the two were measured next to each other); NaN where den is 0."""
     return [a / b if b else float("nan") for a, b in zip(num, den)]
+
+
+def medians(values: dict[str, Sequence[float]]) -> dict[str, float]:
+    """The median of each entry (e.g. of ``interleaved``'s seconds per function)."""
+    return {k: summary(v)["median"] for k, v in values.items()}
 
 
 def default_clock() -> str:
@@ -147,6 +153,19 @@ class Figure:
             finite=all(math.isfinite(v) for v in self.values),
         )
         return d
+
+
+def ratio_figure(
+    name: str,
+    values: dict[str, Sequence[float]],
+    num: str,
+    den: str,
+    target: float | None = None,
+    op: str = "<=",
+    note: str = "",
+) -> Figure:
+    """The figure ``name`` (unit x): the per-repeat ratios ``values[num] / values[den]``."""
+    return Figure(name, ratios(values[num], values[den]), "x", target, op, note)
 
 
 def fmt(v: float) -> str:
@@ -223,6 +242,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--presets", default=None, help="comma-separated presets (toy2d, digits, cifar)")
     return p
+
+
+def child_command(name: str, role: Sequence[str], presets: str, steps: int, threads: int, quick: bool) -> list[str]:
+    """The command line (run from ``ROOT``) that reruns ``benchmarks.<name>`` as a child process with the
+    flags ``role`` (e.g. ``["--worker"]``) and these settings."""
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", *role, "--presets", presets]
+    return cmd + ["--steps", str(steps), "--threads", str(threads)] + (["--quick"] if quick else [])
 
 
 def setup_threads(threads: int | None) -> int:

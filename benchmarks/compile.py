@@ -23,7 +23,7 @@ import torch
 
 from ddo_lightning.samplers import HeunSampler, heun_sampler, seeded_normal
 
-from .common import Figure, interleaved, parser, ratios, setup_threads, summary, write_result
+from .common import Figure, interleaved, parser, ratio_figure, setup_threads, summary, write_result
 from .presets import presets_from
 from .steps import DDOStep
 
@@ -57,11 +57,11 @@ def main(argv: list[str] | None = None) -> None:
             extra["compile_seconds"][f"train ({p.name})"] = first_call(compiled)
             t = interleaved({"eager": eager, "compiled": compiled}, repeats, warmup=1)
             figures.append(
-                Figure(
+                ratio_figure(
                     f"compile train step compiled/eager ({p.name})",
-                    ratios(t["compiled"], t["eager"]),
-                    "x",
-                    None,
+                    t,
+                    "compiled",
+                    "eager",
                     note=f"eager {summary(t['eager'])['median'] * 1e3:.1f} ms; first compiled step "
                     f"{extra['compile_seconds'][f'train ({p.name})']:.1f} s",
                 )
@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> None:
             diff = (runs["eager"]() - runs["compiled"]()).abs().max().item()
             t = interleaved(runs, repeats, warmup=1)
             figures.append(
-                Figure(
+                ratio_figure(
                     f"compile sampler compiled/eager ({p.name})",
-                    ratios(t["compiled"], t["eager"]),
-                    "x",
-                    None,
+                    t,
+                    "compiled",
+                    "eager",
                     note=f"batch {p.sample_batch}, {sampler.nfe} NFE: eager {summary(t['eager'])['median'] * 1e3:.1f} ms; "
                     f"first compiled call {extra['compile_seconds'][f'sampler ({p.name})']:.1f} s; "
                     f"max |Δx| {diff:.1e}",

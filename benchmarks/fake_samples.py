@@ -32,7 +32,7 @@ import torch
 from ddo_lightning.samplers import HeunSampler, seeded_normal
 from ddo_lightning.training import OnlineFakeSource, PoolFakeSource
 
-from .common import Figure, interleaved, parser, ratios, setup_threads, summary, write_result
+from .common import Figure, interleaved, parser, ratio_figure, setup_threads, summary, write_result
 from .presets import presets_from
 from .steps import DDOStep
 
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                 note=f"round ≈ {duration(summary(round_online)['median'])}",
             )
         )
-        figures.append(Figure(f"round time online/pool ({p.name})", ratios(round_online, round_pool), "x", None))
+        rounds = {"online": round_online, "pool": round_pool}
+        figures.append(ratio_figure(f"round time online/pool ({p.name})", rounds, "online", "pool"))
     write_result("fake_samples", settings, figures, extra, args.out, started)
 
 

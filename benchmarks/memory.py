@@ -18,10 +18,9 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 
-from .common import Figure, parser, ratios, setup_threads, summary, write_result
+from .common import ROOT, child_command, medians, parser, ratio_figure, setup_threads, write_result
 from .presets import presets_from
 
 
@@ -45,21 +44,8 @@ def child(kind: str, preset_name: str, quick: bool, steps: int) -> None:
 
 def run_child(kind: str, preset_name: str, quick: bool, steps: int, threads: int) -> dict[str, float]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.memory",
-        "--child",
-        kind,
-        "--presets",
-        preset_name,
-        "--steps",
-        str(steps),
-        "--threads",
-        str(threads),
-    ] + (["--quick"] if quick else [])
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    cmd = child_command("memory", ["--child", kind], preset_name, steps, threads, quick)
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"memory child {kind}/{preset_name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -89,23 +75,15 @@ def main(argv: list[str] | None = None) -> None:
         train = {k: [r["peak_mib"] - r["built_mib"] for r in v] for k, v in runs.items()}
         total = {k: [r["peak_mib"] - r["imports_mib"] for r in v] for k, v in runs.items()}
         settings["presets"][pr.name] = {"B": pr.batch, "samples_per_step": 2 * pr.batch, "shape": pr.shape}
-        med = {k: summary(v)["median"] for k, v in train.items()}
+        med = medians(train)
+        note = f"peak − baseline after build: DDO {med['ddo']:.1f} MiB, MLE {med['mle']:.1f} MiB"
+        figures.append(ratio_figure(f"memory DDO/MLE training peak ({pr.name})", train, "ddo", "mle", 1.3, note=note))
         figures.append(
-            Figure(
-                f"memory DDO/MLE training peak ({pr.name})",
-                ratios(train["ddo"], train["mle"]),
-                "x",
-                1.3,
-                "<=",
-                f"peak − baseline after build: DDO {med['ddo']:.1f} MiB, MLE {med['mle']:.1f} MiB",
-            )
-        )
-        figures.append(
-            Figure(
+            ratio_figure(
                 f"memory DDO/MLE incl. weights ({pr.name})",
-                ratios(total["ddo"], total["mle"]),
-                "x",
-                None,
+                total,
+                "ddo",
+                "mle",
                 note="peak − baseline after imports (counts the reference copy)",
             )
         )

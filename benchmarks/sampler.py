@@ -24,7 +24,7 @@ import torch
 
 from ddo_lightning.samplers import HeunSampler, heun_sampler, seeded_normal
 
-from .common import Figure, interleaved, parser, ratios, setup_threads, summary, write_result
+from .common import interleaved, medians, parser, ratio_figure, setup_threads, summary, write_result
 from .presets import num_params, presets_from
 
 REPS = {"toy2d": 3, "digits": 1, "cifar": 1}
@@ -115,46 +115,18 @@ def main(argv: list[str] | None = None) -> None:
             "params": num_params(net),
             "calls_per_sample": reps,
         }
-        med = {k: summary(v)["median"] for k, v in t.items()}
-        figures.append(
-            Figure(
-                f"sampler efficiency floor/ours ({p.name})",
-                ratios(t["floor"], t["ours"]),
-                "x",
-                0.95,
-                ">=",
-                f"batch {n}, {nfe} NFE: ours {med['ours'] * 1e3:.1f} ms, floor {med['floor'] * 1e3:.1f} ms",
-            )
-        )
+        med = medians(t)
+        note = f"batch {n}, {nfe} NFE: ours {med['ours'] * 1e3:.1f} ms, floor {med['floor'] * 1e3:.1f} ms"
+        figures.append(ratio_figure(f"sampler efficiency floor/ours ({p.name})", t, "floor", "ours", 0.95, ">=", note))
         if kd is None:
             continue
+        agree = extra["agreement"][p.name]
+        note = f"k-diffusion {med['kdiff32'] * 1e3:.1f} ms; max |Δx| = {agree['kdiff32']['max_abs_diff']:.2e}"
+        figures.append(ratio_figure(f"sampler ours/k-diffusion fp32 ({p.name})", t, "ours", "kdiff32", 1.0, "<=", note))
+        note = f"same state precision; max |Δx| = {agree['kdiff64']['max_abs_diff']:.2e}"
+        figures.append(ratio_figure(f"sampler ours/k-diffusion fp64 state ({p.name})", t, "ours", "kdiff64", note=note))
         figures.append(
-            Figure(
-                f"sampler ours/k-diffusion fp32 ({p.name})",
-                ratios(t["ours"], t["kdiff32"]),
-                "x",
-                1.0,
-                "<=",
-                f"k-diffusion {med['kdiff32'] * 1e3:.1f} ms; max |Δx| = "
-                f"{extra['agreement'][p.name]['kdiff32']['max_abs_diff']:.2e}",
-            )
-        )
-        figures.append(
-            Figure(
-                f"sampler ours/k-diffusion fp64 state ({p.name})",
-                ratios(t["ours"], t["kdiff64"]),
-                "x",
-                None,
-                note=f"same state precision; max |Δx| = {extra['agreement'][p.name]['kdiff64']['max_abs_diff']:.2e}",
-            )
-        )
-        figures.append(
-            Figure(
-                f"sampler fp64-state cost, k-diffusion fp64/fp32 ({p.name})",
-                ratios(t["kdiff64"], t["kdiff32"]),
-                "x",
-                None,
-            )
+            ratio_figure(f"sampler fp64-state cost, k-diffusion fp64/fp32 ({p.name})", t, "kdiff64", "kdiff32")
         )
         # the samplers' own work, without the network: a null denoiser (one multiply) makes each
         # implementation's per-step overhead visible instead of drowning it in the network's noise
@@ -166,12 +138,13 @@ def main(argv: list[str] | None = None) -> None:
         }
         tn = interleaved(nulls, repeats, warmup=1, reps_per_sample=5)
         extra[p.name]["null_denoiser_seconds"] = {k: summary(v) for k, v in tn.items()}
-        medn = {k: summary(v)["median"] for k, v in tn.items()}
+        medn = medians(tn)
         figures.append(
-            Figure(
+            ratio_figure(
                 f"sampler overhead ours/k-diffusion fp32, null denoiser ({p.name})",
-                ratios(tn["ours"], tn["kdiff32"]),
-                "x",
+                tn,
+                "ours",
+                "kdiff32",
                 1.0,
                 "<=",
                 note=f"per NFE: ours {medn['ours'] / nfe * 1e6:.0f} µs, k-diffusion fp32 "

@@ -30,10 +30,9 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 
-from .common import Figure, parser, ratios, setup_threads, summary, write_result
+from .common import ROOT, child_command, medians, parser, ratio_figure, setup_threads, summary, write_result
 from .presets import presets_from
 
 # name: (processes, threads per process, OMP_WAIT_POLICY or None for libgomp's default spin-then-sleep)
@@ -94,7 +93,6 @@ def free_port() -> int:
 def launch(
     preset_name: str, quick: bool, steps: int, world: int, threads: int, wait_policy: str | None = None
 ) -> dict[str, float]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     base = {
         k: v
         for k, v in os.environ.items()
@@ -106,21 +104,10 @@ def launch(
     base.pop("OMP_WAIT_POLICY", None)
     if wait_policy:
         base["OMP_WAIT_POLICY"] = wait_policy
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.scaling",
-        "--worker",
-        "--presets",
-        preset_name,
-        "--steps",
-        str(steps),
-        "--threads",
-        str(threads),
-    ] + (["--quick"] if quick else [])
+    cmd = child_command("scaling", ["--worker"], preset_name, steps, threads, quick)
     procs = [
         subprocess.Popen(
-            cmd, env=dict(base, RANK=str(r)), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cmd, env=dict(base, RANK=str(r)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for r in range(world)
     ]
@@ -175,45 +162,19 @@ def main(argv: list[str] | None = None) -> None:
             "timed_steps": steps,
         }
         extra[pr.name] = {"samples_per_s": {k: summary(v) for k, v in thr.items()}}
-        med = {k: summary(v)["median"] for k, v in thr.items()}
-        figures.append(
-            Figure(
-                f"DDP 2p×1t / 1p×1t throughput ({pr.name})",
-                ratios(thr["2p×1t"], thr["1p×1t"]),
-                "x",
-                None,
-                note=f"ceiling 2 (2 cores); {med['1p×1t']:.1f} → {med['2p×1t']:.1f} samples/s",
-            )
-        )
-        if args.quick:
-            continue
-        figures.append(
-            Figure(
-                f"threads 1p×2t / 1p×1t throughput ({pr.name})",
-                ratios(thr["1p×2t"], thr["1p×1t"]),
-                "x",
-                None,
-                note=f"ceiling 2; {med['1p×2t']:.1f} samples/s",
-            )
-        )
-        figures.append(
-            Figure(
-                f"threads 1p×2t passive / 1p×1t throughput ({pr.name})",
-                ratios(thr["1p×2t passive"], thr["1p×1t"]),
-                "x",
-                None,
-                note=f"OMP_WAIT_POLICY=PASSIVE; {med['1p×2t passive']:.1f} samples/s",
-            )
-        )
-        figures.append(
-            Figure(
-                f"DDP 2p×1t / 1p×2t throughput ({pr.name})",
-                ratios(thr["2p×1t"], thr["1p×2t"]),
-                "x",
-                None,
-                note="> 1: two DDP processes use the 2 cores better than 2 threads",
-            )
-        )
+        med = medians(thr)
+        # (figure, numerator layout, denominator layout, note)
+        comparisons = [
+            ("DDP", "2p×1t", "1p×1t", f"ceiling 2 (2 cores); {med['1p×1t']:.1f} → {med['2p×1t']:.1f} samples/s")
+        ]
+        if not args.quick:
+            comparisons += [
+                ("threads", "1p×2t", "1p×1t", f"ceiling 2; {med['1p×2t']:.1f} samples/s"),
+                ("threads", "1p×2t passive", "1p×1t", f"OMP_WAIT_POLICY=PASSIVE; {med['1p×2t passive']:.1f} samples/s"),
+                ("DDP", "2p×1t", "1p×2t", "> 1: two DDP processes use the 2 cores better than 2 threads"),
+            ]
+        for kind, num, den, note in comparisons:
+            figures.append(ratio_figure(f"{kind} {num} / {den} throughput ({pr.name})", thr, num, den, note=note))
     write_result("scaling", settings, figures, extra, args.out, started)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from .common import Figure, interleaved, parser, ratios, setup_threads, summary, write_result
+from .common import Figure, interleaved, parser, ratio_figure, setup_threads, summary, write_result
 from .presets import num_params, presets_from
 from .steps import DDOStep, Forward, MLEStep
 
@@ -30,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
         fwd = Forward(mle.net, p, mle.samples_per_step, grad=False)
         reps = 1 if args.quick else REPS[p.name]
         t = interleaved({"ddo": ddo, "edm": mle, "fwd": fwd}, repeats, warmup=1, reps_per_sample=reps)
-        ratio = ratios(t["ddo"], t["edm"])
         floor = [(e + f) / e for e, f in zip(t["edm"], t["fwd"])]
         settings["presets"][p.name] = {
             "B": p.batch,
@@ -40,10 +39,11 @@ def main(argv: list[str] | None = None) -> None:
             "calls_per_sample": reps,
         }
         figures.append(
-            Figure(
+            ratio_figure(
                 f"step cost DDO/EDM ({p.name})",
-                ratio,
-                "x",
+                t,
+                "ddo",
+                "edm",
                 1.40,
                 "<=",
                 f"2B={2 * p.batch}; EDM step {summary(t['edm'])['median'] * 1e3:.1f} ms, "
@@ -59,15 +59,9 @@ def main(argv: list[str] | None = None) -> None:
                 note="4/3 if backward = 2 forwards; this machine's own forward/backward ratio",
             )
         )
-        figures.append(
-            Figure(
-                f"step cost DDO/(EDM+fwd) ({p.name})",
-                ratios(t["ddo"], [e + f for e, f in zip(t["edm"], t["fwd"])]),
-                "x",
-                None,
-                note="1.0 = nothing beyond the one extra forward",
-            )
-        )
+        sums = {"ddo": t["ddo"], "edm+fwd": [e + f for e, f in zip(t["edm"], t["fwd"])]}
+        note = "1.0 = nothing beyond the one extra forward"
+        figures.append(ratio_figure(f"step cost DDO/(EDM+fwd) ({p.name})", sums, "ddo", "edm+fwd", note=note))
         extra[p.name] = {"seconds": {k: summary(v) for k, v in t.items()}}
         del ddo, mle, fwd
     write_result("step_cost", settings, figures, extra, args.out, started)

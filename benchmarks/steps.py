@@ -26,7 +26,27 @@ def maybe_compile(net: torch.nn.Module, compile: bool | str) -> torch.nn.Module:
     return torch.compile(net) if compile is True else torch.compile(net, backend=compile)
 
 
-class DDOStep:
+class _Step:
+    """One optimisation step per call, noise seeded by the step count; subclasses set ``opt``, ``step``
+    and ``loss(generator)``."""
+
+    opt: torch.optim.Optimizer
+    step: int
+
+    def loss(self, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self) -> float:
+        gen = torch.Generator().manual_seed(self.step)
+        self.step += 1
+        loss = self.loss(gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+
+class DDOStep(_Step):
     def __init__(self, preset: Preset, batch: int | None = None, compile: bool | str = False, lr: float = 1e-4):
         B = batch or preset.batch
         self.target = preset.network()
@@ -41,17 +61,11 @@ class DDOStep:
         self.samples_per_step = 2 * B
         self.step = 0
 
-    def __call__(self) -> float:
-        gen = torch.Generator().manual_seed(self.step)
-        self.step += 1
-        out = self.objective(self.target_fn, self.reference_fn, self.batch, generator=gen)
-        self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.opt.step()
-        return float(out.loss.detach())
+    def loss(self, generator: torch.Generator) -> torch.Tensor:
+        return self.objective(self.target_fn, self.reference_fn, self.batch, generator=generator).loss
 
 
-class MLEStep:
+class MLEStep(_Step):
     """EDM's denoising step on 2B samples (the same samples a DDO step with batch B sees)."""
 
     def __init__(self, preset: Preset, batch: int | None = None, compile: bool | str = False, lr: float = 1e-4):
@@ -65,14 +79,8 @@ class MLEStep:
         self.samples_per_step = 2 * B
         self.step = 0
 
-    def __call__(self) -> float:
-        gen = torch.Generator().manual_seed(self.step)
-        self.step += 1
-        out = self.objective(self.net_fn, self.batch, generator=gen)
-        self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.opt.step()
-        return float(out.loss.detach())
+    def loss(self, generator: torch.Generator) -> torch.Tensor:
+        return self.objective(self.net_fn, self.batch, generator=generator).loss
 
 
 class Forward:

@@ -29,7 +29,6 @@ lacks are stubbed at run time (scripts/make_edm_fixtures.py). Run it in a throw-
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -40,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_edm_fixtures import ROOT, import_upstream, load_module, upstream_commit  # noqa: E402
+from make_edm_fixtures import ROOT, fixture_parser, import_upstream, load_module, upstream_commit  # noqa: E402
 
 SIZES = ("xs", "s", "m", "l", "xl", "xxl")
 SHAPE_PRESETS = ("img64-s", "img512-xs")
@@ -125,11 +124,7 @@ def tiny_reference(nets: types.ModuleType, tiny: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--upstream", type=Path, required=True, help="checkout of github.com/NVlabs/edm2 (4bf8162)")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data", help="where the two files go")
-    parser.add_argument("--commit", help="upstream commit when --upstream is an export without .git")
-    args = parser.parse_args(argv)
+    args = fixture_parser(__doc__, "github.com/NVlabs/edm2 (4bf8162)").parse_args(argv)
     repo = args.upstream.resolve()
     commit = upstream_commit(repo, args.commit)
     tiny = load_module("edm2_fixture_recipe", ROOT / "tests" / "test_edm2.py").TINY

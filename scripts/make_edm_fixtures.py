@@ -143,12 +143,18 @@ def parity_record(nets: types.ModuleType, recipe: types.ModuleType) -> dict:
     return record
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--upstream", type=Path, required=True, help="checkout of github.com/NVlabs/edm (008a4e5)")
+def fixture_parser(doc: str, upstream: str) -> argparse.ArgumentParser:
+    """The command line of a fixture script: ``--upstream`` (a checkout of ``upstream``), ``--out`` and
+    ``--commit``; the description is the first paragraph of ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--upstream", type=Path, required=True, help=f"checkout of {upstream}")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data", help="where the two files go")
     parser.add_argument("--commit", help="upstream commit when --upstream is an export without .git")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = fixture_parser(__doc__, "github.com/NVlabs/edm (008a4e5)").parse_args(argv)
     commit = upstream_commit(args.upstream, args.commit)
     recipe = load_module("edm_fixture_recipe", ROOT / "tests" / "test_edm_networks.py")
     nets = import_upstream(args.upstream.resolve(), "training.networks")

@@ -122,7 +122,8 @@ def write_cifar10(dest: Path, per_batch: int = 16, seed: int = 0) -> Path:
 STORED_SOURCE = "raise RuntimeError('the module source stored in a stand-in NVIDIA pickle was executed')\n"
 
 
-def _persistent_type():
+def _persistent_type(source: str = STORED_SOURCE):
+    """The class whose objects pickle as persistent objects storing the module source ``source``."""
     from test_nvidia_pickle import _reconstruct_persistent_obj
 
     class Persistent:
@@ -132,18 +133,20 @@ def _persistent_type():
             self.class_name, self.state = class_name, state
 
         def __reduce__(self):
-            meta = dict(type="class", version=6, module_src=STORED_SOURCE, class_name=self.class_name, state=self.state)
+            meta = dict(type="class", version=6, module_src=source, class_name=self.class_name, state=self.state)
             return _reconstruct_persistent_obj, (meta,), None
 
     return Persistent
 
 
-def _as_nvidia(module: nn.Module, names: dict[str, str], init_kwargs: dict | None = None):
+def _as_nvidia(module: nn.Module, names: dict[str, str], init_kwargs: dict | None = None, source: str = STORED_SOURCE):
     """The object tree NVIDIA's code pickles for ``module``: persistent objects named by ``names`` (our
     class name -> NVIDIA's), plain ``ModuleDict`` containers, no ``Dropout`` modules (NVIDIA's networks
     call ``functional.dropout``); only the top records constructor kwargs (the loader reads those)."""
-    Persistent = _persistent_type()
-    children = {n: _as_nvidia(c, names) for n, c in module._modules.items() if not isinstance(c, nn.Dropout)}
+    Persistent = _persistent_type(source)
+    children = {
+        n: _as_nvidia(c, names, source=source) for n, c in module._modules.items() if not isinstance(c, nn.Dropout)
+    }
     state = dict(
         training=module.training,
         _parameters=dict(module._parameters),
@@ -251,12 +254,15 @@ def edm2_init_kwargs(net_args: dict) -> dict:
     return {**{k: v for k, v in net_args.items() if k not in ("use_fp16",)}, "use_fp16": True}
 
 
-def write_edm2_pickle(path: Path, net: nn.Module, init_kwargs: dict, latent: bool) -> dict[str, torch.Tensor]:
+def write_edm2_pickle(
+    path: Path, net: nn.Module, init_kwargs: dict, latent: bool, source: str = STORED_SOURCE
+) -> dict[str, torch.Tensor]:
     """EDM2's ``network-snapshot-*.pkl`` / released ``edm2-img*.pkl``: ``EasyDict(dataset_kwargs, encoder,
-    loss_fn, ema=<fp16 Precond, eval>)``. Returns the ema's (fp16) state dict."""
+    loss_fn, ema=<fp16 Precond, eval>)``, every persistent object storing the module source ``source``.
+    Returns the ema's (fp16) state dict."""
     from test_nvidia_pickle import FakeEasyDict
 
-    Persistent = _persistent_type()
+    Persistent = _persistent_type(source)
     ema = copy.deepcopy(net).eval().requires_grad_(False).to(torch.float16)
     if latent:
         encoder = Persistent(
@@ -284,7 +290,7 @@ def write_edm2_pickle(path: Path, net: nn.Module, init_kwargs: dict, latent: boo
         encoder=encoder,
         loss_fn=Persistent("EDM2Loss", dict(P_mean=-0.4, P_std=1.0, sigma_data=0.5, _init_args=(), _init_kwargs={})),
     )
-    data.ema = _as_nvidia(ema, EDM2_NAMES, FakeEasyDict(init_kwargs))
+    data.ema = _as_nvidia(ema, EDM2_NAMES, FakeEasyDict(init_kwargs), source)
     _dump_nvidia(path, data)
     return ema.state_dict()
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from ddo_lightning.training.checkpoint_io import (
+from ddo_lightning.training.run_io import (
     AtomicCheckpointIO,
     CorruptCheckpoint,
     check_checkpoint,

@@ -52,6 +52,15 @@ def conditional(tmp_path):
     return [DIGITS, str(path)]
 
 
+def _sample(config: str, ckpt: str, out, **options) -> dict:
+    """``ddo sample --config CONFIG --ckpt CKPT [--OPTION VALUE ...] --out OUT --quiet`` (``batch_size`` is
+    ``--batch-size``)."""
+    args = ["--config", config, "--ckpt", ckpt]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return run_command("sample", args + ["--out", str(out), "--quiet"])
+
+
 def _exit_message(capsys, args, name="sample"):
     with pytest.raises(SystemExit) as info:
         run_command(name, args)
@@ -147,22 +156,7 @@ def test_fid_reference_stats_and_scores_against_direct_computation(tmp_path, cap
             z["sigma"], np.cov(real, rowvar=False), atol=1e-9
         )
         assert int(z["count"]) == 1797
-    run_command(
-        "sample",
-        [
-            "--config",
-            DIGITS,
-            "--ckpt",
-            w,
-            "--seeds",
-            "0-39",
-            "--steps",
-            "3",
-            "--out",
-            str(tmp_path / "s.npz"),
-            "--quiet",
-        ],
-    )
+    _sample(DIGITS, w, tmp_path / "s.npz", seeds="0-39", steps=3)
     capsys.readouterr()
     got = run_command(
         "fid",
@@ -233,24 +227,7 @@ def test_sample_toy_preset_writes_points_npz(tmp_path, capsys, one_thread):
     from ddo_lightning.schedules import karras_sigmas
 
     net, w = _weights(tmp_path, [TOY])
-    got = run_command(
-        "sample",
-        [
-            "--config",
-            TOY,
-            "--ckpt",
-            w,
-            "--seeds",
-            "0-4,9",
-            "--steps",
-            "3",
-            "--batch-size",
-            "4",
-            "--out",
-            str(tmp_path / "p.npz"),
-            "--quiet",
-        ],
-    )
+    got = _sample(TOY, w, tmp_path / "p.npz", seeds="0-4,9", steps=3, batch_size=4)
     z = np.load(tmp_path / "p.npz")
     assert sorted(z.files) == ["labels", "points", "seeds"] and got["kind"] == "points" and got["num_samples"] == 6
     seeds = [0, 1, 2, 3, 4, 9]
@@ -270,22 +247,7 @@ def test_sample_token_preset_writes_tokens_npz(tmp_path, capsys, one_thread):
     from ddo_lightning.samplers import sample_tokens, seeded_uniform
 
     net, w = _weights(tmp_path, [TOKENS])
-    got = run_command(
-        "sample",
-        [
-            "--config",
-            TOKENS,
-            "--ckpt",
-            w,
-            "--seeds",
-            "10-16",
-            "--batch-size",
-            "3",
-            "--out",
-            str(tmp_path / "t.npz"),
-            "--quiet",
-        ],
-    )
+    got = _sample(TOKENS, w, tmp_path / "t.npz", seeds="10-16", batch_size=3)
     z = np.load(tmp_path / "t.npz")
     assert sorted(z.files) == ["labels", "seeds", "tokens"] and got["kind"] == "tokens" and got["num_samples"] == 7
     labels = [i % 4 for i in range(7)]
@@ -373,22 +335,7 @@ def test_sample_var_tokens_come_with_their_decoded_images(tmp_path, one_thread):
 
     config = _tiny_var_preset(tmp_path)
     net, w = _weights(tmp_path, [config])
-    got = run_command(
-        "sample",
-        [
-            "--config",
-            config,
-            "--ckpt",
-            w,
-            "--seeds",
-            "0-5",
-            "--batch-size",
-            "4",
-            "--out",
-            str(tmp_path / "v.npz"),
-            "--quiet",
-        ],
-    )
+    got = _sample(config, w, tmp_path / "v.npz", seeds="0-5", batch_size=4)
     z = np.load(tmp_path / "v.npz")
     assert sorted(z.files) == ["images", "labels", "seeds", "tokens"] and got["num_images"] == 6
     labels = [i % 5 for i in range(6)]

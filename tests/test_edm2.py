@@ -20,7 +20,6 @@ import json
 import math
 import os
 import pathlib
-import pickle
 import zipfile
 
 import numpy as np
@@ -221,84 +220,17 @@ def test_logvar_head_frozen_through_ddo_and_mle_modules():
 # ------------------------------------------------------------------------------------------------
 # 2. Import: EDM2 snapshot pickles (NVIDIA's persistent-class format) and training states
 
-from test_nvidia_pickle import (  # noqa: E402  (the pickle-writing helpers of the EDM tests)
-    FakeEasyDict,
-    _reconstruct_persistent_obj,
-    evil_source,
-    nvidia_names,
-    nvidia_names_absent,
-)
+import standins  # noqa: E402  (the stand-in NVIDIA pickles of the preset tests)
+from test_nvidia_pickle import FakeEasyDict, evil_source, nvidia_names, nvidia_names_absent  # noqa: E402
 
-_DUMP_SRC = {"src": ""}
-_EDM2_CLASS = {"Precond": "Precond", "UNet": "UNet", "Block": "Block", "MPConv": "MPConv", "MPFourier": "MPFourier"}
-
-
-class _Persistent:
-    """What pickling an object of an EDM2 ``persistent_class`` records (persistence.py version 6)."""
-
-    def __init__(self, class_name, state):
-        self.class_name, self.state = class_name, state
-
-    def __reduce__(self):
-        meta = dict(type="class", version=6, module_src=_DUMP_SRC["src"], class_name=self.class_name, state=self.state)
-        return _reconstruct_persistent_obj, (meta,), None
-
-
-def as_nvidia(module: nn.Module, init_kwargs=None):
-    """The object tree the original EDM2 network pickles as (names, fp16 tensors, no Dropout modules)."""
-    children = {n: as_nvidia(c) for n, c in module._modules.items() if not isinstance(c, nn.Dropout)}
-    state = dict(
-        training=module.training,
-        _parameters=dict(module._parameters),
-        _buffers=dict(module._buffers),
-        _non_persistent_buffers_set=set(),
-        _modules=children,
-    )
-    if isinstance(module, nn.ModuleDict):  # a plain torch.nn.ModuleDict holding persistent children
-        md = nn.ModuleDict.__new__(nn.ModuleDict)
-        md.__dict__.update(state)
-        return md
-    state.update(_init_args=(), _init_kwargs=init_kwargs or {})
-    return _Persistent(_EDM2_CLASS[type(module).__name__], state)
-
-
-def write_edm2_pickle(path, net: EDM2Precond, init_kwargs: dict, marker) -> dict[str, torch.Tensor]:
-    """An ``edm2-*.pkl``-like file: EasyDict(encoder=None, dataset_kwargs, loss_fn=None, ema=<fp16 net, eval>)."""
-    ema = copy.deepcopy(net).eval().requires_grad_(False).to(torch.float16)
-    data = FakeEasyDict(
-        dataset_kwargs=FakeEasyDict(class_name="training.dataset.ImageFolderDataset", path="x.zip"),
-        encoder=None,
-        loss_fn=None,
-    )
-    data.ema = as_nvidia(ema, FakeEasyDict(init_kwargs))
-    _DUMP_SRC["src"] = evil_source(marker)
-    with nvidia_names():
-        blob = pickle.dumps(data, protocol=4)
-    assert nvidia_names_absent()
-    pathlib.Path(path).write_bytes(blob)
-    return ema.state_dict()
-
-
-EDM2_KWARGS = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=8,
-    logvar_channels=8,
-    dropout=0.0,
-    use_fp16=True,
-)
+EDM2_KWARGS = dict(TINY, dropout=0.0, use_fp16=True)
 
 
 @pytest.fixture
 def edm2_pickle(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "edm2-img64-s-0000000-0.075.pkl"
-    want = write_edm2_pickle(path, tiny_edm2(seed=3), EDM2_KWARGS, marker)
+    want = standins.write_edm2_pickle(path, tiny_edm2(seed=3), EDM2_KWARGS, latent=False, source=evil_source(marker))
     return path, want, marker
 
 

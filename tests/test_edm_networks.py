@@ -32,27 +32,23 @@ from ddo_lightning.training.base import disable_dropout
 
 DATA = pathlib.Path(__file__).parent / "data"
 
-DDPMPP = dict(
+# The two SongUNet variants of EDM's train.py (--arch=ddpmpp, --arch=ncsnpp), without their widths.
+DDPMPP_BLOCKS = dict(
     model_type="SongUNet",
     embedding_type="positional",
     encoder_type="standard",
     decoder_type="standard",
     channel_mult_noise=1,
     resample_filter=[1, 1],
-    model_channels=128,
-    channel_mult=[2, 2, 2],
 )
-NCSNPP = dict(
-    model_type="SongUNet",
-    embedding_type="fourier",
-    encoder_type="residual",
-    decoder_type="standard",
-    channel_mult_noise=2,
-    resample_filter=[1, 3, 3, 1],
-    model_channels=128,
-    channel_mult=[2, 2, 2],
+NCSNPP_BLOCKS = dict(
+    DDPMPP_BLOCKS, embedding_type="fourier", encoder_type="residual", channel_mult_noise=2, resample_filter=[1, 3, 3, 1]
 )
+DDPMPP = dict(DDPMPP_BLOCKS, model_channels=128, channel_mult=[2, 2, 2])
+NCSNPP = dict(NCSNPP_BLOCKS, model_channels=128, channel_mult=[2, 2, 2])
 CIFAR = dict(img_resolution=32, img_channels=3, augment_dim=9, dropout=0.13, use_fp16=False)
+SMALL = dict(img_resolution=16, img_channels=3)  # the small test networks' images
+ADM = dict(model_type="DhariwalUNet", model_channels=64, channel_mult=[1, 2])
 
 # Configurations whose state_dict names/shapes (and parameter counts) were dumped from EDM's code.
 KEY_CONFIGS: dict[str, tuple[str, dict]] = {
@@ -62,15 +58,9 @@ KEY_CONFIGS: dict[str, tuple[str, dict]] = {
     "ncsnpp_skip_small": (
         "VEPrecond",
         dict(
-            img_resolution=16,
-            img_channels=3,
+            SMALL,
             label_dim=0,
-            model_type="SongUNet",
-            embedding_type="fourier",
-            encoder_type="skip",
-            decoder_type="skip",
-            channel_mult_noise=2,
-            resample_filter=[1, 3, 3, 1],
+            **dict(NCSNPP_BLOCKS, encoder_type="skip", decoder_type="skip"),
             model_channels=32,
             channel_mult=[1, 2, 2],
             num_blocks=2,
@@ -83,38 +73,18 @@ KEY_CONFIGS: dict[str, tuple[str, dict]] = {
             img_resolution=64,
             img_channels=3,
             label_dim=1000,
-            model_type="DhariwalUNet",
-            model_channels=192,
-            channel_mult=[1, 2, 3, 4],
+            **dict(ADM, model_channels=192, channel_mult=[1, 2, 3, 4]),
             dropout=0.1,
             use_fp16=True,
         ),
     ),
     "adm_small_iddpm": (
         "iDDPMPrecond",
-        dict(
-            img_resolution=32,
-            img_channels=3,
-            label_dim=0,
-            model_type="DhariwalUNet",
-            model_channels=64,
-            channel_mult=[1, 2],
-            num_blocks=2,
-            attn_resolutions=[16],
-            augment_dim=9,
-        ),
+        dict(img_resolution=32, img_channels=3, label_dim=0, **ADM, num_blocks=2, attn_resolutions=[16], augment_dim=9),
     ),
     "ddpmpp_small_vp": (
         "VPPrecond",
-        dict(
-            img_resolution=16,
-            img_channels=3,
-            label_dim=4,
-            model_type="SongUNet",
-            model_channels=32,
-            channel_mult=[1, 2],
-            num_blocks=1,
-        ),
+        dict(SMALL, label_dim=4, model_type="SongUNet", model_channels=32, channel_mult=[1, 2], num_blocks=1),
     ),
 }
 
@@ -123,16 +93,10 @@ PARITY_CONFIGS: dict[str, tuple[str, dict]] = {
     "ddpmpp": (
         "EDMPrecond",
         dict(
-            img_resolution=16,
-            img_channels=3,
+            SMALL,
             label_dim=4,
             augment_dim=9,
-            model_type="SongUNet",
-            embedding_type="positional",
-            encoder_type="standard",
-            decoder_type="standard",
-            channel_mult_noise=1,
-            resample_filter=[1, 1],
+            **DDPMPP_BLOCKS,
             model_channels=16,
             channel_mult=[1, 2],
             num_blocks=1,
@@ -142,15 +106,9 @@ PARITY_CONFIGS: dict[str, tuple[str, dict]] = {
     "ncsnpp": (
         "VEPrecond",
         dict(
-            img_resolution=16,
-            img_channels=3,
+            SMALL,
             label_dim=0,
-            model_type="SongUNet",
-            embedding_type="fourier",
-            encoder_type="residual",
-            decoder_type="standard",
-            channel_mult_noise=2,
-            resample_filter=[1, 3, 3, 1],
+            **NCSNPP_BLOCKS,
             model_channels=16,
             channel_mult=[1, 2, 2],
             num_blocks=1,
@@ -160,48 +118,17 @@ PARITY_CONFIGS: dict[str, tuple[str, dict]] = {
     "skip": (
         "VPPrecond",
         dict(
-            img_resolution=16,
-            img_channels=3,
+            SMALL,
             label_dim=4,
-            model_type="SongUNet",
-            embedding_type="positional",
-            encoder_type="skip",
-            decoder_type="skip",
-            channel_mult_noise=1,
-            resample_filter=[1, 3, 3, 1],
+            **dict(DDPMPP_BLOCKS, encoder_type="skip", decoder_type="skip", resample_filter=[1, 3, 3, 1]),
             model_channels=16,
             channel_mult=[1, 2, 2],
             num_blocks=1,
             attn_resolutions=[4],
         ),
     ),
-    "adm": (
-        "EDMPrecond",
-        dict(
-            img_resolution=16,
-            img_channels=3,
-            label_dim=4,
-            augment_dim=9,
-            model_type="DhariwalUNet",
-            model_channels=64,
-            channel_mult=[1, 2],
-            num_blocks=1,
-            attn_resolutions=[16, 8],
-        ),
-    ),
-    "adm_iddpm": (
-        "iDDPMPrecond",
-        dict(
-            img_resolution=16,
-            img_channels=3,
-            label_dim=0,
-            model_type="DhariwalUNet",
-            model_channels=64,
-            channel_mult=[1, 2],
-            num_blocks=1,
-            attn_resolutions=[8],
-        ),
-    ),
+    "adm": ("EDMPrecond", dict(SMALL, label_dim=4, augment_dim=9, **ADM, num_blocks=1, attn_resolutions=[16, 8])),
+    "adm_iddpm": ("iDDPMPrecond", dict(SMALL, label_dim=0, **ADM, num_blocks=1, attn_resolutions=[8])),
 }
 
 # Single Conv2d layers (resampling paths, including the fused up path EDM's U-Nets never use).
@@ -435,34 +362,26 @@ def test_conv2d_resampling_matches_edm(parity, name):
 # Behaviour
 
 
-def small_song(**kw) -> SongUNet:
+def small_unet(cls, **kw) -> nn.Module:
     base = dict(
         img_resolution=16,
         in_channels=3,
         out_channels=3,
-        model_channels=16,
+        model_channels=16 if cls is SongUNet else 64,
         channel_mult=[1, 2],
         num_blocks=1,
         attn_resolutions=[8],
         dropout=0.0,
     )
-    base.update(kw)
-    return SongUNet(**base)
+    return cls(**{**base, **kw})
+
+
+def small_song(**kw) -> SongUNet:
+    return small_unet(SongUNet, **kw)
 
 
 def small_adm(**kw) -> DhariwalUNet:
-    base = dict(
-        img_resolution=16,
-        in_channels=3,
-        out_channels=3,
-        model_channels=64,
-        channel_mult=[1, 2],
-        num_blocks=1,
-        attn_resolutions=[8],
-        dropout=0.0,
-    )
-    base.update(kw)
-    return DhariwalUNet(**base)
+    return small_unet(DhariwalUNet, **kw)
 
 
 @pytest.mark.parametrize("make", [small_song, small_adm])

@@ -106,7 +106,7 @@ OLD_HOMES = [
     ("ddo_lightning.commands", "CommandError", ValueError),
     ("ddo_lightning.run_dir", "RunDirError", ValueError),
     ("ddo_lightning.training.base", "DataNetworkMismatch", ValueError),
-    ("ddo_lightning.training.checkpoint_io", "CorruptCheckpoint", ValueError),
+    ("ddo_lightning.training", "CorruptCheckpoint", ValueError),
     ("ddo_lightning.checkpoints", "ArchitectureMismatch", ValueError),
     ("ddo_lightning.checkpoints", "RecordedNetworkMismatch", ValueError),
     ("ddo_lightning.networks.var.build", "CheckpointMismatch", ValueError),
@@ -114,7 +114,7 @@ OLD_HOMES = [
     ("ddo_lightning.checkpoints", "UnsafeGlobalError", pickle.UnpicklingError),
     ("ddo_lightning.fetch", "FetchError", RuntimeError),
     ("ddo_lightning.fetch.cache", "MissingFile", FileNotFoundError),
-    ("ddo_lightning.training.atomic", "WriteError", OSError),
+    ("ddo_lightning.files", "WriteError", OSError),
     ("ddo_lightning.training.module", "NonFiniteLossError", FloatingPointError),
     ("ddo_lightning.training.callbacks", "WeightsNeverChangedError", RuntimeError),
 ]

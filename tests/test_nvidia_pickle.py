@@ -564,31 +564,18 @@ def test_ddo_convert_writes_plain_weights(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 # Import checks what it loads: the recorded class and output-changing settings vs the declared network
 
-EDM_KW = dict(
+TINY_KW = dict(  # recorded by both EDM's and EDM2's tiny test networks
     img_resolution=8,
     img_channels=3,
     label_dim=0,
-    use_fp16=False,
-    model_type="SongUNet",
     model_channels=16,
     channel_mult=[1, 2],
     num_blocks=1,
     attn_resolutions=[4],
-    augment_dim=0,
     dropout=0.0,
 )
-EDM2_KW = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=0,
-    use_fp16=True,
-    model_channels=16,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=8,
-    dropout=0.0,
-)
+EDM_KW = dict(TINY_KW, use_fp16=False, model_type="SongUNet", augment_dim=0)
+EDM2_KW = dict(TINY_KW, use_fp16=True, channels_per_head=8)
 
 
 class _Persisted:

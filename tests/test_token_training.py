@@ -136,16 +136,17 @@ def test_mle_then_ddo_self_play_on_tokens(tmp_path, fake):
     torch.manual_seed(0)
     ds = MarkovTokenDataset(num_samples=1024, num_classes=K, vocab_size=V, length=L)
     make = lambda: TokenGPT(V, L, K, d_model=16, n_layer=1, n_head=2)  # noqa: E731
-    mle = MLEModule(
-        make(),
-        objective=TokenMLE(),
-        lr=3e-3,
-        ema_halflife_kimg=1,
-        sampler=TokenSampler(),
-        evaluator=MarkovMetrics(),
-        num_eval_samples=64,
-        eval_batch_size=64,
-    )
+
+    def stage_settings() -> dict:  # both stages: EMA, sampler and evaluation (fresh objects per module)
+        return dict(
+            ema_halflife_kimg=1,
+            sampler=TokenSampler(),
+            evaluator=MarkovMetrics(),
+            num_eval_samples=64,
+            eval_batch_size=64,
+        )
+
+    mle = MLEModule(make(), objective=TokenMLE(), lr=3e-3, **stage_settings())
     trainer = make_trainer(tmp_path / "mle", max_steps=40)
     trainer.fit(mle, DDODataModule(ds, batch_size=64))
     ckpt = str(tmp_path / "mle.ckpt")
@@ -156,17 +157,7 @@ def test_mle_then_ddo_self_play_on_tokens(tmp_path, fake):
         if fake == "online"
         else PoolFakeSource(size=96, generation_batch_size=32, seed=1, progress=False)
     )
-    module = DDOModule(
-        make(),
-        init_from=ckpt,
-        objective=TokenDDO(alpha=2.0, beta=0.5),
-        lr=1e-3,
-        ema_halflife_kimg=1,
-        sampler=TokenSampler(),
-        evaluator=MarkovMetrics(),
-        num_eval_samples=64,
-        eval_batch_size=64,
-    )
+    module = DDOModule(make(), init_from=ckpt, objective=TokenDDO(alpha=2.0, beta=0.5), lr=1e-3, **stage_settings())
     for p, q in zip(module.reference.parameters(), mle.ema.model.parameters()):
         assert torch.equal(p, q)  # starts from the MLE EMA
     seen = []

@@ -54,7 +54,7 @@ class DDOCLI(LightningCLI):
         from lightning.fabric.plugins import CheckpointIO
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        from .training.checkpoint_io import AtomicCheckpointIO
+        from .training.run_io import AtomicCheckpointIO
 
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
@@ -133,7 +133,7 @@ class DDOCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         self._write_run_config()
-        from .training.csv_logger import RunCSVLogger
+        from .training.run_io import RunCSVLogger
 
         step = self.run_plan.resume_step if self.run_plan is not None else None
         for logger in self.trainer.loggers if step is not None else []:
@@ -145,7 +145,7 @@ class DDOCLI(LightningCLI):
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if isinstance(path, str) and os.path.isfile(path):
-            from .training.checkpoint_io import usable_checkpoint
+            from .training.run_io import usable_checkpoint
 
             self.config[sub].ckpt_path = usable_checkpoint(path)
             check_checkpoint_kind(self.config[sub].ckpt_path, self.config[sub].get("model"))
@@ -211,6 +211,11 @@ SELFPLAY_ARGUMENTS = {  # --selfplay.NAME: type, help (the SelfPlay callback's a
     "eval_every_kimg": (float, "evaluate the EMA every this many kimg"),
     "monitor": (str, "the evaluator's metric that picks each round's best checkpoint"),
     "mode": (str, "'min' or 'max': whether lower or higher monitor values are better"),
+    "start_round": (int, "the first round this fit plays (1-based; with --selfplay.rounds R: round R alone)"),
+    "candidates": (
+        list[dict[str, float]],
+        "the round's hyper-parameter candidates, a JSON list of dicts, e.g. '[{\"model.objective.alpha\": 2}]'",
+    ),
 }
 
 
@@ -350,6 +355,10 @@ def main(args: list[str] | None = None) -> None:
         from .launch.slurm import main as slurm_main
 
         raise SystemExit(slurm_main(argv[1:]))
+    if argv[:1] == ["promote"]:
+        from .launch.promote import main as promote_main
+
+        raise SystemExit(promote_main(argv[1:]))
     if argv[:1] in (["sample"], ["fid"], ["fetch"]):
         from .commands import run_command
 

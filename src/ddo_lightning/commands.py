@@ -43,8 +43,9 @@ from tqdm.auto import tqdm
 from .checkpoints import ArchitectureMismatch, load_network_weights
 from .errors import CommandError
 from .fetch import FetchError, resolve, resolve_refs
+from .networks import raw_network
 from .pixels import model_to_uint8
-from .protocols import Denoiser, HasImages, SampleSpec
+from .protocols import DecodesTokens, Denoiser, HasImages, SampleSpec
 from .samplers import HeunSampler, Sampler
 
 WHICH = ("auto", "ema", "reference", "target", "net")
@@ -182,7 +183,7 @@ def load_denoiser(
     except (FileNotFoundError, ValueError) as err:
         raise CommandError(str(err)) from err
     net = net.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
-    return net, sampler, {"checkpoint": ckpt, "net": which, "network": type(getattr(net, "model", net)).__name__}
+    return net, sampler, {"checkpoint": ckpt, "net": which, "network": type(raw_network(net)).__name__}
 
 
 def with_steps(sampler: Sampler, steps: int | None) -> Sampler:
@@ -258,9 +259,8 @@ def write_png_folder(out: str, seeds: list[int], labels: np.ndarray, images_nhwc
 
 def decoder_of(net: nn.Module):
     """The network's tokens → images map (``decode``: tokens [B, L] → images [B, C, H, W] in [−1, 1], as
-    VAR's adapter has), or None."""
-    decode = getattr(net, "decode", None)
-    return decode if callable(decode) else None
+    VAR's adapter has: :class:`~ddo_lightning.protocols.DecodesTokens`), or None."""
+    return net.decode if isinstance(net, DecodesTokens) else None
 
 
 def _write_npz(path: str, **arrays: np.ndarray) -> None:
@@ -310,7 +310,7 @@ def sample_main(argv: list[str]) -> dict[str, Any]:
     spec = sample_kind_of(net)
     if spec.kind != "images" and not a.out.endswith(".npz"):
         raise CommandError(
-            f"{type(getattr(net, 'model', net)).__name__} makes {spec.kind} of shape {list(spec.shape)}, "
+            f"{type(raw_network(net)).__name__} makes {spec.kind} of shape {list(spec.shape)}, "
             "not images: --out must be a file ending in .npz"
         )
     decode = decoder_of(net) if spec.kind == "tokens" else None
@@ -383,7 +383,7 @@ def uint8_images_of(net: nn.Module, decoder: nn.Module | None):
     decode = decoder_of(net) if spec.kind == "tokens" else None
     if decode is not None:
         return lambda x: model_to_uint8(decode(x))
-    name = type(getattr(net, "model", net)).__name__
+    name = type(raw_network(net)).__name__
     why = "has no decode() to turn its tokens into images" if spec.kind == "tokens" else "makes no images"
     raise CommandError(
         f"ddo fid measures images; {name} makes {spec.kind} of shape {list(spec.shape)}, {why}, and the "

@@ -105,6 +105,14 @@ class NoiseLevels(Protocol):
 
 
 @runtime_checkable
+class DecodesTokens(Protocol):
+    """A token model whose tokens stand for images (VAR's adapter): ``decode(tokens [B, L])`` -> images
+    [B, C, H, W] in [-1, 1]. ``ddo sample`` writes PNGs and ``ddo fid`` measures images through it."""
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class PreparesFakes(Protocol):
     """A model whose samples need post-processing into what DDO trains on as fakes (VAR: the tokens of
     the decoded, 8-bit images). ``DDOModule.sample_reference`` calls it; evaluation samples are never
@@ -145,6 +153,19 @@ class RoundAware(Protocol):
     def start_round(self, round_index: int) -> None: ...
 
 
+# ---- training ---------------------------------------------------------------------------------------------
+@runtime_checkable
+class SamplesReference(Protocol):
+    """A training module whose frozen reference makes the fakes (``DDOModule``): ``round_index`` is the
+    0-based self-play round in progress and ``sample_reference(seeds [B], labels [B, K])`` -> [B, *D] that
+    round's reference's samples (a :class:`SampleFn`). The data module checks it once, when a fit with a
+    fake source is set up, and then calls it directly."""
+
+    round_index: int
+
+    def sample_reference(self, seeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+
 # ---- data -------------------------------------------------------------------------------------------------
 @runtime_checkable
 class RealDataset(SampleSpec, Protocol):
@@ -154,6 +175,15 @@ class RealDataset(SampleSpec, Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, i: int) -> Samples: ...
+
+
+@runtime_checkable
+class TokenVocabulary(Protocol):
+    """Token data that says how many token values it can hold: ``vocab_size`` (V; None where the data does
+    not say). Checked against the network's vocabulary before training."""
+
+    @property
+    def vocab_size(self) -> int | None: ...
 
 
 @runtime_checkable

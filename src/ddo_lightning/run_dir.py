@@ -138,7 +138,7 @@ def newest_readable_checkpoint(run_dir: str) -> str | None:
     """The newest checkpoint of ``run_dir`` that loads; unreadable newer ones are skipped with a warning."""
     from lightning.pytorch.utilities import rank_zero_warn
 
-    from .training.checkpoint_io import CorruptCheckpoint, check_checkpoint
+    from .training.run_io import CorruptCheckpoint, check_checkpoint
 
     candidates = checkpoints_in(run_dir)
     bad = []
@@ -228,7 +228,7 @@ def prepare_fit(
             + (f" from {ckpt_path}" if ckpt_path else ""),
         )
     if ckpt_path and os.path.isfile(ckpt_path):
-        from .training.checkpoint_io import usable_checkpoint
+        from .training.run_io import usable_checkpoint
 
         ckpt_path = usable_checkpoint(ckpt_path)  # an unreadable one: the newest good one beside it, with a warning
     resume = ckpt_path or newest_readable_checkpoint(run_dir)

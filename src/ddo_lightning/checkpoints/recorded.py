@@ -35,6 +35,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import RecordedNetworkMismatch
+from ..networks.precond import raw_network
 
 __all__ = ["RecordedNetworkMismatch", "check_recorded_network", "declared_kind", "recorded_kind"]
 
@@ -79,8 +80,8 @@ def declared_kind(net: nn.Module) -> str | None:
 # ---- the declared side ------------------------------------------------------------------------------
 def _first(net: nn.Module, attr: str) -> Any:
     """``net.attr``, else the raw network's (EDM wrappers keep image sizes on ``net.model``), else _MISSING."""
-    for obj in (net, getattr(net, "model", None)):
-        if obj is not None and hasattr(obj, attr):
+    for obj in (net, raw_network(net)):
+        if hasattr(obj, attr):
             return getattr(obj, attr)
     return _MISSING
 

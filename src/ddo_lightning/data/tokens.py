@@ -124,6 +124,11 @@ class MarkovTokenDataset(Dataset):
         return self.source.num_classes
 
     @property
+    def vocab_size(self) -> int:
+        """V, the source's (protocols.TokenVocabulary)."""
+        return self.source.vocab_size
+
+    @property
     def ground_truth(self) -> MarkovSource:
         return self.source
 

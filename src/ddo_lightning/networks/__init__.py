@@ -6,7 +6,7 @@ from .edm2 import Precond as EDM2Precond
 from .edm2 import UNet as EDM2UNet
 from .edm_factory import build_edm2_network, build_edm_network
 from .edm_unets import DhariwalUNet, SongUNet
-from .precond import EDMPrecond, VEPrecond, VPPrecond, edm_coefficients, iDDPMPrecond
+from .precond import EDMPrecond, VEPrecond, VPPrecond, edm_coefficients, iDDPMPrecond, raw_network
 from .token_gpt import TokenGPT
 from .toy import ToyMLP
 from .var import VAR, VQVAE, VARNetwork, VARTokenModel, build_vae, build_var, load_vae_checkpoint, load_var_checkpoint
@@ -29,6 +29,7 @@ __all__ = [
     "build_edm_network",
     "edm_coefficients",
     "iDDPMPrecond",
+    "raw_network",
     "VAR",
     "VQVAE",
     "VARNetwork",

@@ -386,11 +386,85 @@ def _make_augment_layer(augment_dim: int, out_features: int, init: dict) -> Line
     return layer
 
 
+def _encoder_blocks(
+    enc: nn.ModuleDict, r: int, width: int, out_width: int, count: int, attention: bool, blk: dict, skips: list[int]
+) -> int:
+    """Adds ``{r}x{r}_block{i}`` (i < count) to the encoder, ``width`` → ``out_width`` channels; each
+    block's output is a skip connection (its width is appended to ``skips``). Returns ``out_width``."""
+    for i in range(count):
+        enc[f"{r}x{r}_block{i}"] = UNetBlock(width, out_width, attention=attention, **blk)
+        width = out_width
+        skips.append(width)
+    return width
+
+
+def _decoder_level(
+    dec: nn.ModuleDict,
+    r: int,
+    width: int,
+    out_width: int,
+    first: bool,
+    attention: list[bool],
+    blk: dict,
+    skips: list[int],
+) -> int:
+    """Adds one decoder level: ``{r}x{r}_in0``/``_in1`` (the lowest level, ``first``) or ``{r}x{r}_up``,
+    then ``{r}x{r}_block{i}`` for each entry of ``attention``, each taking the last skip in ``skips``.
+    Returns ``out_width``."""
+    if first:
+        dec[f"{r}x{r}_in0"] = UNetBlock(width, width, attention=True, **blk)
+        dec[f"{r}x{r}_in1"] = UNetBlock(width, width, **blk)
+    else:
+        dec[f"{r}x{r}_up"] = UNetBlock(width, width, up=True, **blk)
+    for i, attn in enumerate(attention):
+        dec[f"{r}x{r}_block{i}"] = UNetBlock(width + skips.pop(), out_width, attention=attn, **blk)
+        width = out_width
+    return width
+
+
+class _UNetCall:
+    """What the two U-Nets share around their layers: the size and label attributes, the label checks and
+    label dropout, and the call ``embedding`` → ``trunk``. (A mixin, not a ``Backbone``,
+    so that the config help lists only the two U-Nets.)"""
+
+    def __init__(self, img_resolution: int, in_channels: int, label_dim: int, label_dropout: float):
+        super().__init__()
+        self.img_resolution = img_resolution
+        self.in_channels = in_channels
+        self.label_dim = label_dim
+        self.label_dropout = label_dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise_labels: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        augment_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        labels = _check_labels(class_labels, self.label_dim, x.shape[0], x)
+        if labels is not None:
+            labels = _drop_labels(labels, self.label_dropout, self.training)
+        augment = None
+        if self.map_augment is not None and augment_labels is not None:
+            augment = self.map_augment(augment_labels.to(x.dtype))
+        emb = self.embedding(self.map_noise(noise_labels.reshape(-1).to(x.dtype)), labels, augment)
+        return self.trunk(x, emb)
+
+    def embedding(self, emb: torch.Tensor, labels: torch.Tensor | None, augment: torch.Tensor | None) -> torch.Tensor:
+        """The blocks' embedding from the noise embedding ``emb``, the class labels after label dropout (None:
+        unconditional) and the mapped augmentation labels (None when absent)."""
+        raise NotImplementedError
+
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Encoder and decoder on ``x`` with the blocks' embedding ``emb``."""
+        raise NotImplementedError
+
+
 # ---------------------------------------------------------------------------------------------------
 # DDPM++ / NCSN++
 
 
-class SongUNet(Backbone):
+class SongUNet(_UNetCall, Backbone):
     """The DDPM++ and NCSN++ U-Nets of Song et al. (2021) in EDM's formulation.
 
     Args (EDM's names and defaults):
@@ -439,11 +513,7 @@ class SongUNet(Backbone):
             raise ValueError(f"encoder_type must be 'standard', 'skip' or 'residual', got {encoder_type!r}")
         if decoder_type not in ("standard", "skip"):
             raise ValueError(f"decoder_type must be 'standard' or 'skip', got {decoder_type!r}")
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.in_channels = in_channels
-        self.label_dim = label_dim
-        self.label_dropout = label_dropout
+        super().__init__(img_resolution, in_channels, label_dim, label_dropout)
         emb_ch = model_channels * channel_mult_emb
         noise_ch = model_channels * channel_mult_noise
         init = dict(init_mode="xavier_uniform")
@@ -503,31 +573,19 @@ class SongUNet(Backbone):
                         **init,
                     )
                     aux_width = width
-            for i in range(num_blocks):
-                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(
-                    width, model_channels * mult, attention=r in attn_resolutions, **blk
-                )
-                width = model_channels * mult
-                skip_widths.append(width)
+            width = _encoder_blocks(
+                self.enc, r, width, model_channels * mult, num_blocks, r in attn_resolutions, blk, skip_widths
+            )
 
         # Decoder.
         self.dec = nn.ModuleDict()
         last = len(channel_mult) - 1
         for level in range(last, -1, -1):
             mult, r = channel_mult[level], img_resolution >> level
-            if level == last:
-                self.dec[f"{r}x{r}_in0"] = UNetBlock(width, width, attention=True, **blk)
-                self.dec[f"{r}x{r}_in1"] = UNetBlock(width, width, **blk)
-            else:
-                self.dec[f"{r}x{r}_up"] = UNetBlock(width, width, up=True, **blk)
-            for i in range(num_blocks + 1):
-                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(
-                    width + skip_widths.pop(),
-                    model_channels * mult,
-                    attention=(i == num_blocks and r in attn_resolutions),
-                    **blk,
-                )
-                width = model_channels * mult
+            attention = [i == num_blocks and r in attn_resolutions for i in range(num_blocks + 1)]
+            width = _decoder_level(
+                self.dec, r, width, model_channels * mult, level == last, attention, blk, skip_widths
+            )
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < last:
                     self.dec[f"{r}x{r}_aux_up"] = Conv2d(
@@ -541,26 +599,19 @@ class SongUNet(Backbone):
         """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
         return (self.in_channels, self.img_resolution, self.img_resolution)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        noise_labels: torch.Tensor,
-        class_labels: torch.Tensor | None = None,
-        augment_labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        batch = x.shape[0]
-        emb = self.map_noise(noise_labels.reshape(-1).to(x.dtype))
+    def embedding(self, emb: torch.Tensor, labels: torch.Tensor | None, augment: torch.Tensor | None) -> torch.Tensor:
+        """DDPM++'s order: [sin, cos] features, plus labels and augmentation, then two SiLU layers."""
         half = emb.shape[1] // 2
         emb = torch.cat([emb[:, half:], emb[:, :half]], dim=1)  # DDPM++ orders the features [sin, cos]
-        labels = _check_labels(class_labels, self.label_dim, batch, x)
-        if self.map_label is not None:
-            labels = _drop_labels(labels, self.label_dropout, self.training)
+        if labels is not None:
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
-        if self.map_augment is not None and augment_labels is not None:
-            emb = emb + self.map_augment(augment_labels.to(x.dtype))
+        if augment is not None:
+            emb = emb + augment
         emb = F.silu(self.map_layer0(emb))
-        emb = F.silu(self.map_layer1(emb))
+        return F.silu(self.map_layer1(emb))
 
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Encoder (skips kept, the auxiliary input pyramid in place) and decoder (the output pyramid)."""
         # Encoder: every main-path output is kept for the decoder; the auxiliary layers update the
         # most recent one in place of the main path.
         skips: list[torch.Tensor] = []
@@ -603,7 +654,7 @@ class SongUNet(Backbone):
 # ADM
 
 
-class DhariwalUNet(Backbone):
+class DhariwalUNet(_UNetCall, Backbone):
     """The ADM U-Net of Dhariwal & Nichol (2021) in EDM's formulation.
 
     Args (EDM's names and defaults): img_resolution, in_channels, out_channels, label_dim (0 =
@@ -628,11 +679,7 @@ class DhariwalUNet(Backbone):
         dropout: float = 0.10,
         label_dropout: float = 0,
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.in_channels = in_channels
-        self.label_dim = label_dim
-        self.label_dropout = label_dropout
+        super().__init__(img_resolution, in_channels, label_dim, label_dropout)
         emb_ch = model_channels * channel_mult_emb
         init = dict(init_mode="kaiming_uniform", init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
         init_zero = dict(init_mode="kaiming_uniform", init_weight=0, init_bias=0)
@@ -659,27 +706,18 @@ class DhariwalUNet(Backbone):
             else:
                 self.enc[f"{r}x{r}_down"] = UNetBlock(width, width, down=True, **blk)
             skip_widths.append(width)
-            for i in range(num_blocks):
-                self.enc[f"{r}x{r}_block{i}"] = UNetBlock(
-                    width, model_channels * mult, attention=r in attn_resolutions, **blk
-                )
-                width = model_channels * mult
-                skip_widths.append(width)
+            width = _encoder_blocks(
+                self.enc, r, width, model_channels * mult, num_blocks, r in attn_resolutions, blk, skip_widths
+            )
 
         self.dec = nn.ModuleDict()
         last = len(channel_mult) - 1
         for level in range(last, -1, -1):
             mult, r = channel_mult[level], img_resolution >> level
-            if level == last:
-                self.dec[f"{r}x{r}_in0"] = UNetBlock(width, width, attention=True, **blk)
-                self.dec[f"{r}x{r}_in1"] = UNetBlock(width, width, **blk)
-            else:
-                self.dec[f"{r}x{r}_up"] = UNetBlock(width, width, up=True, **blk)
-            for i in range(num_blocks + 1):
-                self.dec[f"{r}x{r}_block{i}"] = UNetBlock(
-                    width + skip_widths.pop(), model_channels * mult, attention=r in attn_resolutions, **blk
-                )
-                width = model_channels * mult
+            attention = [r in attn_resolutions] * (num_blocks + 1)
+            width = _decoder_level(
+                self.dec, r, width, model_channels * mult, level == last, attention, blk, skip_widths
+            )
         self.out_norm = GroupNorm(width)
         self.out_conv = Conv2d(width, out_channels, kernel=3, **init_zero)
 
@@ -688,23 +726,17 @@ class DhariwalUNet(Backbone):
         """(C, H, W) = (in_channels, img_resolution, img_resolution) (protocols.SampleSpec)."""
         return (self.in_channels, self.img_resolution, self.img_resolution)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        noise_labels: torch.Tensor,
-        class_labels: torch.Tensor | None = None,
-        augment_labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        batch = x.shape[0]
-        emb = self.map_noise(noise_labels.reshape(-1).to(x.dtype))
-        if self.map_augment is not None and augment_labels is not None:
-            emb = emb + self.map_augment(augment_labels.to(x.dtype))
+    def embedding(self, emb: torch.Tensor, labels: torch.Tensor | None, augment: torch.Tensor | None) -> torch.Tensor:
+        """ADM's order: augmentation added, the two layers, then the labels added before the SiLU."""
+        if augment is not None:
+            emb = emb + augment
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
-        labels = _check_labels(class_labels, self.label_dim, batch, x)
-        if self.map_label is not None:
-            emb = emb + self.map_label(_drop_labels(labels, self.label_dropout, self.training))
-        emb = F.silu(emb)
+        if labels is not None:
+            emb = emb + self.map_label(labels)
+        return F.silu(emb)
 
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Encoder (every output a skip), decoder, then the output norm and conv."""
         skips: list[torch.Tensor] = []
         for layer in self.enc.values():
             x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)

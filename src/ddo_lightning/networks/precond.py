@@ -39,6 +39,11 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tens
     return c_skip, c_out, c_in, c_noise
 
 
+def raw_network(net: torch.nn.Module) -> torch.nn.Module:
+    """The raw network an EDM preconditioner wraps (``net.model``: EDM keeps the sizes there), else ``net``."""
+    return net.model if isinstance(net, _Preconditioner) else net
+
+
 class _Preconditioner(Network):
     """Shared forward of the wrappers; subclasses define ``coefficients(σ [B]) -> (c_skip, c_out, c_in,
     c_noise)``, each [B] float32.

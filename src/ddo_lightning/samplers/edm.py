@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..protocols import Denoiser
+from ..protocols import Denoiser, NoiseLevels
 from ..schedules import karras_sigmas
 from .base import Sampler
 from .noise import mix_seed, seeded_normal
@@ -135,9 +135,9 @@ class HeunSampler(Sampler):
     def sigmas_for(self, net: Denoiser) -> torch.Tensor:
         """The [N+1] float64 grid used for ``net``: the Karras grid between the configured bounds clamped
         to the network's ``sigma_min``/``sigma_max``, each point passed through its ``round_sigma``, then
-        a final 0 (EDM's ``edm_sampler``). Without those attributes: the configured grid."""
-        net_min, net_max = getattr(net, "sigma_min", None), getattr(net, "sigma_max", None)
-        round_sigma = getattr(net, "round_sigma", None)
+        a final 0 (EDM's ``edm_sampler``). A network without a noise range (not a :class:`~ddo_lightning.protocols.NoiseLevels`): the configured grid."""
+        levels = isinstance(net, NoiseLevels)
+        net_min, net_max = (net.sigma_min, net.sigma_max) if levels else (None, None)
         lo, hi = self.grid["sigma_min"], self.grid["sigma_max"]
         lo = max(lo, float(net_min)) if net_min is not None else lo
         hi = min(hi, float(net_max)) if net_max is not None else hi
@@ -151,8 +151,8 @@ class HeunSampler(Sampler):
             )
         else:
             sig = karras_sigmas(self.num_steps, lo, hi, self.grid["rho"])
-        if callable(round_sigma):
-            sig[:-1] = torch.as_tensor(round_sigma(sig[:-1])).to(device=sig.device, dtype=torch.float64)
+        if levels:
+            sig[:-1] = torch.as_tensor(net.round_sigma(sig[:-1])).to(device=sig.device, dtype=torch.float64)
         return sig
 
     def __call__(
@@ -166,7 +166,7 @@ class HeunSampler(Sampler):
         ``generator``: the churn noise's (S_churn > 0): one for the batch, one per sample, or None (torch's
         global generator)."""
         sigmas = self.sigmas_for(denoiser)
-        round_sigma = getattr(denoiser, "round_sigma", None)
+        round_sigma = denoiser.round_sigma if isinstance(denoiser, NoiseLevels) else None
         if self.compile:
             denoiser = self.compiled(denoiser)
         return heun_sampler(
@@ -175,7 +175,7 @@ class HeunSampler(Sampler):
             labels,
             sigmas,
             generator=generator,
-            round_sigma=round_sigma if callable(round_sigma) else None,
+            round_sigma=round_sigma,
             **self.churn,
         )
 

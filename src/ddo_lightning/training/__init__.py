@@ -1,4 +1,4 @@
-"""The Lightning layer: modules, data module, fake sources and callbacks."""
+"""The Lightning layer: modules, data module (with the fake sources), callbacks and the run's files."""
 
 from .base import DataNetworkMismatch, DenoiserModule, check_data_fits_network, disable_dropout
 from .callbacks import (
@@ -12,13 +12,11 @@ from .callbacks import (
     TokenFigure,
     WeightsNeverChangedError,
 )
-from .checkpoint_io import AtomicCheckpointIO, CorruptCheckpoint, usable_checkpoint
-from .csv_logger import RunCSVLogger
-from .datamodule import DDODataModule
+from .datamodule import DDODataModule, FakeSource, OnlineFakeSource, PoolFakeSource
 from .ema import EMA, PowerEMA
-from .fake_sources import FakeSource, OnlineFakeSource, PoolFakeSource
 from .module import DDOModule, NonFiniteLossError
 from .pretrain import MLEModule
+from .run_io import AtomicCheckpointIO, CorruptCheckpoint, RunCSVLogger, usable_checkpoint
 
 __all__ = [
     "AtomicCheckpointIO",

@@ -15,10 +15,19 @@ from torch import nn
 from torchmetrics import Metric
 
 from ..errors import DataNetworkMismatch
+from ..networks import raw_network
 from ..objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE
-from ..protocols import ConnectsToData, Denoiser, HasRealData, MeasuresNetwork, RoundCheckpoints, SampleSpec
+from ..protocols import (
+    ConnectsToData,
+    Denoiser,
+    HasRealData,
+    MeasuresNetwork,
+    RoundCheckpoints,
+    SampleSpec,
+    TokenVocabulary,
+)
 from ..samplers import HeunSampler, Sampler, TokenSampler, mix_seed
-from .fake_sources import balanced_labels
+from .datamodule import balanced_labels
 from .sharding import is_sharded, rank_batches
 
 # Lightning ≥ 2.2 warns when submodules are in eval mode at fit start; our frozen reference and EMA are
@@ -80,12 +89,11 @@ NETWORK = "model.init_args.network"
 def _network_attr(net: nn.Module, *names: str) -> tuple[Any, str] | None:
     """(value, config key) of the first of ``names`` on the raw network (``net.model``: EDM's wrappers keep
     the sizes there, their own ``label_dim`` only forwards it) or on the network, or None."""
-    for obj, where in (
-        (getattr(net, "model", None), f"{NETWORK}.init_args.model.init_args"),
-        (net, f"{NETWORK}.init_args"),
-    ):
-        if not isinstance(obj, nn.Module):
-            continue
+    raw = raw_network(net)
+    places = [(net, f"{NETWORK}.init_args")]
+    if raw is not net:  # a preconditioner: its raw network first
+        places.insert(0, (raw, f"{NETWORK}.init_args.model.init_args"))
+    for obj, where in places:
         for name in names:
             value = getattr(obj, name, None)
             if isinstance(value, int) and not isinstance(value, bool):
@@ -94,12 +102,9 @@ def _network_attr(net: nn.Module, *names: str) -> tuple[Any, str] | None:
 
 
 def _data_vocab(real: Any) -> int | None:
-    """How many token values the data can hold, where the dataset says (its own or its source's vocab_size)."""
-    for obj in (real, getattr(real, "source", None)):
-        v = getattr(obj, "vocab_size", None)
-        if isinstance(v, int):
-            return v
-    return None
+    """How many token values the data can hold, where the dataset says (:class:`TokenVocabulary`)."""
+    v = real.vocab_size if isinstance(real, TokenVocabulary) else None
+    return v if isinstance(v, int) else None
 
 
 def check_data_fits_network(net: nn.Module, sample_shape: tuple[int, ...], label_dim: int, real: Any = None) -> None:
@@ -117,7 +122,7 @@ def check_data_fits_network(net: nn.Module, sample_shape: tuple[int, ...], label
     data = type(real).__name__ if real is not None else "the data"
     shape = tuple(int(d) for d in sample_shape)
     net_name = type(net).__name__ + (
-        f" around {type(net.model).__name__}" if isinstance(getattr(net, "model", None), nn.Module) else ""
+        f" around {type(raw_network(net)).__name__}" if raw_network(net) is not net else ""
     )
     problems: list[str] = []
     res = _network_attr(net, "img_resolution")
@@ -201,6 +206,9 @@ class DenoiserModule(pl.LightningModule):
         self.sample_shape: tuple[int, ...] | None = None
         self.label_dim = 0
         self.register_buffer("images_seen", torch.zeros((), dtype=torch.int64))
+        # (seed, first step) of the training noise when a search candidate has its own stream (SelfPlay
+        # sets it per candidate); None: the run's stream, seeded by (seed, global step)
+        self.step_stream: tuple[int, int] | None = None
 
     def save_config_hyperparameters(self, object_args: list[str]) -> None:
         """Store the module's arguments in every checkpoint (``hyper_parameters``), so that
@@ -242,6 +250,9 @@ class DenoiserModule(pl.LightningModule):
         keeps its rows (``shard``), so runs are reproducible, resume-safe and the same for any number of
         processes at the same global batch."""
         gen = torch.Generator(device=self.device)
+        if self.step_stream is not None:  # a search candidate: its own seed, steps counted from its start
+            seed, first = self.step_stream
+            return gen.manual_seed(mix_seed(seed, self.global_step - first))
         return gen.manual_seed(mix_seed(self.seed, self.global_step))
 
     @property
@@ -302,8 +313,8 @@ class DenoiserModule(pl.LightningModule):
             metrics.update({k: float(v) for k, v in self.evaluator.measure_network(net).items()})
         # how the number was obtained travels with it: sample count, sampler cost, wall time
         metrics["num_samples"] = float(self.num_eval_samples)
-        metrics["nfe"] = float(getattr(self.sampler, "nfe", float("nan")))
-        metrics["sampler_steps"] = float(getattr(self.sampler, "num_steps", float("nan")))
+        metrics["nfe"] = float(self.sampler.nfe)
+        metrics["sampler_steps"] = float(self.sampler.num_steps)
         metrics["eval_seconds"] = time.perf_counter() - t0
         return metrics
 

@@ -18,6 +18,7 @@ from ..objectives import DDOObjective, DiffusionDDO
 from ..protocols import PairedBatch, PreparesFakes, RoundAware
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
+from .datamodule import DDODataModule
 from .ema import make_ema
 from .sharding import is_sharded, load_full_state_dict, local_part, reset_optimizer_state, shard_network
 
@@ -110,7 +111,8 @@ class DDOModule(DenoiserModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and getattr(self.trainer.datamodule, "fake", None) is None:
+        dm = self.trainer.datamodule
+        if stage == "fit" and not (isinstance(dm, DDODataModule) and dm.fake is not None):
             raise RuntimeError("DDO needs fake samples: give DDODataModule a `fake` source (pool or online)")
 
     def start_round(self, round_index: int) -> None:
@@ -170,6 +172,19 @@ class DDOModule(DenoiserModule):
         Adam restarts. Works on FSDP2-sharded networks (every rank passes the same weights)."""
         for net in (self.reference, self.target, self.ema.model):
             load_full_state_dict(net, weights)
+        self.ema.images.zero_()
+        for opt in self.trainer.optimizers:
+            reset_optimizer_state(opt, is_sharded(self.target))
+
+    @torch.no_grad()
+    def restart_from_reference(self) -> None:
+        """Target and EMA back to the reference's weights, Adam and the EMA restarted; the reference and
+        the round stay (SelfPlay: the next candidate of a round starts where the round started). Shard by
+        shard: the three networks are sharded alike."""
+        reference = self.reference.state_dict()
+        for net in (self.target, self.ema.model):
+            for name, dst in net.state_dict().items():
+                dst.copy_(reference[name])
         self.ema.images.zero_()
         for opt in self.trainer.optimizers:
             reset_optimizer_state(opt, is_sharded(self.target))

@@ -93,7 +93,34 @@ def _level() -> nn.Module:
     return nn.Module()  # a plain container, so parameter names read ``down.0.block.1.conv1.weight``
 
 
-class Encoder(nn.Module):
+def _mid(width: int, dropout: float, using_mid_sa: bool) -> nn.Module:
+    """The lowest-resolution stage of both convnets: ``block_1``, ``attn_1`` (or identity), ``block_2``."""
+    mid = _level()
+    mid.block_1 = ResnetBlock(in_channels=width, out_channels=width, dropout=dropout)
+    mid.attn_1 = AttnBlock(width) if using_mid_sa else nn.Identity()
+    mid.block_2 = ResnetBlock(in_channels=width, out_channels=width, dropout=dropout)
+    return mid
+
+
+class _ConvNet(nn.Module):
+    """What ``Encoder`` and ``Decoder`` share: the original's size attributes and one level's forward."""
+
+    def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, in_channels: int):
+        super().__init__()
+        self.ch, self.num_resolutions = ch, len(ch_mult)
+        self.num_res_blocks, self.in_channels = num_res_blocks, in_channels
+
+    @staticmethod
+    def _run_level(lvl: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """A level's residual blocks, each followed by its attention block where the level has them."""
+        for j, block in enumerate(lvl.block):
+            h = block(h)
+            if len(lvl.attn):
+                h = lvl.attn[j](h)
+        return h
+
+
+class Encoder(_ConvNet):
     """Image [B, 3, H, W] → feature [B, z_channels, H/2^(n−1), W/2^(n−1)], n = len(ch_mult)."""
 
     def __init__(
@@ -109,13 +136,7 @@ class Encoder(nn.Module):
         using_sa: bool = True,
         using_mid_sa: bool = True,
     ):
-        super().__init__()
-        self.ch, self.num_resolutions, self.num_res_blocks, self.in_channels = (
-            ch,
-            len(ch_mult),
-            num_res_blocks,
-            in_channels,
-        )
+        super().__init__(ch, ch_mult, num_res_blocks, in_channels)
         self.downsample_ratio = 2 ** (self.num_resolutions - 1)
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
         widths = [ch] + [ch * m for m in ch_mult]
@@ -135,27 +156,21 @@ class Encoder(nn.Module):
                 lvl.downsample = Downsample2x(widths[i + 1])
             self.down.append(lvl)
         width = widths[-1]
-        self.mid = _level()
-        self.mid.block_1 = ResnetBlock(in_channels=width, out_channels=width, dropout=dropout)
-        self.mid.attn_1 = AttnBlock(width) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(in_channels=width, out_channels=width, dropout=dropout)
+        self.mid = _mid(width, dropout, using_mid_sa)
         self.norm_out = _group_norm(width)
         self.conv_out = nn.Conv2d(width, 2 * z_channels if double_z else z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for lvl in self.down:
-            for j, block in enumerate(lvl.block):
-                h = block(h)
-                if len(lvl.attn):
-                    h = lvl.attn[j](h)
+            h = self._run_level(lvl, h)
             if hasattr(lvl, "downsample"):
                 h = lvl.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class Decoder(nn.Module):
+class Decoder(_ConvNet):
     """Feature [B, z_channels, h, w] → image [B, in_channels, h·2^(n−1), w·2^(n−1)] (unclamped)."""
 
     def __init__(
@@ -170,19 +185,10 @@ class Decoder(nn.Module):
         using_sa: bool = True,
         using_mid_sa: bool = True,
     ):
-        super().__init__()
-        self.ch, self.num_resolutions, self.num_res_blocks, self.in_channels = (
-            ch,
-            len(ch_mult),
-            num_res_blocks,
-            in_channels,
-        )
+        super().__init__(ch, ch_mult, num_res_blocks, in_channels)
         width = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, width, 3, 1, 1)
-        self.mid = _level()
-        self.mid.block_1 = ResnetBlock(in_channels=width, out_channels=width, dropout=dropout)
-        self.mid.attn_1 = AttnBlock(width) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(in_channels=width, out_channels=width, dropout=dropout)
+        self.mid = _mid(width, dropout, using_mid_sa)
         levels: list[nn.Module] = []
         for i in reversed(range(self.num_resolutions)):  # built coarse to fine, stored fine to coarse
             lvl, out = _level(), ch * ch_mult[i]
@@ -203,10 +209,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
         for lvl in reversed(self.up):
-            for j, block in enumerate(lvl.block):
-                h = block(h)
-                if len(lvl.attn):
-                    h = lvl.attn[j](h)
+            h = self._run_level(lvl, h)
             if hasattr(lvl, "upsample"):
                 h = lvl.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))

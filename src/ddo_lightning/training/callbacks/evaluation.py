@@ -16,11 +16,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from ...files import atomic_path
 from ...pixels import model_to_uint8
 from ...protocols import DecodesSamples
 from ...samplers import mix_seed
-from ..atomic import atomic_path
-from ..fake_sources import balanced_labels
+from ..datamodule import balanced_labels
 from ..report import logger_dirs
 from ..sharding import on_rank_zero
 

@@ -13,10 +13,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from ...files import atomic_path
 from ...protocols import HasGroundTruth, KnownTokenSource
 from ...samplers import mix_seed
-from ..atomic import atomic_path
-from ..fake_sources import balanced_labels
+from ..datamodule import balanced_labels
+from ..module import DDOModule
 from ..sharding import on_rank_zero
 from .evaluation import image_grid
 
@@ -39,6 +40,11 @@ class _StartVersusEnd(pl.Callback):
         pass
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and not isinstance(pl_module, DDOModule):
+            raise TypeError(
+                f"{type(self).__name__} compares a DDO run's reference at start and end: it needs a DDOModule, "
+                f"got {type(pl_module).__name__}"
+            )
         self.path = self.path or os.path.join(trainer.default_root_dir, "samples.png")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -89,7 +95,7 @@ class ScatterFigure(_StartVersusEnd):
         panels = [
             ("data", real),
             ("reference at start (MLE)", start),
-            (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", end),
+            (f"after DDO (round {pl_module.round_index} reference)", end),
         ]
         lim = float(real.abs().max()) * 1.3
         fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.6), sharex=True, sharey=True)
@@ -124,7 +130,7 @@ class ImageGridFigure(_StartVersusEnd):
             axes,
             [
                 ("reference at start (MLE)", start),
-                (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", end),
+                (f"after DDO (round {pl_module.round_index} reference)", end),
             ],
         ):
             g = image_grid(x, self.columns)
@@ -180,7 +186,7 @@ class TokenFigure(_StartVersusEnd):
         series = [
             ("data", truth.log_prob(real_x, real_c)),
             ("reference at start (MLE)", truth.log_prob(start, classes)),
-            (f"after DDO (round {getattr(pl_module, 'round_index', '?')} reference)", truth.log_prob(end, classes)),
+            (f"after DDO (round {pl_module.round_index} reference)", truth.log_prob(end, classes)),
         ]
         kl_end = truth.exact_kl(pl_module.reference)
         fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})

@@ -1,6 +1,14 @@
-"""A CSV logger whose ``metrics.csv`` continues across resumes.
+"""A run's files through Lightning: checkpoints that are never half-written (and truncated ones that are
+recognised), and a ``metrics.csv`` that continues across resumes. Both write through
+:mod:`ddo_lightning.files` (temporary name, then rename).
 
-Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it opens its directory again (and, with
+Checkpoints. ``AtomicCheckpointIO`` (the ``ddo`` command installs it unless a config names another checkpoint plugin)
+writes every Lightning checkpoint to a temporary name in the same directory, flushes it to disk and
+renames it: a crash or SIGKILL leaves either the old file or the new one. ``usable_checkpoint`` checks a
+checkpoint loads (``torch.load(weights_only=True)``: our checkpoints hold tensors and plain containers
+only) and, when it does not, falls back to the newest good checkpoint in the same directory.
+
+The CSV log. Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when it opens its directory again (and, with
 a fixed version, a resumed run loses the rows of the first segment). ``RunCSVLogger`` keeps them: it
 reads the existing header and rows, appends, and rewrites the file (atomically) only when new columns
 appear. The file is also flushed at every ModelCheckpoint save, so it holds every row up to the newest
@@ -11,6 +19,7 @@ interrupted run logged after that checkpoint, which the resumed run logs again: 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 from typing import Any
@@ -18,11 +27,65 @@ from typing import Any
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .atomic import atomic_write_text
+from ..errors import CorruptCheckpoint
+from ..files import atomic_torch_save, atomic_write_text, read_tensor_file
 
 
+# ---- checkpoints ------------------------------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """TorchCheckpointIO with write-to-temporary-then-rename saves and a clear error for unreadable files."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        atomic_torch_save(checkpoint, str(path))  # a failed write removes its temporary file and names `path`
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise CorruptCheckpoint(
+                f"checkpoint {path} cannot be read (truncated or corrupt?): {type(err).__name__}: {err}"
+            ) from err
+
+
+def check_checkpoint(path: str) -> None:
+    """Raise :class:`CorruptCheckpoint` unless ``path`` loads with ``torch.load(weights_only=True)``."""
+    read_tensor_file(path, mmap=True)
+
+
+def usable_checkpoint(path: str) -> str:
+    """``path`` if it loads; otherwise the newest other ``*.ckpt`` in its directory that loads (with a
+    warning naming both); otherwise :class:`CorruptCheckpoint` naming ``path``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        check_checkpoint(path)
+        return path
+    except CorruptCheckpoint as err:
+        first = err
+    here = os.path.dirname(os.path.abspath(path))
+    others = sorted(
+        (p for p in glob.glob(os.path.join(here, "*.ckpt")) if os.path.abspath(p) != os.path.abspath(path)),
+        key=os.path.getmtime,
+        reverse=True,
+    )
+    for other in others:
+        try:
+            check_checkpoint(other)
+        except CorruptCheckpoint:
+            continue
+        rank_zero_warn(f"{first}. Resuming from the newest good checkpoint in {here} instead: {other}")
+        return other
+    raise CorruptCheckpoint(f"{first}; no other readable checkpoint in {here}")
+
+
+# ---- metrics.csv ------------------------------------------------------------------------------------------
 def _read_rows(path: str) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
