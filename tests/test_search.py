@@ -510,6 +510,7 @@ SIZES = {  # the only settings the overlay may change: lengths, cadences and sam
 }
 
 
+@pytest.mark.slow  # three `ddo fit` launches; mid-candidate resume stays fast (test_resume_mid_candidate_…)
 def test_search_preset_killed_mid_candidate_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     """configs/toy2d_search.yaml as shipped, shrunk by a sizes-only overlay (1 round, 4 candidates of 4
     steps at batch 64, a checkpoint every step): a `ddo fit` killed with SIGKILL inside candidate 2 or later,
