@@ -481,7 +481,6 @@ def test_token_dataset_round_trip(tmp_path, model, suffix):
         assert VARTokenDataset(bad, num_classes=K).label_dim == K
 
 
-@pytest.mark.slow
 def test_full_length_ten_scale_path():
     """The released geometry (10 scales, 680 tokens, 256 px, the φ ties at scales 2 and 7) with a narrow
     model: sampler = teacher forcing, decode = the sampler's images, encode gives 680 tokens."""
