@@ -322,11 +322,6 @@ def render_sbatch(
     for config in configs:
         if not isinstance(config, str) or not config:
             raise ValueError(f"config {config!r}: expected a path")
-    if isinstance(configs, str) or not configs:
-        raise ValueError(f"configs {configs!r}: expected a non-empty list of config files")
-    for config in configs:
-        if not isinstance(config, str) or not config:
-            raise ValueError(f"config {config!r}: expected a path")
     tasks, time = check_job_flags(
         nodes=nodes,
         cpus_per_task=cpus_per_task,
