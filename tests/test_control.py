@@ -239,3 +239,18 @@ def test_claims_need_a_margin_above_two_std():
     assert not c[1]["better_than_reference"] and not c[1]["better_than_control"]  # 0.4 < 0.566; -0.1
     hi = claims(rep, "fid", "max")  # higher is better: the reference beats the rounds, no claims
     assert not any(x["better_than_reference"] for x in hi)
+
+
+def test_more_rounds_after_the_control_continue_ddo_and_rerun_the_control(tmp_path, toy_real, mle_ckpt):
+    kw = {"candidates": None, "report_seed_sets": 0}
+    sp1, mod1, _, _ = fit(tmp_path, toy_real, mle_ckpt, rounds=1, **kw)
+    promoted = {k: v.clone() for k, v in mod1.reference.state_dict().items()}
+    sp, _, trainer, probe = fit(
+        tmp_path, toy_real, mle_ckpt, rounds=2, ckpt_path=str(tmp_path / "sp" / "rounds" / "control.ckpt"), **kw
+    )
+    assert probe.ddo_steps == 4 and probe.control_steps == 8 and trainer.global_step == 8 + 12
+    assert sp.control_images == 2 * 512 and sp.phase == "done" and len(sp.promotions) == 2
+    assert probe.first["adam_state"] == 0
+    for k, v in probe.start_reference.items():  # round 2 started from round 1's promoted weights
+        assert torch.equal(v, promoted[k]), k
+    assert [p["kimg_in_control"] for p in sp.summary()["control"]["curve"]][-1] == 1.024

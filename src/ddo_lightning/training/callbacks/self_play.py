@@ -207,7 +207,8 @@ class SelfPlay(pl.Callback):
         self._checked_images = 0  # images in the candidate at the last evaluation check
         self._legacy_images_in_round: int | None = None
         self._baseline: dict[str, float] = {}  # the module's own values of the keys any candidate overrides
-        self.run_start_images = 0  # images_seen when this fit's first round started (the control's budget)
+        self.run_start_images = 0  # images_seen when this fit's first round started
+        self.ddo_images = 0  # real images the finished rounds of this fit consumed (every candidate's)
         self.phase = "rounds"  # "rounds", then with `control` "control", then "done"
         self.control_images = 0  # the control's budget: the real images the DDO rounds consumed
         self.control_start_images = 0  # images_seen when the control started
@@ -260,6 +261,7 @@ class SelfPlay(pl.Callback):
         "candidates_moved",
         "best_candidate",
         "run_start_images",
+        "ddo_images",
         "phase",
         "control_images",
         "control_start_images",
@@ -324,11 +326,6 @@ class SelfPlay(pl.Callback):
         self._stop_if_finished(trainer)
 
     def _stop_if_finished(self, trainer: pl.Trainer) -> bool:
-        if self.phase == "done" and self.round < self.rounds:
-            raise ValueError(
-                f"this run finished its {self.round} rounds and its MLE control: playing more rounds after the "
-                "control is not supported (start a new run from the last round's checkpoint)"
-            )
         if self.round < self.rounds or (self.control and self.phase != "done"):
             return False
         if not trainer.should_stop:
@@ -363,6 +360,8 @@ class SelfPlay(pl.Callback):
                 f"control: the run's starting reference {self.start_path} is missing (a run started without "
                 "`control` cannot add it later: its starting weights were not kept); set control: false"
             )
+        if self.phase == "done" and self.round < self.rounds:  # more rounds asked after the control
+            self._reopen_rounds(trainer, pl_module)
         if self.phase == "control":  # resumed inside the control
             self._checked_images = self.images_in_control
             self._enter_control(trainer, pl_module)
@@ -617,6 +616,7 @@ class SelfPlay(pl.Callback):
             promotion["candidate_label"] = self.labels[self.best_candidate] if improved else None
             promotion["candidates_moved"] = list(self.candidates_moved)
         self.promotions.append(promotion)
+        self.ddo_images += int(pl_module.images_seen) - self.round_start_images
         finished = self.round + 1
         self.round, self.best_images, self.best_candidate = finished, 0, 0  # best_score: the new reference's
         self.candidate, self.candidates_moved = 0, []
@@ -651,7 +651,7 @@ class SelfPlay(pl.Callback):
             )
         self.phase = "control"
         now = int(pl_module.images_seen)
-        self.control_images = now - self.run_start_images
+        self.control_images = self.ddo_images
         self.control_start_images = self._checked_images = now
         weights = read_tensor_file(self.start_path, map_location=pl_module.device)
         with torch.no_grad():
@@ -671,6 +671,21 @@ class SelfPlay(pl.Callback):
             f"[control] MLE ({type(pl_module.control_objective).__name__}) from the run's starting reference for "
             f"{self.control_images / 1000:g} kimg (every real image the DDO rounds consumed)"
         )
+
+    def _reopen_rounds(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """A finished run given more ``rounds``: the control's weights leave (target and EMA back to the
+        last promoted reference, fresh Adam and EMA), its records are dropped, and the next round starts;
+        the control runs again after the new last round, for all the rounds' images."""
+        pl_module.restart_from_reference()
+        pl_module.control_objective = None
+        trainer.datamodule.real_only = False
+        self.phase, self.control_record, self.control_evaluations = "rounds", None, []
+        self.control_best_score, self.control_best_images = None, 0
+        self.reports = [r for r in self.reports if r["model"] != "control"]
+        now = int(pl_module.images_seen)
+        self.round_start_images = self.candidate_start_images = now
+        self.candidate_start_step = int(trainer.global_step)
+        rank_zero_info(f"[selfplay] more rounds after the MLE control: round {self.display_round} starts")
 
     def _fit_reference_evaluation(self) -> dict[str, Any] | None:
         """The evaluation of the reference this fit started from (its first round's 0-kimg point)."""
