@@ -254,3 +254,14 @@ def test_more_rounds_after_the_control_continue_ddo_and_rerun_the_control(tmp_pa
     for k, v in probe.start_reference.items():  # round 2 started from round 1's promoted weights
         assert torch.equal(v, promoted[k]), k
     assert [p["kimg_in_control"] for p in sp.summary()["control"]["curve"]][-1] == 1.024
+
+
+def test_control_uses_the_first_rounds_p_std_and_keeps_the_round_index(tmp_path, toy_real, mle_ckpt):
+    """With a P_std schedule the control's DSM takes round 1's P_std; the module still names the last round."""
+    sp = self_play(tmp_path, rounds=2, candidates=None, report_seed_sets=0)
+    probe = ControlProbe(sp)
+    mod = module(mle_ckpt)
+    mod.objective.P_std_schedule = [1.4, 2.5]
+    make_trainer(tmp_path, max_steps=1000, callbacks=[sp, probe]).fit(mod, data(toy_real))
+    assert probe.first["objective"].P_std == 1.4 and mod.objective.P_std == 2.5
+    assert mod.round_index == 2 and probe.first["loss"] == pytest.approx(probe.first["dsm"], rel=1e-6)

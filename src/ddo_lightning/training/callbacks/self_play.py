@@ -65,6 +65,7 @@ from ...errors import SearchError, WeightsNeverChangedError
 from ...files import atomic_torch_save, read_tensor_file
 from ...losses import check_alpha_beta
 from ...objectives import mle_counterpart
+from ...protocols import RoundAware
 from .. import report, search
 from ..ema import PowerEMA, sigma_rel_to_gamma
 from ..module import DDOModule
@@ -698,8 +699,11 @@ class SelfPlay(pl.Callback):
         run's noise stream."""
         for key, value in self._baseline.items():
             self._set(pl_module, trainer, key, value)
-        pl_module.start_round(self.start_round - 1)
-        pl_module.control_objective = mle_counterpart(pl_module.objective)
+        objective = pl_module.objective
+        if isinstance(objective, RoundAware):  # the first round's settings (P_std_schedule) for the control
+            objective.start_round(self.start_round - 1)
+        pl_module.control_objective = mle_counterpart(objective)
+        pl_module.start_round(self.round)  # the finished rounds' index again (figures name the final round)
         pl_module.step_stream = None
         trainer.datamodule.real_only = True
 
