@@ -2,7 +2,7 @@
 makes, joined by a veth pair whose addresses exist only inside those namespaces (tests/slurm_cluster.py).
 
 - A 2-node x 1-task DDP job of the toy preset trains as one process does at the same global batch: per-step
-  losses and final weights (target, reference, EMA) equal within float32 reassociation (see ``same_weights``).
+  losses and final weights (target, reference, EMA) equal up to float32 reassociation (see ``same_weights``).
 - A preempted 2-node job (SIGUSR1 to its tasks) checkpoints, requeues itself and resumes on both nodes from
   the step it stopped at; every step runs once and the final weights equal the uninterrupted run's.
 
@@ -193,19 +193,23 @@ def final_state(run_dir):
 
 
 def same_weights(a, b):
-    """Target, reference and EMA weights equal within float32 reassociation. DDP averages the two ranks'
-    gradients of 32 samples each, one process the gradient of the 64: the same sums in another order, which
-    changes a gradient element by about n·2⁻²⁴ (n = 64 terms: ~4e-6 relative) where the sum does not cancel.
-    Adam's steps are at most lr = 2e-3 per element and per step and move by a similar relative amount, so
-    after tens of steps the weights (of order 0.1-1) agree to ~1e-7-1e-6; 1e-5 (rtol and atol, as in
-    tests/test_distributed.py) leaves room for elements whose gradient sum cancels. Returns the largest
-    difference seen."""
+    """Target, reference and EMA weights equal within what float32 reassociation can do through Adam.
+
+    DDP averages the two ranks' gradients of 32 samples each, one process the gradient of the 64: the same
+    sum in another order, an absolute difference of about n·2⁻²⁴·mean|term| per element (n = 64). Adam
+    (lr = 2e-3, ε = 1e-8) turns a gradient g into a step lr·m̂/(√v̂ + ε); where |g| ≫ ε that is insensitive
+    (the weights agree to ~1e-7), but in the first step after a promotion (SelfPlay restarts the optimizer,
+    so the step is lr·g/(|g| + ε)) an element whose gradient sum nearly cancels, |g| ~ ε, amplifies the
+    difference by up to lr/ε = 2e5. Measured here: 5.6e-8 over the 8-step run, 4.5e-6 over the 24-step one
+    (one element with g ≈ 5e-8 in round 3's first step, unchanged afterwards). Tolerance: atol 1e-4 = lr/20,
+    rtol 1e-5: a lost or differently fed step moves nearly every element by ~lr. Returns the largest
+    difference."""
     worst = 0.0
     for prefix in ("target.", "reference.", "ema.model."):
         keys = [k for k in a if k.startswith(prefix)]
         assert keys, prefix
         for k in keys:
-            assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), (k, (a[k] - b[k]).abs().max().item())
+            assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-4), (k, (a[k] - b[k]).abs().max().item())
             worst = max(worst, (a[k] - b[k]).abs().max().item())
     return worst
 
@@ -280,7 +284,7 @@ def test_preempted_two_node_job_requeues_and_resumes_on_both_nodes(cluster, toy_
     second run (same job id, both nodes again) resumes at the next step. A checkpoint every step shows which
     run wrote which step: none missing, none written twice (the first run stops at the resume step, the
     second starts after it)."""
-    steps, name = 40, "ddo-2n-preempt"
+    steps, name = 24, "ddo-2n-preempt"
     run_dir, out = tmp_path / "two", tmp_path / "slurm"
     overlay = toy_overlay(tmp_path / "tiny.yaml", toy_reference, steps, ckpt_every=1)
     t0 = time.monotonic()
@@ -318,9 +322,12 @@ def test_preempted_two_node_job_requeues_and_resumes_on_both_nodes(cluster, toy_
         int(m.group(1)): p.stat().st_mtime for p in ckpts.iterdir() if (m := re.fullmatch(r"step=(\d+)\.ckpt", p.name))
     }
     assert sorted(written) == list(range(1, steps + 1)), failure(f"step checkpoints {sorted(written)}")
-    t_resume = resume.stat().st_mtime
-    assert all(written[k] <= t_resume for k in range(1, stopped + 1)), "the first run went past its resume step"
-    assert all(written[k] > t_resume for k in range(stopped + 1, steps + 1)), "the second run repeated a step"
+    # the second run's start (its ranks' Placement records) divides the steps: up to the resume step written
+    # before it (step `stopped`'s ModelCheckpoint runs after Preemption's save), the rest after it
+    t_restart = min(p.stat().st_mtime for p in (run_dir / "placement").glob("restart1-rank*.json"))
+    assert resume.stat().st_mtime < t_restart
+    assert all(written[k] < t_restart for k in range(1, stopped + 1)), "the first run went past its resume step"
+    assert all(written[k] > t_restart for k in range(stopped + 1, steps + 1)), "the second run repeated a step"
     for k in (stopped, stopped + 1, steps):
         assert torch.load(ckpts / f"step={k}.ckpt", map_location="cpu", weights_only=True)["global_step"] == k
 
