@@ -211,6 +211,11 @@ SELFPLAY_ARGUMENTS = {  # --selfplay.NAME: type, help (the SelfPlay callback's a
     "eval_every_kimg": (float, "evaluate the EMA every this many kimg"),
     "monitor": (str, "the evaluator's metric that picks each round's best checkpoint"),
     "mode": (str, "'min' or 'max': whether lower or higher monitor values are better"),
+    "start_round": (int, "the first round this fit plays (1-based; with --selfplay.rounds R: round R alone)"),
+    "candidates": (
+        list[dict[str, float]],
+        "the round's hyper-parameter candidates, a JSON list of dicts, e.g. '[{\"model.objective.alpha\": 2}]'",
+    ),
 }
 
 
@@ -350,6 +355,10 @@ def main(args: list[str] | None = None) -> None:
         from .launch.slurm import main as slurm_main
 
         raise SystemExit(slurm_main(argv[1:]))
+    if argv[:1] == ["promote"]:
+        from .launch.promote import main as promote_main
+
+        raise SystemExit(promote_main(argv[1:]))
     if argv[:1] in (["sample"], ["fid"], ["fetch"]):
         from .commands import run_command
 

@@ -109,7 +109,7 @@ def main_help() -> str:
     """``ddo --help``: the commands, then the presets."""
     width = _width()
     lines = [
-        "usage: ddo {fit,validate,test,predict,sample,fid,convert,slurm} ...",
+        "usage: ddo {fit,validate,test,predict,sample,fid,convert,slurm,promote} ...",
         "",
         "  ddo fit --config PRESET.yaml [--KEY VALUE ...]   train (ddo fit --help: the options)",
         "  ddo validate --config PRESET.yaml --ckpt_path FILE   evaluate a checkpoint",
@@ -117,7 +117,9 @@ def main_help() -> str:
         "  ddo fid --help       FID of a checkpoint or image set; reference statistics of a dataset",
         "  ddo convert --help   an NVIDIA EDM/EDM2 pickle to plain weights",
         "  ddo fetch --help     download checkpoints, datasets and statistics a preset needs",
-        "  ddo slurm --help     run ddo fit under SLURM (sbatch script, one task per device)",
+        "  ddo slurm --help     run ddo fit under SLURM (sbatch script, one task per device;",
+        "                       --sweep: a per-round search, a job array per round)",
+        "  ddo promote --help   pick a round's new reference among a search's candidates",
         "",
     ]
     lines += preset_lines(width)

@@ -24,6 +24,7 @@ Tree::
     ├── FetchError             (RuntimeError)      a download or cached file failed a check
     ├── MissingFile            (FileNotFoundError) a cache:NAME file is not in the cache
     ├── WriteError             (OSError)           writing an output file failed
+    ├── SearchError            (ValueError)  a bad per-round search (candidates, sweep grid)
     ├── NonFiniteLossError     (FloatingPointError) the loss became NaN/inf
     └── WeightsNeverChangedError (RuntimeError)    no self-play round changed the weights
 """
@@ -95,6 +96,11 @@ class MissingFile(DDOError, FileNotFoundError):
 
 class WriteError(DDOError, OSError):
     """Writing an output file failed; ``filename`` is the destination (not the temporary name)."""
+
+
+class SearchError(DDOError, ValueError):
+    """A per-round search that cannot run: an unknown or non-round key, a bad value, an empty, duplicated
+    or too large candidate list (raised before anything trains)."""
 
 
 class NonFiniteLossError(DDOError, FloatingPointError):

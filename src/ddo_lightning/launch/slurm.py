@@ -147,6 +147,145 @@ def fit_command_args(
     return args
 
 
+def resource_lines(
+    *,
+    job_name: str,
+    nodes: int,
+    tasks: int,
+    gpus_per_node: int | None,
+    cpus_per_task: int,
+    time: str,
+    log_pattern: str,
+    requeue_signal: str,
+    signal_lead_seconds: int,
+    partition: str | None,
+    account: str | None,
+    qos: str | None,
+    extra_sbatch: Sequence[str],
+    array: str | None = None,
+) -> list[str]:
+    """The ``#SBATCH`` lines of a training job (values checked by the caller): name, ``array`` (a job
+    array's index range), nodes and tasks, GPUs, time, logs ``<log_pattern>.out/.err``, the requeue signal,
+    partition/account/qos and the extra lines (a GPU request among them is refused)."""
+    lines = [f"--job-name={job_name}"]
+    if array is not None:
+        lines.append(f"--array={array}")
+    lines += [f"--nodes={nodes}", f"--ntasks-per-node={tasks}"]
+    if gpus_per_node is not None:
+        lines.append(f"--gres=gpu:{gpus_per_node}")
+    lines += [
+        f"--cpus-per-task={cpus_per_task}",
+        f"--time={time}",
+        f"--output={_sbatch_path(log_pattern + '.out')}",
+        f"--error={_sbatch_path(log_pattern + '.err')}",
+        f"--signal={requeue_signal}@{signal_lead_seconds}",
+        "--requeue",
+        "--open-mode=append",
+    ]
+    lines += account_lines(partition, account, qos)
+    return [f"#SBATCH {line}" for line in lines] + extra_lines(extra_sbatch)
+
+
+def account_lines(partition: str | None, account: str | None, qos: str | None) -> list[str]:
+    """``--partition``/``--account``/``--qos`` options (without ``#SBATCH``) for the values given."""
+    return [
+        f"--{flag}={_check_word(flag, value)}"
+        for flag, value in (("partition", partition), ("account", account), ("qos", qos))
+        if value is not None
+    ]
+
+
+def extra_lines(extra_sbatch: Sequence[str]) -> list[str]:
+    """``--sbatch-arg`` values as ``#SBATCH`` lines; a GPU request is refused (``--gpus-per-node`` asks)."""
+    if isinstance(extra_sbatch, str):
+        raise ValueError(f"extra_sbatch {extra_sbatch!r}: expected a list of strings, not a string")
+    out = []
+    for extra in extra_sbatch:
+        if not isinstance(extra, str) or not extra.strip() or "\n" in extra:
+            raise ValueError(f"extra sbatch line {extra!r}: expected one non-empty line such as --exclusive")
+        extra = extra.strip()
+        if _GPU_REQUEST.match(extra):
+            raise ValueError(
+                f"extra sbatch line {extra!r}: GPUs are asked for with --gpus-per-node N (it also sets "
+                "the tasks and the trainer's accelerator and devices)"
+            )
+        out.append(extra if extra.startswith("#SBATCH") else f"#SBATCH {extra}")
+    return out
+
+
+def _check_fit_args(fit_args: Sequence[str]) -> None:
+    if isinstance(fit_args, str):
+        raise ValueError(f"fit_args {fit_args!r}: expected a list of strings, not a string")
+    for arg in fit_args:
+        if isinstance(arg, str) and arg.split("=")[0] in _SET_BY_SLURM:
+            raise ValueError(
+                f"fit argument {arg!r}: ddo slurm sets {', '.join(_SET_BY_SLURM)} from --nodes and "
+                "--gpus-per-node/--devices"
+            )
+
+
+def check_job_flags(
+    *,
+    nodes: int,
+    cpus_per_task: int,
+    time: str,
+    job_name: str,
+    devices: int | None,
+    gpus_per_node: int | None,
+    requeue_signal: str,
+    signal_lead_seconds: int,
+) -> tuple[int, str]:
+    """Check the allocation flags; return (tasks per node, the time limit). Raises ``ValueError``."""
+    _check_positive("nodes", nodes)
+    tasks = tasks_per_node(devices, gpus_per_node)
+    _check_positive("cpus_per_task", cpus_per_task)
+    time = _check_time(time)
+    _check_word("job_name", job_name)
+    if not isinstance(requeue_signal, str) or not _SIGNAL.fullmatch(requeue_signal):
+        raise ValueError(f"requeue_signal {requeue_signal!r}: expected a signal name such as USR1")
+    if (
+        isinstance(signal_lead_seconds, bool)
+        or not isinstance(signal_lead_seconds, int)
+        or not 0 <= signal_lead_seconds <= 65535
+    ):
+        raise ValueError(f"signal_lead_seconds {signal_lead_seconds!r}: expected an integer in 0-65535")
+    return tasks, time
+
+
+def resume_lines(out_dir: str, preemption: bool = True) -> list[str]:
+    """The script's resume rule (bash): ``--ckpt_path $OUT_DIR/resume-$SLURM_JOB_ID.ckpt`` in ``"$@"`` for a
+    requeued run of this job that finds its own checkpoint, nothing otherwise. ``out_dir``: the right-hand
+    side of the bash assignment (quoted by the caller)."""
+    if not preemption:
+        return ["set --  # no Preemption callback (--no-preemption): nothing to resume from here"]
+    return [
+        ': "${SLURM_JOB_ID:?not running under SLURM: submit this script with sbatch}"',
+        f"OUT_DIR={out_dir}",
+        'RESUME="$OUT_DIR/resume-$SLURM_JOB_ID.ckpt"',
+        'RESTARTS="${SLURM_RESTART_COUNT:-0}"',
+        "set --",
+        'if [ "$RESTARTS" -gt 0 ] && [ -f "$RESUME" ]; then',
+        '  echo "job $SLURM_JOB_ID, restart $RESTARTS: resuming from $RESUME"',
+        '  set -- --ckpt_path "$RESUME"',
+        'elif [ "$RESTARTS" -gt 0 ]; then',
+        '  echo "job $SLURM_JOB_ID, restart $RESTARTS: no $RESUME, starting from the config"',
+        "fi",
+        "# A resume checkpoint of another job (or of an earlier job with this id) is never used: say so.",
+        'for old in "$OUT_DIR"/resume*.ckpt; do',
+        '  if [ -e "$old" ] && { [ "$old" != "$RESUME" ] || [ "$RESTARTS" -eq 0 ]; }; then',
+        '    echo "not resuming from $old: not written by an earlier run of this job (job $SLURM_JOB_ID, restart $RESTARTS)"',
+        "  fi",
+        "done",
+    ]
+
+
+def srun_line(cpus_per_task: int, command: Sequence[str], expanded: Sequence[str] = (_RESUME_VAR,)) -> str:
+    """``srun ... COMMAND "$@"``: every argument shell-quoted except those holding one of ``expanded``
+    (variables known at run time only), which are double-quoted so that bash expands them."""
+    words = " ".join(f'"{a}"' if any(v in str(a) for v in expanded) else shlex.quote(str(a)) for a in command)
+    return f'srun --kill-on-bad-exit=1 --cpus-per-task={cpus_per_task} {words} "$@"'
+
+
 def render_sbatch(
     configs: Sequence[str],
     *,
@@ -183,59 +322,42 @@ def render_sbatch(
     for config in configs:
         if not isinstance(config, str) or not config:
             raise ValueError(f"config {config!r}: expected a path")
-    _check_positive("nodes", nodes)
-    tasks = tasks_per_node(devices, gpus_per_node)
-    _check_positive("cpus_per_task", cpus_per_task)
+    if isinstance(configs, str) or not configs:
+        raise ValueError(f"configs {configs!r}: expected a non-empty list of config files")
+    for config in configs:
+        if not isinstance(config, str) or not config:
+            raise ValueError(f"config {config!r}: expected a path")
+    tasks, time = check_job_flags(
+        nodes=nodes,
+        cpus_per_task=cpus_per_task,
+        time=time,
+        job_name=job_name,
+        devices=devices,
+        gpus_per_node=gpus_per_node,
+        requeue_signal=requeue_signal,
+        signal_lead_seconds=signal_lead_seconds,
+    )
     if batch_per_device is not None:
         _check_positive("batch_per_device", batch_per_device)
-    time = _check_time(time)
-    _check_word("job_name", job_name)
     if not isinstance(output_dir, str) or not output_dir:
         raise ValueError(f"output_dir {output_dir!r}: expected a directory path")
-    if not isinstance(requeue_signal, str) or not _SIGNAL.fullmatch(requeue_signal):
-        raise ValueError(f"requeue_signal {requeue_signal!r}: expected a signal name such as USR1")
-    if (
-        isinstance(signal_lead_seconds, bool)
-        or not isinstance(signal_lead_seconds, int)
-        or not 0 <= signal_lead_seconds <= 65535
-    ):
-        raise ValueError(f"signal_lead_seconds {signal_lead_seconds!r}: expected an integer in 0-65535")
 
-    lines = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks}"]
-    if gpus_per_node is not None:
-        lines.append(f"--gres=gpu:{gpus_per_node}")
-    lines += [
-        f"--cpus-per-task={cpus_per_task}",
-        f"--time={time}",
-        f"--output={_sbatch_path(os.path.join(output_dir, '%x-%j.out'))}",
-        f"--error={_sbatch_path(os.path.join(output_dir, '%x-%j.err'))}",
-        f"--signal={requeue_signal}@{signal_lead_seconds}",
-        "--requeue",
-        "--open-mode=append",
-    ]
-    for flag, value in (("partition", partition), ("account", account), ("qos", qos)):
-        if value is not None:
-            lines.append(f"--{flag}={_check_word(flag, value)}")
-    sbatch_lines = [f"#SBATCH {line}" for line in lines]
-    for what, seq in (("extra_sbatch", extra_sbatch), ("fit_args", fit_args)):
-        if isinstance(seq, str):
-            raise ValueError(f"{what} {seq!r}: expected a list of strings, not a string")
-    for extra in extra_sbatch:
-        if not isinstance(extra, str) or not extra.strip() or "\n" in extra:
-            raise ValueError(f"extra sbatch line {extra!r}: expected one non-empty line such as --exclusive")
-        extra = extra.strip()
-        if _GPU_REQUEST.match(extra):
-            raise ValueError(
-                f"extra sbatch line {extra!r}: GPUs are asked for with --gpus-per-node N (it also sets "
-                "the tasks and the trainer's accelerator and devices)"
-            )
-        sbatch_lines.append(extra if extra.startswith("#SBATCH") else f"#SBATCH {extra}")
-    for arg in fit_args:
-        if isinstance(arg, str) and arg.split("=")[0] in _SET_BY_SLURM:
-            raise ValueError(
-                f"fit argument {arg!r}: ddo slurm sets {', '.join(_SET_BY_SLURM)} from --nodes and "
-                "--gpus-per-node/--devices"
-            )
+    sbatch_lines = resource_lines(
+        job_name=job_name,
+        nodes=nodes,
+        tasks=tasks,
+        gpus_per_node=gpus_per_node,
+        cpus_per_task=cpus_per_task,
+        time=time,
+        log_pattern=os.path.join(output_dir, "%x-%j"),
+        requeue_signal=requeue_signal,
+        signal_lead_seconds=signal_lead_seconds,
+        partition=partition,
+        account=account,
+        qos=qos,
+        extra_sbatch=extra_sbatch,
+    )
+    _check_fit_args(fit_args)
 
     command = [python, "-m", "ddo_lightning.cli", "fit"]
     for config in configs:
@@ -243,8 +365,6 @@ def render_sbatch(
     command += fit_command_args(
         nodes, tasks, gpus_per_node is not None, fit_args, batch_per_device, _RESUME_VAR if preemption else None
     )
-    # the resume path holds the job id, known at run time only: that one argument is expanded by bash
-    srun = " ".join(f'"{a}"' if _RESUME_VAR in a else shlex.quote(str(a)) for a in command)
     kind = f"{gpus_per_node} GPU(s) per node" if gpus_per_node is not None else f"{tasks} CPU task(s) per node"
     header = [
         "#!/bin/bash",
@@ -256,29 +376,7 @@ def render_sbatch(
         "# checkpoints at the end of the step (resume-<job id>.ckpt in the output directory) and requeues the job;",
         "# the requeued job (same id) resumes from that checkpoint, no other job does.",
     ]
-    resume = (
-        [
-            ': "${SLURM_JOB_ID:?not running under SLURM: submit this script with sbatch}"',
-            f"OUT_DIR={shlex.quote(output_dir)}",
-            'RESUME="$OUT_DIR/resume-$SLURM_JOB_ID.ckpt"',
-            'RESTARTS="${SLURM_RESTART_COUNT:-0}"',
-            "set --",
-            'if [ "$RESTARTS" -gt 0 ] && [ -f "$RESUME" ]; then',
-            '  echo "job $SLURM_JOB_ID, restart $RESTARTS: resuming from $RESUME"',
-            '  set -- --ckpt_path "$RESUME"',
-            'elif [ "$RESTARTS" -gt 0 ]; then',
-            '  echo "job $SLURM_JOB_ID, restart $RESTARTS: no $RESUME, starting from the config"',
-            "fi",
-            "# A resume checkpoint of another job (or of an earlier job with this id) is never used: say so.",
-            'for old in "$OUT_DIR"/resume*.ckpt; do',
-            '  if [ -e "$old" ] && { [ "$old" != "$RESUME" ] || [ "$RESTARTS" -eq 0 ]; }; then',
-            '    echo "not resuming from $old: not written by an earlier run of this job (job $SLURM_JOB_ID, restart $RESTARTS)"',
-            "  fi",
-            "done",
-        ]
-        if preemption
-        else ["set --  # no Preemption callback (--no-preemption): nothing to resume from here"]
-    )
+    resume = resume_lines(shlex.quote(output_dir), preemption)
     body = [
         "set -euo pipefail",
         "",
@@ -286,7 +384,7 @@ def render_sbatch(
         "",
         "# One process per task. A failing rank ends the step (the others would wait for it); srun gets",
         "# --cpus-per-task again because srun of Slurm 22.05 does not inherit sbatch's.",
-        f'srun --kill-on-bad-exit=1 --cpus-per-task={cpus_per_task} {srun} "$@"',
+        srun_line(cpus_per_task, command),
     ]
     return "\n".join(header + sbatch_lines + [""] + body) + "\n"
 
@@ -347,6 +445,9 @@ def _parser() -> _Parser:
     p.add_argument(
         "--no-preemption", action="store_true", help="do not add the Preemption callback (a config already has one)"
     )
+    from .sweep import add_sweep_arguments
+
+    add_sweep_arguments(p)
     return p
 
 
@@ -444,7 +545,12 @@ def main(argv: Sequence[str]) -> int:
             i += 1
     parser = _parser()
     ns = parser.parse_args(joined)
+    if ns.sweep:
+        return _main_sweep(parser, ns, fit_args)
     try:
+        from .sweep import check_sweep_flags
+
+        check_sweep_flags(ns)
         script, notes = _plan(ns, fit_args)
     except ValueError as err:  # ConfigError included
         parser.error(str(err))
@@ -460,6 +566,32 @@ def main(argv: Sequence[str]) -> int:
         print(f"ddo slurm: error: {err}".replace("\n", " "), file=sys.stderr)
         return 1
     print(job_id)
+    return 0
+
+
+def _main_sweep(parser: _Parser, ns: argparse.Namespace, fit_args: list[str]) -> int:
+    """``ddo slurm --sweep``: check, then print (``--dry-run``) or submit the chain of every round left."""
+    from .sweep import plan_sweep, print_scripts, submit_chain
+
+    try:
+        scripts, notes = plan_sweep(ns, fit_args)
+    except ValueError as err:  # SearchError and ConfigError included
+        parser.error(str(err))
+    for note in notes:
+        print(f"ddo slurm: {note}", file=sys.stderr)
+    if ns.dry_run:
+        print_scripts(scripts)
+        return 0
+    if not scripts:
+        return 0
+    os.makedirs(ns.output_dir, exist_ok=True)  # SLURM does not create the directory of --output
+    try:
+        ids = submit_chain(scripts, submit)
+    except RuntimeError as err:
+        print(f"ddo slurm: error: {err}".replace("\n", " "), file=sys.stderr)
+        return 1
+    for name, job_id in ids.items():
+        print(f"{name} {job_id}")
     return 0
 
 

@@ -201,6 +201,9 @@ class DenoiserModule(pl.LightningModule):
         self.sample_shape: tuple[int, ...] | None = None
         self.label_dim = 0
         self.register_buffer("images_seen", torch.zeros((), dtype=torch.int64))
+        # (seed, first step) of the training noise when a search candidate has its own stream (SelfPlay
+        # sets it per candidate); None: the run's stream, seeded by (seed, global step)
+        self.step_stream: tuple[int, int] | None = None
 
     def save_config_hyperparameters(self, object_args: list[str]) -> None:
         """Store the module's arguments in every checkpoint (``hyper_parameters``), so that
@@ -242,6 +245,9 @@ class DenoiserModule(pl.LightningModule):
         keeps its rows (``shard``), so runs are reproducible, resume-safe and the same for any number of
         processes at the same global batch."""
         gen = torch.Generator(device=self.device)
+        if self.step_stream is not None:  # a search candidate: its own seed, steps counted from its start
+            seed, first = self.step_stream
+            return gen.manual_seed(mix_seed(seed, self.global_step - first))
         return gen.manual_seed(mix_seed(self.seed, self.global_step))
 
     @property

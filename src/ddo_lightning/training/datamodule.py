@@ -95,6 +95,12 @@ class DDODataModule(pl.LightningDataModule):
             )
         return fake
 
+    def restart_fakes(self) -> None:
+        """The next batch takes the round's fakes from the start of the round's stream again, from the
+        same pool (nothing is regenerated): SelfPlay's candidates of one round train on the same fakes."""
+        if self.fake is not None:
+            self.fake.position = 0
+
     @property
     def global_batch_size(self) -> int:
         """Real samples per optimizer step over all ranks (every batch is full: ``drop_last``)."""

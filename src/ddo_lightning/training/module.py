@@ -174,6 +174,19 @@ class DDOModule(DenoiserModule):
         for opt in self.trainer.optimizers:
             reset_optimizer_state(opt, is_sharded(self.target))
 
+    @torch.no_grad()
+    def restart_from_reference(self) -> None:
+        """Target and EMA back to the reference's weights, Adam and the EMA restarted; the reference and
+        the round stay (SelfPlay: the next candidate of a round starts where the round started). Shard by
+        shard: the three networks are sharded alike."""
+        reference = self.reference.state_dict()
+        for net in (self.target, self.ema.model):
+            for name, dst in net.state_dict().items():
+                dst.copy_(reference[name])
+        self.ema.images.zero_()
+        for opt in self.trainer.optimizers:
+            reset_optimizer_state(opt, is_sharded(self.target))
+
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (FSDP2): shard target, reference and EMA separately over the
         data-parallel mesh (``configs/strategy/fsdp2.yaml``). Nothing otherwise."""

@@ -2,9 +2,11 @@
 (:func:`publish_evaluation`), and a self-play run's ``summary.json``, console table and ``curve.png``,
 made from SelfPlay's two record lists:
 
-* evaluations, one per evaluation: ``{"round", "kimg_in_round", "kimg", "metrics"}`` (``round`` 0-based);
+* evaluations, one per evaluation: ``{"round", "kimg_in_round", "kimg", "metrics", "candidate",
+  "candidate_label"}`` (``round`` and ``candidate`` 0-based; ``kimg_in_round`` counts in the candidate);
 * promotions, one per finished round: ``{"round", "promoted_kimg_in_round", "improved", "best_score",
-  "weights_changed"}``.
+  "weights_changed"}``, and in a search ``"candidate"``, ``"candidate_label"`` (None when nothing beat the
+  round's reference) and ``"candidates_moved"``.
 
 Everything here reads those records; nothing here changes the training.
 """
@@ -38,15 +40,19 @@ def publish_evaluation(
     round_index: int | None = None,
     kimg_in_round: float | None = None,
     log: bool = True,
+    candidate: int | None = None,
 ) -> dict[str, float]:
     """Log ``metrics`` as ``<prefix>/<name>`` with ``<prefix>/kimg`` (and ``round``,
-    ``<prefix>/kimg_in_round`` in self-play) at the current step to every logger (unless ``log`` is
-    False: the caller logged them itself); then call every callback's ``on_evaluation``. Returns the record."""
+    ``<prefix>/kimg_in_round`` in self-play, ``candidate`` in a search: group by it) at the current step to
+    every logger (unless ``log`` is False: the caller logged them itself); then call every callback's
+    ``on_evaluation``. Returns the record."""
     record = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
     record[f"{prefix}/kimg"] = int(pl_module.images_seen) / 1000
     if round_index is not None:
         record["round"] = float(round_index)
         record[f"{prefix}/kimg_in_round"] = float(kimg_in_round or 0.0)
+    if candidate is not None:
+        record["candidate"] = float(candidate)
     for logger in trainer.loggers if log else []:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero and (id(logger), prefix) not in _LAID_OUT:
             # W&B: plot evaluations against images seen; `round` travels in the same row, so each
@@ -81,37 +87,80 @@ def summary(
     mode: str,
     warnings: list[str] = (),
     wall_seconds: float | None = None,
+    candidates: list[dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The starting reference's metrics and, per finished round, the metrics of the promoted checkpoint (the
-    previous one's when nothing beat the round's start) and the round's curve of ``monitor``."""
+    previous one's when nothing beat the round's start) and the round's curve of ``monitor``.
+
+    In a search (``candidates`` given) also: the candidates (``label``, ``overrides``) at the top, and per
+    round ``promoted_candidate`` / ``promoted_candidate_label`` (None: the reference carried over) and
+    ``candidates``: each candidate's curve and best evaluation. The round's ``curve`` lists every evaluation
+    of the round, each point naming its candidate."""
     out: dict[str, Any] = {"monitor": monitor, "mode": mode, "reference": None, "rounds": []}
     if evaluations:
         out["reference"] = evaluations[0]["metrics"]
     for end in promotions:
         r = end["round"]
-        cands = [h for h in evaluations if h["round"] == r and h["kimg_in_round"] == end["promoted_kimg_in_round"]]
+        cands = [
+            h
+            for h in evaluations
+            if h["round"] == r
+            and h["kimg_in_round"] == end["promoted_kimg_in_round"]
+            and h.get("candidate", 0) == (end.get("candidate") or 0)
+        ]
         best = cands[-1]["metrics"] if cands and end["improved"] else None
         if best is None:  # carried over: the previous promoted metrics
             best = out["rounds"][-1]["metrics"] if out["rounds"] else out["reference"]
-        out["rounds"].append(
-            {
-                "round": r + 1,
-                "improved": end["improved"],
-                "weights_changed": end.get("weights_changed", True),
-                "promoted_kimg_in_round": end["promoted_kimg_in_round"],
-                "metrics": best,
-                "curve": [
-                    {"kimg_in_round": h["kimg_in_round"], monitor: h["metrics"][monitor]}
-                    for h in evaluations
-                    if h["round"] == r
-                ],
-            }
-        )
+        entry = {
+            "round": r + 1,
+            "improved": end["improved"],
+            "weights_changed": end.get("weights_changed", True),
+            "promoted_kimg_in_round": end["promoted_kimg_in_round"],
+            "metrics": best,
+            "curve": [
+                {"kimg_in_round": h["kimg_in_round"], monitor: h["metrics"][monitor]}
+                | ({"candidate": h.get("candidate", 0)} if candidates is not None else {})
+                for h in evaluations
+                if h["round"] == r
+            ],
+        }
+        if candidates is not None:
+            entry.update(_round_candidates(evaluations, end, candidates, monitor, mode))
+        out["rounds"].append(entry)
+    if candidates is not None:
+        out["candidates"] = [{"label": _label(c), "overrides": dict(c)} for c in candidates]
     if warnings:
         out["warnings"] = list(warnings)
     if wall_seconds is not None:
         out["wall_seconds_this_run"] = wall_seconds
     return out
+
+
+def _label(candidate: dict[str, float]) -> str:
+    from .search import candidate_label
+
+    return candidate_label(candidate)
+
+
+def _round_candidates(
+    evaluations: list[dict[str, Any]], end: dict[str, Any], candidates: list[dict[str, float]], monitor: str, mode: str
+) -> dict[str, Any]:
+    """A search round's candidates: each one's curve (its evaluations; the round's reference at 0 kimg is
+    the first candidate's first point) and best point, and which one was promoted."""
+    per = []
+    for i, cand in enumerate(candidates):
+        pts = [h for h in evaluations if h["round"] == end["round"] and h.get("candidate", 0) == i]
+        curve = [{"kimg_in_round": h["kimg_in_round"], monitor: h["metrics"][monitor]} for h in pts]
+        trained = [p for p in curve if p["kimg_in_round"] > 0]
+        pick = min if mode == "min" else max
+        best = pick(trained, key=lambda p: p[monitor]) if trained else None
+        per.append({"candidate": i, "label": _label(cand), "overrides": dict(cand), "curve": curve, "best": best})
+    chosen = end.get("candidate")
+    return {
+        "promoted_candidate": chosen,
+        "promoted_candidate_label": None if chosen is None else _label(candidates[chosen]),
+        "candidates": per,
+    }
 
 
 def table(s: dict[str, Any]) -> str:
@@ -125,6 +174,7 @@ def table(s: dict[str, Any]) -> str:
             f"round {r['round']}"
             + ("" if r["improved"] else " (carried over)")
             + ("" if r["weights_changed"] else " (weights never changed)")
+            + (f" {r['promoted_candidate_label']}" if r.get("promoted_candidate_label") else "")
         )
         rows.append([tag, fmt(r["promoted_kimg_in_round"])] + [fmt(r["metrics"][k]) for k in keys])
     header = ["model", "best@kimg"] + keys
@@ -152,12 +202,14 @@ def write_curve(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    promoted = {(h["round"], h["promoted_kimg_in_round"]) for h in promotions if h.get("improved")}
+    promoted = {
+        (h["round"], h.get("candidate") or 0, h["promoted_kimg_in_round"]) for h in promotions if h.get("improved")
+    }
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for r in sorted({h["round"] for h in evaluations}):
         pts = [h for h in evaluations if h["round"] == r]
         ax.plot([h["kimg"] for h in pts], [h["metrics"][monitor] for h in pts], "o-", ms=3, label=f"round {r + 1}")
-        best = [h for h in pts if (r, h["kimg_in_round"]) in promoted]
+        best = [h for h in pts if (r, h.get("candidate", 0), h["kimg_in_round"]) in promoted]
         if best:
             ax.plot([best[-1]["kimg"]], [best[-1]["metrics"][monitor]], "o", ms=10, mfc="none", mec="k")
     ax.set_xlabel("kimg (real images seen, DDO)")
@@ -172,3 +224,47 @@ def write_curve(
                 fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
+
+
+def write_candidate_curves(
+    dirs: list[str],
+    evaluations: list[dict[str, Any]],
+    promotions: list[dict[str, Any]],
+    monitor: str,
+    labels: list[str],
+) -> None:
+    """``candidates-round-N.png`` per round with evaluations, in each of ``dirs``: ``monitor`` against kimg
+    in the candidate, one line per candidate (each from the round's reference at 0 kimg, when it was
+    evaluated), the promoted evaluation circled."""
+    if not evaluations:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    promoted = {(h["round"], h.get("candidate"), h["promoted_kimg_in_round"]) for h in promotions if h.get("improved")}
+    for r in sorted({h["round"] for h in evaluations}):
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        start = [h for h in evaluations if h["round"] == r and h["kimg_in_round"] == 0]
+        for i, label in enumerate(labels):
+            pts = [h for h in evaluations if h["round"] == r and h.get("candidate", 0) == i and h["kimg_in_round"] > 0]
+            if not pts:
+                continue
+            pts = start[:1] + pts
+            ax.plot([h["kimg_in_round"] for h in pts], [h["metrics"][monitor] for h in pts], "o-", ms=3, label=label)
+            best = [h for h in pts if (r, i, h["kimg_in_round"]) in promoted and h["kimg_in_round"] > 0]
+            if best:
+                ax.plot([best[-1]["kimg_in_round"]], [best[-1]["metrics"][monitor]], "o", ms=10, mfc="none", mec="k")
+        ax.set_xlabel("kimg in the candidate (real images seen)")
+        ax.set_ylabel(monitor)
+        ax.set_title(f"round {r + 1}: {monitor} per candidate; circled: promoted")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        try:
+            for d in dirs:
+                with atomic_path(os.path.join(d, f"candidates-round-{r + 1}.png"), suffix=".png") as tmp:
+                    fig.savefig(tmp, dpi=110)
+        finally:
+            plt.close(fig)

@@ -28,7 +28,8 @@ def _kimg(images: int) -> str:
 
 
 def status_text(trainer: pl.Trainer, pl_module: Any) -> str:
-    """``round r/R · kimg x/y · last <monitor> v`` in a self-play run (rounds from 1, as everywhere);
+    """``round r/R · kimg x/y · last <monitor> v`` in a self-play run (rounds from 1, as everywhere; in a
+    search ``round r/R · candidate c/C alpha=2,beta=0.05 · kimg x/y ...``, kimg in the candidate);
     ``step s/S · kimg x`` otherwise (MLE pretraining)."""
     sp = next((cb for cb in trainer.callbacks if isinstance(cb, SelfPlay)), None)
     if sp is None:
@@ -37,7 +38,10 @@ def status_text(trainer: pl.Trainer, pl_module: Any) -> str:
     finished = sp.round >= sp.rounds  # after the last promotion: show the last round as complete
     r = sp.rounds if finished else sp.display_round
     done = sp.images_per_round if finished else sp.images_in_round
-    text = f"round {r}/{sp.rounds} · kimg {_kimg(done)}/{sp.images_per_round / 1000:g}"
+    text = f"round {r}/{sp.rounds}"
+    if sp.searching and not finished:  # the candidate in progress: number, count, overrides
+        text += f" · candidate {sp.candidate + 1}/{len(sp.candidates)} {sp.labels[sp.candidate]}"
+    text += f" · kimg {_kimg(done)}/{sp.images_per_round / 1000:g}"
     if sp.evaluations:
         text += f" · last {sp.monitor} {_fmt(sp.evaluations[-1]['metrics'][sp.monitor])}"
     return text

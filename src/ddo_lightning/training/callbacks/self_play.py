@@ -15,6 +15,16 @@ Two record lists, kept apart: ``evaluations`` (one per evaluation: round, kimg, 
 weights moved). ``summary.json``, the console table and ``curve.png`` are made from them by
 ``training.report``.
 
+A round may try several *candidates* (``candidates``: overrides of the round's hyper-parameters, e.g.
+α and β; ``training.search``). They run one after another, each for ``kimg_per_round``: each starts from
+the round's reference (target and EMA reset to it, a fresh Adam), with its overrides applied (objective
+attributes, the optimizer's lr, the EMA length) and its own training-noise seed
+(``search.candidate_seed``: base seed, round, overrides), on the same fake pool rewound to its start, with
+the same fixed-seed evaluations. The best (candidate, evaluation) of the round, the reference's own
+included, is promoted. The candidate in progress, where it started and its overrides are in every
+checkpoint, and a resume re-applies the overrides (objective attributes are not in the state dict).
+No candidates (or one without overrides) is a plain round, number for number.
+
 Rounds are numbered from 1 wherever a person sees them: console messages, the logged ``round`` column,
 ``summary.json`` and ``round-N.ckpt`` (round N's promoted weights). The ``round`` attribute (saved state)
 counts finished rounds, so it is the 0-based index of the round in progress.
@@ -36,10 +46,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ...errors import WeightsNeverChangedError
+from ...errors import SearchError, WeightsNeverChangedError
 from ...files import read_tensor_file
-from .. import report
+from ...losses import check_alpha_beta
+from .. import report, search
 from ..atomic import atomic_torch_save
+from ..ema import PowerEMA, sigma_rel_to_gamma
 from ..report import fmt as _fmt
 from ..sharding import full_state_dict, local_part, on_rank_zero
 
@@ -58,8 +70,9 @@ def target_moved(trainer: pl.Trainer, pl_module: Any) -> bool:
     return bool(trainer.strategy.reduce_boolean_decision(moved, all=False))
 
 
-def vanished_update_message(round_number: int, pl_module: Any) -> str:
-    """Why round ``round_number``'s weights did not move, from the objective's α, β and Adam's state."""
+def vanished_update_message(round_number: int | str, pl_module: Any) -> str:
+    """Why round ``round_number``'s weights (or a named candidate's) did not move, from the objective's α,
+    β and Adam's state."""
     objective = getattr(pl_module, "objective", None)
     alpha, beta = getattr(objective, "alpha", float("nan")), getattr(objective, "beta", float("nan"))
     overflow = any(
@@ -74,18 +87,19 @@ def vanished_update_message(round_number: int, pl_module: Any) -> str:
         else f"every update lr·m/√v (lr={pl_module.lr:g}) was below float32's resolution of the weights"
     )
     return (
-        f"round {round_number}: weights never changed (α={float(alpha):g}, β={float(beta):g}: Adam's update vanished) — "
+        f"{round_number if isinstance(round_number, str) else f'round {round_number}'}: weights never changed (α={float(alpha):g}, β={float(beta):g}: Adam's update vanished) — "
         f"{why}; the target is bit-identical to the round's reference. Lower alpha/beta (the paper: alpha in "
         "[0.5, 50], beta in [0.01, 0.1]) or raise lr."
     )
 
 
 class SelfPlay(pl.Callback):
-    """Rounds of DDO with best-checkpoint promotion.
+    """Rounds of DDO with best-checkpoint promotion, over the round's evaluations and candidates.
 
     Args:
-        rounds: number of rounds; training stops after the last promotion.
-        kimg_per_round: real images per round, in thousands (paper: 1500 for CIFAR-10).
+        rounds: the last round to play (1-based); training stops after its promotion.
+        kimg_per_round: real images per round, in thousands (paper: 1500 for CIFAR-10); per candidate
+            when the round tries several.
         eval_every_kimg: evaluate the EMA every this many kimg (the round's end is always evaluated).
         monitor: the evaluator's metric that picks the best checkpoint (e.g. 'energy_distance', 'fid').
         mode: 'min' if lower is better.
@@ -93,6 +107,13 @@ class SelfPlay(pl.Callback):
             ``default_root_dir``, which ``ddo fit`` sets to the run directory).
         summary_path: where the JSON summary goes (default ``<dirpath>/summary.json``): the starting
             reference's metrics, and per round the promoted checkpoint's metrics and its evaluation curve.
+        candidates: the round's hyper-parameter candidates, each a dict of overrides keyed as in
+            ``training.search.ROUND_KEYS`` (e.g. ``{model.objective.alpha: 2, model.objective.beta: 0.05}``;
+            ``{}`` is the preset's settings). None or ``[]``: one candidate without overrides, the plain round.
+        start_round: the first round this fit plays (1-based): a fit that plays one round of a longer run
+            (``ddo slurm --sweep``: ``--selfplay.start_round R --selfplay.rounds R``) from that round's
+            reference. Its fakes and seeds are those of round ``start_round``.
+        allow_large_search: allow more than ``search.MAX_CANDIDATES`` candidates.
 
     A fit that starts with every round done (``ddo fit`` resuming a finished run) trains nothing and
     rewrites none of these files.
@@ -107,33 +128,49 @@ class SelfPlay(pl.Callback):
         mode: Literal["min", "max"] = "min",
         dirpath: str | None = None,
         summary_path: str | None = None,
+        candidates: list[dict[str, float]] | None = None,
+        start_round: int = 1,
+        allow_large_search: bool = False,
     ):
         if rounds < 1 or not kimg_per_round > 0 or not eval_every_kimg > 0:
             raise ValueError("rounds, kimg_per_round and eval_every_kimg must be positive")
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if isinstance(start_round, bool) or not isinstance(start_round, int) or not 1 <= start_round <= rounds:
+            raise ValueError(f"start_round must be a round number from 1 to rounds={rounds}, got {start_round!r}")
         self.rounds, self.monitor, self.mode, self.dirpath = rounds, monitor, mode, dirpath
         self.summary_path = summary_path  # None: <dirpath>/summary.json, once dirpath is known (setup)
         self.images_per_round = int(kimg_per_round * 1000)
         self.eval_every_images = int(eval_every_kimg * 1000)
+        self.candidates = search.check_candidates(candidates, allow_large_search) if candidates else [{}]
+        self.searching = self.candidates != [{}]  # else: the plain round (no candidate fields in the logs)
+        self.labels = [search.candidate_label(c) for c in self.candidates]
+        self.start_round = start_round
         # state (saved in every checkpoint)
-        self.round = 0
+        self.round = start_round - 1
         self.round_start_images = 0  # the module's images_seen when the round in progress started
+        self.candidate = 0  # the candidate in progress (0-based index into candidates)
+        self.candidate_start_images = 0  # images_seen when it started (= round_start_images for the first)
+        self.candidate_start_step = 0  # global step when it started (its noise stream counts from there)
+        self.candidates_moved: list[bool] = []  # whether each finished candidate of the round moved its target
         self.best_score: float | None = None
-        self.best_images = 0  # images into the round at the best evaluation (0: the starting weights)
+        self.best_images = 0  # images into its candidate at the best evaluation (0: the round's starting weights)
+        self.best_candidate = 0  # the candidate of the best evaluation
         self.evaluations: list[dict[str, Any]] = []  # one per evaluation: round, kimg_in_round, kimg, metrics
         self.promotions: list[dict[str, Any]] = []  # one per finished round (see training.report)
         self.last_round_path: str | None = None
         self.warnings: list[str] = []  # rounds whose weights never changed (also in summary.json)
         self._trained = False  # whether this fit ran (a finished run resumed does not: nothing is rewritten)
         self._module: Any = None  # the trained module (setup): its images_seen counts the images
-        self._checked_images = 0  # images in the round at the last evaluation check
+        self._checked_images = 0  # images in the candidate at the last evaluation check
         self._legacy_images_in_round: int | None = None
+        self._baseline: dict[str, float] = {}  # the module's own values of the keys any candidate overrides
 
     @property
     def images_in_round(self) -> int:
-        """Real images trained on in the round in progress (from the module's ``images_seen``)."""
-        return int(self._module.images_seen) - self.round_start_images if self._module is not None else 0
+        """Real images trained on in the round in progress (from the module's ``images_seen``); with
+        several candidates, in the candidate in progress."""
+        return int(self._module.images_seen) - self.candidate_start_images if self._module is not None else 0
 
     @property
     def best_path(self) -> str:
@@ -153,11 +190,22 @@ class SelfPlay(pl.Callback):
         "promotions",
         "last_round_path",
         "warnings",
+        "candidate",
+        "candidate_start_images",
+        "candidate_start_step",
+        "candidates_moved",
+        "best_candidate",
     )
 
     def state_dict(self) -> dict[str, Any]:
-        """The state, and ``images_in_round`` for a reader of the checkpoint (derived: not read back)."""
-        return {**{k: getattr(self, k) for k in self.STATE}, "images_in_round": self.images_in_round}
+        """The state, and for a reader of the checkpoint (derived: not read back) ``images_in_round`` and
+        the overrides of the candidate in progress (``candidate_overrides``, ``candidate_label``)."""
+        state = {**{k: getattr(self, k) for k in self.STATE}, "images_in_round": self.images_in_round}
+        if self.searching:
+            state["candidate_overrides"] = dict(self.candidates[self.candidate])
+            state["candidate_label"] = self.labels[self.candidate]
+            state["candidates"] = [dict(c) for c in self.candidates]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
@@ -167,6 +215,16 @@ class SelfPlay(pl.Callback):
             state["promotions"] = [h for h in history if "improved" in h]
         if "round_start_images" not in state:  # ... and before the round's start was kept: fixed at train start
             self._legacy_images_in_round = int(state.get("images_in_round", 0))
+        if "candidate_start_images" not in state:  # ... and before candidates: the round's one candidate
+            state["candidate_start_images"] = state.get("round_start_images", 0)
+        saved = [dict(c) for c in state.get("candidates") or [{}]]
+        mid_round = int(state.get("candidate", 0)) > 0 or int(state.get("images_in_round", 0)) > 0
+        if mid_round and saved != self.candidates:  # at a round's boundary the next round may search anything
+            raise SearchError(
+                "this checkpoint was written in the middle of a round that tries "
+                f"{', '.join(search.candidate_label(c) for c in saved)}; this SelfPlay tries "
+                f"{', '.join(self.labels)}: resume it with the same candidates"
+            )
         for k in self.STATE:
             if k in state:
                 setattr(self, k, state[k])
@@ -174,13 +232,16 @@ class SelfPlay(pl.Callback):
     # ---- hooks ---------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            for attr in ("promote", "start_round", "evaluate"):
+            needs = ("promote", "start_round", "evaluate") + (("restart_from_reference",) if self.searching else ())
+            for attr in needs:
                 if not hasattr(pl_module, attr):
                     raise TypeError(f"SelfPlay needs a DDOModule; {type(pl_module).__name__} has no `{attr}`")
             if getattr(pl_module, "evaluator", None) is None:
                 raise ValueError(
                     "SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`"
                 )
+            if self.searching:
+                self._baseline = self._check_candidates_fit(pl_module)
             self._module = pl_module
             self.dirpath = self.dirpath or trainer.default_root_dir
             self.summary_path = self.summary_path or os.path.join(self.dirpath, "summary.json")
@@ -211,12 +272,18 @@ class SelfPlay(pl.Callback):
         self._trained = True
         if self._legacy_images_in_round is not None:
             self.round_start_images = int(pl_module.images_seen) - self._legacy_images_in_round
+            self.candidate_start_images = self.round_start_images
             self._legacy_images_in_round = None
         fresh = self.best_score is None  # a fresh start: the reference itself is the first candidate
         if fresh:
-            self.round_start_images = int(pl_module.images_seen)
+            self.round_start_images = self.candidate_start_images = int(pl_module.images_seen)
+            self.candidate_start_step = int(trainer.global_step)
         self._checked_images = self.images_in_round
         pl_module.start_round(self.round)
+        if self.searching:  # a resumed candidate: its overrides again (objective attributes are not saved)
+            self._apply_candidate(trainer, pl_module)
+            if fresh:
+                rank_zero_info(self._candidate_banner())
         if fresh:
             self._evaluate(trainer, pl_module)
 
@@ -226,10 +293,16 @@ class SelfPlay(pl.Callback):
         before, now = self._checked_images, self.images_in_round
         self._checked_images = now
         pl_module.log("round", float(self.display_round))
-        round_done = now >= self.images_per_round
-        if round_done or now // self.eval_every_images > before // self.eval_every_images:
+        if self.searching:
+            pl_module.log("candidate", float(self.candidate))
+        done = now >= self.images_per_round
+        if done or now // self.eval_every_images > before // self.eval_every_images:
             self._evaluate(trainer, pl_module)
-        if round_done:
+        if not done:
+            return
+        if self.candidate + 1 < len(self.candidates):
+            self._next_candidate(trainer, pl_module)
+        else:
             self._end_round(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -249,6 +322,127 @@ class SelfPlay(pl.Callback):
         """The round in progress, counted from 1 (what messages, logs and file names show)."""
         return self.round + 1
 
+    @property
+    def where(self) -> str:
+        """``round 2`` or, in a search, ``round 2 · candidate 3/4 alpha=2,beta=0.05``."""
+        text = f"round {self.display_round}"
+        if self.searching:
+            text += f" · candidate {self.candidate + 1}/{len(self.candidates)} {self.labels[self.candidate]}"
+        return text
+
+    # ---- candidates (training.search) ------------------------------------------------------------------
+    def _check_candidates_fit(self, pl_module: Any) -> dict[str, float]:
+        """Every candidate's keys exist on this module and its values are valid there (before any step);
+        returns the module's own value of each overridden key (restored for candidates that leave it)."""
+        keys = {k for c in self.candidates for k in c}
+        baseline: dict[str, float] = {}
+        for key in keys:
+            baseline[key] = self._current(pl_module, key)
+        for i, cand in enumerate(self.candidates):
+            for key, value in cand.items():
+                name = f"candidate {i + 1} ({self.labels[i]}): {key}={value:g}"
+                try:
+                    self._check_value(pl_module, key, value)
+                except (TypeError, ValueError) as e:
+                    raise SearchError(f"{name}: {e}") from None
+        return baseline
+
+    @staticmethod
+    def _current(pl_module: Any, key: str) -> float:
+        """The module's value of a round key, or a SearchError naming what this module lacks."""
+        objective = getattr(pl_module, "objective", None)
+        if key.startswith("model.objective."):
+            attr = key.rsplit(".", 1)[-1]
+            value = getattr(objective, attr, None)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SearchError(
+                    f"a candidate sets {key}, but this run's objective {type(objective).__name__} has no "
+                    f"`{attr}`: candidates may only change what the module has"
+                )
+            return float(value)
+        if key == "model.lr":
+            return float(pl_module.lr)
+        ema = pl_module.ema
+        if key == "model.ema_sigma_rel":
+            if not isinstance(ema, PowerEMA):
+                raise SearchError(
+                    f"a candidate sets {key}, but this module's EMA is the half-life EMA (no ema_sigma_rel "
+                    "given): set model.ema_halflife_kimg instead, or give the module ema_sigma_rel"
+                )
+            return float(ema.sigma_rel)
+        if isinstance(ema, PowerEMA):  # model.ema_halflife_kimg
+            raise SearchError(
+                f"a candidate sets {key}, but this module uses the power-function EMA (ema_sigma_rel="
+                f"{ema.sigma_rel:g}), which has no half-life: set model.ema_sigma_rel instead"
+            )
+        return ema.halflife_images / 1000.0
+
+    @staticmethod
+    def _check_value(pl_module: Any, key: str, value: float) -> None:
+        if key in ("model.objective.alpha", "model.objective.beta"):
+            objective = pl_module.objective
+            alpha = value if key.endswith("alpha") else objective.alpha
+            beta = value if key.endswith("beta") else objective.beta
+            check_alpha_beta(alpha, beta)
+        elif key == "model.ema_sigma_rel":
+            sigma_rel_to_gamma(value)
+        elif key != "model.objective.P_mean" and not value > 0:
+            raise ValueError(f"{key.rsplit('.', 1)[-1]} must be > 0")
+
+    def _set(self, pl_module: Any, trainer: pl.Trainer, key: str, value: float) -> None:
+        if key.startswith("model.objective."):
+            setattr(pl_module.objective, key.rsplit(".", 1)[-1], value)
+        elif key == "model.lr":
+            pl_module.lr = value
+            for opt in trainer.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = value
+        elif key == "model.ema_sigma_rel":
+            pl_module.ema.sigma_rel, pl_module.ema.gamma = value, sigma_rel_to_gamma(value)
+            pl_module.ema_sigma_rel = value
+        else:  # model.ema_halflife_kimg
+            pl_module.ema.halflife_images = value * 1000.0
+            pl_module.ema_halflife_kimg = value
+
+    def _apply_candidate(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """The candidate in progress's overrides (the module's own values for the keys it leaves; P_std
+        after the round's ``P_std_schedule``) and its noise stream. Called at its start and on resume."""
+        cand = self.candidates[self.candidate]
+        for key, value in self._baseline.items():
+            if key not in cand:
+                self._set(pl_module, trainer, key, value)
+        pl_module.start_round(self.round)  # the round's schedule (P_std) unless the candidate overrides it
+        for key, value in cand.items():
+            self._set(pl_module, trainer, key, value)
+        seed = search.candidate_seed(int(pl_module.seed), self.display_round, cand)
+        pl_module.step_stream = (seed, self.candidate_start_step)
+
+    def _candidate_banner(self) -> str:
+        cand = self.candidates[self.candidate]
+        settings = ", ".join(f"{k}={v:g}" for k, v in cand.items()) or "the preset's settings"
+        return f"[{self.where}] starts from the round's reference: {settings}"
+
+    def _finish_candidate(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Whether the candidate's target moved (before the next start overwrites it): kept for the round."""
+        moved = target_moved(trainer, pl_module)
+        self.candidates_moved.append(moved)
+        if not moved:
+            what = self.where if self.searching else self.display_round
+            self.warnings.append(vanished_update_message(what, pl_module))
+            rank_zero_warn(self.warnings[-1])
+
+    def _next_candidate(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """The next candidate of the round: from the round's reference, fresh Adam and EMA, the same fakes
+        from their start, its overrides and its seed."""
+        self._finish_candidate(trainer, pl_module)
+        pl_module.restart_from_reference()
+        trainer.datamodule.restart_fakes()
+        self.candidate += 1
+        self.candidate_start_images = self._checked_images = int(pl_module.images_seen)
+        self.candidate_start_step = int(trainer.global_step)
+        self._apply_candidate(trainer, pl_module)
+        rank_zero_info(self._candidate_banner())
+
     # ---- evaluation and promotion --------------------------------------------------------------------
     def _better(self, score: float) -> bool:
         if self.best_score is None:
@@ -267,52 +461,69 @@ class SelfPlay(pl.Callback):
             "kimg_in_round": self.images_in_round / 1000,
             "kimg": int(pl_module.images_seen) / 1000,
             "metrics": metrics,
+            "candidate": self.candidate,
+            "candidate_label": self.labels[self.candidate],
         }
         self.evaluations.append(entry)
         report.publish_evaluation(
-            trainer, pl_module, metrics, round_index=self.display_round, kimg_in_round=entry["kimg_in_round"]
+            trainer,
+            pl_module,
+            metrics,
+            round_index=self.display_round,
+            kimg_in_round=entry["kimg_in_round"],
+            candidate=self.candidate if self.searching else None,
         )
         if self._better(score):
-            self.best_score, self.best_images = score, self.images_in_round
+            self.best_score, self.best_images, self.best_candidate = score, self.images_in_round, self.candidate
             net = pl_module.ema.model
             weights = on_rank_zero(net, trainer.is_global_zero, lambda: full_state_dict(net))
             if weights is not None:
                 atomic_torch_save(weights, self.best_path)
             trainer.strategy.barrier("selfplay-best")
         others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != self.monitor)
+        best_at = f"{self.best_images / 1000:.1f} kimg"
+        if self.searching:
+            best_at += f" of candidate {self.best_candidate + 1}" if self.best_images else " (the reference)"
         rank_zero_info(
-            f"[round {self.display_round} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
-            f"(best {_fmt(self.best_score)} @ {self.best_images / 1000:.1f} kimg) | {others}"
+            f"[{self.where} @ {entry['kimg_in_round']:.1f} kimg] {self.monitor}={_fmt(score)} "
+            f"(best {_fmt(self.best_score)} @ {best_at}) | {others}"
         )
 
     def _end_round(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish_candidate(trainer, pl_module)  # before promote() overwrites the target
         weights = read_tensor_file(self.best_path, map_location=pl_module.device)
         improved = self.best_images > 0
-        changed = target_moved(trainer, pl_module)  # before promote() overwrites the target
-        if not changed:
-            self.warnings.append(vanished_update_message(self.display_round, pl_module))
-            rank_zero_warn(self.warnings[-1])
+        changed = any(self.candidates_moved)
         pl_module.promote(weights)
+        which = f" of candidate {self.best_candidate + 1} {self.labels[self.best_candidate]}" if self.searching else ""
         rank_zero_info(
-            f"[round {self.display_round}] promoted the EMA at {self.best_images / 1000:.1f} kimg ({self.monitor}={_fmt(self.best_score)})"
+            f"[round {self.display_round}] promoted the EMA at {self.best_images / 1000:.1f} kimg{which} ({self.monitor}={_fmt(self.best_score)})"
             if improved
             else f"[round {self.display_round}] nothing beat the round's starting weights: the reference carries over unchanged"
         )
-        self.promotions.append(
-            {
-                "round": self.round,
-                "promoted_kimg_in_round": self.best_images / 1000,
-                "improved": improved,
-                "best_score": self.best_score,
-                "weights_changed": changed,
-            }
-        )
+        promotion = {
+            "round": self.round,
+            "promoted_kimg_in_round": self.best_images / 1000,
+            "improved": improved,
+            "best_score": self.best_score,
+            "weights_changed": changed,
+        }
+        if self.searching:
+            promotion["candidate"] = self.best_candidate if improved else None
+            promotion["candidate_label"] = self.labels[self.best_candidate] if improved else None
+            promotion["candidates_moved"] = list(self.candidates_moved)
+        self.promotions.append(promotion)
         finished = self.round + 1
-        self.round, self.best_images = finished, 0  # best_score: the new reference's
-        self.round_start_images = self._checked_images = int(pl_module.images_seen)
+        self.round, self.best_images, self.best_candidate = finished, 0, 0  # best_score: the new reference's
+        self.candidate, self.candidates_moved = 0, []
+        self.round_start_images = self.candidate_start_images = self._checked_images = int(pl_module.images_seen)
+        self.candidate_start_step = int(trainer.global_step)
         pl_module.start_round(self.round)
         if self.round >= self.rounds:
             trainer.should_stop = True
+        elif self.searching:
+            self._apply_candidate(trainer, pl_module)
+            rank_zero_info(self._candidate_banner())
         path = self.round_path(finished)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp"  # a sharded checkpoint is a directory that its IO does not write atomically
@@ -325,16 +536,27 @@ class SelfPlay(pl.Callback):
 
     # ---- reporting (training.report) ----------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        """The starting reference's metrics and, per round, the metrics of the promoted checkpoint."""
+        """The starting reference's metrics and, per round, the metrics of the promoted checkpoint; in a
+        search, every candidate's curve too."""
         wall = time.perf_counter() - self._t0 if hasattr(self, "_t0") else None
-        return report.summary(self.evaluations, self.promotions, self.monitor, self.mode, self.warnings, wall)
+        return report.summary(
+            self.evaluations,
+            self.promotions,
+            self.monitor,
+            self.mode,
+            self.warnings,
+            wall,
+            candidates=self.candidates if self.searching else None,
+        )
 
     def table(self) -> str:
         return report.table(self.summary())
 
     def _write_report(self, trainer: pl.Trainer) -> None:
-        """``summary.json``, and ``curve.png`` in each file logger's directory (else in ``dirpath``)."""
+        """``summary.json``, and ``curve.png`` (in a search also ``candidates-round-N.png``) in each file
+        logger's directory (else in ``dirpath``)."""
         report.write_summary(self.summary_path, self.summary())
-        report.write_curve(
-            report.logger_dirs(trainer) or [self.dirpath], self.evaluations, self.promotions, self.monitor
-        )
+        dirs = report.logger_dirs(trainer) or [self.dirpath]
+        report.write_curve(dirs, self.evaluations, self.promotions, self.monitor)
+        if self.searching:
+            report.write_candidate_curves(dirs, self.evaluations, self.promotions, self.monitor, self.labels)
