@@ -344,3 +344,110 @@ def test_preempted_two_node_job_requeues_and_resumes_on_both_nodes(cluster, toy_
         f"\n[slurm 2 nodes] job {job_id}: USR1 at {t_signal:.0f} s, stopped after step {stopped}, resumed on both "
         f"nodes, completed at {t_job:.0f} s; one process {t_one:.0f} s; largest weight difference {worst:.1e}"
     )
+
+
+def rank_processes(namespace, job_id):
+    """The pids of `ddo fit` processes of SLURM job ``job_id`` running in network namespace ``namespace``."""
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"SLURM_JOB_ID={job_id}".encode() in environ and b"ddo_lightning.cli" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_sweep_of_three_candidates_survives_a_killed_task_on_two_nodes(cluster, toy_reference, tmp_path):
+    """`ddo slurm --sweep` of 3 candidates (alpha = 0.5, 1, 2) x 2 rounds, each candidate a 2-node x 1-task
+    array task; candidate alpha=1 of round 1 is killed mid-round (its rank on node2 gets SIGKILL). Round 1's
+    promotion picks among the two survivors exactly as the rule says (computed here from their summaries),
+    round 2 starts from the promoted weights and its three candidates and promotion complete."""
+    labels = ["alpha=0.5", "alpha=1", "alpha=2"]
+    killed = 1
+    run, out, name = tmp_path / "search", tmp_path / "slurm", "ddo-sweep"
+    # rounds of 10 steps (0.64 kimg at a global batch of 64), an evaluation and a checkpoint every 2 steps
+    overlay = toy_overlay(tmp_path / "tiny.yaml", toy_reference, steps=-1, ckpt_every=2)
+    cfg = yaml.safe_load(open(overlay))
+    cfg["trainer"]["callbacks"][0]["init_args"].update(rounds=2, kimg_per_round=0.64, eval_every_kimg=0.128)
+    _write(tmp_path / "tiny.yaml", cfg)
+    cmd = [sys.executable, "-m", "ddo_lightning.cli", "slurm", *configs(overlay)]
+    cmd += ["--config", str(ROOT / "configs/strategy/ddp.yaml"), "--nodes", "2", "--devices", "1"]
+    cmd += ["--cpus-per-task", "1", "--time", "00:15:00", "--job-name", name, "--output-dir", str(out)]
+    cmd += ["--run-dir", str(run), "--rounds", "2", "--sweep", "model.objective.alpha=0.5,1,2"]
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [*cluster.prefix, *cmd],
+        cwd=tmp_path,
+        env=_clean_env({"SLURM_CONF": cluster.conf}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = dict(line.split() for line in done.stdout.splitlines())
+    assert sorted(ids) == ["round-1-array", "round-1-promotion", "round-2-array", "round-2-promotion"], ids
+
+    def failure(what):
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(out.glob("*")))
+        jobs = "\n".join(str(cluster.show_job(i)) for i in ids.values())
+        return f"{what}\n{jobs}\n{logs}\n{cluster.logs()}"
+
+    victim = f"{ids['round-1-array']}_{killed}"
+    deadline = time.monotonic() + 300
+    while not (run / f"round-1/{labels[killed]}/checkpoints/step=2.ckpt").exists():
+        assert cluster.show_job(victim).get("JobState") in ("PENDING", "RUNNING"), failure("ended before step 2")
+        assert time.monotonic() < deadline, failure(f"{victim}: no step 2")
+        time.sleep(0.1)
+    # The task's rank on node2 dies (SIGKILL, as in a crash or the OOM killer); srun's --kill-on-bad-exit ends
+    # the step and the task fails. (`scancel` would not do: it sends SIGTERM, which the Preemption callback
+    # takes for a preemption, so the task checkpoints, requeues itself and the candidate survives.)
+    job_id = cluster.show_job(victim)["JobId"]
+    ranks = rank_processes(cluster.namespaces[1], job_id)
+    assert len(ranks) == 1, failure(f"{victim} (job {job_id}): processes on node2 {ranks}")
+    os.kill(ranks[0], 9)
+    t_kill = time.monotonic() - t0
+    assert cluster.wait_for(victim, timeout=120).get("JobState") == "FAILED", failure(f"{victim} not ended by the kill")
+
+    last = cluster.wait_for(ids["round-2-promotion"], timeout=900, poll=1)
+    t_all = time.monotonic() - t0
+    assert last.get("JobState") == "COMPLETED", failure("round 2's promotion did not complete")
+    states = {(r, i): cluster.show_job(f"{ids[f'round-{r}-array']}_{i}") for r in (1, 2) for i in range(len(labels))}
+    for (r, i), job in states.items():
+        expected = "FAILED" if (r, i) == (1, killed) else "COMPLETED"
+        assert job.get("JobState") == expected, failure(f"round {r} task {i}: {job.get('JobState')}")
+        if expected == "COMPLETED":
+            assert job.get("NodeList") == "node[1-2]", job
+            assert_on_both_nodes(cluster, placements(run / f"round-{r}/{labels[i]}", 0), start_step=0)
+    assert cluster.show_job(ids["round-1-promotion"]).get("JobState") == "COMPLETED"
+
+    # round 1: the survivors' own summaries decide (a candidate counts only if it beat the reference)
+    record = json.loads((run / "rounds/round-1.json").read_text())
+    status = {c["label"]: c["status"] for c in record["candidates"]}
+    assert status == {"alpha=0.5": "ok", "alpha=1": "skipped", "alpha=2": "ok"}, record["candidates"]
+    survivors = [label for i, label in enumerate(labels) if i != killed]
+    summaries = {label: json.loads((run / f"round-1/{label}/summary.json").read_text()) for label in survivors}
+    reference = summaries[survivors[0]]["reference"]["mmd"]
+    assert summaries[survivors[1]]["reference"]["mmd"] == pytest.approx(reference, rel=1e-6)  # the same start
+    entries = {label: next(x for x in s["rounds"] if x["round"] == 1) for label, s in summaries.items()}
+    scores = {label: e["metrics"]["mmd"] if e["improved"] else float("inf") for label, e in entries.items()}
+    best = min(survivors, key=lambda label: scores[label])
+    winner = best if scores[best] < reference else "reference"
+    assert record["winner"] == winner, record
+    source = best if winner != "reference" else survivors[0]
+    promoted = (run / "rounds/round-1.pt").read_bytes()
+    assert promoted == (run / f"round-1/{source}/best.pt").read_bytes()
+    # round 2: every candidate evaluated round 1's promoted weights as its reference
+    expected = scores[best] if winner != "reference" else reference
+    for label in labels:
+        summary = json.loads((run / f"round-2/{label}/summary.json").read_text())
+        assert summary["reference"]["mmd"] == pytest.approx(expected, rel=1e-5), label
+    run_summary = json.loads((run / "summary.json").read_text())
+    assert [x["round"] for x in run_summary["rounds"]] == [1, 2]
+    print(
+        f"\n[slurm 2 nodes] sweep 3 x 2 rounds: task {victim} killed at {t_kill:.0f} s, round 1 winner "
+        f"{winner}, round 2 winner {run_summary['rounds'][1]['winner']}, all done at {t_all:.0f} s"
+    )
