@@ -404,6 +404,8 @@ def test_self_play_settings_from_the_command_line(capsys):
         "eval_every_kimg": 10.0,
         "monitor": "fid",
         "mode": None,
+        "start_round": None,
+        "candidates": None,
     }
     assert sp["init_args"]["rounds"] == 3  # the preset's, until built
     from ddo_lightning.cli import DDOCLI

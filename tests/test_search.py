@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from ddo_lightning.errors import DDOError
@@ -472,3 +474,148 @@ def test_resume_mid_candidate_reapplies_its_overrides(tmp_path, toy_real, mle_ck
     assert_same_summary(sp2.summary(), full.summary())
     for k, v in full_mod.reference.state_dict().items():
         torch.testing.assert_close(mod2.reference.state_dict()[k], v, rtol=1e-6, atol=1e-7)
+
+
+# ---- the preset through `ddo fit`: a SIGKILL mid-candidate, then the same command again ------------------
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if k == "init_args":
+            out.update(_flatten(v, prefix))
+        elif k == "callbacks":
+            for cb in v:
+                out.update(
+                    _flatten(cb.get("init_args", {}), f"{prefix}callbacks[{cb['class_path'].rsplit('.', 1)[-1]}].")
+                )
+        elif isinstance(v, dict) and k != "class_path":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif k != "class_path":
+            out[prefix + k] = v
+    return out
+
+
+SIZES = {  # the only settings the overlay may change: lengths, cadences and sample counts
+    "trainer.callbacks[SelfPlay].rounds",
+    "trainer.callbacks[SelfPlay].kimg_per_round",
+    "trainer.callbacks[SelfPlay].eval_every_kimg",
+    "trainer.callbacks[ModelCheckpoint].every_n_train_steps",
+    "trainer.callbacks[ScatterFigure].num_samples",
+    "trainer.enable_progress_bar",
+    "model.num_eval_samples",
+    "model.eval_batch_size",
+    "data.batch_size",
+    "data.real.num_samples",
+    "data.fake.size",
+    "data.fake.generation_batch_size",
+}
+
+
+def test_search_preset_killed_mid_candidate_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """configs/toy2d_search.yaml as shipped, shrunk by a sizes-only overlay (1 round, 4 candidates of 4
+    steps at batch 64, a checkpoint every step): a `ddo fit` killed with SIGKILL inside candidate 2 or later,
+    then run again with the same command (it resumes from the run directory's last.ckpt), ends with the
+    summary of a run that was never interrupted: the same curves, the same promoted candidate."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from ddo_lightning.cli import main
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    real = {"class_path": "ddo_lightning.data.Toy2DDataset", "init_args": {"num_samples": 1024}}
+    pre = tmp_path / "pre.yaml"
+    pre.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "max_steps": 2,
+                    "val_check_interval": 2,
+                    "enable_progress_bar": False,
+                    "callbacks": [
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {"save_last": True, "every_n_train_steps": 2},
+                        }
+                    ],
+                },
+                "model": {"init_args": {"num_eval_samples": 100}},
+                "data": {"init_args": {"batch_size": 64, "real": real}},
+            }
+        )
+    )
+    main(["fit", "--config", str(root / "configs/toy2d_pretrain.yaml"), "--config", str(pre)])
+    overlay = {
+        "trainer": {
+            "enable_progress_bar": False,
+            "callbacks": [
+                {
+                    "class_path": "ddo_lightning.training.SelfPlay",
+                    "init_args": {"rounds": 1, "kimg_per_round": 0.256, "eval_every_kimg": 0.128},
+                },
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"every_n_train_steps": 1}},
+                {"class_path": "ddo_lightning.training.ScatterFigure", "init_args": {"num_samples": 200}},
+            ],
+        },
+        "model": {"init_args": {"num_eval_samples": 200, "eval_batch_size": 200}},
+        "data": {
+            "init_args": {
+                "batch_size": 64,
+                "real": real,
+                "fake": {"class_path": "ddo_lightning.training.PoolFakeSource", "init_args": {"size": 256}},
+            }
+        },
+    }
+    assert set(_flatten(overlay)) <= SIZES, set(_flatten(overlay)) - SIZES
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(overlay))
+    shipped = yaml.safe_load((root / "configs/toy2d_search.yaml").read_text())
+    candidates = shipped["trainer"]["callbacks"][0]["init_args"]["candidates"]
+    assert len(candidates) == 4
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(root / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OMP_NUM_THREADS="1",
+    )
+
+    def command(run_dir):
+        base = [sys.executable, "-m", "ddo_lightning.cli", "fit", "--config", str(root / "configs/toy2d_search.yaml")]
+        return base + ["--config", str(small), "--run_dir", run_dir]
+
+    full = subprocess.run(command("outputs/full"), env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "round 1 · candidate 2/4 alpha=0.5,beta=1" in full.stderr + full.stdout
+    killed = tmp_path / "outputs/killed"
+    proc = subprocess.Popen(
+        command("outputs/killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    t0 = time.time()
+    while not (killed / "checkpoints/step=6.ckpt").exists():  # steps 5-8 are candidate 2's
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() - t0 < 300
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(killed / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    play = next(v for k, v in state["callbacks"].items() if k.startswith("SelfPlay"))
+    assert play["round"] == 0 and play["candidate"] >= 1 and state["global_step"] < 16, (play, state["global_step"])
+    assert play["candidate_overrides"] == check_candidates(candidates)[play["candidate"]]
+    again = subprocess.run(command("outputs/killed"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[run_dir] resuming outputs/killed from" in again.stdout + again.stderr
+    got = json.loads((killed / "summary.json").read_text())
+    want = json.loads((tmp_path / "outputs/full/summary.json").read_text())
+    assert got["rounds"][0]["promoted_candidate"] == want["rounds"][0]["promoted_candidate"]
+    assert [c["label"] for c in got["rounds"][0]["candidates"]] == [
+        "alpha=0.5,beta=0.5",
+        "alpha=0.5,beta=1",
+        "alpha=2,beta=0.5",
+        "alpha=2,beta=1",
+    ]
+    assert_same_summary(got, want, rel=1e-5)
+    assert (killed / "logs/candidates-round-1.png").is_file()

@@ -563,6 +563,8 @@ def test_two_rounds_of_two_candidates_end_to_end(tmp_path, monkeypatch, capsys):
         for i, task in enumerate(tasks):
             assert task.wait(timeout=300) == 0, (tmp_path / f"task-{r}-{i}.log").read_text()[-3000:]
         summaries = [json.loads((tmp_path / f"run/round-{r}/{label}/summary.json").read_text()) for label in labels]
+        for label, alpha, summary in zip(labels, (0.5, 2.0), summaries):  # the task's candidate reached SelfPlay
+            assert summary["candidates"] == [{"label": label, "overrides": {"model.objective.alpha": alpha}}]
         reference = summaries[0]["reference"]["mmd"]
         assert summaries[1]["reference"]["mmd"] == pytest.approx(reference, rel=1e-6)  # the same start
         if expected_reference is not None:  # round 2 starts from round 1's promoted weights
@@ -585,3 +587,78 @@ def test_two_rounds_of_two_candidates_end_to_end(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert out == "" and "all 2 round(s) of run are done" in err
+
+
+def test_docs_show_the_renderers_scripts():
+    """docs/slurm.md's CIFAR-10 example (2 rounds, alpha in {2, 4, 8}, 2 nodes x 8 GPUs) is the renderer's text
+    for that command: the preset's SelfPlay monitors fid (min) and its global batch of 512 gives 32 per GPU."""
+    import io
+
+    from ddo_lightning.launch.sweep import print_scripts
+
+    text = (ROOT / "docs/slurm.md").read_text()
+    start = text.index("<!-- sweep-scripts -->\n```bash\n") + len("<!-- sweep-scripts -->\n```bash\n")
+    shown = text[start : text.index("```\n", start)]
+    preset = yaml.safe_load((ROOT / "configs/edm_cifar10.yaml").read_text())
+    selfplay = next(c for c in preset["trainer"]["callbacks"] if c["class_path"].endswith("SelfPlay"))["init_args"]
+    assert (selfplay["monitor"], selfplay["mode"], preset["data"]["init_args"]["batch_size"]) == ("fid", "min", 512)
+    scripts = render_sweep(
+        ["configs/edm_cifar10.yaml"],
+        candidates=[{"model.objective.alpha": a} for a in (2, 4, 8)],
+        rounds=2,
+        run_dir="runs/cifar-search",
+        monitor="fid",
+        mode="min",
+        nodes=2,
+        gpus_per_node=8,
+        cpus_per_task=8,
+        time="1-00:00:00",
+        job_name="cifar-search",
+        output_dir="runs/cifar-search/logs",
+        partition="gpu",
+        batch_per_device=512 // 16,
+        python="/opt/ddo/.venv/bin/python",
+    )
+    out = io.StringIO()
+    print_scripts(scripts, out)
+    assert shown == out.getvalue()
+
+
+# ---- a real one-node SLURM cluster (as root; tests/test_slurm.py starts it) --------------------------------
+from test_slurm import _job_environment, _show_job, slurm_cluster  # noqa: E402, F401 (the cluster fixture)
+
+
+@pytest.mark.slow
+def test_a_search_on_a_real_slurm_cluster(slurm_cluster, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """`ddo slurm --sweep` submitted with the real sbatch: 2 rounds x 2 candidates of the tiny toy search; the
+    arrays, promotions and dependencies run to the end (every job COMPLETED, both rounds promoted, round 2's
+    tasks started from round 1's reference)."""
+    import time
+
+    cluster = slurm_cluster
+    _job_environment(monkeypatch, cluster)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TOY_TINY))
+    args = ["--config", TOY, "--config", "tiny.yaml", "--nodes", "1", "--devices", "1", "--cpus-per-task", "1"]
+    args += ["--time", "10", "--job-name", "toy", "--output-dir", "logs", "--run-dir", "run"]
+    args += ["--sweep", "model.objective.alpha=0.5,2"]
+    assert main(args) == 0
+    ids = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert list(ids) == ["round-1-array", "round-1-promotion", "round-2-array", "round-2-promotion"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        states = {name: _show_job(cluster, job)["JobState"] for name, job in ids.items()}
+        if all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for s in states.values()):
+            break
+        time.sleep(2)
+    logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted((tmp_path / "logs").glob("*")))
+    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}\n{cluster.logs()}"
+    assert _show_job(cluster, ids["round-2-array"])["Dependency"] in ("(null)", "")  # satisfied, then cleared
+    records = [json.loads((tmp_path / f"run/rounds/round-{r}.json").read_text()) for r in (1, 2)]
+    assert [r["round"] for r in records] == [1, 2]
+    start = json.loads((tmp_path / "run/round-2/alpha=2/summary.json").read_text())["reference"]["mmd"]
+    assert start == pytest.approx(records[0]["score"], rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "logs").glob("toy-r1-*_*.out")) == [
+        f"toy-r1-{ids['round-1-array']}_{i}.out" for i in (0, 1)
+    ]
