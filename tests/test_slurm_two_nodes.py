@@ -403,8 +403,8 @@ def test_sweep_of_three_candidates_survives_a_killed_task_on_two_nodes(cluster, 
         assert time.monotonic() < deadline, failure(f"{victim}: no step 2")
         time.sleep(0.1)
     # The task's rank on node2 dies (SIGKILL, as in a crash or the OOM killer); srun's --kill-on-bad-exit ends
-    # the step and the task fails. (`scancel` would not do: it sends SIGTERM, which the Preemption callback
-    # takes for a preemption, so the task checkpoints, requeues itself and the candidate survives.)
+    # the step and the task fails (a `scancel` would end it too, as CANCELLED after a checkpoint; the crash
+    # is the harder case: nothing is written at the end).
     job_id = cluster.show_job(victim)["JobId"]
     ranks = rank_processes(cluster.namespaces[1], job_id)
     assert len(ranks) == 1, failure(f"{victim} (job {job_id}): processes on node2 {ranks}")
