@@ -421,6 +421,8 @@ def plan_sweep(ns: argparse.Namespace, fit_args: list[str]) -> tuple[list[Script
     cand_dir = os.path.join(run_dir, f"round-{first}", candidate_label(candidates[0]))
     args = task_fit_args(fit_args, first, reference_file(run_dir, done) if done else None)
     args = [a.replace(_CAND_DIR, cand_dir).replace(_CANDIDATE, json.dumps(candidates[0])) for a in args]
+    # ... and every candidate of the grid checked against the module it builds (keys it has, valid values)
+    args += ["--selfplay.candidates", json.dumps(candidates), "--selfplay.allow_large_search", "true"]
     resume = None if ns.no_preemption else os.path.join(cand_dir, "resume-JOBID.ckpt")
     config, built = dry_build(
         ns.config, fit_command_args(ns.nodes, tasks, ns.gpus_per_node is not None, args, batch, resume)

@@ -315,7 +315,7 @@ class SelfPlay(pl.Callback):
                     "SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`"
                 )
             if self.searching:
-                self._baseline = self._check_candidates_fit(pl_module)
+                self._baseline = self.check_candidates_against(pl_module)
             self._module = pl_module
             self.dirpath = self.dirpath or trainer.default_root_dir
             self.summary_path = self.summary_path or os.path.join(self.dirpath, "summary.json")
@@ -427,7 +427,7 @@ class SelfPlay(pl.Callback):
         return text
 
     # ---- candidates (training.search) ------------------------------------------------------------------
-    def _check_candidates_fit(self, pl_module: Any) -> dict[str, float]:
+    def check_candidates_against(self, pl_module: Any) -> dict[str, float]:
         """Every candidate's keys exist on this module and its values are valid there (before any step);
         returns the module's own value of each overridden key (restored for candidates that leave it)."""
         keys = {k for c in self.candidates for k in c}
