@@ -406,6 +406,7 @@ def test_self_play_settings_from_the_command_line(capsys):
         "mode": None,
         "start_round": None,
         "candidates": None,
+        "allow_large_search": None,
     }
     assert sp["init_args"]["rounds"] == 3  # the preset's, until built
     from ddo_lightning.cli import DDOCLI

@@ -1,5 +1,6 @@
 """`ddo sample` and `ddo fid` against direct computations (sampler, feature statistics, Fréchet formula)."""
 
+import hashlib
 import json
 import pathlib
 
@@ -9,6 +10,7 @@ import torch
 import yaml
 from torch import nn
 
+import ddo_lightning.metrics
 from ddo_lightning.commands import _instantiate, read_configs, run_command
 from ddo_lightning.data import DigitsDataset, ImageFolderDataset
 from ddo_lightning.metrics import DigitsFeatures
@@ -176,6 +178,16 @@ def test_fid_reference_stats_and_scores_against_direct_computation(tmp_path, cap
     f = feats(imgs).double().numpy()
     expected = _fd_eig(f.mean(0), np.cov(f, rowvar=False), real.mean(0), np.cov(real, rowvar=False))
     assert got["fid"] == pytest.approx(expected, rel=1e-6) and got["num_images"] == 40
+    # provenance: samples, seeds (unknown for given images), proxy, the hashes of the statistics and weights
+    assert got["num_samples"] == 40 and got["proxy"] is True and got["class_balanced"] is None
+    assert got["seeds"]["first"] is None
+    assert got["reference_stats_sha256"] == hashlib.sha256(ref.read_bytes()).hexdigest()
+    digits_asset = pathlib.Path(ddo_lightning.metrics.__file__).parent / "assets" / "digits_classifier.pt"
+    weights = torch.load(digits_asset, weights_only=True)
+    h = hashlib.sha256()
+    for name, t in weights.items():  # the documented byte order: name NUL dtype NUL shape NUL bytes
+        h.update(f"{name}\0{t.dtype}\0{','.join(map(str, t.shape))}\0".encode() + t.contiguous().numpy().tobytes())
+    assert got["feature_weights_sha256"] == h.hexdigest()
     assert json.loads((tmp_path / "fid.json").read_text())["fid"] == got["fid"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fid"] == got["fid"]
     # straight from the checkpoint (samples streamed to features, nothing written): the same seeds, the same FID
@@ -198,6 +210,8 @@ def test_fid_reference_stats_and_scores_against_direct_computation(tmp_path, cap
         ],
     )
     assert streamed["fid"] == pytest.approx(got["fid"], rel=1e-3) and streamed["nfe"] == 5
+    assert streamed["seeds"] == {"first": 0, "last": 39, "contiguous": True} and streamed["num_samples"] == 40
+    assert streamed["class_balanced"] is None and streamed["proxy"] is True  # the digits preset is unconditional
 
 
 def test_fid_bad_input_is_named(tmp_path, capsys):

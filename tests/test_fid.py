@@ -334,3 +334,59 @@ def test_inception_path_end_to_end_with_random_weights(tmp_path, capsys):
     expected = _fd_eig(ff.mean(0), np.cov(ff, rowvar=False), mu, sigma)
     assert out["fid"] == pytest.approx(expected, rel=1e-4) and out["fid"] > 0
     assert out["num_images"] == 12
+
+
+# ---- provenance: what an FID-like number depends on besides the model ------------------------------------
+def _state_dict_sha256(module):
+    """The documented byte order, written out independently: name NUL dtype NUL shape NUL raw bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0" + ",".join(map(str, t.shape)).encode() + b"\0")
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_provenance_hashes_the_reference_file_and_the_extractor_weights(tmp_path):
+    import hashlib
+
+    from ddo_lightning.metrics.fid import is_proxy, sample_provenance, save_reference_stats
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(40, 64))
+    path = tmp_path / "ref.npz"
+    save_reference_stats(str(path), feats.mean(0), np.cov(feats, rowvar=False))
+    fid = FrechetDistance(DigitsFeatures(), name="digits_fid", reference_stats=str(path))
+    p = fid.provenance()
+    assert p["reference_stats_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert p["reference_stats_hashed"] == "file" and p["reference_stats"] == str(path)
+    assert (
+        p["feature_weights_sha256"] == _state_dict_sha256(DigitsFeatures())
+        and p["feature_weights_hashed"] == "state_dict"
+    )
+    other = DigitsFeatures(pretrained=False)  # other weights, another hash
+    assert (
+        FrechetDistance(other, reference_stats=str(path)).provenance()["feature_weights_sha256"]
+        != p["feature_weights_sha256"]
+    )
+    # statistics computed from the training set: the hash of their float64 bytes, mu then sigma
+    computed = FrechetDistance(DigitsFeatures())
+    computed.connect(DigitsDataset())
+    mu, sigma = computed.reference
+    want = hashlib.sha256(mu.astype("<f8").tobytes() + sigma.astype("<f8").tobytes()).hexdigest()
+    assert computed.provenance()["reference_stats_sha256"] == want
+    assert computed.provenance()["reference_stats"] == "computed from DigitsDataset (1797 images)"
+    assert is_proxy(49_999) and not is_proxy(50_000)
+    rec = sample_provenance(1000, {"first": 0, "last": 999}, True, fid)
+    assert rec["proxy"] is True and rec["num_samples"] == 1000 and rec["class_balanced"] is True
+    assert rec["feature_weights_sha256"] == p["feature_weights_sha256"]
+
+
+def test_class_balance_is_counted():
+    from ddo_lightning.metrics.fid import class_balanced
+
+    assert class_balanced(torch.arange(30) % 10, 10) is True
+    assert class_balanced(torch.arange(31) % 10, 10) is False  # class 0 has 4, the others 3
+    assert class_balanced([0, 1, 1, 0], 3) is False  # class 2 never drawn
+    assert class_balanced(None, 0) is None  # unconditional: nothing to balance

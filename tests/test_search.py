@@ -425,7 +425,7 @@ def test_candidate_keys_the_module_lacks_fail_before_training(tmp_path, toy_real
     # a key the objective does not have (TokenDDO has no σ distribution)
     token = SimpleNamespace(objective=TokenDDO(), lr=1e-3, ema=None)
     with pytest.raises(SearchError, match=r"model.objective.P_mean, but this run's objective TokenDDO has no `P_mean`"):
-        self_play(tmp_path, candidates=[{"objective.P_mean": -1.0}])._check_candidates_fit(token)
+        self_play(tmp_path, candidates=[{"objective.P_mean": -1.0}]).check_candidates_against(token)
 
 
 def test_bad_candidates_and_start_round_fail_at_construction(tmp_path):

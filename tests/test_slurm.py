@@ -4,15 +4,13 @@ and (slow, root only) a two-task DDO training on a real one-node SLURM cluster s
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 import yaml
+from slurm_cluster import TERMINAL, one_node_cluster
 
 from ddo_lightning.launch import slurm
 from ddo_lightning.launch.slurm import main, render_sbatch, submit
@@ -540,185 +538,12 @@ def test_submit_reports_sbatch_errors_and_parses_the_job_id(tmp_path):
 
 # --- a real SLURM cluster: slurmctld + slurmd on this machine, private munged, private ports ------------
 
-TERMINAL = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
-    "PREEMPTED",
-}
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path, n=40):
-    try:
-        with open(path, errors="replace") as f:
-            return f"--- {path}\n" + "".join(f.readlines()[-n:])
-    except OSError:
-        return f"--- {path}: missing\n"
-
-
-def _install_slurm():
-    """sbatch & co. from Debian packages (about a minute); skips, with the reason, where that is impossible."""
-    if shutil.which("sbatch") and shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("munged"):
-        return
-    if shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and there is no apt-get to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    policy = "/usr/sbin/policy-rc.d"  # keep the packages' init scripts from starting system daemons
-    added_policy = not os.path.exists(policy)
-    if added_policy:
-        with open(policy, "w") as f:
-            f.write("#!/bin/sh\nexit 101\n")
-        os.chmod(policy, 0o755)
-    start = time.monotonic()
-    try:
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "slurm-wlm", "munge"]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:  # stale package lists
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    finally:
-        if added_policy:
-            os.remove(policy)
-    if done.returncode != 0:
-        pytest.skip(f"could not install slurm-wlm and munge with apt-get: {done.stderr.strip()[-500:]}")
-    print(f"[slurm] apt-get install slurm-wlm munge: {time.monotonic() - start:.0f} s", file=sys.stderr)
-
-
-class Cluster:
-    def __init__(self, root):
-        self.root = root
-        self.conf = os.path.join(root, "slurm.conf")
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, "SLURM_CONF": self.conf}
-        self.procs = []
-
-    def run(self, *cmd):
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
-
-    def start(self, name, *cmd):
-        log = open(os.path.join(self.root, f"{name}.stdout"), "w")
-        self.procs.append(
-            (
-                name,
-                subprocess.Popen(
-                    cmd,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                ),
-            )
-        )
-        log.close()
-
-    def logs(self):
-        names = ["munged.log", "slurmctld.log", "slurmd.log"] + [f"{n}.stdout" for n, _ in self.procs]
-        return "\n".join(_tail(os.path.join(self.root, n)) for n in names)
-
-    def stop(self):
-        if any(name == "slurmctld" and p.poll() is None for name, p in self.procs):
-            self.run("scancel", "--user=root", "--full")
-        for _name, proc in reversed(self.procs):  # slurmd, slurmctld, munged
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-
 
 @pytest.fixture
 def slurm_cluster():
     """A one-node cluster: private munge key and socket, state and logs in a temporary directory."""
-    if os.geteuid() != 0:
-        pytest.skip("the real-SLURM test runs its own slurmctld/slurmd and needs root")
-    _install_slurm()
-    root = tempfile.mkdtemp(prefix="ddo-slurm-")  # short: the munge socket path must fit in sun_path
-    os.chmod(root, 0o755)
-    cluster = Cluster(root)
-    try:
-        munge_dir = os.path.join(root, "munge")
-        os.makedirs(munge_dir, mode=0o700)
-        key, sock = os.path.join(munge_dir, "munge.key"), os.path.join(munge_dir, "munge.socket")
-        with open(key, "wb") as f:
-            f.write(os.urandom(1024))
-        os.chmod(key, 0o400)
-        cluster.start(
-            "munged",
-            shutil.which("munged"),
-            "--foreground",
-            "--force",
-            f"--key-file={key}",
-            f"--socket={sock}",
-            f"--pid-file={munge_dir}/munged.pid",
-            f"--log-file={root}/munged.log",
-            f"--seed-file={munge_dir}/munged.seed",
-        )
-        host = socket.gethostname().split(".")[0]
-        cpus = len(os.sched_getaffinity(0))
-        for d in ("state", "spool"):
-            os.makedirs(os.path.join(root, d))
-        with open(cluster.conf, "w") as f:
-            f.write(f"""\
-ClusterName=ddotest
-SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
-CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket={sock},cred_expire=10
-SlurmUser=root
-SlurmdUser=root
-StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
-SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
-SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-MpiDefault=none
-ReturnToService=2
-MinJobAge=600
-SchedulerParameters=sched_interval=2
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-""")
-        deadline = time.monotonic() + 10
-        while not os.path.exists(sock) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        cluster.start("slurmctld", shutil.which("slurmctld"), "-D", "-i")
-        cluster.start("slurmd", shutil.which("slurmd"), "-D", "-N", host)
-        deadline, state = time.monotonic() + 60, ""
-        while time.monotonic() < deadline:
-            dead = [name for name, p in cluster.procs if p.poll() is not None]
-            if dead:
-                pytest.fail(f"{dead} exited\n{cluster.logs()}")
-            state = cluster.run("sinfo", "--noheader", "--Node", "--format=%T").stdout.strip()
-            if state == "idle":
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"node not idle after 60 s (sinfo: {state!r})\n{cluster.logs()}")
+    with one_node_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _write(path, data):
@@ -785,8 +610,7 @@ def _job_environment(monkeypatch, cluster):
 
 def _show_job(cluster, job_id):
     """`scontrol show job` as a dict of its Key=Value fields (values without spaces)."""
-    shown = cluster.run("scontrol", "show", "job", job_id).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", shown))
+    return cluster.show_job(job_id)
 
 
 def _job_logs(out, job_name, job_id):

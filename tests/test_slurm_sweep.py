@@ -322,6 +322,9 @@ def test_submission_chains_the_job_ids(capsys, tmp_path, monkeypatch):
         ([f"model.objective.alpha={','.join(str(i) for i in range(1, MAX_CANDIDATES + 2))}"], "more than 16"),
         (["alpha=1,2"], "unknown round hyper-parameter 'alpha' (did you mean model.objective.alpha?)"),
         (["model.objective.alpha=1,2", "objective.alpha=3"], "is given twice"),
+        # checked against the module the config builds (the toy's EMA has a half-life; α must be >= 0)
+        (["model.ema_sigma_rel=0.05,0.1"], "this module's EMA is the half-life EMA"),
+        (["model.objective.alpha=-1,2"], "candidate 1 (alpha=-1): model.objective.alpha=-1"),
     ],
 )
 def test_bad_sweeps_are_refused(sweep, message, no_sbatch, capsys, tmp_path, monkeypatch):

@@ -135,6 +135,7 @@ def test_wandb_offline_run_holds_config_curve_diagnostics_and_grids(pretrained, 
         2,
     }  # both rounds (numbered from 1, as in summary.json) are segments of the one curve
     assert all(r["eval/nfe"] == 5 and r["eval/num_samples"] == 40 and r["eval/eval_seconds"] > 0 for r in rows)
+    assert all(r["eval/proxy"] == 1.0 for r in rows)  # 40 samples: the digits-FID is labelled a proxy
     assert [r["eval/kimg"] for r in rows] == sorted(r["eval/kimg"] for r in rows)
     # per-step diagnostics
     steps = [row for row, _ in run.series("train/loss")]

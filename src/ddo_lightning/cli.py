@@ -216,6 +216,7 @@ SELFPLAY_ARGUMENTS = {  # --selfplay.NAME: type, help (the SelfPlay callback's a
         list[dict[str, float]],
         "the round's hyper-parameter candidates, a JSON list of dicts, e.g. '[{\"model.objective.alpha\": 2}]'",
     ),
+    "allow_large_search": (bool, "allow more candidates than the search's limit"),
 }
 
 

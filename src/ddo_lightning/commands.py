@@ -455,12 +455,15 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
         _refuse_overwrite(a.write_stats, a.overwrite)
     device = _device(a.device)
     from .metrics import FrechetDistance
+    from .metrics.fid import FULL_FID_SAMPLES, class_balanced, sample_provenance, sha256_file
 
     weights, ref = (resolve(x) if x else x for x in (a.inception_weights, a.ref))  # "cache:NAME" works here too
     metric = FrechetDistance(build_extractor(a.features, weights), name="fid", reference_stats=ref).to(device)
     t0 = time.perf_counter()
     sampler: Sampler | None = None
     result: dict[str, Any] = {"features": a.features}
+    seed_info: dict[str, Any] | None = None  # provenance: the seeds sampled from (None: images given)
+    balanced: bool | None = None  # provenance: class balance of the sampled labels (None: unconditional/unknown)
     if a.images:
         total, batches = image_batches(a.images, a.batch_size)
         result["images"] = a.images
@@ -480,6 +483,13 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
         to_uint8 = uint8_images_of(net, declared_decoder(a.config, device))
         seeds = parse_seeds(a.seeds) if a.seeds else list(range(a.num))
         total = len(seeds)
+        seed_info = {
+            "first": seeds[0],
+            "last": seeds[-1],
+            "contiguous": seeds == list(range(seeds[0], seeds[0] + total)),
+        }
+        label_dim = sample_shape_of(net)[1]  # sample i has class i mod K (generate)
+        balanced = class_balanced(torch.arange(total) % max(label_dim, 1), label_dim)
         batches = (to_uint8(x) for _, _, x in generate(net, sampler, seeds, a.batch_size, device, progress=not a.quiet))
         result |= info
         if a.write_stats is None:
@@ -492,12 +502,19 @@ def fid_main(argv: list[str]) -> dict[str, Any]:
 
         save_reference_stats(a.write_stats, mu, sigma, count=np.int64(total))
         result |= {"wrote": a.write_stats, "num_images": total, "feature_dim": int(mu.shape[0])}
+        result |= {"wrote_sha256": sha256_file(a.write_stats)} | {
+            k: v for k, v in metric.provenance().items() if k.startswith("feature_")
+        }
     else:
         with tqdm(total=total, desc="features", unit="img", disable=a.quiet or not a.images) as bar:
             for b in batches:
                 metric.update(b)
                 bar.update(len(b))
         result |= {"fid": metric.compute()["fid"], "num_images": int(metric.count), "reference": a.ref}
+        seeds_field = seed_info if seed_info is not None else {"first": None, "last": None, "note": "images given"}
+        result |= sample_provenance(int(metric.count), seeds_field, balanced, metric)
+        if result["proxy"]:
+            result["note_proxy"] = f"{int(metric.count)} samples, fewer than {FULL_FID_SAMPLES}: a proxy of the FID"
     if sampler is not None:  # after sampling: a token sampler knows its cost once it has run
         result |= {"nfe": sampler.nfe, "sampler_steps": sampler.num_steps}
     result["seconds"] = time.perf_counter() - t0

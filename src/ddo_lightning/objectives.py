@@ -298,6 +298,21 @@ class DenoisingScoreMatching(MLEObjective):
         return ObjectiveOutput(loss, per_sample, {"loss": loss.detach(), "dsm_real": loss.detach()})
 
 
+def mle_counterpart(objective: DDOObjective) -> MLEObjective:
+    """The maximum-likelihood objective of a DDO objective's model family, with the same noise or label
+    settings (what SelfPlay's MLE ``control`` trains with): ``DiffusionDDO`` -> ``DenoisingScoreMatching``
+    with its ``P_mean`` and current ``P_std``; ``TokenDDO`` -> ``TokenMLE`` with its ``label_drop``. Any
+    other objective has no known counterpart: a TypeError names it."""
+    if isinstance(objective, DiffusionDDO):
+        return DenoisingScoreMatching(P_mean=objective.P_mean, P_std=objective.P_std)
+    if isinstance(objective, TokenDDO):
+        return TokenMLE(label_drop=objective.label_drop)
+    raise TypeError(
+        f"no MLE counterpart is known for the objective {type(objective).__name__}: the MLE control needs "
+        "DiffusionDDO (-> DenoisingScoreMatching) or TokenDDO (-> TokenMLE); set control: false"
+    )
+
+
 __all__ = [
     "DDOObjective",
     "DenoisingScoreMatching",
@@ -308,5 +323,6 @@ __all__ = [
     "TokenMLE",
     "check_pair",
     "label_drop_mask",
+    "mle_counterpart",
     "pair_noise",
 ]

@@ -254,6 +254,15 @@ class MeasuresNetwork(Protocol):
 
 
 @runtime_checkable
+class ReportsProvenance(Protocol):
+    """An FID-like evaluator (a Fréchet distance of features): ``provenance()`` -> what its numbers depend
+    on besides the samples (the reference statistics' and the feature extractor's sha256, ...), a JSON-able
+    dict; the module adds the sample count, the seeds and the class balance (``metrics.fid``)."""
+
+    def provenance(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class DecodesSamples(Protocol):
     """An evaluator whose samples may be latents: ``images_of(x)`` -> model-space images [B, 3, H, W] in
     [-1, 1] for sample grids (EDM2 512 px: decoded by the Stable Diffusion VAE; x itself when the samples

@@ -186,6 +186,23 @@ def fit_config(configs: Sequence[str], fit_args: Sequence[str] = ()) -> dict[str
     return _as_dict(_run(configs, fit_args, build=False))
 
 
+def _check_candidates(model: Any, callbacks: Sequence[Any]) -> str | None:
+    """A search's candidates against the built module, as SelfPlay checks them when a fit is set up (a key
+    the module lacks, e.g. P_mean on a token objective, or a value outside its domain): here, before any
+    job is submitted. Raises :class:`ConfigError` naming the candidate."""
+    from ..errors import SearchError
+    from ..training import DDOModule, SelfPlay
+
+    for cb in callbacks:
+        if isinstance(cb, SelfPlay) and cb.searching and isinstance(model, DDOModule):
+            try:
+                cb.check_candidates_against(model)
+            except SearchError as err:
+                raise ConfigError(f"the search does not fit this model: {err}") from None
+            return f"{len(cb.candidates)} candidate(s) checked against {type(model).__name__}"
+    return None
+
+
 def dry_build(configs: Sequence[str], fit_args: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
     """Parse and build the run without weights or data (module docstring); return the merged config and
     lines describing what was checked. Raises :class:`ConfigError` naming the cause."""
@@ -204,6 +221,9 @@ def dry_build(configs: Sequence[str], fit_args: Sequence[str] = ()) -> tuple[dic
             f"{params / 1e6:.2f}M parameters (shapes only, no weights read)"
         )
     callbacks = [type(c).__name__ for c in trainer.callbacks]
+    checked = _check_candidates(model, trainer.callbacks)
+    if checked:
+        notes.append(checked)
     notes.append(f"trainer callbacks: {', '.join(callbacks)}")
     if unbuilt:
         notes.append("not constructed (they read files when built): " + ", ".join(repr(u) for u in unbuilt))

@@ -322,11 +322,6 @@ def render_sbatch(
     for config in configs:
         if not isinstance(config, str) or not config:
             raise ValueError(f"config {config!r}: expected a path")
-    if isinstance(configs, str) or not configs:
-        raise ValueError(f"configs {configs!r}: expected a non-empty list of config files")
-    for config in configs:
-        if not isinstance(config, str) or not config:
-            raise ValueError(f"config {config!r}: expected a path")
     tasks, time = check_job_flags(
         nodes=nodes,
         cpus_per_task=cpus_per_task,
@@ -468,10 +463,38 @@ def _check_files(config: dict, configs: Sequence[str], base: str | None = None) 
 
 def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
     """Check the run and render its script: (script, notes). Raises ValueError naming the problem."""
-    from .config_check import dry_build, fit_config
+    from .config_check import dry_build
 
     tasks = tasks_per_node(ns.devices, ns.gpus_per_node)
-    render = dict(
+    render = job_options(ns, fit_args)
+    render_sbatch(ns.config, **render)  # bad flags first, before the config is read
+    config = read_configs(ns.config, fit_args)
+    accelerator = config.get("trainer", {}).get("accelerator")
+    if ns.gpus_per_node is None and accelerator not in (None, "auto", "cpu"):
+        raise ValueError(
+            f"the config asks for trainer.accelerator {accelerator!r} but --devices makes a CPU job: "
+            "use --gpus-per-node N for GPUs"
+        )
+    notes = (
+        []
+        if ns.gpus_per_node is not None
+        else [f"a CPU job: {tasks} process(es) per node, --trainer.accelerator cpu (GPUs: --gpus-per-node)"]
+    )
+    batch = split_batch(config, ns.nodes, tasks, notes)
+    if batch is None:
+        notes.append("the data module has no batch_size: nothing split over the ranks")
+    script = render_sbatch(ns.config, **render, batch_per_device=batch)
+    resume = None if ns.no_preemption else os.path.join(ns.output_dir, "resume-JOBID.ckpt")
+    config, built = dry_build(
+        ns.config, fit_command_args(ns.nodes, tasks, ns.gpus_per_node is not None, fit_args, batch, resume)
+    )  # exactly what the job will parse
+    check_job_files(config, ns)
+    return script, notes + built
+
+
+def job_options(ns: argparse.Namespace, fit_args: list[str]) -> dict:
+    """The render arguments every job of ``ddo slurm`` shares (a plain run's job, a search's array tasks)."""
+    return dict(
         nodes=ns.nodes,
         devices=ns.devices,
         gpus_per_node=ns.gpus_per_node,
@@ -486,45 +509,36 @@ def _plan(ns: argparse.Namespace, fit_args: list[str]) -> tuple[str, list[str]]:
         fit_args=fit_args,
         preemption=not ns.no_preemption,
     )
-    render_sbatch(ns.config, **render)  # bad flags first, before the config is read
-    missing = [c for c in ns.config if not os.path.isfile(c)]
+
+
+def read_configs(configs: Sequence[str], fit_args: list[str]) -> dict:
+    """The fit config as ``ddo fit`` would parse it; a missing config file is refused by name."""
+    from .config_check import fit_config
+
+    missing = [c for c in configs if not os.path.isfile(c)]
     if missing:
         raise ValueError(f"config {missing[0]!r}: no such file")
-    config = fit_config(ns.config, fit_args)
-    accelerator = config.get("trainer", {}).get("accelerator")
-    if ns.gpus_per_node is None and accelerator not in (None, "auto", "cpu"):
-        raise ValueError(
-            f"the config asks for trainer.accelerator {accelerator!r} but --devices makes a CPU job: "
-            "use --gpus-per-node N for GPUs"
-        )
-    notes = (
-        []
-        if ns.gpus_per_node is not None
-        else [f"a CPU job: {tasks} process(es) per node, --trainer.accelerator cpu (GPUs: --gpus-per-node)"]
-    )
+    return fit_config(configs, fit_args)
+
+
+def split_batch(config: dict, nodes: int, tasks: int, notes: list[str]) -> int | None:
+    """The per-device batch of the config's global ``data.init_args.batch_size`` (None: it has none), noted."""
     data_args = (config.get("data") or {}).get("init_args") or {}
-    batch = None
-    if "batch_size" in data_args:
-        batch = per_device_batch(data_args["batch_size"], ns.nodes, tasks)
-        notes.append(
-            f"global batch {data_args['batch_size']} = {ns.nodes} node(s) x {tasks} task(s) x {batch} per task"
-        )
-    else:
-        notes.append("the data module has no batch_size: nothing split over the ranks")
-    script = render_sbatch(ns.config, **render, batch_per_device=batch)
-    resume = None if ns.no_preemption else os.path.join(ns.output_dir, "resume-JOBID.ckpt")
-    config, built = dry_build(
-        ns.config, fit_command_args(ns.nodes, tasks, ns.gpus_per_node is not None, fit_args, batch, resume)
-    )  # exactly what the job will parse
+    if "batch_size" not in data_args:
+        return None
+    batch = per_device_batch(data_args["batch_size"], nodes, tasks)
+    notes.append(f"global batch {data_args['batch_size']} = {nodes} node(s) x {tasks} task(s) x {batch} per task")
+    return batch
+
+
+def check_job_files(config: dict, ns: argparse.Namespace) -> None:
+    """The config's input files, looked up from where the job runs (sbatch --chdir, else here)."""
     chdir = [
         a.split("=", 1)[1]
         for a in (x.strip().removeprefix("#SBATCH").strip() for x in ns.sbatch_arg)
         if a.startswith("--chdir=")
     ]
-    _check_files(
-        config, ns.config, base=os.path.abspath(chdir[-1]) if chdir else None
-    )  # sbatch --chdir: where the job runs
-    return script, notes + built
+    _check_files(config, ns.config, base=os.path.abspath(chdir[-1]) if chdir else None)
 
 
 def main(argv: Sequence[str]) -> int:

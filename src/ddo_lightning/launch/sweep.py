@@ -385,8 +385,8 @@ def plan_sweep(ns: argparse.Namespace, fit_args: list[str]) -> tuple[list[Script
     """Check the search and render its scripts (none when every round is done): (scripts, notes). Raises
     ``ValueError`` (:class:`SearchError`, ``ConfigError``) naming the problem; nothing is written."""
     from ..run_dir import default_run_dir
-    from .config_check import dry_build, fit_config
-    from .slurm import _check_files, per_device_batch, tasks_per_node
+    from .config_check import dry_build
+    from .slurm import check_job_files, job_options, read_configs, split_batch, tasks_per_node
 
     candidate_label = _search().candidate_label
     candidates = sweep_candidates(ns.sweep, allow_large=ns.allow_large_grid)
@@ -394,29 +394,9 @@ def plan_sweep(ns: argparse.Namespace, fit_args: list[str]) -> tuple[list[Script
     if ns.rounds is not None:
         _check_positive("rounds", ns.rounds)
     run_dir = ns.run_dir or default_run_dir(ns.config)
-    render = dict(
-        candidates=candidates,
-        run_dir=run_dir,
-        nodes=ns.nodes,
-        devices=ns.devices,
-        gpus_per_node=ns.gpus_per_node,
-        cpus_per_task=ns.cpus_per_task,
-        time=ns.time,
-        job_name=ns.job_name,
-        output_dir=ns.output_dir,
-        partition=ns.partition,
-        account=ns.account,
-        qos=ns.qos,
-        extra_sbatch=ns.sbatch_arg,
-        fit_args=fit_args,
-        preemption=not ns.no_preemption,
-        promote_time=ns.promote_time,
-    )
+    render = dict(job_options(ns, fit_args), candidates=candidates, run_dir=run_dir, promote_time=ns.promote_time)
     render_sweep(ns.config, **render, rounds=ns.rounds or 1, monitor="m", mode="min")  # bad flags first
-    missing = [c for c in ns.config if not os.path.isfile(c)]
-    if missing:
-        raise ValueError(f"config {missing[0]!r}: no such file")
-    config = fit_config(ns.config, fit_args)
+    config = read_configs(ns.config, fit_args)
     selfplay = find_selfplay(config)
     rounds = ns.rounds or int(selfplay["rounds"])
     monitor, mode = str(selfplay["monitor"]), str(selfplay["mode"])
@@ -433,13 +413,7 @@ def plan_sweep(ns: argparse.Namespace, fit_args: list[str]) -> tuple[list[Script
     first = done + 1
     if done:
         notes.append(f"rounds 1-{done} are done: continuing with round {first} from {reference_file(run_dir, done)}")
-    data_args = (config.get("data") or {}).get("init_args") or {}
-    batch = None
-    if "batch_size" in data_args:
-        batch = per_device_batch(data_args["batch_size"], ns.nodes, tasks)
-        notes.append(
-            f"global batch {data_args['batch_size']} = {ns.nodes} node(s) x {tasks} task(s) x {batch} per task"
-        )
+    batch = split_batch(config, ns.nodes, tasks, notes)
     scripts = render_sweep(
         ns.config, **render, rounds=rounds, first_round=first, monitor=monitor, mode=mode, batch_per_device=batch
     )
@@ -447,16 +421,13 @@ def plan_sweep(ns: argparse.Namespace, fit_args: list[str]) -> tuple[list[Script
     cand_dir = os.path.join(run_dir, f"round-{first}", candidate_label(candidates[0]))
     args = task_fit_args(fit_args, first, reference_file(run_dir, done) if done else None)
     args = [a.replace(_CAND_DIR, cand_dir).replace(_CANDIDATE, json.dumps(candidates[0])) for a in args]
+    # ... and every candidate of the grid checked against the module it builds (keys it has, valid values)
+    args += ["--selfplay.candidates", json.dumps(candidates), "--selfplay.allow_large_search", "true"]
     resume = None if ns.no_preemption else os.path.join(cand_dir, "resume-JOBID.ckpt")
     config, built = dry_build(
         ns.config, fit_command_args(ns.nodes, tasks, ns.gpus_per_node is not None, args, batch, resume)
     )
-    chdir = [
-        a.split("=", 1)[1]
-        for a in (x.strip().removeprefix("#SBATCH").strip() for x in ns.sbatch_arg)
-        if a.startswith("--chdir=")
-    ]
-    _check_files(config, ns.config, base=os.path.abspath(chdir[-1]) if chdir else None)
+    check_job_files(config, ns)
     return scripts, notes + built
 
 

@@ -7,12 +7,18 @@ protocol (``InceptionFeatures``; resize and quantisation documented there), or a
 
 Reference statistics are EDM's ``.npz`` format: ``mu`` [d] and ``sigma`` [d, d] (float64), as EDM's
 ``fid.py ref`` writes them and as :func:`save_reference_stats` / ``ddo fid --write-stats`` write them.
+
+Provenance (docs/fid.md, "Provenance"): every FID-like record says what its number depends on besides the
+model: the sample count, the seeds, whether classes were balanced, the sha256 of the reference statistics
+and of the feature extractor's weights (:meth:`FrechetDistance.provenance`, :func:`sample_provenance`), and
+``proxy: true`` when fewer than :data:`FULL_FID_SAMPLES` samples were measured.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,81 @@ from tqdm.auto import tqdm
 from ..files import atomic_path
 from ..pixels import model_to_uint8, uint8_to_model
 from ..protocols import FeatureExtractor, HasImages, HasRealData
+
+FULL_FID_SAMPLES = 50_000  # the protocol's sample count: an FID of fewer samples is a proxy (biased upward)
+
+
+def is_proxy(num_samples: int) -> bool:
+    """Whether an FID-like value of ``num_samples`` samples is a proxy (fewer than the protocol's 50,000)."""
+    return int(num_samples) < FULL_FID_SAMPLES
+
+
+def sha256_file(path: str) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_state_dict(module: nn.Module) -> str:
+    """The sha256 (hex) of a module's weights, in a defined byte order: for each entry of ``state_dict()``
+    in its own order (registration order), the UTF-8 name, a NUL byte, the dtype (e.g. ``torch.float32``),
+    a NUL, the shape as comma-separated integers, a NUL, then the tensor's elements as contiguous CPU bytes
+    (little-endian). The same weights give the same hash on any device; renaming or reshaping changes it."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{','.join(str(d) for d in t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def sha256_arrays(mu: np.ndarray, sigma: np.ndarray) -> str:
+    """The sha256 (hex) of statistics that exist only in memory (computed from the real data): ``mu`` then
+    ``sigma`` as float64, C order, little-endian bytes."""
+    h = hashlib.sha256()
+    for a in (mu, sigma):
+        h.update(np.ascontiguousarray(np.asarray(a, dtype="<f8")).tobytes())
+    return h.hexdigest()
+
+
+def extractor_hash(extractor: nn.Module) -> tuple[str, str]:
+    """(sha256, what was hashed) of a feature extractor's weights: the weights file it was loaded from
+    (``weights_path``, e.g. Inception's torch-fidelity file) when it has one, else its ``state_dict``
+    (:func:`sha256_state_dict`; the digits classifier, random extractors in tests)."""
+    path = getattr(extractor, "weights_path", None)
+    if isinstance(path, str) and os.path.isfile(path):
+        return sha256_file(path), "file"
+    return sha256_state_dict(extractor), "state_dict"
+
+
+def class_balanced(labels: Sequence[int] | torch.Tensor | None, label_dim: int) -> bool | None:
+    """Whether integer class labels hold exactly the same count of every one of ``label_dim`` classes;
+    None for unconditional samples (``label_dim`` 0: no classes to balance)."""
+    if not label_dim:
+        return None
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.int64).reshape(-1), minlength=label_dim)
+    return bool(len(counts) == label_dim and (counts == counts[0]).all())
+
+
+def sample_provenance(
+    num_samples: int, seeds: dict[str, Any], balanced: bool | None, evaluator: Any = None
+) -> dict[str, Any]:
+    """One FID-like record's provenance: ``num_samples``, ``seeds`` (how the per-sample seeds were made and
+    their first and last), ``class_balanced`` (None: unconditional), ``proxy`` (fewer than 50,000 samples),
+    and the evaluator's own (:meth:`FrechetDistance.provenance`) when it has one."""
+    out: dict[str, Any] = {
+        "num_samples": int(num_samples),
+        "seeds": dict(seeds),
+        "class_balanced": balanced,
+        "proxy": is_proxy(num_samples),
+    }
+    provenance = getattr(evaluator, "provenance", None)
+    if callable(provenance):
+        out.update(provenance())
+    return out
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -144,12 +225,17 @@ class FrechetDistance(Metric):
         self.decoder = decoder.eval().requires_grad_(False) if decoder is not None else None
         self.name, self.reference_stats, self.reference_batch_size = name, reference_stats, reference_batch_size
         self.reference: tuple[np.ndarray, np.ndarray] | None = None
+        self.reference_sha256: str | None = None  # of the .npz file, or of the computed arrays (provenance)
+        self.reference_hashed: str | None = None  # "file" or "arrays"
+        self.reference_source: str | None = None  # where computed statistics came from (connect)
+        self._extractor_hash: tuple[str, str] | None = None
         dim = int(extractor.feature_dim)
         self.add_state("total", default=torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("outer", default=torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         if reference_stats is not None:
             self.reference = load_reference_stats(reference_stats, dim)
+            self.reference_sha256, self.reference_hashed = sha256_file(reference_stats), "file"
         self._register_state_dict_hook(_drop_extractor)
         self.register_load_state_dict_pre_hook(_fill_extractor)
 
@@ -167,6 +253,24 @@ class FrechetDistance(Metric):
         if images is None:
             raise ValueError(f"{type(real).__name__} has no uint8 `images`: give FrechetDistance reference_stats")
         self.reference = self.statistics_of(torch.as_tensor(images).split(self.reference_batch_size), total=len(images))
+        self.reference_sha256, self.reference_hashed = sha256_arrays(*self.reference), "arrays"
+        self.reference_source = f"computed from {type(real).__name__} ({len(images)} images)"
+
+    def provenance(self) -> dict[str, Any]:
+        """What this metric's values depend on besides the samples: the reference statistics (file, or
+        computed from the training set) and their sha256, the feature extractor and its weights' sha256
+        (:func:`extractor_hash`; computed once)."""
+        if self._extractor_hash is None:
+            self._extractor_hash = extractor_hash(self.extractor)
+        return {
+            "metric": self.name,
+            "reference_stats": self.reference_stats or self.reference_source,
+            "reference_stats_sha256": self.reference_sha256,
+            "reference_stats_hashed": self.reference_hashed,
+            "feature_extractor": type(self.extractor).__name__,
+            "feature_weights_sha256": self._extractor_hash[0],
+            "feature_weights_hashed": self._extractor_hash[1],
+        }
 
     def statistics_of(
         self, batches: Iterable[torch.Tensor], total: int | None = None, desc: str = "reference statistics"

@@ -22,6 +22,7 @@ from ..protocols import (
     Denoiser,
     HasRealData,
     MeasuresNetwork,
+    ReportsProvenance,
     RoundCheckpoints,
     SampleSpec,
     TokenVocabulary,
@@ -35,6 +36,19 @@ from .sharding import is_sharded, rank_batches
 warnings.filterwarnings("ignore", message=r".*in eval mode at the start of training.*")
 
 REQUIRED_PRECISION = "32-true"
+SELECTION_STREAM = 3  # evaluation sample i's seed: mix_seed(seed, i, 3) (what SelfPlay selects checkpoints by)
+REPORT_STREAM = 6  # report seed set k: mix_seed(seed, i, 6, k), disjoint from the selection seeds
+
+
+def evaluation_seed(seed: int, index: int, seed_set: int | None = None) -> int:
+    """The seed of evaluation sample ``index``: the selection seeds (``seed_set`` None; every evaluation
+    during training, which SelfPlay selects checkpoints by) or report seed set ``seed_set`` (0, 1, ...: the
+    final report's independent re-evaluations, docs/search.md "Report seeds")."""
+    if seed_set is None:
+        return mix_seed(seed, index, SELECTION_STREAM)
+    if isinstance(seed_set, bool) or not isinstance(seed_set, int) or seed_set < 0:
+        raise ValueError(f"seed_set must be None (selection) or a report set number >= 0, got {seed_set!r}")
+    return mix_seed(seed, index, REPORT_STREAM, seed_set)
 
 
 def check_precision(precision: Any) -> None:
@@ -291,11 +305,36 @@ class DenoiserModule(pl.LightningModule):
             raise RuntimeError("sample() needs the data's sample shape: call it after trainer setup")
         return self.sampler.from_seeds(net, seeds, labels, self.sample_shape, self.device)
 
+    def evaluation_provenance(self, seed_set: int | None = None) -> dict[str, Any]:
+        """How an evaluation's numbers were obtained besides the model (``metrics.fid.sample_provenance``):
+        the sample count, the seeds (rule, stream, first and last), whether the labels were class-balanced
+        (sample i has class i mod K: exactly balanced when K divides the count; None unconditional),
+        ``proxy`` (fewer than 50,000 samples) and, for an FID-like evaluator, the sha256 of its reference
+        statistics and feature extractor."""
+        from ..metrics.fid import sample_provenance
+
+        n, k = self.num_eval_samples, self.label_dim
+        rule = "mix_seed(seed, i, 3)" if seed_set is None else f"mix_seed(seed, i, 6, {seed_set})"
+        seeds = {
+            "rule": rule,
+            "set": "selection" if seed_set is None else f"report-{seed_set}",
+            "base_seed": int(self.seed),
+            "first_index": 0,
+            "last_index": n - 1,
+            "first": evaluation_seed(self.seed, 0, seed_set),
+            "last": evaluation_seed(self.seed, n - 1, seed_set),
+        }
+        balanced = None if not k else n % k == 0
+        evaluator = self.evaluator if isinstance(self.evaluator, ReportsProvenance) else None
+        return sample_provenance(n, seeds, balanced, evaluator)
+
     @torch.no_grad()
-    def evaluate(self, net: nn.Module | None = None) -> dict[str, float]:
+    def evaluate(self, net: nn.Module | None = None, seed_set: int | None = None) -> dict[str, float]:
         """Evaluator metrics of ``net`` (default: the EMA) on ``num_eval_samples`` fixed-seed samples,
-        sharded over ranks by index and gathered by the metric. Adds ``num_samples``, ``nfe`` (network
-        evaluations per sample), ``sampler_steps`` and ``eval_seconds`` (the cost of this evaluation)."""
+        sharded over ranks by index and gathered by the metric: the selection seeds, or report seed set
+        ``seed_set`` (:func:`evaluation_seed`). Adds ``num_samples``, ``nfe`` (network evaluations per
+        sample), ``sampler_steps`` and ``eval_seconds`` (the cost of this evaluation), and for an FID-like
+        evaluator ``proxy`` (1.0: fewer than 50,000 samples, the value is a proxy of the protocol's FID)."""
         if self.evaluator is None:
             return {}
         net = self.ema.model if net is None else net
@@ -303,7 +342,7 @@ class DenoiserModule(pl.LightningModule):
         self.evaluator.reset()
         rank, world = self.shard
         for chunk, n in rank_batches(self.num_eval_samples, self.eval_batch_size, rank, world, is_sharded(net)):
-            seeds = torch.tensor([mix_seed(self.seed, int(i), 3) for i in chunk])
+            seeds = torch.tensor([evaluation_seed(self.seed, int(i), seed_set) for i in chunk])
             labels = balanced_labels(chunk, self.label_dim).to(self.device)
             x = self.sample(net, seeds, labels)
             if n:
@@ -316,6 +355,10 @@ class DenoiserModule(pl.LightningModule):
         metrics["nfe"] = float(self.sampler.nfe)
         metrics["sampler_steps"] = float(self.sampler.num_steps)
         metrics["eval_seconds"] = time.perf_counter() - t0
+        if isinstance(self.evaluator, ReportsProvenance):
+            from ..metrics.fid import is_proxy
+
+            metrics["proxy"] = float(is_proxy(self.num_eval_samples))
         return metrics
 
     def _log_evaluation(self, prefix: str) -> None:

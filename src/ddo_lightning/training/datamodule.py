@@ -232,6 +232,7 @@ class DDODataModule(pl.LightningDataModule):
         self._real_position = (0, 0)  # (epoch, real batches this rank consumed in it)
         self._resume: tuple[int, int] | None = None
         self._sampler: ResumableDistributedSampler | None = None
+        self.real_only = False  # SelfPlay's MLE control: batches of real samples, no fakes made
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -320,7 +321,7 @@ class DDODataModule(pl.LightningDataModule):
         epoch, batches = self._real_position
         epoch_now = self.trainer.current_epoch
         self._real_position = (epoch_now, batches + 1 if epoch_now == epoch else 1)
-        if self.fake is None:
+        if self.fake is None or self.real_only:
             return batch
         real = Samples(*batch)
         return PairedBatch(real, self.fakes_for(real))

@@ -14,8 +14,8 @@ from torchmetrics import Metric
 from ..checkpoints import load_network_weights
 from ..errors import NonFiniteLossError
 from ..networks import Network
-from ..objectives import DDOObjective, DiffusionDDO
-from ..protocols import PairedBatch, PreparesFakes, RoundAware
+from ..objectives import DDOObjective, DiffusionDDO, MLEObjective
+from ..protocols import PairedBatch, PreparesFakes, RoundAware, Samples
 from ..samplers import Sampler
 from .base import DenoiserModule, check_model_family, disable_dropout, newest_checkpoint
 from .datamodule import DDODataModule
@@ -80,6 +80,9 @@ class DDOModule(DenoiserModule):
         check_model_family(network, self.objective, self.sampler)
         self.ema = make_ema(self.target, ema_halflife_kimg, ema_rampup_ratio, ema_sigma_rel)
         self.round_index = 0  # the round in progress (SelfPlay: start_round); its fakes are this round's
+        # SelfPlay's MLE control: while set, a step trains the target on the real batch alone with this
+        # objective (the data module then yields real batches only); None: DDO
+        self.control_objective: MLEObjective | None = None
 
     def trained_network(self) -> nn.Module:
         return self.target
@@ -125,6 +128,13 @@ class DDOModule(DenoiserModule):
 
     # ---- one step ------------------------------------------------------------------------------------
     def training_step(self, batch: PairedBatch, batch_idx: int) -> torch.Tensor:
+        if self.control_objective is not None:  # SelfPlay's MLE control: real images only
+            real = batch.real if isinstance(batch, PairedBatch) else Samples(*batch)
+            out = self.control_objective(self.target, real, generator=self.step_generator(), shard=self.shard)
+            if not torch.isfinite(out.loss):
+                raise NonFiniteLossError(f"non-finite MLE loss in the control at step {self.global_step}")
+            self.log_stats({f"control_{k}": v for k, v in out.stats.items()}, {"control_loss"})
+            return out.loss
         out = self.objective(self.target, self.reference, batch, generator=self.step_generator(), shard=self.shard)
         if not torch.isfinite(out.loss):
             stats = ", ".join(f"{k}={float(v):.4g}" for k, v in out.stats.items())

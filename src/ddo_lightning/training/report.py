@@ -8,23 +8,33 @@ made from SelfPlay's two record lists:
   "weights_changed"}``, and in a search ``"candidate"``, ``"candidate_label"`` (None when nothing beat the
   round's reference) and ``"candidates_moved"``.
 
+With SelfPlay's ``control`` also the control's evaluations (``{"kimg_in_control", "kimg", "metrics"}``,
+its 0-kimg point the starting reference's) and record; with ``report_seed_sets`` the report evaluations
+(``{"model", "sets": [metrics per seed set]}``), summarised as mean ± std with ``claims``
+(:func:`report_summary`, :func:`claims`).
+
 Everything here reads those records; nothing here changes the training.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
 from ..files import atomic_path, atomic_write_text
 from ..protocols import EvaluationListener
 
 _LAID_OUT: set[tuple[int, str]] = set()  # (W&B logger, prefix) pairs whose metric layout is defined
-COST_KEYS = ("num_samples", "eval_seconds", "nfe", "sampler_steps")  # how a number was measured, not a result
+# how a number was measured, not a result (``proxy``: 1.0 when an FID-like value is from < 50,000 samples)
+COST_KEYS = ("num_samples", "eval_seconds", "nfe", "sampler_steps", "proxy")
+CLAIM_STDS = 2.0  # an improvement is claimed only when the margin exceeds this many standard deviations
+CONTROL_BUDGET = "every real image the DDO rounds of this fit consumed (all candidates of every round)"
 
 
 def fmt(v: Any) -> str:
@@ -88,6 +98,9 @@ def summary(
     warnings: list[str] = (),
     wall_seconds: float | None = None,
     candidates: list[dict[str, float]] | None = None,
+    control: dict[str, Any] | None = None,
+    reports: list[dict[str, Any]] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The starting reference's metrics and, per finished round, the metrics of the promoted checkpoint (the
     previous one's when nothing beat the round's start) and the round's curve of ``monitor``.
@@ -95,7 +108,10 @@ def summary(
     In a search (``candidates`` given) also: the candidates (``label``, ``overrides``) at the top, and per
     round ``promoted_candidate`` / ``promoted_candidate_label`` (None: the reference carried over) and
     ``candidates``: each candidate's curve and best evaluation. The round's ``curve`` lists every evaluation
-    of the round, each point naming its candidate."""
+    of the round, each point naming its candidate.
+
+    Additive fields: ``control`` (:func:`control_summary`), ``report`` and ``claims`` (from ``reports``:
+    :func:`report_summary`, :func:`claims`), ``provenance`` (how the evaluations were sampled)."""
     out: dict[str, Any] = {"monitor": monitor, "mode": mode, "reference": None, "rounds": []}
     if evaluations:
         out["reference"] = evaluations[0]["metrics"]
@@ -129,11 +145,87 @@ def summary(
         out["rounds"].append(entry)
     if candidates is not None:
         out["candidates"] = [{"label": _label(c), "overrides": dict(c)} for c in candidates]
+    if control is not None:
+        out["control"] = control
+    if reports:
+        out["report"] = report_summary(reports)
+        out["claims"] = claims(out["report"], monitor, mode)
+    if provenance is not None:
+        out["provenance"] = provenance
     if warnings:
         out["warnings"] = list(warnings)
     if wall_seconds is not None:
         out["wall_seconds_this_run"] = wall_seconds
     return out
+
+
+def control_summary(
+    evaluations: list[dict[str, Any]], record: dict[str, Any] | None, budget_images: int, monitor: str, mode: str
+) -> dict[str, Any]:
+    """The MLE control: its budget (``kimg``, and what it counts), its curve of ``monitor`` (the 0-kimg point
+    is the starting reference) and, once finished (``record``), the selected evaluation and its metrics."""
+    out: dict[str, Any] = {
+        "kimg": budget_images / 1000,
+        "budget": CONTROL_BUDGET,
+        "finished": record is not None,
+        "curve": [{"kimg_in_control": h["kimg_in_control"], monitor: h["metrics"][monitor]} for h in evaluations],
+    }
+    if record is not None:
+        chosen = [h for h in evaluations if h["kimg_in_control"] == record["selected_kimg"]]
+        out |= {
+            "selected_kimg": record["selected_kimg"],
+            "improved": record["improved"],
+            "metrics": chosen[-1]["metrics"] if chosen else None,
+        }
+    return out
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """``mean``, ``std`` (the sample standard deviation, ddof = 1, of the per-seed-set values) and the
+    ``values`` themselves."""
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "values": [float(v) for v in a],
+    }
+
+
+def report_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per reported model, each metric's mean ± std over the report seed sets (:func:`mean_std`)."""
+    models = []
+    for r in reports:
+        keys = [k for k in r["sets"][0] if k not in COST_KEYS]
+        models.append({"model": r["model"], "metrics": {k: mean_std([m[k] for m in r["sets"]]) for k in keys}})
+    return {"seed_sets": len(reports[0]["sets"]), "models": models}
+
+
+def claims(report: dict[str, Any], monitor: str, mode: str) -> list[dict[str, Any]]:
+    """Per round, whether it is better than the starting reference and than the control on ``monitor``:
+    only when the margin (difference of the means, in the better direction) exceeds ``CLAIM_STDS`` times
+    the standard deviation of that difference, √(std_a² + std_b²) of the two models' per-seed-set stds."""
+    by_name = {m["model"]: m["metrics"][monitor] for m in report["models"] if monitor in m["metrics"]}
+    out = []
+    for name, mine in by_name.items():
+        if not name.startswith("round "):
+            continue
+        entry: dict[str, Any] = {"model": name, "metric": monitor}
+        for other in ("reference", "control"):
+            if other not in by_name:
+                continue
+            theirs = by_name[other]
+            margin = theirs["mean"] - mine["mean"] if mode == "min" else mine["mean"] - theirs["mean"]
+            two_std = CLAIM_STDS * math.hypot(mine["std"], theirs["std"])
+            entry[f"better_than_{other}"] = bool(margin > two_std)
+            entry[f"vs_{other}"] = {"margin": margin, "two_std": two_std}
+        out.append(entry)
+    return out
+
+
+def mean_std_line(sets: list[dict[str, float]], monitor: str) -> str:
+    """``fid=3.12 ± 0.05 (3 seed sets)``: one model's report evaluations of ``monitor``, for the console."""
+    ms = mean_std([m[monitor] for m in sets])
+    return f"{monitor}={fmt(ms['mean'])} ± {fmt(ms['std'])} ({len(sets)} seed sets)"
 
 
 def _label(candidate: dict[str, float]) -> str:
@@ -177,7 +269,32 @@ def table(s: dict[str, Any]) -> str:
             + (f" {r['promoted_candidate_label']}" if r.get("promoted_candidate_label") else "")
         )
         rows.append([tag, fmt(r["promoted_kimg_in_round"])] + [fmt(r["metrics"][k]) for k in keys])
-    header = ["model", "best@kimg"] + keys
+    control = s.get("control")
+    if control and control.get("metrics"):
+        tag = f"MLE control ({fmt(control['kimg'])} kimg)"
+        rows.append([tag, fmt(control["selected_kimg"])] + [fmt(control["metrics"].get(k, float("nan"))) for k in keys])
+    text = _grid(["model", "best@kimg"] + keys, rows)
+    rep = s.get("report")
+    if rep:
+        keys = [k for k in rep["models"][0]["metrics"]]
+        rows = [
+            [m["model"]] + [f"{fmt(m['metrics'][k]['mean'])} ± {fmt(m['metrics'][k]['std'])}" for k in keys]
+            for m in rep["models"]
+        ]
+        text += f"\n\nreport: mean ± std over {rep['seed_sets']} seed sets disjoint from the selection seeds\n"
+        text += _grid(["model"] + keys, rows)
+        for c in s.get("claims", []):
+            said = [
+                f"{'better' if c[f'better_than_{o}'] else 'not shown better'} than the {o} "
+                f"(margin {fmt(c[f'vs_{o}']['margin'])}, 2 std {fmt(c[f'vs_{o}']['two_std'])})"
+                for o in ("reference", "control")
+                if f"better_than_{o}" in c
+            ]
+            text += f"\n{c['model']}: " + "; ".join(said)
+    return text
+
+
+def _grid(header: list[str], rows: list[list]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
 
     def line(cells: list) -> str:
@@ -191,10 +308,15 @@ def write_summary(path: str, s: dict[str, Any]) -> None:
 
 
 def write_curve(
-    dirs: list[str], evaluations: list[dict[str, Any]], promotions: list[dict[str, Any]], monitor: str
+    dirs: list[str],
+    evaluations: list[dict[str, Any]],
+    promotions: list[dict[str, Any]],
+    monitor: str,
+    control: list[dict[str, Any]] | None = None,
 ) -> None:
     """``curve.png`` in each of ``dirs``: ``monitor`` against kimg, one segment per round, promoted
-    evaluations circled. Nothing without evaluations."""
+    evaluations circled; the MLE control (``control``: its evaluations) dashed, on the same axis of real
+    images from the run's start. Nothing without evaluations."""
     if not evaluations:
         return
     import matplotlib
@@ -212,6 +334,16 @@ def write_curve(
         best = [h for h in pts if (r, h.get("candidate", 0), h["kimg_in_round"]) in promoted]
         if best:
             ax.plot([best[-1]["kimg"]], [best[-1]["metrics"][monitor]], "o", ms=10, mfc="none", mec="k")
+    if control:
+        x0 = evaluations[0]["kimg"]  # the control from the run's start: same real images, same x
+        ax.plot(
+            [x0 + h["kimg_in_control"] for h in control],
+            [h["metrics"][monitor] for h in control],
+            "s--",
+            ms=3,
+            color="0.4",
+            label="MLE control",
+        )
     ax.set_xlabel("kimg (real images seen, DDO)")
     ax.set_ylabel(monitor)
     ax.set_title(f"{monitor} per evaluation; circled: promoted to reference")

@@ -1,6 +1,8 @@
 """Preemption-safe training: on SIGUSR1 (SLURM's warning before the time limit, ``--signal``) or SIGTERM
-(preemption, ``scancel``), finish the current step, write a checkpoint atomically, stop, and — once the
-step's other callbacks and the loggers are done — requeue the SLURM job.
+(``scancel``, or a preemption), finish the current step, write a checkpoint atomically and stop. After
+SIGUSR1 — once the step's other callbacks and the loggers are done — the job requeues itself
+(``scontrol requeue``). After SIGTERM it does not: ``scancel`` means stop, and a job that SLURM preempts
+with ``PreemptMode=REQUEUE`` is requeued by SLURM itself (``ddo slurm`` scripts ask for ``--requeue``).
 
 The signal handler only sets a flag — saving from inside a handler interrupts whatever the main thread
 was doing (a collective, a file write) and is a known source of hangs. At the end of every step the
@@ -36,16 +38,25 @@ class Preemption(pl.Callback):
             ``checkpoints/resume.ckpt`` in the trainer's ``default_root_dir`` (``ddo fit``: the run directory,
             whose newest readable checkpoint a rerun resumes).
         signals: signal names to handle.
-        requeue: under SLURM (``SLURM_JOB_ID`` set), rank 0 runs ``scontrol requeue <job>`` after saving.
+        requeue: under SLURM (``SLURM_JOB_ID`` set), rank 0 runs ``scontrol requeue <job>`` after saving,
+            when the signal that stopped the run (on any rank) is one of ``requeue_on``.
+        requeue_on: the signals that mean "out of time, come back" (SLURM's ``--signal`` warning). The
+            others (SIGTERM: ``scancel``) stop the run with its checkpoint written and leave the job ended.
     """
 
     def __init__(
-        self, path: str | None = None, signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM"), requeue: bool = True
+        self,
+        path: str | None = None,
+        signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM"),
+        requeue: bool = True,
+        requeue_on: tuple[str, ...] = ("SIGUSR1",),
     ):
-        unknown = [s for s in signals if s not in SIGNALS]
+        unknown = [s for s in (*signals, *requeue_on) if s not in SIGNALS]
         if unknown:
             raise ValueError(f"unknown signal(s) {unknown}; use any of {sorted(SIGNALS)}")
         self.path, self.signals, self.requeue = path, tuple(signals), requeue
+        self.requeue_on = tuple(requeue_on)
+        self.requeue_wanted = False  # the stopping signal, on some rank, was one of requeue_on
         self.received: int | None = None
         self.saved_at_step: int | None = None
         self._previous: dict[int, Any] = {}
@@ -89,6 +100,8 @@ class Preemption(pl.Callback):
         if not stop:
             return
         name = signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
+        wants = self.received is not None and signal.Signals(self.received).name in self.requeue_on
+        self.requeue_wanted = bool(trainer.strategy.reduce_boolean_decision(wants, all=False))
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         trainer.save_checkpoint(self.path)  # atomic: AtomicCheckpointIO writes a temporary file and renames it
         self.saved_at_step = trainer.global_step
@@ -105,6 +118,12 @@ class Preemption(pl.Callback):
         )
         job = job or os.environ.get("SLURM_JOB_ID")
         if not (self.requeue and job and trainer.is_global_zero):
+            return
+        if not self.requeue_wanted:
+            rank_zero_info(
+                f"[preemption] SLURM job {job} stopped without a requeue (the signal was not one of "
+                f"{', '.join(self.requeue_on)}); `ddo fit ... --ckpt_path {self.path}` resumes it"
+            )
             return
         for logger in trainer.loggers:
             logger.finalize("success")

@@ -25,6 +25,21 @@ included, is promoted. The candidate in progress, where it started and its overr
 checkpoint, and a resume re-applies the overrides (objective attributes are not in the state dict).
 No candidates (or one without overrides) is a plain round, number for number.
 
+The MLE *control* (``control``, docs/search.md "The MLE control"): after the last round, the run's
+starting reference (saved as ``reference-start.pt`` when the run starts) is trained further by the model
+family's MLE objective (``objectives.mle_counterpart``: DSM with the same P_mean/P_std, or TokenMLE with
+the same label_drop), on real batches alone, for exactly as many real images as the DDO rounds of this
+fit consumed together (every candidate's), with the module's lr, betas and EMA settings (fresh Adam and
+EMA), evaluated on the rounds' schedule with the selection seeds; its best evaluation (the starting
+reference included) is selected like a round's. Its records are kept apart (``control_evaluations``,
+``control_record``) and logged under ``control/``.
+
+Report seeds (``report_seed_sets`` K ≥ 3): every reported model (the starting reference, each round's
+promoted weights, the control's selected weights) is evaluated again on K seed sets disjoint from the
+selection seeds (``base.evaluation_seed``), each when it is current (at the run's start, at its round's
+end, at the control's end), so nothing is kept on disk for it; ``summary.json`` reports mean ± std and
+``claims`` (``training.report``).
+
 Rounds are numbered from 1 wherever a person sees them: console messages, the logged ``round`` column,
 ``summary.json`` and ``round-N.ckpt`` (round N's promoted weights). The ``round`` attribute (saved state)
 counts finished rounds, so it is the 0-based index of the round in progress.
@@ -49,11 +64,20 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from ...errors import SearchError, WeightsNeverChangedError
 from ...files import atomic_torch_save, read_tensor_file
 from ...losses import check_alpha_beta
+from ...objectives import mle_counterpart
+from ...protocols import RoundAware
 from .. import report, search
 from ..ema import PowerEMA, sigma_rel_to_gamma
 from ..module import DDOModule
 from ..report import fmt as _fmt
-from ..sharding import full_state_dict, local_part, on_rank_zero
+from ..sharding import (
+    full_state_dict,
+    is_sharded,
+    load_full_state_dict,
+    local_part,
+    on_rank_zero,
+    reset_optimizer_state,
+)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -113,6 +137,11 @@ class SelfPlay(pl.Callback):
             (``ddo slurm --sweep``: ``--selfplay.start_round R --selfplay.rounds R``) from that round's
             reference. Its fakes and seeds are those of round ``start_round``.
         allow_large_search: allow more than ``search.MAX_CANDIDATES`` candidates.
+        control: after the last round, train the MLE control (see above) and report it in ``summary.json``
+            (``control``) beside the rounds.
+        report_seed_sets: 0 (no report evaluations) or K ≥ 3: re-evaluate every reported model on K seed
+            sets disjoint from the selection seeds; ``summary.json`` gets ``report`` (mean ± std) and
+            ``claims`` (an improvement only with a margin above 2 std).
 
     A fit that starts with every round done (``ddo fit`` resuming a finished run) trains nothing and
     rewrites none of these files.
@@ -132,6 +161,8 @@ class SelfPlay(pl.Callback):
         candidates: list[dict[str, float]] | None = None,
         start_round: int = 1,
         allow_large_search: bool = False,
+        control: bool = False,
+        report_seed_sets: int = 0,
     ):
         if rounds < 1 or not kimg_per_round > 0 or not eval_every_kimg > 0:
             raise ValueError("rounds, kimg_per_round and eval_every_kimg must be positive")
@@ -139,6 +170,17 @@ class SelfPlay(pl.Callback):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if isinstance(start_round, bool) or not isinstance(start_round, int) or not 1 <= start_round <= rounds:
             raise ValueError(f"start_round must be a round number from 1 to rounds={rounds}, got {start_round!r}")
+        if (
+            isinstance(report_seed_sets, bool)
+            or not isinstance(report_seed_sets, int)
+            or not (report_seed_sets == 0 or report_seed_sets >= 3)
+        ):
+            raise ValueError(
+                f"report_seed_sets must be 0 (no report evaluations) or at least 3 (a mean ± std), got {report_seed_sets!r}"
+            )
+        if not isinstance(control, bool):
+            raise ValueError(f"control must be true or false, got {control!r}")
+        self.control, self.report_seed_sets = control, report_seed_sets
         self.rounds, self.monitor, self.mode, self.dirpath = rounds, monitor, mode, dirpath
         self.summary_path = summary_path  # None: <dirpath>/summary.json, once dirpath is known (setup)
         self.images_per_round = int(kimg_per_round * 1000)
@@ -166,6 +208,16 @@ class SelfPlay(pl.Callback):
         self._checked_images = 0  # images in the candidate at the last evaluation check
         self._legacy_images_in_round: int | None = None
         self._baseline: dict[str, float] = {}  # the module's own values of the keys any candidate overrides
+        self.run_start_images = 0  # images_seen when this fit's first round started
+        self.ddo_images = 0  # real images the finished rounds of this fit consumed (every candidate's)
+        self.phase = "rounds"  # "rounds", then with `control` "control", then "done"
+        self.control_images = 0  # the control's budget: the real images the DDO rounds consumed
+        self.control_start_images = 0  # images_seen when the control started
+        self.control_best_score: float | None = None
+        self.control_best_images = 0  # images into the control at its best evaluation (0: the reference)
+        self.control_evaluations: list[dict[str, Any]] = []  # {"kimg_in_control", "kimg", "metrics"}
+        self.control_record: dict[str, Any] | None = None  # the finished control (training.report)
+        self.reports: list[dict[str, Any]] = []  # {"model": "reference" | "round N" | "control", "sets": [...]}
 
     @property
     def images_in_round(self) -> int:
@@ -176,6 +228,19 @@ class SelfPlay(pl.Callback):
     @property
     def best_path(self) -> str:
         return os.path.join(self.dirpath, "best.pt")
+
+    @property
+    def start_path(self) -> str:
+        """The run's starting reference weights (written at a fresh start when ``control`` is on)."""
+        return os.path.join(self.dirpath, "reference-start.pt")
+
+    @property
+    def control_best_path(self) -> str:
+        return os.path.join(self.dirpath, "control-best.pt")
+
+    @property
+    def images_in_control(self) -> int:
+        return int(self._module.images_seen) - self.control_start_images if self._module is not None else 0
 
     def round_path(self, n: int) -> str:
         """The full checkpoint written when round ``n`` (1-based) ends."""
@@ -196,6 +261,16 @@ class SelfPlay(pl.Callback):
         "candidate_start_step",
         "candidates_moved",
         "best_candidate",
+        "run_start_images",
+        "ddo_images",
+        "phase",
+        "control_images",
+        "control_start_images",
+        "control_best_score",
+        "control_best_images",
+        "control_evaluations",
+        "control_record",
+        "reports",
     )
 
     def state_dict(self) -> dict[str, Any]:
@@ -240,7 +315,7 @@ class SelfPlay(pl.Callback):
                     "SelfPlay picks each round's best checkpoint by an evaluation: give the module an `evaluator`"
                 )
             if self.searching:
-                self._baseline = self._check_candidates_fit(pl_module)
+                self._baseline = self.check_candidates_against(pl_module)
             self._module = pl_module
             self.dirpath = self.dirpath or trainer.default_root_dir
             self.summary_path = self.summary_path or os.path.join(self.dirpath, "summary.json")
@@ -252,12 +327,13 @@ class SelfPlay(pl.Callback):
         self._stop_if_finished(trainer)
 
     def _stop_if_finished(self, trainer: pl.Trainer) -> bool:
-        if self.round < self.rounds:
+        if self.round < self.rounds or (self.control and self.phase != "done"):
             return False
         if not trainer.should_stop:
             rank_zero_info(
-                f"[selfplay] this run already finished its {self.rounds} rounds: nothing to train, "
-                "nothing rewritten (give more `rounds` to continue it)"
+                f"[selfplay] this run already finished its {self.rounds} rounds"
+                + (" and its MLE control" if self.phase == "done" else "")
+                + ": nothing to train, nothing rewritten (give more `rounds` to continue it)"
             )
         trainer.should_stop = True
         return True
@@ -276,7 +352,24 @@ class SelfPlay(pl.Callback):
         fresh = self.best_score is None  # a fresh start: the reference itself is the first candidate
         if fresh:
             self.round_start_images = self.candidate_start_images = int(pl_module.images_seen)
+            self.run_start_images = self.round_start_images
             self.candidate_start_step = int(trainer.global_step)
+            if self.control:  # the control starts from these weights after the last round
+                self._save_weights(trainer, pl_module.reference, self.start_path, "selfplay-start")
+        elif self.control and self.phase == "rounds" and not os.path.isfile(self.start_path):
+            raise FileNotFoundError(
+                f"control: the run's starting reference {self.start_path} is missing (a run started without "
+                "`control` cannot add it later: its starting weights were not kept); set control: false"
+            )
+        if self.phase == "done" and self.round < self.rounds:  # more rounds asked after the control
+            self._reopen_rounds(trainer, pl_module)
+        if self.phase == "control":  # resumed inside the control
+            self._checked_images = self.images_in_control
+            self._enter_control(trainer, pl_module)
+            return
+        if self.round >= self.rounds:  # the rounds are done (round-N.ckpt): the control starts now
+            self._start_control(trainer, pl_module)
+            return
         self._checked_images = self.images_in_round
         pl_module.start_round(self.round)
         if self.searching:  # a resumed candidate: its overrides again (objective attributes are not saved)
@@ -285,10 +378,14 @@ class SelfPlay(pl.Callback):
                 rank_zero_info(self._candidate_banner())
         if fresh:
             self._evaluate(trainer, pl_module)
+            self._report_evaluations(pl_module, "reference")
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.phase == "control":
+            self._control_step(trainer, pl_module)
+            return
         before, now = self._checked_images, self.images_in_round
         self._checked_images = now
         pl_module.log("round", float(self.display_round))
@@ -330,7 +427,7 @@ class SelfPlay(pl.Callback):
         return text
 
     # ---- candidates (training.search) ------------------------------------------------------------------
-    def _check_candidates_fit(self, pl_module: Any) -> dict[str, float]:
+    def check_candidates_against(self, pl_module: Any) -> dict[str, float]:
         """Every candidate's keys exist on this module and its values are valid there (before any step);
         returns the module's own value of each overridden key (restored for candidates that leave it)."""
         keys = {k for c in self.candidates for k in c}
@@ -443,12 +540,20 @@ class SelfPlay(pl.Callback):
         rank_zero_info(self._candidate_banner())
 
     # ---- evaluation and promotion --------------------------------------------------------------------
-    def _better(self, score: float) -> bool:
-        if self.best_score is None:
+    def _better(self, score: float, best: float | None = None, control: bool = False) -> bool:
+        best = self.best_score if not control else best
+        if best is None:
             return True
         if math.isnan(score):
             return False
-        return score < self.best_score if self.mode == "min" else score > self.best_score
+        return score < best if self.mode == "min" else score > best
+
+    def _save_weights(self, trainer: pl.Trainer, net: Any, path: str, barrier: str) -> None:
+        """``net``'s full weights to ``path`` (rank 0 writes, atomically; every rank gathers a sharded net)."""
+        weights = on_rank_zero(net, trainer.is_global_zero, lambda: full_state_dict(net))
+        if weights is not None:
+            atomic_torch_save(weights, path)
+        trainer.strategy.barrier(barrier)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = pl_module.evaluate()
@@ -474,11 +579,7 @@ class SelfPlay(pl.Callback):
         )
         if self._better(score):
             self.best_score, self.best_images, self.best_candidate = score, self.images_in_round, self.candidate
-            net = pl_module.ema.model
-            weights = on_rank_zero(net, trainer.is_global_zero, lambda: full_state_dict(net))
-            if weights is not None:
-                atomic_torch_save(weights, self.best_path)
-            trainer.strategy.barrier("selfplay-best")
+            self._save_weights(trainer, pl_module.ema.model, self.best_path, "selfplay-best")
         others = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != self.monitor)
         best_at = f"{self.best_images / 1000:.1f} kimg"
         if self.searching:
@@ -494,6 +595,10 @@ class SelfPlay(pl.Callback):
         improved = self.best_images > 0
         changed = any(self.candidates_moved)
         pl_module.promote(weights)
+        if improved or not self.reports:  # the EMA holds the promoted weights now
+            self._report_evaluations(pl_module, f"round {self.display_round}")
+        elif self.report_seed_sets:  # carried over: the same weights as the previous model, the same numbers
+            self.reports.append({"model": f"round {self.display_round}", "sets": self.reports[-1]["sets"]})
         which = f" of candidate {self.best_candidate + 1} {self.labels[self.best_candidate]}" if self.searching else ""
         rank_zero_info(
             f"[round {self.display_round}] promoted the EMA at {self.best_images / 1000:.1f} kimg{which} ({self.monitor}={_fmt(self.best_score)})"
@@ -512,6 +617,7 @@ class SelfPlay(pl.Callback):
             promotion["candidate_label"] = self.labels[self.best_candidate] if improved else None
             promotion["candidates_moved"] = list(self.candidates_moved)
         self.promotions.append(promotion)
+        self.ddo_images += int(pl_module.images_seen) - self.round_start_images
         finished = self.round + 1
         self.round, self.best_images, self.best_candidate = finished, 0, 0  # best_score: the new reference's
         self.candidate, self.candidates_moved = 0, []
@@ -519,7 +625,7 @@ class SelfPlay(pl.Callback):
         self.candidate_start_step = int(trainer.global_step)
         pl_module.start_round(self.round)
         if self.round >= self.rounds:
-            trainer.should_stop = True
+            trainer.should_stop = not self.control  # with a control: it starts after round-N.ckpt is written
         elif self.searching:
             self._apply_candidate(trainer, pl_module)
             rank_zero_info(self._candidate_banner())
@@ -532,6 +638,135 @@ class SelfPlay(pl.Callback):
             self._write_report(trainer)
         trainer.strategy.barrier("selfplay-round")
         self.last_round_path = path
+        if self.round >= self.rounds and self.control:
+            self._start_control(trainer, pl_module)
+
+    # ---- the MLE control ------------------------------------------------------------------------------
+    def _start_control(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Target and EMA back to the run's starting reference, a fresh Adam and EMA; the budget is every
+        real image the rounds of this fit consumed. The 0-kimg point is the reference's own evaluation."""
+        if not os.path.isfile(self.start_path):
+            raise FileNotFoundError(
+                f"control: the run's starting reference {self.start_path} is missing (written when a run with "
+                "`control` starts); set control: false"
+            )
+        self.phase = "control"
+        now = int(pl_module.images_seen)
+        self.control_images = self.ddo_images
+        self.control_start_images = self._checked_images = now
+        weights = read_tensor_file(self.start_path, map_location=pl_module.device)
+        with torch.no_grad():
+            for net in (pl_module.target, pl_module.ema.model):
+                load_full_state_dict(net, weights)
+            pl_module.ema.images.zero_()
+            for opt in trainer.optimizers:
+                reset_optimizer_state(opt, is_sharded(pl_module.target))
+        start = self._fit_reference_evaluation()
+        self.control_best_score = start["metrics"][self.monitor] if start else None
+        self.control_best_images = 0
+        self.control_evaluations = (
+            [{"kimg_in_control": 0.0, "kimg": now / 1000, "metrics": dict(start["metrics"])}] if start else []
+        )
+        self._enter_control(trainer, pl_module)
+        rank_zero_info(
+            f"[control] MLE ({type(pl_module.control_objective).__name__}) from the run's starting reference for "
+            f"{self.control_images / 1000:g} kimg (every real image the DDO rounds consumed)"
+        )
+
+    def _reopen_rounds(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """A finished run given more ``rounds``: the control's weights leave (target and EMA back to the
+        last promoted reference, fresh Adam and EMA), its records are dropped, and the next round starts;
+        the control runs again after the new last round, for all the rounds' images."""
+        pl_module.restart_from_reference()
+        pl_module.control_objective = None
+        trainer.datamodule.real_only = False
+        self.phase, self.control_record, self.control_evaluations = "rounds", None, []
+        self.control_best_score, self.control_best_images = None, 0
+        self.reports = [r for r in self.reports if r["model"] != "control"]
+        now = int(pl_module.images_seen)
+        self.round_start_images = self.candidate_start_images = now
+        self.candidate_start_step = int(trainer.global_step)
+        rank_zero_info(f"[selfplay] more rounds after the MLE control: round {self.display_round} starts")
+
+    def _fit_reference_evaluation(self) -> dict[str, Any] | None:
+        """The evaluation of the reference this fit started from (its first round's 0-kimg point)."""
+        first = self.start_round - 1
+        return next((h for h in self.evaluations if h["round"] == first and h["kimg_in_round"] == 0), None)
+
+    def _enter_control(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """The control's settings (at its start and on resume): the module's own lr/EMA/objective values
+        (no candidate's overrides), the first round's P_std, the MLE objective, real batches only, the
+        run's noise stream."""
+        for key, value in self._baseline.items():
+            self._set(pl_module, trainer, key, value)
+        objective = pl_module.objective
+        if isinstance(objective, RoundAware):  # the first round's settings (P_std_schedule) for the control
+            objective.start_round(self.start_round - 1)
+        pl_module.control_objective = mle_counterpart(objective)
+        pl_module.start_round(self.round)  # the finished rounds' index again (figures name the final round)
+        pl_module.step_stream = None
+        trainer.datamodule.real_only = True
+
+    def _control_step(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        before, now = self._checked_images, self.images_in_control
+        self._checked_images = now
+        done = now >= self.control_images
+        if done or now // self.eval_every_images > before // self.eval_every_images:
+            self._evaluate_control(trainer, pl_module)
+        if done:
+            self._end_control(trainer, pl_module)
+
+    def _evaluate_control(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        metrics = pl_module.evaluate()
+        score = metrics[self.monitor]
+        entry = {"kimg_in_control": self.images_in_control / 1000, "kimg": int(pl_module.images_seen) / 1000}
+        self.control_evaluations.append(entry | {"metrics": metrics})
+        report.publish_evaluation(trainer, pl_module, metrics, prefix="control")
+        if self._better(score, self.control_best_score, control=True):
+            self.control_best_score, self.control_best_images = score, self.images_in_control
+            self._save_weights(trainer, pl_module.ema.model, self.control_best_path, "selfplay-control-best")
+        rank_zero_info(
+            f"[control @ {entry['kimg_in_control']:.1f} kimg] {self.monitor}={_fmt(score)} "
+            f"(best {_fmt(self.control_best_score)} @ {self.control_best_images / 1000:.1f} kimg)"
+        )
+
+    def _end_control(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """The control's selected weights into the EMA (the starting reference when nothing beat it), their
+        report evaluations, ``rounds/control.ckpt``, the summary; the run stops."""
+        path = self.control_best_path if self.control_best_images > 0 else self.start_path
+        load_full_state_dict(pl_module.ema.model, read_tensor_file(path, map_location=pl_module.device))
+        self._report_evaluations(pl_module, "control")
+        self.control_record = {
+            "kimg": self.control_images / 1000,
+            "selected_kimg": self.control_best_images / 1000,
+            "improved": self.control_best_images > 0,
+            "best_score": self.control_best_score,
+        }
+        self.phase = "done"
+        trainer.should_stop = True
+        pl_module.control_objective = None
+        trainer.datamodule.real_only = False
+        rank_zero_info(
+            f"[control] selected the EMA at {self.control_best_images / 1000:.1f} kimg "
+            f"({self.monitor}={_fmt(self.control_best_score)})"
+        )
+        out = os.path.join(self.dirpath, "rounds", "control.ckpt")
+        tmp = out + ".tmp"
+        trainer.save_checkpoint(tmp, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(tmp, out)
+            self._write_report(trainer)
+        trainer.strategy.barrier("selfplay-control")
+        self.last_round_path = out
+
+    # ---- report seeds -----------------------------------------------------------------------------------
+    def _report_evaluations(self, pl_module: Any, model: str) -> None:
+        """The EMA's metrics on each report seed set (none when ``report_seed_sets`` is 0)."""
+        if not self.report_seed_sets:
+            return
+        sets = [pl_module.evaluate(seed_set=k) for k in range(self.report_seed_sets)]
+        self.reports.append({"model": model, "sets": sets})
+        rank_zero_info(f"[report] {model}: " + report.mean_std_line(sets, self.monitor))
 
     # ---- reporting (training.report) ----------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -546,7 +781,27 @@ class SelfPlay(pl.Callback):
             self.warnings,
             wall,
             candidates=self.candidates if self.searching else None,
+            control=self._control_summary(),
+            reports=self.reports or None,
+            provenance=self._provenance(),
         )
+
+    def _control_summary(self) -> dict[str, Any] | None:
+        if not self.control or self.phase == "rounds":
+            return None
+        return report.control_summary(
+            self.control_evaluations, self.control_record, self.control_images, self.monitor, self.mode
+        )
+
+    def _provenance(self) -> dict[str, Any] | None:
+        """How the numbers were measured: the selection seeds' and each report set's provenance."""
+        mod = self._module
+        if mod is None or not hasattr(mod, "evaluation_provenance") or mod.sample_shape is None:
+            return None
+        out = {"selection": mod.evaluation_provenance(None)}
+        if self.report_seed_sets:
+            out["report"] = [mod.evaluation_provenance(k) for k in range(self.report_seed_sets)]
+        return out
 
     def table(self) -> str:
         return report.table(self.summary())
@@ -556,6 +811,6 @@ class SelfPlay(pl.Callback):
         logger's directory (else in ``dirpath``)."""
         report.write_summary(self.summary_path, self.summary())
         dirs = report.logger_dirs(trainer) or [self.dirpath]
-        report.write_curve(dirs, self.evaluations, self.promotions, self.monitor)
+        report.write_curve(dirs, self.evaluations, self.promotions, self.monitor, self.control_evaluations)
         if self.searching:
             report.write_candidate_curves(dirs, self.evaluations, self.promotions, self.monitor, self.labels)
