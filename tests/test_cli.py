@@ -784,3 +784,23 @@ def test_config_differences_compare_what_changes_the_result():
         ("trainer.callbacks.SelfPlay.init_args.kimg_per_round", 64, 32),
         ("trainer.devices", 1, 2),
     ]
+
+
+def test_a_run_stored_before_an_argument_existed_resumes_when_the_argument_keeps_its_default():
+    """A run directory's config.yaml written by an earlier version lacks the arguments added since (here
+    SelfPlay's search and control arguments and the `--selfplay.*` options). Left at their class defaults
+    (or unset) they are no change; set to something else they are, by name."""
+    from ddo_lightning.run_dir import config_differences
+
+    def config(**selfplay_args):
+        init = {"rounds": 3, "kimg_per_round": 512.0, "monitor": "mmd", **selfplay_args}
+        return {
+            "trainer": {"callbacks": [{"class_path": "ddo_lightning.training.SelfPlay", "init_args": init}]},
+            "selfplay": {"rounds": None, **({"candidates": None} if selfplay_args else {})},
+        }
+
+    old = config()  # stored before `candidates`, `start_round` and `control` existed
+    assert config_differences(old, config(candidates=None, start_round=1, control=False)) == ([], [])
+    changes, _ = config_differences(old, config(candidates=None, start_round=1, control=True))
+    key = "trainer.callbacks.SelfPlay.init_args.control"
+    assert changes == [(key, "(unset)", True)]

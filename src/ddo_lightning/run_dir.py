@@ -198,9 +198,45 @@ def changes_result(key: str) -> bool:
 _UNSET = "(unset)"
 
 
+def _class_defaults(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{flattened key: default}`` for every ``init_args`` entry of a ``class_path`` in ``value`` whose class
+    is importable and declares that argument with a default (keys as :func:`flatten` writes them)."""
+    import importlib
+    import inspect
+
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        if isinstance(value.get("class_path"), str) and isinstance(value.get("init_args"), dict):
+            module, _, name = value["class_path"].rpartition(".")
+            try:
+                params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+            except (ImportError, AttributeError, TypeError, ValueError):
+                params = {}
+            for arg, p in params.items():
+                if p.default is not inspect.Parameter.empty:
+                    out[f"{prefix}.init_args.{arg}" if prefix else f"init_args.{arg}"] = p.default
+        for k, v in value.items():
+            out.update(_class_defaults(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) and "class_path" in v for v in value):
+        seen: dict[str, int] = {}
+        for v in value:
+            name = str(v["class_path"]).rsplit(".", 1)[-1]
+            seen[name] = seen.get(name, 0) + 1
+            out.update(_class_defaults(v, f"{prefix}.{name}" + (f"#{seen[name]}" if seen[name] > 1 else "")))
+    return out
+
+
 def config_differences(old: dict, new: dict) -> tuple[list[tuple[str, Any, Any]], list[str]]:
-    """(keys that change the result with their old and new values, harmless keys that differ)."""
+    """(keys that change the result with their old and new values, harmless keys that differ).
+
+    A key the run's stored config does not have (it was written by an earlier version, before the argument
+    existed) is no difference when its value now is what the run had anyway: unset (None), or the default
+    its class declares."""
     a, b = flatten(old), flatten(new)
+    defaults = _class_defaults(new)
+    for k in b.keys() - a.keys():
+        if b[k] is None or (k in defaults and defaults[k] == b[k]):
+            a[k] = b[k]
     differing = sorted(k for k in a.keys() | b.keys() if a.get(k, _UNSET) != b.get(k, _UNSET))
     result = [(k, a.get(k, _UNSET), b.get(k, _UNSET)) for k in differing if changes_result(k)]
     return result, [k for k in differing if not changes_result(k)]
