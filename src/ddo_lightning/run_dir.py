@@ -235,8 +235,12 @@ def config_differences(old: dict, new: dict) -> tuple[list[tuple[str, Any, Any]]
     a, b = flatten(old), flatten(new)
     defaults = _class_defaults(new)
     for k in b.keys() - a.keys():
-        if b[k] is None or (k in defaults and defaults[k] == b[k]):
-            a[k] = b[k]
+        owner, sep, _ = k.rpartition(".init_args.")
+        if sep:  # an argument of a class the run had (not of one added since, e.g. a new callback)
+            if owner + ".class_path" in a and k in defaults and defaults[k] == b[k]:
+                a[k] = b[k]
+        elif b[k] is None and any(x.startswith(k.rpartition(".")[0] + ".") for x in a):
+            a[k] = b[k]  # an option of a section the run had, left unset
     differing = sorted(k for k in a.keys() | b.keys() if a.get(k, _UNSET) != b.get(k, _UNSET))
     result = [(k, a.get(k, _UNSET), b.get(k, _UNSET)) for k in differing if changes_result(k)]
     return result, [k for k in differing if not changes_result(k)]

@@ -100,14 +100,23 @@ def _rows_text(fieldnames: list[str], rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+EVALUATION_PREFIXES = (
+    "eval/",
+    "control/",
+)  # evaluations' columns (report.publish_evaluation): a round's, the control's
+
+
 def _before(row: dict[str, str], step: int) -> bool:
     """Whether a CSV row was logged before the checkpoint taken after ``step`` training steps. Lightning
-    logs the k-th step's metrics at ``step`` k - 1; evaluations (``publish_evaluation``) are logged at the
-    global step they were taken at, before that step's checkpoint is written."""
+    logs the k-th step's metrics at ``step`` k - 1; evaluations (``publish_evaluation``: ``eval/`` and the MLE
+    control's ``control/``) are logged at the global step they were taken at, before that step's checkpoint
+    is written."""
     if not row.get("step"):
         return True
     s = int(float(row["step"]))
-    return s < step or (s == step and any(k.startswith("eval/") and v not in ("", None) for k, v in row.items()))
+    return s < step or (
+        s == step and any(k.startswith(EVALUATION_PREFIXES) and v not in ("", None) for k, v in row.items())
+    )
 
 
 class _ContinuingWriter(ExperimentWriter):
