@@ -129,6 +129,10 @@ def main() -> None:
                 kimg(STEPS_PER_ROUND),
                 "--selfplay.eval_every_kimg",
                 kimg(EVAL_EVERY_STEPS),
+                "--selfplay.control",  # the rounds alone: no MLE control after them, no report evaluations
+                "false",
+                "--selfplay.report_seed_sets",
+                "0",
             ]
         )
     finally:

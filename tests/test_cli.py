@@ -407,6 +407,8 @@ def test_self_play_settings_from_the_command_line(capsys):
         "start_round": None,
         "candidates": None,
         "allow_large_search": None,
+        "control": None,
+        "report_seed_sets": None,
     }
     assert sp["init_args"]["rounds"] == 3  # the preset's, until built
     from ddo_lightning.cli import DDOCLI

@@ -292,6 +292,12 @@ def test_inception_path_end_to_end_with_random_weights(tmp_path, capsys):
 
     weights = write_random_inception_weights(tmp_path / "inception-random.pth")
     feats = InceptionFeatures(weights)
+    # FID provenance hashes the weights file Inception was loaded from (not its state_dict)
+    import hashlib
+
+    from ddo_lightning.metrics.fid import extractor_hash
+
+    assert extractor_hash(feats) == (hashlib.sha256(open(weights, "rb").read()).hexdigest(), "file")
     gen = torch.Generator().manual_seed(1)
     real = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8, generator=gen)
     f = feats(real)

@@ -217,6 +217,8 @@ SELFPLAY_ARGUMENTS = {  # --selfplay.NAME: type, help (the SelfPlay callback's a
         "the round's hyper-parameter candidates, a JSON list of dicts, e.g. '[{\"model.objective.alpha\": 2}]'",
     ),
     "allow_large_search": (bool, "allow more candidates than the search's limit"),
+    "control": (bool, "after the last round, continue the starting reference by MLE for the same real images"),
+    "report_seed_sets": (int, "0, or K >= 3 report seed sets re-evaluating every reported model (mean ± std)"),
 }
 
 

@@ -263,6 +263,14 @@ class ReportsProvenance(Protocol):
 
 
 @runtime_checkable
+class HasWeightsFile(Protocol):
+    """A feature extractor loaded from a weights file: ``weights_file()`` -> its path (FID provenance hashes
+    the file; an extractor without one is hashed by its ``state_dict``)."""
+
+    def weights_file(self) -> str | None: ...
+
+
+@runtime_checkable
 class DecodesSamples(Protocol):
     """An evaluator whose samples may be latents: ``images_of(x)`` -> model-space images [B, 3, H, W] in
     [-1, 1] for sample grids (EDM2 512 px: decoded by the Stable Diffusion VAE; x itself when the samples

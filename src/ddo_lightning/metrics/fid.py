@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_path
 from ..pixels import model_to_uint8, uint8_to_model
-from ..protocols import FeatureExtractor, HasImages, HasRealData
+from ..protocols import FeatureExtractor, HasImages, HasRealData, HasWeightsFile, ReportsProvenance
 
 FULL_FID_SAMPLES = 50_000  # the protocol's sample count: an FID of fewer samples is a proxy (biased upward)
 
@@ -72,9 +72,9 @@ def sha256_arrays(mu: np.ndarray, sigma: np.ndarray) -> str:
 
 def extractor_hash(extractor: nn.Module) -> tuple[str, str]:
     """(sha256, what was hashed) of a feature extractor's weights: the weights file it was loaded from
-    (``weights_path``, e.g. Inception's torch-fidelity file) when it has one, else its ``state_dict``
+    (``weights_file()``, e.g. Inception's torch-fidelity file) when it has one, else its ``state_dict``
     (:func:`sha256_state_dict`; the digits classifier, random extractors in tests)."""
-    path = getattr(extractor, "weights_path", None)
+    path = extractor.weights_file() if isinstance(extractor, HasWeightsFile) else None
     if isinstance(path, str) and os.path.isfile(path):
         return sha256_file(path), "file"
     return sha256_state_dict(extractor), "state_dict"
@@ -101,9 +101,8 @@ def sample_provenance(
         "class_balanced": balanced,
         "proxy": is_proxy(num_samples),
     }
-    provenance = getattr(evaluator, "provenance", None)
-    if callable(provenance):
-        out.update(provenance())
+    if isinstance(evaluator, ReportsProvenance):
+        out.update(evaluator.provenance())
     return out
 
 

@@ -89,6 +89,10 @@ class InceptionFeatures(nn.Module):
         self.weights_path = path
         self.eval().requires_grad_(False)
 
+    def weights_file(self) -> str:
+        """The weights file this extractor was loaded from (what FID provenance hashes)."""
+        return self.weights_path
+
     def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
         if images_uint8.dtype != torch.uint8:
             raise TypeError(f"InceptionFeatures takes uint8 images, got {images_uint8.dtype}")

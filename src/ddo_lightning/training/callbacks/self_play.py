@@ -796,7 +796,7 @@ class SelfPlay(pl.Callback):
     def _provenance(self) -> dict[str, Any] | None:
         """How the numbers were measured: the selection seeds' and each report set's provenance."""
         mod = self._module
-        if mod is None or not hasattr(mod, "evaluation_provenance") or mod.sample_shape is None:
+        if mod is None or mod.sample_shape is None:
             return None
         out = {"selection": mod.evaluation_provenance(None)}
         if self.report_seed_sets:
