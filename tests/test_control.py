@@ -8,14 +8,14 @@ import statistics
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import make_trainer, tiny_net
-from test_search import assert_same_summary
+from conftest import make_trainer
+from test_search import assert_same_summary, data
+from test_search import module as search_module
 
-from ddo_lightning.metrics import MixtureMetrics
 from ddo_lightning.objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE, mle_counterpart
 from ddo_lightning.protocols import PairedBatch, Samples
-from ddo_lightning.samplers import HeunSampler, mix_seed
-from ddo_lightning.training import DDODataModule, DDOModule, PoolFakeSource, SelfPlay
+from ddo_lightning.samplers import mix_seed
+from ddo_lightning.training import SelfPlay
 from ddo_lightning.training.base import evaluation_seed
 from ddo_lightning.training.report import claims, report_summary
 
@@ -27,24 +27,8 @@ STEPS_PER_CANDIDATE = 4  # 512 images per candidate at 128 per step
 
 
 def module(mle_ckpt, **kw):
-    return DDOModule(
-        tiny_net(),
-        init_from=mle_ckpt,
-        objective=DiffusionDDO(alpha=1.0, beta=1.0, P_mean=-1.0, P_std=1.4),
-        lr=1e-3,
-        ema_halflife_kimg=5,
-        sampler=HeunSampler(num_steps=4),
-        evaluator=MixtureMetrics(),
-        num_eval_samples=200,
-        eval_batch_size=200,
-        **kw,
-    )
-
-
-def data(real):
-    return DDODataModule(
-        real, batch_size=128, fake=PoolFakeSource(size=512, generation_batch_size=512, seed=1, progress=False)
-    )
+    objective = DiffusionDDO(alpha=1.0, beta=1.0, P_mean=-1.0, P_std=1.4)
+    return search_module(mle_ckpt, objective=objective, sampler_steps=4, num_eval_samples=200, **kw)
 
 
 def self_play(tmp_path, rounds=2, candidates=TWO, **kw):

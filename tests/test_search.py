@@ -200,17 +200,18 @@ THREE = [
 ]
 
 
-def module(mle_ckpt, **kw):
+def module(mle_ckpt, objective=None, sampler_steps: int = 6, num_eval_samples: int = 300, **kw):
+    """The tiny toy DDO module of these tests (and of test_control.py): α = β = 1, lr 1e-3 unless given."""
     return DDOModule(
         tiny_net(),
         init_from=mle_ckpt,
-        objective=DiffusionDDO(alpha=1.0, beta=1.0),
+        objective=objective or DiffusionDDO(alpha=1.0, beta=1.0),
         lr=1e-3,
         ema_halflife_kimg=5,
-        sampler=HeunSampler(num_steps=6),
+        sampler=HeunSampler(num_steps=sampler_steps),
         evaluator=MixtureMetrics(),
-        num_eval_samples=300,
-        eval_batch_size=300,
+        num_eval_samples=num_eval_samples,
+        eval_batch_size=num_eval_samples,
         **kw,
     )
 

@@ -629,15 +629,7 @@ class SelfPlay(pl.Callback):
         elif self.searching:
             self._apply_candidate(trainer, pl_module)
             rank_zero_info(self._candidate_banner())
-        path = self.round_path(finished)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"  # a sharded checkpoint is a directory that its IO does not write atomically
-        trainer.save_checkpoint(tmp, weights_only=False)
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
-            self._write_report(trainer)
-        trainer.strategy.barrier("selfplay-round")
-        self.last_round_path = path
+        self._save_run_checkpoint(trainer, self.round_path(finished), "selfplay-round")
         if self.round >= self.rounds and self.control:
             self._start_control(trainer, pl_module)
 
@@ -750,14 +742,18 @@ class SelfPlay(pl.Callback):
             f"[control] selected the EMA at {self.control_best_images / 1000:.1f} kimg "
             f"({self.monitor}={_fmt(self.control_best_score)})"
         )
-        out = os.path.join(self.dirpath, "rounds", "control.ckpt")
-        tmp = out + ".tmp"
+        self._save_run_checkpoint(trainer, os.path.join(self.dirpath, "rounds", "control.ckpt"), "selfplay-control")
+
+    def _save_run_checkpoint(self, trainer: pl.Trainer, path: str, barrier: str) -> None:
+        """The full checkpoint at ``path`` (a round's or the control's end), then the report (summary.json)."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"  # a sharded checkpoint is a directory that its IO does not write atomically
         trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
-            os.replace(tmp, out)
+            os.replace(tmp, path)
             self._write_report(trainer)
-        trainer.strategy.barrier("selfplay-control")
-        self.last_round_path = out
+        trainer.strategy.barrier(barrier)
+        self.last_round_path = path
 
     # ---- report seeds -----------------------------------------------------------------------------------
     def _report_evaluations(self, pl_module: Any, model: str) -> None:
