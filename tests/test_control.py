@@ -11,11 +11,11 @@ import torch
 from conftest import make_trainer
 from test_search import assert_same_summary, data
 from test_search import module as search_module
+from test_search import self_play as search_self_play
 
 from ddo_lightning.objectives import DenoisingScoreMatching, DiffusionDDO, TokenDDO, TokenMLE, mle_counterpart
 from ddo_lightning.protocols import PairedBatch, Samples
 from ddo_lightning.samplers import mix_seed
-from ddo_lightning.training import SelfPlay
 from ddo_lightning.training.base import evaluation_seed
 from ddo_lightning.training.report import claims, report_summary
 
@@ -32,17 +32,7 @@ def module(mle_ckpt, **kw):
 
 
 def self_play(tmp_path, rounds=2, candidates=TWO, **kw):
-    kw = {"control": True, "report_seed_sets": 3} | kw
-    return SelfPlay(
-        rounds=rounds,
-        kimg_per_round=0.512,
-        eval_every_kimg=0.256,
-        monitor=MONITOR,
-        mode="min",
-        dirpath=str(tmp_path / "sp"),
-        candidates=candidates,
-        **kw,
-    )
+    return search_self_play(tmp_path, candidates, rounds, **({"control": True, "report_seed_sets": 3} | kw))
 
 
 class ControlProbe(pl.Callback):

@@ -223,7 +223,7 @@ def data(real):
 
 
 def self_play(tmp_path, candidates=None, rounds=1, **kw):
-    # 4 steps of 128 per candidate, evaluations after steps 2 and 4
+    """4 steps of 128 per candidate, evaluations after steps 2 and 4 (test_control.py's too)."""
     return SelfPlay(
         rounds=rounds,
         kimg_per_round=0.512,
