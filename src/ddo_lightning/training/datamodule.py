@@ -124,15 +124,12 @@ class PoolFakeSource(FakeSource):
         if size < 1 or generation_batch_size < 1:
             raise ValueError(f"pool size and generation_batch_size must be >= 1, got {size}, {generation_batch_size}")
         self.size, self.generation_batch_size, self.progress = size, generation_batch_size, progress
-        self.indices = torch.empty(0, dtype=torch.int64)  # the indices this rank generated
         self.x: torch.Tensor | None = None  # the full pool [size, *D] (uint8 when quantised)
-        self.labels: torch.Tensor | None = None
         self._perm_cache: dict[int, torch.Tensor] = {}
 
     def _regenerate(self) -> None:
         sample_fn = self._check_ready()
-        self.indices = torch.arange(self.rank, self.size, self.world_size)
-        if len(self.indices) == 0:
+        if self.size <= self.rank:
             raise ValueError(f"pool of {self.size} samples leaves rank {self.rank} of {self.world_size} with none")
         xs = []
         chunks = list(
@@ -150,8 +147,12 @@ class PoolFakeSource(FakeSource):
             x = sample_fn(seeds, balanced_labels(idx, self.label_dim))[:n].detach().cpu()
             xs.append(model_to_uint8(x) if self.quantize else x)
         self.x = gather_shards(torch.cat(xs), self.size, self.rank, self.world_size)
-        self.labels = balanced_labels(torch.arange(self.size), self.label_dim)
         self._perm_cache.clear()
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The pool's labels [size, K]: fake i was generated with ``balanced_labels(i)`` (derived, not stored)."""
+        return balanced_labels(torch.arange(self.size), self.label_dim)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perm_cache:
@@ -172,7 +173,9 @@ class PoolFakeSource(FakeSource):
             rows[sel] = self._permutation(epoch)[pos[sel] % n]
         self.position += batch_size
         x = self.x[rows].to(device, non_blocking=True)
-        return Samples(uint8_to_model(x) if self.quantize else x, self.labels[rows].to(device, non_blocking=True))
+        # fake i's label is balanced_labels(i): the one it was generated with (no [size, K] table kept)
+        labels = balanced_labels(rows, self.label_dim).to(device, non_blocking=True)
+        return Samples(uint8_to_model(x) if self.quantize else x, labels)
 
 
 class OnlineFakeSource(FakeSource):

@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from ..files import atomic_path, atomic_write_text
 from ..protocols import EvaluationListener
+from .search import candidate_label
 
 _LAID_OUT: set[tuple[int, str]] = set()  # (W&B logger, prefix) pairs whose metric layout is defined
 # how a number was measured, not a result (``proxy``: 1.0 when an FID-like value is from < 50,000 samples)
@@ -144,7 +145,7 @@ def summary(
             entry.update(_round_candidates(evaluations, end, candidates, monitor, mode))
         out["rounds"].append(entry)
     if candidates is not None:
-        out["candidates"] = [{"label": _label(c), "overrides": dict(c)} for c in candidates]
+        out["candidates"] = [{"label": candidate_label(c), "overrides": dict(c)} for c in candidates]
     if control is not None:
         out["control"] = control
     if reports:
@@ -228,12 +229,6 @@ def mean_std_line(sets: list[dict[str, float]], monitor: str) -> str:
     return f"{monitor}={fmt(ms['mean'])} ± {fmt(ms['std'])} ({len(sets)} seed sets)"
 
 
-def _label(candidate: dict[str, float]) -> str:
-    from .search import candidate_label
-
-    return candidate_label(candidate)
-
-
 def _round_candidates(
     evaluations: list[dict[str, Any]], end: dict[str, Any], candidates: list[dict[str, float]], monitor: str, mode: str
 ) -> dict[str, Any]:
@@ -246,11 +241,13 @@ def _round_candidates(
         trained = [p for p in curve if p["kimg_in_round"] > 0]
         pick = min if mode == "min" else max
         best = pick(trained, key=lambda p: p[monitor]) if trained else None
-        per.append({"candidate": i, "label": _label(cand), "overrides": dict(cand), "curve": curve, "best": best})
+        per.append(
+            {"candidate": i, "label": candidate_label(cand), "overrides": dict(cand), "curve": curve, "best": best}
+        )
     chosen = end.get("candidate")
     return {
         "promoted_candidate": chosen,
-        "promoted_candidate_label": None if chosen is None else _label(candidates[chosen]),
+        "promoted_candidate_label": None if chosen is None else candidate_label(candidates[chosen]),
         "candidates": per,
     }
 
@@ -345,14 +342,23 @@ def write_curve(
             label="MLE control",
         )
     ax.set_xlabel("kimg (real images seen, DDO)")
-    ax.set_ylabel(monitor)
-    ax.set_title(f"{monitor} per evaluation; circled: promoted to reference")
-    ax.legend(fontsize=8)
+    _save_figure(
+        plt, fig, ax, monitor, f"{monitor} per evaluation; circled: promoted to reference", 8, dirs, "curve.png"
+    )
+
+
+def _save_figure(
+    plt: Any, fig: Any, ax: Any, ylabel: str, title: str, fontsize: int, dirs: list[str], name: str
+) -> None:
+    """Finish a curve figure (labels, legend, grid) and write it as ``name`` in each of ``dirs``, atomically."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=fontsize)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     try:
         for d in dirs:
-            with atomic_path(os.path.join(d, "curve.png"), suffix=".png") as tmp:
+            with atomic_path(os.path.join(d, name), suffix=".png") as tmp:
                 fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
@@ -389,14 +395,5 @@ def write_candidate_curves(
             if best:
                 ax.plot([best[-1]["kimg_in_round"]], [best[-1]["metrics"][monitor]], "o", ms=10, mfc="none", mec="k")
         ax.set_xlabel("kimg in the candidate (real images seen)")
-        ax.set_ylabel(monitor)
-        ax.set_title(f"round {r + 1}: {monitor} per candidate; circled: promoted")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        try:
-            for d in dirs:
-                with atomic_path(os.path.join(d, f"candidates-round-{r + 1}.png"), suffix=".png") as tmp:
-                    fig.savefig(tmp, dpi=110)
-        finally:
-            plt.close(fig)
+        title = f"round {r + 1}: {monitor} per candidate; circled: promoted"
+        _save_figure(plt, fig, ax, monitor, title, 7, dirs, f"candidates-round-{r + 1}.png")

@@ -62,10 +62,8 @@ def check_checkpoint(path: str) -> None:
 def usable_checkpoint(path: str) -> str:
     """``path`` if it loads; otherwise the newest other ``*.ckpt`` in its directory that loads (with a
     warning naming both); otherwise :class:`CorruptCheckpoint` naming ``path``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        check_checkpoint(path)
+        check_checkpoint(path)  # a missing file: FileNotFoundError (read_tensor_file)
         return path
     except CorruptCheckpoint as err:
         first = err

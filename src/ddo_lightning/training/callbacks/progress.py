@@ -16,11 +16,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 from ..base import DenoiserModule
+from ..report import fmt as _fmt
 from .self_play import SelfPlay
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _kimg(images: int) -> str:

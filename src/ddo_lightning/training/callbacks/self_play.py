@@ -386,13 +386,11 @@ class SelfPlay(pl.Callback):
         if self.phase == "control":
             self._control_step(trainer, pl_module)
             return
-        before, now = self._checked_images, self.images_in_round
-        self._checked_images = now
         pl_module.log("round", float(self.display_round))
         if self.searching:
             pl_module.log("candidate", float(self.candidate))
-        done = now >= self.images_per_round
-        if done or now // self.eval_every_images > before // self.eval_every_images:
+        evaluate, done = self._step_checks(self.images_in_round, self.images_per_round)
+        if evaluate:
             self._evaluate(trainer, pl_module)
         if not done:
             return
@@ -699,11 +697,16 @@ class SelfPlay(pl.Callback):
         pl_module.step_stream = None
         trainer.datamodule.real_only = True
 
+    def _step_checks(self, now: int, budget: int) -> tuple[bool, bool]:
+        """After a step that reached ``now`` images of a phase (a candidate's, or the control's) with a budget
+        of ``budget``: (evaluate now: an ``eval_every_kimg`` boundary was crossed or the phase is done, done)."""
+        before, self._checked_images = self._checked_images, now
+        done = now >= budget
+        return done or now // self.eval_every_images > before // self.eval_every_images, done
+
     def _control_step(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        before, now = self._checked_images, self.images_in_control
-        self._checked_images = now
-        done = now >= self.control_images
-        if done or now // self.eval_every_images > before // self.eval_every_images:
+        evaluate, done = self._step_checks(self.images_in_control, self.control_images)
+        if evaluate:
             self._evaluate_control(trainer, pl_module)
         if done:
             self._end_control(trainer, pl_module)
