@@ -158,6 +158,7 @@ def promote(
     for label, o in outcomes.items():
         if o["status"] != "ok":
             log(f"ddo promote: warning: round {round_number}, candidate {label} skipped: {o['reason']}")
+    overrides = {label: _overrides(os.path.join(base, label)) for label in labels}
     winner, score, first = choose(outcomes, mode)
     source_label = winner if winner is not None else next(k for k, o in outcomes.items() if o["status"] == "ok")
     source = os.path.join(base, source_label, "best.pt")
@@ -168,7 +169,7 @@ def promote(
         "mode": mode,
         "winner": winner if winner is not None else "reference",
         "improved": winner is not None,
-        "candidate": _overrides(os.path.join(base, winner)) if winner is not None else {},
+        "candidate": overrides[winner] if winner is not None else {},
         "score": score,
         "reference_score": first["reference_score"],
         "metrics": won["metrics"] if won else first["reference_metrics"],
@@ -180,7 +181,7 @@ def promote(
         "candidates": [
             {
                 "label": label,
-                "overrides": _overrides(os.path.join(base, label)),
+                "overrides": overrides[label],
                 **(
                     {k: o[k] for k in ("status", "score", "improved", "weights_changed", "curve")}
                     if o["status"] == "ok"

@@ -286,6 +286,31 @@ def srun_line(cpus_per_task: int, command: Sequence[str], expanded: Sequence[str
     return f'srun --kill-on-bad-exit=1 --cpus-per-task={cpus_per_task} {words} "$@"'
 
 
+def fit_command(
+    python: str,
+    configs: Sequence[str],
+    nodes: int,
+    tasks: int,
+    gpus_per_node: int | None,
+    fit_args: Sequence[str],
+    batch_per_device: int | None,
+    preemption: bool,
+) -> list[str]:
+    """``python -m ddo_lightning.cli fit --config ...`` with the job's rank, device, batch and resume arguments
+    (what every task of a plain job or of a search's array runs under srun)."""
+    command = [python, "-m", "ddo_lightning.cli", "fit"]
+    for config in configs:
+        command += ["--config", config]
+    return command + fit_command_args(
+        nodes, tasks, gpus_per_node is not None, fit_args, batch_per_device, _RESUME_VAR if preemption else None
+    )
+
+
+def devices_text(gpus_per_node: int | None, tasks: int) -> str:
+    """``8 GPU(s) per node`` or ``2 CPU task(s) per node``, for the scripts' headers."""
+    return f"{gpus_per_node} GPU(s) per node" if gpus_per_node is not None else f"{tasks} CPU task(s) per node"
+
+
 def render_sbatch(
     configs: Sequence[str],
     *,
@@ -354,13 +379,8 @@ def render_sbatch(
     )
     _check_fit_args(fit_args)
 
-    command = [python, "-m", "ddo_lightning.cli", "fit"]
-    for config in configs:
-        command += ["--config", config]
-    command += fit_command_args(
-        nodes, tasks, gpus_per_node is not None, fit_args, batch_per_device, _RESUME_VAR if preemption else None
-    )
-    kind = f"{gpus_per_node} GPU(s) per node" if gpus_per_node is not None else f"{tasks} CPU task(s) per node"
+    command = fit_command(python, configs, nodes, tasks, gpus_per_node, fit_args, batch_per_device, preemption)
+    kind = devices_text(gpus_per_node, tasks)
     header = [
         "#!/bin/bash",
         f"# ddo fit on SLURM: {nodes} node(s) x {kind}, one task per device"

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .promote import CANDIDATE_FILE, completed_rounds, reference_file
+from .promote import CANDIDATE_FILE, completed_rounds, reference_file, round_dir
 from .slurm import (
     _RESUME_VAR,
     _check_positive,
@@ -39,7 +39,9 @@ from .slurm import (
     _sbatch_path,
     account_lines,
     check_job_flags,
+    devices_text,
     extra_lines,
+    fit_command,
     fit_command_args,
     resource_lines,
     resume_lines,
@@ -173,41 +175,33 @@ def render_sweep(
     for what, value in (("run_dir", run_dir), ("output_dir", output_dir)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"{what} {value!r}: expected a directory path")
-    candidates = _search().check_candidates(candidates, allow_large=True)  # the size was checked by the caller
-    labels = [_search().candidate_label(c) for c in candidates]
+    search = _search()
+    candidates = search.check_candidates(candidates, allow_large=True)  # the size was checked by the caller
+    labels = [search.candidate_label(c) for c in candidates]
     _check_sweep_fit_args(fit_args)
     run_name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
-    kind = f"{gpus_per_node} GPU(s) per node" if gpus_per_node is not None else f"{tasks} CPU task(s) per node"
+    kind = devices_text(gpus_per_node, tasks)
     chdir = [line for line in extra_lines(extra_sbatch) if line.removeprefix("#SBATCH").strip().startswith("--chdir")]
     signal = requeue_signal.split(":")[-1].removeprefix("SIG")
     k = len(candidates)
     scripts: list[Script] = []
     for r in range(first_round, rounds + 1):
         reference = reference_file(run_dir, r - 1) if r > 1 else None
-        round_dir = os.path.join(run_dir, f"round-{r}")
+        cand_root = round_dir(run_dir, r)
         start = reference or "the config's init_from"
         dependency = (
             [f"#SBATCH --dependency=afterok:{placeholder(r - 1, 'promotion')}", "#SBATCH --kill-on-invalid-dep=yes"]
             if r > first_round
             else []
         )
-        command = [python, "-m", "ddo_lightning.cli", "fit"]
-        for config in configs:
-            command += ["--config", config]
-        command += fit_command_args(
-            nodes,
-            tasks,
-            gpus_per_node is not None,
-            task_fit_args(fit_args, r, reference),
-            batch_per_device,
-            _RESUME_VAR if preemption else None,
-        )
+        task_args = task_fit_args(fit_args, r, reference)
+        command = fit_command(python, configs, nodes, tasks, gpus_per_node, task_args, batch_per_device, preemption)
         header = [
             "#!/bin/bash",
             f"# ddo slurm --sweep, round {r} of {rounds}: {k} candidate(s), one array task each. Each task is ddo fit",
             f"# on {nodes} node(s) x {kind}, one task per device"
             + (f", {batch_per_device} samples per device and step;" if batch_per_device else ";"),
-            f"# it plays round {r} alone, from {start}, in {round_dir}/<candidate>.",
+            f"# it plays round {r} alone, from {start}, in {cand_root}/<candidate>.",
             "# Written by `ddo slurm --sweep` (ddo_lightning.launch.sweep); `ddo slurm` submits it with the job",
             "# ids of the <...> placeholders filled in.",
             f"# SLURM sends SIG{signal} {signal_lead_seconds} s before the time limit; the Preemption callback then",
@@ -243,7 +237,7 @@ def render_sweep(
             *case,
             f'  *) echo "array task $SLURM_ARRAY_TASK_ID: round {r} has {k} candidate(s), tasks 0-{k - 1}" >&2; exit 1 ;;',
             "esac",
-            f'CAND_DIR={shlex.quote(round_dir)}/"$LABEL"',
+            f'CAND_DIR={shlex.quote(cand_root)}/"$LABEL"',
             'mkdir -p "$CAND_DIR"',
             f'printf \'%s\\n\' "$CANDIDATE" >"$CAND_DIR/{CANDIDATE_FILE}"',
             "# W&B (when the config logs there): one group per search, one run per round and candidate.",
@@ -418,7 +412,7 @@ def plan_sweep(ns: argparse.Namespace, fit_args: list[str]) -> tuple[list[Script
         ns.config, **render, rounds=rounds, first_round=first, monitor=monitor, mode=mode, batch_per_device=batch
     )
     # exactly what the first task to run will parse, its candidate's values in place of the variables
-    cand_dir = os.path.join(run_dir, f"round-{first}", candidate_label(candidates[0]))
+    cand_dir = os.path.join(round_dir(run_dir, first), candidate_label(candidates[0]))
     args = task_fit_args(fit_args, first, reference_file(run_dir, done) if done else None)
     args = [a.replace(_CAND_DIR, cand_dir).replace(_CANDIDATE, json.dumps(candidates[0])) for a in args]
     # ... and every candidate of the grid checked against the module it builds (keys it has, valid values)

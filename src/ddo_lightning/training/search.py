@@ -197,6 +197,12 @@ def check_candidates(candidates: Sequence[Mapping[str, Any]], allow_large: bool 
     return out
 
 
+def _ordered(candidate: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """A candidate's (canonical key, value) pairs in :data:`ROUND_KEYS` order (labels and seeds read this)."""
+    canon = {canonical_key(k): _number(v, f"candidate {k}") for k, v in candidate.items()}
+    return [(k, canon[k]) for k in ROUND_KEYS if k in canon]
+
+
 def _short(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
@@ -206,15 +212,13 @@ def candidate_label(candidate: Mapping[str, Any]) -> str:
     :data:`ROUND_KEYS` order); ``reference`` for ``{}`` (the preset's own settings). Safe in file names."""
     if not candidate:
         return "reference"
-    canon = {canonical_key(k): _number(v, f"candidate {k}") for k, v in candidate.items()}
-    return ",".join(f"{_short(k)}={canon[k]:g}" for k in ROUND_KEYS if k in canon)
+    return ",".join(f"{_short(k)}={v:g}" for k, v in _ordered(candidate))
 
 
 def candidate_seed(base_seed: int, round_number: int, candidate: Mapping[str, Any]) -> int:
     """The seed of a candidate's training noise in round ``round_number`` (1-based): a stable 63-bit
     function of the base seed, the round and the candidate's canonical overrides (``repr`` of each float,
     exact), never of its position in a list, so it is the same in-process and as a separate job."""
-    canon = {canonical_key(k): _number(v, f"candidate {k}") for k, v in candidate.items()}
-    text = ";".join(f"{k}={canon[k]!r}" for k in ROUND_KEYS if k in canon)
+    text = ";".join(f"{k}={v!r}" for k, v in _ordered(candidate))
     digest = hashlib.blake2b(f"{int(base_seed)}|{int(round_number)}|{text}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
