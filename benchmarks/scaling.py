@@ -26,6 +26,7 @@ preset took minutes per launch (``--presets digits,cifar`` measures both).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -78,7 +79,11 @@ def worker(preset_name: str, quick: bool, steps: int, threads: int) -> None:
         t = torch.tensor([seconds])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         seconds = float(t)
-        dist.barrier()  # both ranks done with gloo before either tears it down (else: "terminate called ...")
+        # DDP's reducer holds gloo work: drop it before the group goes, and both ranks done with gloo before
+        # either tears it down (else, at exit, now and then: "terminate called without an active exception")
+        step.target_fn = ddp = None
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
         print(json.dumps({"seconds": seconds, "samples": world * step.samples_per_step * steps}))
