@@ -1,6 +1,6 @@
 # ddo_lightning — two commands do everything on a fresh machine:
-#   make demo   install, then pretrain the 2-D reference by MLE and run 3 DDO rounds (CPU, < 5 min);
-#               again: resumes both runs, which are finished, so nothing is retrained or overwritten
+#   make demo   install, then DDO rounds with a per-round search and the MLE control from the shipped
+#               converged 2-D reference (CPU, < 5 min); again: resumes the finished run, rewrites nothing
 #   make test   install, then the fast tier of the test suite: every test not marked `slow` (< 8 min)
 #   make test-slow  install, then the end-to-end tier: `slow` tests, and the Inception (`fid`) tests in .venv-fid
 #   make test-all   both tiers, as CI runs them (.ci/run); which test is `slow`: docs/testing.md
@@ -28,10 +28,10 @@ FID_PY := $(FID_VENV)/bin/python
 BENCH_SPEC ?= k-diffusion==0.1.1.post1 torchdiffeq==0.2.5 torchsde==0.2.6 trampoline==0.1.2
 BENCH_ARGS ?=
 
-.PHONY: install install-fid demo demo-digits demo-tokens test test-slow test-all test-fid lint bench clean help
+.PHONY: install install-fid demo references demo-digits demo-tokens test test-slow test-all test-fid lint bench clean help
 
 help:
-	@echo "make demo | make demo-digits | make demo-tokens | make test | make test-slow | make test-all | make test-fid | make lint | make bench | make clean"
+	@echo "make demo | make references | make demo-digits | make demo-tokens | make test | make test-slow | make test-all | make test-fid | make lint | make bench | make clean"
 	@echo "  test: fast tier (not slow); test-slow: end-to-end tier (slow, then fid in .venv-fid); test-all: both (CI)"
 
 # An existing torch is never replaced: if the interpreter already imports torch, the venv sees it
@@ -67,9 +67,14 @@ install: $(VENV)/.installed
 
 demo: install
 	@start=$$(date +%s); \
-	$(VENV)/bin/ddo fit --config configs/toy2d_pretrain.yaml && \
 	$(VENV)/bin/ddo fit --config configs/toy2d.yaml && \
-	echo "[demo] results in outputs/toy2d (summary.json, samples.png; MLE reference: outputs/toy2d_pretrain) in $$(( $$(date +%s) - start )) s"
+	echo "[demo] results in outputs/toy2d (summary.json, samples.png) in $$(( $$(date +%s) - start )) s; its MLE reference: references/toy2d_ring8.pt (make references)"
+
+# The demos' shipped MLE references, remade from their pretraining presets (fixed seeds), each checked to be
+# on a plateau before it is written (scripts/make_reference.py; about 10 min on 2 CPU cores for the toys).
+references: install
+	$(PY) scripts/make_reference.py --config configs/toy2d_pretrain.yaml --out references/toy2d_ring8.pt --monitor mmd --mode min --figure docs/reference_toy2d_ring8.png
+	$(PY) scripts/make_reference.py --config configs/toy2d_grid25_pretrain.yaml --out references/toy2d_grid25.pt --monitor mmd --mode min --figure docs/reference_toy2d_grid25.png
 
 # Digits: a small EDM UNet pretrained by MLE on the embedded 8x8 digits, then 3 DDO rounds (~20 min CPU).
 demo-digits: install

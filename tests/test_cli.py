@@ -143,7 +143,9 @@ def test_toy_presets_run_tiny_steps_and_a_rerun_keeps_their_results(tmp_path, mo
                     {"class_path": "ddo_lightning.training.ScatterFigure", "init_args": {"num_samples": 200}},
                 ],
             },
-            "model": {"init_args": {"num_eval_samples": 200}},
+            "model": {
+                "init_args": {"num_eval_samples": 200, "init_from": "outputs/toy2d_pretrain/checkpoints/last.ckpt"}
+            },
             "data": {
                 "init_args": {
                     **small_data["data"]["init_args"],
@@ -313,13 +315,20 @@ def _header_text(path):
     return " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#"))
 
 
+def _layered_text(path):
+    """A preset's text and that of the presets it is layered on (`config: BASE.yaml`)."""
+    text = path.read_text()
+    base = yaml.safe_load(text).get("config")
+    return text + (_layered_text(path.parent / base) if base else "")
+
+
 def test_help_lists_every_preset_with_its_expected_result(capsys):
     assert run(["--help"]) == 0
     lines = capsys.readouterr().out.splitlines()
     for config in CONFIGS:
         line = next((x for x in lines if x.split()[:1] == [config.stem]), None)
         assert line is not None, config.name
-        kind = "MLE" if "MLEModule" in config.read_text() else "DDO"
+        kind = "MLE" if "MLEModule" in _layered_text(config) else "DDO"
         result = line.split(kind, 1)[1].strip().rstrip("…")
         assert result and result in _header_text(config).replace("Expected: ", ""), (config.name, result)
     cifar = next(x for x in lines if x.startswith("  edm_cifar10 "))
@@ -410,7 +419,7 @@ def test_self_play_settings_from_the_command_line(capsys):
         "control": None,
         "report_seed_sets": None,
     }
-    assert sp["init_args"]["rounds"] == 3  # the preset's, until built
+    assert sp["init_args"]["rounds"] == 2  # the preset's, until built
     from ddo_lightning.cli import DDOCLI
     from ddo_lightning.training import SelfPlay
 
@@ -535,7 +544,7 @@ def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_p
     ddo = write(
         tmp_path / "ddo.yaml",
         {
-            "model": {"init_args": small},
+            "model": {"init_args": {**small, "init_from": "outputs/toy2d_pretrain/checkpoints/last.ckpt"}},
             "data": {
                 "init_args": {
                     "batch_size": 64,
@@ -567,7 +576,7 @@ def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_p
     assert code == 0, out[-3000:]
     console = {int(m) for m in __import__("re").findall(r"\[round (\d+)", out)}
     progress = [line for line in out.splitlines() if line.startswith("step ") and " · round " in line]
-    assert len(progress) >= 4 and "round 1/2 · kimg 0.064/0.128 · last mmd " in progress[0]
+    assert len(progress) >= 4 and "round 1/2 · candidate 1/4 alpha=0.5 · kimg 0.064/0.128 · last mmd " in progress[0]
     with open(tmp_path / "outputs/toy2d/logs/metrics.csv") as f:
         logged = {int(float(r["round"])) for r in csv.DictReader(f) if r.get("round")}
     summary = json.loads((tmp_path / "outputs/toy2d/summary.json").read_text())
@@ -578,7 +587,8 @@ def test_toy_rounds_agree_everywhere_and_checkpoints_carry_hyperparameters(tmp_p
     path = tmp_path / "outputs/toy2d/rounds/round-2.ckpt"
     module = DDOModule.load_from_checkpoint(path)
     state = torch.load(path, weights_only=True)["state_dict"]
-    assert module.lr == 2e-3 and module.objective.alpha == 1.0 and module.sampler.num_steps == 4
+    # the preset's module settings (a candidate's overrides are SelfPlay's state, not the module's arguments)
+    assert module.lr == 5e-5 and module.objective.alpha == 1.0 and module.sampler.num_steps == 4
     for name, value in module.target.state_dict().items():
         assert torch.equal(value, state[f"target.{name}"]), name
     # an MLE checkpoint given as --ckpt_path to a DDO run

@@ -74,6 +74,7 @@ def ddo_command(
                 # list of the preset's length merges with the preset's entries, one of another length not)
                 "control": False,
                 "report_seed_sets": 0,
+                "candidates": None,  # and so is its per-round search: one configuration a round
             },
         },
         {

@@ -300,11 +300,23 @@ def test_ddo_sample_names_the_fetch_command_for_a_missing_cached_checkpoint(cach
 def test_preflight_names_the_run_that_produces_a_file_under_outputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = yaml.safe_load((ROOT / "configs/toy2d.yaml").read_text())
+    cfg["model"]["init_args"]["init_from"] = "outputs/toy2d_pretrain/checkpoints/last.ckpt"  # a pretraining run's
     [problem] = find_problems(cfg, ROOT / "configs")
     assert problem.key == "model.init_args.init_from" and not problem.fetchable
     assert (
         problem.origin == f"written by another run: run `ddo fit --config {ROOT / 'configs/toy2d_pretrain.yaml'}` first"
     )
+
+
+def test_preflight_says_where_a_shipped_reference_comes_from(tmp_path, monkeypatch):
+    """configs/toy2d.yaml as shipped, run outside the repository root: its reference is not found there."""
+    monkeypatch.chdir(tmp_path)
+    cfg = yaml.safe_load((ROOT / "configs/toy2d.yaml").read_text())
+    [problem] = find_problems(cfg, ROOT / "configs")
+    assert problem.key == "model.init_args.init_from" and problem.path == "references/toy2d_ring8.pt"
+    assert "shipped in the repository's references/ folder" in problem.origin and "make references" in problem.origin
+    monkeypatch.chdir(ROOT)
+    assert find_problems(cfg, ROOT / "configs") == []
 
 
 def test_preflight_resolves_cache_names_in_place(cache, monkeypatch):

@@ -513,7 +513,8 @@ SIZES = {  # the only settings the overlay may change: lengths, cadences and sam
 
 @pytest.mark.slow  # three `ddo fit` launches; mid-candidate resume stays fast (test_resume_mid_candidate_…)
 def test_search_preset_killed_mid_candidate_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    """configs/toy2d_search.yaml as shipped, shrunk by a sizes-only overlay (1 round, 4 candidates of 4
+    """configs/toy2d.yaml (its per-round search) as shipped, shrunk by a sizes-and-paths overlay (1 round,
+    4 candidates of 4
     steps at batch 64, a checkpoint every step): a `ddo fit` killed with SIGKILL inside candidate 2 or later,
     then run again with the same command (it resumes from the run directory's last.ckpt), ends with the
     summary of a run that was never interrupted: the same curves, the same promoted candidate."""
@@ -563,7 +564,13 @@ def test_search_preset_killed_mid_candidate_resumes_to_the_uninterrupted_result(
                 {"class_path": "ddo_lightning.training.ScatterFigure", "init_args": {"num_samples": 200}},
             ],
         },
-        "model": {"init_args": {"num_eval_samples": 200, "eval_batch_size": 200}},
+        "model": {
+            "init_args": {
+                "num_eval_samples": 200,
+                "eval_batch_size": 200,
+                "init_from": str(tmp_path / "outputs/toy2d_pretrain/checkpoints/last.ckpt"),
+            }
+        },
         "data": {
             "init_args": {
                 "batch_size": 64,
@@ -572,10 +579,10 @@ def test_search_preset_killed_mid_candidate_resumes_to_the_uninterrupted_result(
             }
         },
     }
-    assert set(_flatten(overlay)) <= SIZES, set(_flatten(overlay)) - SIZES
+    assert set(_flatten(overlay)) <= SIZES | {"model.init_from"}, set(_flatten(overlay)) - SIZES
     small = tmp_path / "small.yaml"
     small.write_text(yaml.safe_dump(overlay))
-    shipped = yaml.safe_load((root / "configs/toy2d_search.yaml").read_text())
+    shipped = yaml.safe_load((root / "configs/toy2d.yaml").read_text())
     candidates = shipped["trainer"]["callbacks"][0]["init_args"]["candidates"]
     assert len(candidates) == 4
     env = dict(
@@ -585,12 +592,12 @@ def test_search_preset_killed_mid_candidate_resumes_to_the_uninterrupted_result(
     )
 
     def command(run_dir):
-        base = [sys.executable, "-m", "ddo_lightning.cli", "fit", "--config", str(root / "configs/toy2d_search.yaml")]
+        base = [sys.executable, "-m", "ddo_lightning.cli", "fit", "--config", str(root / "configs/toy2d.yaml")]
         return base + ["--config", str(small), "--run_dir", run_dir]
 
     full = subprocess.run(command("outputs/full"), env=env, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-3000:]
-    assert "round 1 · candidate 2/4 alpha=0.5,beta=1" in full.stderr + full.stdout
+    assert "round 1 · candidate 2/4 alpha=1" in full.stderr + full.stdout
     killed = tmp_path / "outputs/killed"
     proc = subprocess.Popen(
         command("outputs/killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -614,10 +621,10 @@ def test_search_preset_killed_mid_candidate_resumes_to_the_uninterrupted_result(
     want = json.loads((tmp_path / "outputs/full/summary.json").read_text())
     assert got["rounds"][0]["promoted_candidate"] == want["rounds"][0]["promoted_candidate"]
     assert [c["label"] for c in got["rounds"][0]["candidates"]] == [
+        "alpha=0.5",
+        "alpha=1",
         "alpha=0.5,beta=0.5",
-        "alpha=0.5,beta=1",
-        "alpha=2,beta=0.5",
-        "alpha=2,beta=1",
+        "alpha=0.5,lr=0.0001",
     ]
     assert_same_summary(got, want, rel=1e-5)
     assert (killed / "logs/candidates-round-1.png").is_file()

@@ -109,8 +109,14 @@ def _plain_problem(key: str, value: str, owner: str, config_dir: Path, base: str
     if os.path.exists(os.path.join(base, os.path.expanduser(value))):
         return None
     cls = owner.rsplit(".", 1)[-1]
-    if Path(os.path.normpath(value)).parts[:1] == ("outputs",):
+    first = Path(os.path.normpath(value)).parts[:1]
+    if first == ("outputs",):
         origin = _producer(value, config_dir)
+    elif first == ("references",):
+        origin = (
+            "a reference shipped in the repository's references/ folder: run from the repository root, "
+            "or remake it with `make references`"
+        )
     else:
         origin = PREPARE.get(cls, "no such file or folder")
     return Problem(key, value, value, origin, fetchable=False)
