@@ -157,7 +157,7 @@ N = 5000
 
 @pytest.fixture(scope="module")
 def connected() -> ImageMixtureMetrics:
-    metric = ImageMixtureMetrics(tau_samples=50_000)
+    metric = ImageMixtureMetrics(reference_samples=50_000)
     metric.connect(DigitMixtureDataset(num_samples=10))
     return metric
 
@@ -180,7 +180,7 @@ def test_metric_on_true_samples(connected):
     # recall = 1 − TV(class histogram, weights); E[TV] ≈ ½ Σ sqrt(2/π · w(1−w)/n) ≈ 0.017 at n ≈ 4,950
     assert r["recall"] > 0.96 and r["modes_covered"] == 1.0 and r["label_accuracy"] == 1.0
     assert abs(r["principal_var_ratio"] - 1) < 0.03 and abs(r["floor_var_ratio"] - 1) < 0.015
-    assert abs(r["mmd"]) < 3e-4 and r["num_samples"] == N
+    assert abs(r["mmd"]) < 3e-4 and r["logp_w1"] < 0.4 and r["num_samples"] == N
     assert r["mean_log_density"] == pytest.approx(float(mixture.log_prob(x).mean()))
 
 
@@ -199,10 +199,26 @@ def test_metric_sees_degraded_samples(connected):
     )
     shrunk = evaluate(connected, mixture.means[comp] + 0.8 * (x - mixture.means[comp]))
     assert shrunk["mmd"] > 10 * max(abs(true["mmd"]), 1e-4) and shrunk["principal_var_ratio"] < 0.7
+    # the selection distance grows both ways: below the true log-densities (noise), above them (shrunk)
+    assert true["logp_w1"] < 0.5 and noisy["logp_w1"] > 5 and shrunk["logp_w1"] > 5
     only_five = evaluate(connected, x[comp < 5])
     assert 0.45 < only_five["recall"] < 0.55 and only_five["modes_covered"] == 0.5
     broken = evaluate(connected, torch.cat([x[:100], torch.full((100, 64), float("nan"))]))
     assert broken["precision"] < 0.51 and broken["num_samples"] == 200
+
+
+def test_logp_w1_is_the_wasserstein_distance():
+    from scipy.stats import wasserstein_distance
+
+    from ddo_lightning.metrics.image_mixture import logp_w1
+
+    g = torch.Generator().manual_seed(8)
+    reference = torch.randn(100_000, generator=g, dtype=torch.float64).sort().values * 5 + 40
+    for shift, scale in ((0.0, 1.0), (3.0, 1.0), (-1.0, 0.5)):
+        x = torch.randn(3000, generator=g, dtype=torch.float64) * 5 * scale + 40 + shift
+        want = wasserstein_distance(x.numpy(), reference.numpy())
+        # quantile-matched at the samples' plotting positions: equal up to the reference's quantile resolution
+        assert logp_w1(x, reference) == pytest.approx(want, abs=0.02), (shift, scale)
 
 
 def test_metric_needs_the_mixture():
@@ -214,8 +230,8 @@ def test_metric_needs_the_mixture():
         metric.compute()
     with pytest.raises(ValueError, match="low-rank Gaussian mixture"):
         metric.connect(Toy2DDataset(num_samples=10))
-    with pytest.raises(ValueError, match="tau_samples"):
-        ImageMixtureMetrics(tau_samples=10)
+    with pytest.raises(ValueError, match="reference_samples"):
+        ImageMixtureMetrics(reference_samples=10)
 
 
 # ---- both presets as shipped, at a tiny size ------------------------------------------------------------------
@@ -235,7 +251,7 @@ SIZES = {
     "model.network.model.model_channels",
     "model.num_eval_samples",
     "model.eval_batch_size",
-    "model.evaluator.tau_samples",
+    "model.evaluator.reference_samples",
     "data.batch_size",
     "data.real.num_samples",
     "data.fake.size",
@@ -243,7 +259,7 @@ SIZES = {
 }
 TINY_MODEL = {
     "network": {"init_args": {"model": {"init_args": {"model_channels": 8}}}},
-    "evaluator": {"class_path": "ddo_lightning.metrics.ImageMixtureMetrics", "init_args": {"tau_samples": 2000}},
+    "evaluator": {"class_path": "ddo_lightning.metrics.ImageMixtureMetrics", "init_args": {"reference_samples": 2000}},
     "num_eval_samples": 16,
     "eval_batch_size": 16,
 }
@@ -311,8 +327,10 @@ def test_digitmix_presets_run_tiny_steps(tmp_path, monkeypatch):
         main(["fit", "--config", str(ROOT / "configs" / f"{stage}.yaml"), "--config", str(overlay)])
     assert (tmp_path / "outputs/digitmix_pretrain/checkpoints/last.ckpt").is_file()
     summary = json.loads((tmp_path / "outputs/digitmix/summary.json").read_text())
-    assert summary["monitor"] == "mmd"
+    assert summary["monitor"] == "logp_w1"
     assert summary["control"]["finished"] and len(summary["report"]) > 0
     for row in (summary["reference"], summary["rounds"][0]["metrics"], summary["control"]["metrics"]):
-        assert {"mmd", "precision", "recall", "mean_log_density"} <= set(row) and math.isfinite(row["mmd"])
+        assert {"logp_w1", "mmd", "precision", "recall", "mean_log_density"} <= set(row) and math.isfinite(
+            row["logp_w1"]
+        )
     assert (tmp_path / "outputs/digitmix/samples.png").stat().st_size > 500
