@@ -18,7 +18,7 @@ import yaml
 
 from ddo_lightning.data import DigitMixtureDataset, GaussianMixture, LowRankGaussianMixture, digit_mixture
 from ddo_lightning.metrics import ImageMixtureMetrics
-from ddo_lightning.protocols import HasGroundTruth, KnownDensity, RealDataset
+from ddo_lightning.protocols import HasGroundTruth, KnownDensity, KnownLowRankMixture, RealDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,7 +81,7 @@ def test_log_prob_matches_dense_gaussians(mixture):
     assert torch.allclose(mixture.log_prob(x, comp), single.log_prob(x.double()), rtol=1e-10, atol=1e-8)
     resp = mixture.responsibilities(x)
     assert torch.allclose(resp.sum(1), torch.ones(64, dtype=torch.float64)) and (resp.argmax(1) == comp).all()
-    assert isinstance(mixture, KnownDensity)
+    assert isinstance(mixture, KnownDensity) and isinstance(mixture, KnownLowRankMixture)
 
 
 def test_samples_have_the_components_means_and_covariances(mixture):
@@ -229,7 +229,8 @@ def test_metric_needs_the_mixture():
         metric.update(torch.zeros(2, 1, 8, 8))
         metric.compute()
     with pytest.raises(ValueError, match="low-rank Gaussian mixture"):
-        metric.connect(Toy2DDataset(num_samples=10))
+        metric.connect(Toy2DDataset(num_samples=10))  # a known density, but not a low-rank mixture
+    assert not isinstance(Toy2DDataset(num_samples=10).ground_truth, KnownLowRankMixture)
     with pytest.raises(ValueError, match="reference_samples"):
         ImageMixtureMetrics(reference_samples=10)
 

@@ -26,10 +26,9 @@
 - label_accuracy (conditional data only): share of samples whose most responsible component is their label.
 - num_samples.
 
-Which one a self-play run monitors (measured with ``python -m ddo_lightning.metrics.image_mixture``, which
-runs :func:`sensitivity_table`): 5,000 samples, 5 seeds; degraded sets are true samples, then: *blend* 20%
-of them replaced by 0.7·x_k + 0.3·x_j with x_j an image of another class; *noise* Gaussian noise of std
-0.03 (0.3·s0) added; *shrink* x → μ_k + 0.9·(x − μ_k); *drop* class 0's images replaced by other classes'.
+Which one a self-play run monitors (measured with ``scripts/digitmix_sensitivity.py``): 5,000 samples, 5
+seeds; degraded sets are true samples, then: *blend* 20% of them replaced by 0.7·x_k + 0.3·x_j with x_j an
+image of another class; *noise* Gaussian noise of std 0.03 (0.3·s0) added; *shrink* x → μ_k + 0.9·(x − μ_k); *drop* class 0's images replaced by other classes'.
 Shift of the mean in units of the true sets' seed std (the metric's noise at this size; true sets: mmd
 1e-5 ± 3e-5, logp_w1 0.10 ± 0.06, mean_log_density 44.31 ± 0.08, precision 0.9893 ± 0.0011, recall
 0.982 ± 0.003):
@@ -52,21 +51,18 @@ proportions, is what recall, modes_covered and mmd report beside it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torchmetrics import Metric
 
-from ..protocols import HasGroundTruth
+from ..protocols import HasGroundTruth, KnownLowRankMixture
 from .toy2d import mmd_rbf
-
-if TYPE_CHECKING:
-    from ..data.digit_mixture import LowRankGaussianMixture
 
 MMD_BANDWIDTHS = (1.0, 2.0)
 
 
-def true_log_densities(mixture: LowRankGaussianMixture, num: int = 100_000, seed: int = 777) -> torch.Tensor:
+def true_log_densities(mixture: KnownLowRankMixture, num: int = 100_000, seed: int = 777) -> torch.Tensor:
     """log p of ``num`` true samples drawn with ``seed``, sorted: [num] float64. Its 1% quantile is the
     support threshold τ; the whole is the reference distribution of ``logp_w1``."""
     x, _ = mixture.sample(num, torch.Generator().manual_seed(seed))
@@ -88,7 +84,7 @@ def logp_w1(log_p: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def image_mixture_metrics(
-    mixture: LowRankGaussianMixture,
+    mixture: KnownLowRankMixture,
     x: torch.Tensor,
     fresh: torch.Tensor,
     reference: torch.Tensor,
@@ -151,17 +147,15 @@ class ImageMixtureMetrics(Metric):
         if reference_samples < 100:
             raise ValueError(f"reference_samples must be >= 100 (τ is a 1% quantile), got {reference_samples}")
         self.fresh_seed, self.reference_samples, self.reference_seed = fresh_seed, reference_samples, reference_seed
-        self.mixture: LowRankGaussianMixture | None = None
+        self.mixture: KnownLowRankMixture | None = None
         self.reference: torch.Tensor | None = None  # sorted true log-densities (τ, logp_w1)
         self.add_state("samples", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def connect(self, source: Any) -> None:
         """Take the ground truth from a data module or dataset (``.ground_truth``) or a mixture itself."""
-        from ..data.digit_mixture import LowRankGaussianMixture
-
         truth = source.ground_truth if isinstance(source, HasGroundTruth) else source
-        if not isinstance(truth, LowRankGaussianMixture):
+        if not isinstance(truth, KnownLowRankMixture):
             raise ValueError(
                 "ImageMixtureMetrics needs data with a known low-rank Gaussian mixture (e.g. DigitMixtureDataset), "
                 f"got {type(truth).__name__}"
@@ -182,57 +176,3 @@ class ImageMixtureMetrics(Metric):
         lab = self.labels if isinstance(self.labels, torch.Tensor) else torch.cat(self.labels)
         fresh, _ = self.mixture.sample(len(x), torch.Generator().manual_seed(self.fresh_seed))
         return image_mixture_metrics(self.mixture, x.cpu(), fresh, self.reference, lab.cpu())
-
-
-# ---- the sensitivity measurement quoted in the module docstring -------------------------------------------
-def degrade(mixture: LowRankGaussianMixture, kind: str, n: int, seed: int) -> torch.Tensor:
-    """n true samples [n, D] degraded by ``kind`` (module docstring): 'none', 'blend', 'noise', 'shrink', 'drop'."""
-    g = torch.Generator().manual_seed(seed)
-    x, comp = mixture.sample(n, g)
-    x = x.to(torch.float64)
-    if kind == "blend":
-        other, ocomp = mixture.sample(n, g)
-        pick = (torch.rand(n, generator=g) < 0.2) & (ocomp != comp)
-        x[pick] = 0.7 * x[pick] + 0.3 * other.to(torch.float64)[pick]
-    elif kind == "noise":
-        x = x + 0.03 * torch.randn(x.shape, generator=g, dtype=torch.float64)
-    elif kind == "shrink":
-        x = mixture.means[comp] + 0.9 * (x - mixture.means[comp])
-    elif kind == "drop":
-        while (comp == 0).any():
-            y, c = mixture.sample(int((comp == 0).sum()), g)
-            x[comp == 0], comp[comp == 0] = y.to(torch.float64), c
-    elif kind != "none":
-        raise ValueError(f"unknown degradation {kind!r}")
-    return x
-
-
-def sensitivity_table(n: int = 5000, seeds: int = 5) -> dict[str, dict[str, float]]:
-    """{degradation: {metric: (mean(degraded) − mean(true)) / std(true)}} over ``seeds`` draws of n."""
-    from ..data.digit_mixture import digit_mixture
-
-    mixture = digit_mixture()
-    reference = true_log_densities(mixture)
-    names = ("mmd", "logp_w1", "mean_log_density", "precision", "recall", "principal_var_ratio", "floor_var_ratio")
-    runs: dict[str, list[dict[str, float]]] = {}
-    for kind in ("none", "blend", "noise", "shrink", "drop"):
-        for s in range(seeds):
-            fresh, _ = mixture.sample(n, torch.Generator().manual_seed(10_000 + s))
-            runs.setdefault(kind, []).append(
-                image_mixture_metrics(mixture, degrade(mixture, kind, n, s), fresh, reference)
-            )
-    base = {m: torch.tensor([r[m] for r in runs["none"]], dtype=torch.float64) for m in names}
-    table = {"true (mean, std)": {m: (float(base[m].mean()), float(base[m].std())) for m in names}}
-    for kind in ("blend", "noise", "shrink", "drop"):
-        table[kind] = {
-            m: float((torch.tensor([r[m] for r in runs[kind]]).mean() - base[m].mean()) / base[m].std()) for m in names
-        }
-    return table
-
-
-if __name__ == "__main__":  # python -m ddo_lightning.metrics.image_mixture
-    for row, values in sensitivity_table().items():
-        print(
-            row,
-            {k: (tuple(round(x, 5) for x in v) if isinstance(v, tuple) else round(v, 1)) for k, v in values.items()},
-        )
