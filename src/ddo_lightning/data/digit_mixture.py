@@ -15,9 +15,10 @@ digit's variation (0.21–0.31 per pixel, the root mean of the remaining 60 eige
 floor, so the samples look like smooth digits with a faint grain. Why 0.1: it is well below that residual
 (the mixture's structure, not its noise, dominates), well above the uint8 step 2/255 ≈ 0.008 and EDM's
 smallest noise level 0.002 (the density has no structure a sampler or a quantised image cannot resolve),
-and large enough that the noise levels DSM trains on most (P_mean −1.2, P_std 1.2: σ ≈ 0.03–1) cover the
-floor, so a small network can learn it. The support is R^64: samples are not clipped to [-1, 1]
-(background pixels sit at −1 ± 0.1) and must not be quantised when compared with the density.
+and inside the noise levels DSM trains on (P_mean −1.2, P_std 1.2: 95% of the draws have σ between 0.03
+and 3.3), so training resolves the floor and a small network can learn it. The support is R^64: samples
+are not clipped to [-1, 1] (background pixels sit at −1 ± 0.1) and must not be quantised when compared
+with the density.
 
 Everything is float64 inside; with orthonormal U_k the Woodbury identity is diagonal:
 Σ_k⁻¹ = s0⁻²(I − U_k diag(λ_k/(λ_k+s0²)) U_kᵀ), log det Σ_k = D log s0² + Σ_j log(1 + λ_kj/s0²).
