@@ -219,6 +219,24 @@ class KnownDensity(Protocol):
 
 
 @runtime_checkable
+class KnownLowRankMixture(KnownDensity, Protocol):
+    """A known mixture of Gaussians N(μ_k, U_k diag(λ_k) U_kᵀ + s0² I) (the image demo's,
+    ``data.LowRankGaussianMixture``): ``means`` [K, D], ``bases`` [K, D, r] (orthonormal columns),
+    ``variances`` [K, r], ``floor`` s0, ``weights`` [K]; ``component_log_probs(x [B, *D])`` -> [B, K]
+    (log w_k + log N_k) and ``sample(n, generator)`` -> (x [n, D], component [n])."""
+
+    means: torch.Tensor
+    bases: torch.Tensor
+    variances: torch.Tensor
+    floor: float
+    weights: torch.Tensor
+
+    def component_log_probs(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@runtime_checkable
 class KnownTokenSource(KnownDensity, Protocol):
     """A known token source that also gives a model's exact KL divergences over the whole sequence space:
     ``exact_kl(model)`` -> {"kl_data_model", "kl_model_data", ...} in nats per sequence."""

@@ -2,6 +2,7 @@
 datasets with a known density also expose ``ground_truth``. Image datasets hold uint8 images and map
 them to [-1, 1] with ``uint8_to_model``; fakes go through the same quantisation with ``quantize``."""
 
+from .digit_mixture import DigitMixtureDataset, LowRankGaussianMixture, digit_mixture
 from .images import (
     Cifar10Dataset,
     DigitsDataset,
@@ -21,6 +22,9 @@ __all__ = [
     "MarkovTokenDataset",
     "Cifar10Dataset",
     "DigitsDataset",
+    "DigitMixtureDataset",
+    "LowRankGaussianMixture",
+    "digit_mixture",
     "GaussianMixture",
     "ImageDataset",
     "ImageFolderDataset",

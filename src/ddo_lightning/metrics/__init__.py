@@ -3,6 +3,7 @@
 
 from .digits import DigitsFeatures
 from .fid import FrechetDistance, frechet_distance
+from .image_mixture import ImageMixtureMetrics, image_mixture_metrics
 from .inception import InceptionFeatures
 from .tokens import MarkovMetrics
 from .toy2d import MixtureMetrics, energy_distance, mixture_metrics, mmd_rbf
@@ -10,6 +11,8 @@ from .toy2d import MixtureMetrics, energy_distance, mixture_metrics, mmd_rbf
 __all__ = [
     "DigitsFeatures",
     "FrechetDistance",
+    "ImageMixtureMetrics",
+    "image_mixture_metrics",
     "InceptionFeatures",
     "MarkovMetrics",
     "frechet_distance",
