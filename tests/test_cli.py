@@ -168,7 +168,7 @@ def test_toy_presets_run_tiny_steps_and_a_rerun_keeps_their_results(tmp_path, mo
         "logs/metrics.csv",
     ):
         assert (run / name).is_file(), name
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lr"] == 2e-3  # the preset's
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lr"] == 5e-5  # the preset's
     before = {**_files(run), **{f"pre/{k}": v for k, v in _files(tmp_path / "outputs/toy2d_pretrain").items()}}
     capsys.readouterr()
     with caplog.at_level(logging.INFO):

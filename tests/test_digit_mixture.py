@@ -294,7 +294,8 @@ TINY_DDO = {
             {"class_path": "ddo_lightning.training.ImageGridFigure", "init_args": {"num_samples": 8, "columns": 4}},
         ],
     },
-    "model": {"init_args": TINY_MODEL},
+    # the tiny pretraining run's weights stand in for the shipped reference (a path, not a setting)
+    "model": {"init_args": TINY_MODEL | {"init_from": "outputs/digitmix_pretrain/checkpoints/last.ckpt"}},
     "data": {
         "init_args": TINY_DATA
         | {
@@ -309,8 +310,8 @@ TINY_DDO = {
 
 def test_digitmix_presets_run_tiny_steps(tmp_path, monkeypatch):
     """`make demo-digitmix` at a tiny size: the overlays change sizes only (checked on the resolved configs),
-    2 MLE steps, then one DDO round of 2 steps with its control and report seeds; the summary holds the
-    monitored MMD and the exact metrics of the reference, the round and the control."""
+    2 MLE steps, then one DDO round (each of its 3 candidates 2 steps) with its control and report seeds; the
+    summary holds the monitored logp_w1 and the exact metrics of the reference, the round and the control."""
     from test_presets import flatten, resolved
 
     from ddo_lightning.cli import main
@@ -323,12 +324,12 @@ def test_digitmix_presets_run_tiny_steps(tmp_path, monkeypatch):
         shipped = flatten(resolved(["--config", str(ROOT / "configs" / f"{stage}.yaml")]))
         tinied = flatten(resolved(["--config", str(ROOT / "configs" / f"{stage}.yaml"), "--config", str(overlay)]))
         changed = {k for k in shipped.keys() | tinied.keys() if shipped.get(k, "<absent>") != tinied.get(k, "<absent>")}
-        assert changed and changed <= SIZES, sorted(changed - SIZES)
+        assert changed and changed <= SIZES | {"model.init_from"}, sorted(changed - SIZES)
         assert tinied["model.num_eval_samples"] == 16 and tinied["data.real.num_samples"] == 256
         main(["fit", "--config", str(ROOT / "configs" / f"{stage}.yaml"), "--config", str(overlay)])
     assert (tmp_path / "outputs/digitmix_pretrain/checkpoints/last.ckpt").is_file()
     summary = json.loads((tmp_path / "outputs/digitmix/summary.json").read_text())
-    assert summary["monitor"] == "logp_w1"
+    assert summary["monitor"] == "logp_w1" and len(summary["rounds"][0]["candidates"]) == 3
     assert summary["control"]["finished"] and len(summary["report"]) > 0
     for row in (summary["reference"], summary["rounds"][0]["metrics"], summary["control"]["metrics"]):
         assert {"logp_w1", "mmd", "precision", "recall", "mean_log_density"} <= set(row) and math.isfinite(

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from ..data.toy2d import GaussianMixture
 
 
-def _mean_cdist(a: torch.Tensor, b: torch.Tensor, exclude_diagonal: bool, chunk: int = 4096) -> torch.Tensor:
+# Distances are taken 256 rows at a time: blocks of a few MB are reused by the allocator, while blocks of
+# hundreds of MB are mapped and unmapped on every evaluation (measured: 3x the system time at 5,000 samples).
+def _mean_cdist(a: torch.Tensor, b: torch.Tensor, exclude_diagonal: bool, chunk: int = 256) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.float64)
     for i in range(0, len(a), chunk):
         total += torch.cdist(a[i : i + chunk], b).sum()  # diagonal terms of a vs a are 0
@@ -42,7 +44,7 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(2 * _mean_cdist(x, y, False) - _mean_cdist(x, x, True) - _mean_cdist(y, y, True))
 
 
-def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...], chunk: int = 4096) -> float:
+def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...], chunk: int = 256) -> float:
     """Unbiased squared MMD between x [N, D] and y [M, D] with k(a, b) = Σ_h exp(−|a−b|²/(2h²))."""
     x, y = x.to(torch.float64), y.to(torch.float64)
 
