@@ -91,7 +91,13 @@ def toy_overlay(path, reference, steps, ckpt_every):
                 "callbacks": [
                     {
                         "class_path": "ddo_lightning.training.SelfPlay",
-                        "init_args": {"rounds": steps // 4, "kimg_per_round": 0.256, "eval_every_kimg": 0.128},
+                        # one configuration a round (the preset's per-round search off): a promotion every 4 steps
+                        "init_args": {
+                            "rounds": steps // 4,
+                            "kimg_per_round": 0.256,
+                            "eval_every_kimg": 0.128,
+                            "candidates": None,
+                        },
                     },
                     {
                         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
