@@ -169,6 +169,10 @@ def test_toy_presets_run_tiny_steps_and_a_rerun_keeps_their_results(tmp_path, mo
     ):
         assert (run / name).is_file(), name
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lr"] == 5e-5  # the preset's
+    # the preset's MLE control ran, so the figure has four panels of 4.5 in at 110 dpi: data, start, DDO, control
+    from PIL import Image
+
+    assert summary["control"]["finished"] and Image.open(run / "samples.png").size[0] == round(4 * 4.5 * 110)
     before = {**_files(run), **{f"pre/{k}": v for k, v in _files(tmp_path / "outputs/toy2d_pretrain").items()}}
     capsys.readouterr()
     with caplog.at_level(logging.INFO):

@@ -1,5 +1,6 @@
 """Figures comparing the reference at fit start with the final reference on the same seeds:
-a scatter plot for 2-D data, an image grid for images.
+a scatter plot for 2-D data, an image grid for images. When the fit ran ``SelfPlay``'s MLE control to its
+end, the scatter plot and the image grid add the control's selected model, on the same seeds.
 
 Each figure goes to its ``path``, by default ``samples.png`` in the trainer's ``default_root_dir`` (which
 ``ddo fit`` sets to the run directory); a fit that takes no training step (a finished run resumed) does
@@ -20,6 +21,7 @@ from ..datamodule import balanced_labels
 from ..module import DDOModule
 from ..sharding import on_rank_zero
 from .evaluation import image_grid
+from .self_play import SelfPlay
 
 
 class _StartVersusEnd(pl.Callback):
@@ -30,11 +32,18 @@ class _StartVersusEnd(pl.Callback):
         self._start: torch.Tensor | None = None  # rank 0's samples of the reference at fit start
         self._start_step: int | None = None  # None: training never started in this fit
 
-    def _draw(self, pl_module: Any) -> torch.Tensor:
+    def _draw(self, pl_module: Any, net: Any = None) -> torch.Tensor:
         idx = torch.arange(self.num_samples)
         seeds = torch.tensor([mix_seed(self.seed, int(i), 4) for i in idx])
         labels = balanced_labels(idx, pl_module.label_dim)
-        return pl_module.sample(pl_module.reference, seeds, labels).cpu()
+        return pl_module.sample(pl_module.reference if net is None else net, seeds, labels).cpu()
+
+    @staticmethod
+    def _control_net(trainer: pl.Trainer, pl_module: Any) -> Any:
+        """The MLE control's selected model when the control finished (SelfPlay loads it into the EMA at
+        its end), else None."""
+        done = any(isinstance(c, SelfPlay) and c.control_record is not None for c in trainer.callbacks)
+        return pl_module.ema.model if done else None
 
     def _check(self, pl_module: Any) -> None:
         pass
@@ -56,6 +65,8 @@ class _StartVersusEnd(pl.Callback):
         if self._start_step is None or trainer.global_step == self._start_step:
             return  # nothing trained in this fit: the figure on disk stays as it is
         end = on_rank_zero(pl_module.reference, trainer.is_global_zero, lambda: self._draw(pl_module))
+        net = self._control_net(trainer, pl_module)
+        control = None if net is None else on_rank_zero(net, trainer.is_global_zero, lambda: self._draw(pl_module, net))
         if end is None:
             return
         import matplotlib
@@ -63,19 +74,28 @@ class _StartVersusEnd(pl.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig = self._plot(plt, trainer, pl_module, self._start, end)
+        fig = self._plot(plt, trainer, pl_module, self._start, end, control)
         try:
             with atomic_path(self.path, suffix=".png") as tmp:
                 fig.savefig(tmp, dpi=110)
         finally:
             plt.close(fig)
 
-    def _plot(self, plt: Any, trainer: pl.Trainer, pl_module: Any, start: torch.Tensor, end: torch.Tensor) -> Any:
+    def _plot(
+        self,
+        plt: Any,
+        trainer: pl.Trainer,
+        pl_module: Any,
+        start: torch.Tensor,
+        end: torch.Tensor,
+        control: torch.Tensor | None,
+    ) -> Any:
         raise NotImplementedError
 
 
 class ScatterFigure(_StartVersusEnd):
-    """Data, the starting reference (MLE) and the final reference as 2-D scatter plots.
+    """Data, the starting reference (MLE), the final reference and (when it ran) the MLE control's model as
+    2-D scatter plots.
 
     Args:
         path: output PNG (default: ``samples.png`` in the trainer's ``default_root_dir``).
@@ -90,15 +110,15 @@ class ScatterFigure(_StartVersusEnd):
         if pl_module.sample_shape != (2,):
             raise ValueError(f"ScatterFigure plots 2-D data, got samples of shape {pl_module.sample_shape}")
 
-    def _plot(self, plt, trainer, pl_module, start, end):
+    def _plot(self, plt, trainer, pl_module, start, end, control):
         real = trainer.datamodule.real.x[: self.num_samples]
         panels = [
             ("data", real),
             ("reference at start (MLE)", start),
             (f"after DDO (round {pl_module.round_index} reference)", end),
-        ]
+        ] + ([("MLE control (same real images)", control)] if control is not None else [])
         lim = float(real.abs().max()) * 1.3
-        fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.6), sharex=True, sharey=True)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.6), sharex=True, sharey=True)
         for ax, (title, pts) in zip(axes, panels):
             ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.35, linewidths=0)
             ax.set_title(title)
@@ -110,8 +130,8 @@ class ScatterFigure(_StartVersusEnd):
 
 
 class ImageGridFigure(_StartVersusEnd):
-    """Two image grids, the starting reference (MLE) and the final reference, on the same seeds and
-    class-balanced labels (one column per class for conditional models).
+    """Image grids of the starting reference (MLE), the final reference and (when it ran) the MLE control's
+    model, on the same seeds and class-balanced labels (one column per class for conditional models).
 
     Args:
         path: output PNG (default: ``samples.png`` in the trainer's ``default_root_dir``).
@@ -124,15 +144,13 @@ class ImageGridFigure(_StartVersusEnd):
         super().__init__(path, num_samples, seed)
         self.columns = columns
 
-    def _plot(self, plt, trainer, pl_module, start, end):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-        for ax, (title, x) in zip(
-            axes,
-            [
-                ("reference at start (MLE)", start),
-                (f"after DDO (round {pl_module.round_index} reference)", end),
-            ],
-        ):
+    def _plot(self, plt, trainer, pl_module, start, end, control):
+        panels = [
+            ("reference at start (MLE)", start),
+            (f"after DDO (round {pl_module.round_index} reference)", end),
+        ] + ([("MLE control (same real images)", control)] if control is not None else [])
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4))
+        for ax, (title, x) in zip(axes, panels):
             g = image_grid(x, self.columns)
             ax.imshow(
                 g.squeeze(-1) if g.shape[-1] == 1 else g,
@@ -172,7 +190,7 @@ class TokenFigure(_StartVersusEnd):
         self._kl_start = self._truth(trainer).exact_kl(pl_module.reference)
         super().on_train_start(trainer, pl_module)
 
-    def _plot(self, plt, trainer, pl_module, start, end):
+    def _plot(self, plt, trainer, pl_module, start, end, control):  # noqa: ARG002 (the control's KLs: summary.json)
         truth = self._truth(trainer)
         idx = torch.arange(self.num_samples)
         classes = idx % pl_module.label_dim if pl_module.label_dim else torch.zeros_like(idx)
