@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     record = {
         "config": a.config,
-        "command": " ".join(["ddo", *fit_args]),
+        "command": " ".join(["ddo", "fit", "--config", a.config, *a.extra]),  # the run directory changes nothing
         "steps": total,
         "monitor": a.monitor,
         "mode": a.mode,
