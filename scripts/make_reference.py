@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -119,14 +118,6 @@ def write_figure(path: str, curve: list[tuple[int, float]], rule: dict, monitor:
     plt.close(fig)
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="make_reference.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="the pretraining preset (an MLE run)")
@@ -168,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "plateau": rule,
     }
     from ddo_lightning.files import atomic_torch_save
+    from ddo_lightning.metrics.fid import sha256_file
 
     atomic_torch_save({"state_dict": ema_weights(os.path.join(run_dir, "checkpoints", "last.ckpt")), **record}, a.out)
     size = os.path.getsize(a.out)
@@ -177,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.load(a.out, map_location="cpu", weights_only=True)  # the file loads as init_from loads it
     with open(a.out[: -len(".pt")] + ".json", "w") as f:
-        json.dump({**record, "file": os.path.basename(a.out), "bytes": size, "sha256": sha256(a.out)}, f, indent=1)
+        json.dump({**record, "file": os.path.basename(a.out), "bytes": size, "sha256": sha256_file(a.out)}, f, indent=1)
         f.write("\n")
     print(f"[reference] wrote {a.out} ({size / 1024:.0f} KB) and its .json")
     return 0

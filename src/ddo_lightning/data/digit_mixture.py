@@ -33,9 +33,8 @@ from importlib import resources
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from ..protocols import Samples
+from .toy2d import DrawnMixtureDataset
 
 __all__ = ["LowRankGaussianMixture", "digit_mixture", "DigitMixtureDataset"]
 
@@ -206,7 +205,7 @@ def digit_mixture(rank: int = 4, floor: float = 0.1, scale: float = 1.0) -> LowR
     )
 
 
-class DigitMixtureDataset(Dataset):
+class DigitMixtureDataset(DrawnMixtureDataset):
     """A fixed training set of 1×8×8 images drawn once from :func:`digit_mixture` with a seed: large
     (100,000 by default), so a small network cannot memorise it and converging on it means converging
     towards the mixture. Images are float32 in model space (about [-1, 1], not clipped nor quantised).
@@ -228,25 +227,5 @@ class DigitMixtureDataset(Dataset):
         scale: float = 1.0,
         conditional: bool = False,
     ):
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.ground_truth = digit_mixture(rank, floor, scale)
-        x, comp = self.ground_truth.sample(num_samples, torch.Generator().manual_seed(seed))
-        self.x = x.reshape(num_samples, *self.ground_truth.image_shape)
-        self.components = comp
-        k = self.ground_truth.num_modes
-        self.labels = torch.nn.functional.one_hot(comp, k).float() if conditional else torch.zeros(num_samples, 0)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
-
-    @property
-    def label_dim(self) -> int:
-        return int(self.labels.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> Samples:
-        return Samples(self.x[i], self.labels[i])
+        truth = digit_mixture(rank, floor, scale)
+        super().__init__(truth, num_samples, seed, conditional, truth.image_shape)

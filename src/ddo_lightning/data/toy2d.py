@@ -4,7 +4,7 @@ denoiser, so every quality number of the demo has ground truth."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -96,7 +96,44 @@ def mixture_preset(name: Literal["ring8", "grid25"], std: float | None = None) -
     raise ValueError(f"unknown mixture preset {name!r}; choose 'ring8' or 'grid25'")
 
 
-class Toy2DDataset(Dataset):
+class DrawnMixtureDataset(Dataset):
+    """A training set drawn once, with a fixed seed, from a known mixture (``ground_truth``: ``sample(n,
+    generator) -> (x, component)``, ``num_modes``); labels are the component as a one-hot vector
+    (``conditional``) or have width 0. ``sample_shape`` reshapes each drawn vector (images)."""
+
+    def __init__(
+        self,
+        ground_truth: Any,
+        num_samples: int,
+        seed: int,
+        conditional: bool,
+        sample_shape: tuple[int, ...] | None = None,
+    ):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.ground_truth = ground_truth
+        x, comp = ground_truth.sample(num_samples, torch.Generator().manual_seed(seed))
+        self.x = x if sample_shape is None else x.reshape(num_samples, *sample_shape)
+        self.components = comp
+        k = ground_truth.num_modes
+        self.labels = torch.nn.functional.one_hot(comp, k).float() if conditional else torch.zeros(num_samples, 0)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def label_dim(self) -> int:
+        return int(self.labels.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> Samples:
+        return Samples(self.x[i], self.labels[i])
+
+
+class Toy2DDataset(DrawnMixtureDataset):
     """A finite training set drawn once from a Gaussian-mixture preset, with a fixed seed.
 
     Args:
@@ -118,22 +155,4 @@ class Toy2DDataset(Dataset):
     ):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.ground_truth = mixture_preset(mixture, std)
-        x, comp = self.ground_truth.sample(num_samples, torch.Generator().manual_seed(seed))
-        self.x = x
-        k = self.ground_truth.num_modes if conditional else 0
-        self.labels = torch.nn.functional.one_hot(comp, k).float() if conditional else torch.zeros(num_samples, 0)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
-
-    @property
-    def label_dim(self) -> int:
-        return int(self.labels.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> Samples:
-        return Samples(self.x[i], self.labels[i])
+        super().__init__(mixture_preset(mixture, std), num_samples, seed, conditional)
