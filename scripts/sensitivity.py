@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(a.out + ".json", "w") as f:
         json.dump({**record, "points": table}, f, indent=1)
         f.write("\n")
-    title = f"{name}: one round of {a.kimg:g} kimg per point, mean ± std over {len(a.seeds)} seed(s)"
+    over = f"mean ± std over {len(a.seeds)} seeds" if len(a.seeds) > 1 else "one seed"
+    title = f"{name}: one round of {a.kimg:g} kimg per point, {over}"
     figure(a.out + ".png", table, ref, monitor, mode, title)
     print(f"{'sweep':<6} {'alpha':>6} {'beta':>6} {'best':>22} {'last':>22}")
     for r in table:
