@@ -213,6 +213,12 @@ def test_claims_need_a_margin_above_two_std():
     assert not c[1]["better_than_reference"] and not c[1]["better_than_control"]  # 0.4 < 0.566; -0.1
     hi = claims(rep, "fid", "max")  # higher is better: the reference beats the rounds, no claims
     assert not any(x["better_than_reference"] for x in hi)
+    # an exact metric: every seed set gives the same value, so no margin, however small or large, is a claim
+    exact = report_summary([model("reference", [2.0] * 3), model("round 1", [1.0] * 3), model("control", [3.0] * 3)])
+    (c,) = claims(exact, "fid", "min")
+    assert not c["better_than_reference"] and c["vs_reference"] == {"margin": 1.0, "two_std": 0.0, "no_spread": True}
+    assert not c["better_than_control"] and c["vs_control"]["no_spread"]
+    assert "vs_reference" in c and "no_spread" not in claims(rep, "fid", "min")[0]["vs_reference"]
 
 
 def test_more_rounds_after_the_control_continue_ddo_and_rerun_the_control(tmp_path, toy_real, mle_ckpt):

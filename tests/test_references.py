@@ -21,6 +21,9 @@ from ddo_lightning.commands import _instantiate, read_configs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "references").glob("*.pt"))
+# Shipped although their pretraining curve is still falling (written with --allow-unconverged; docs/demos.md
+# says so next to their results). A file that reaches the plateau must leave this set.
+NOT_ON_A_PLATEAU = {"digitmix"}
 
 
 def _script():
@@ -66,7 +69,8 @@ def test_shipped_reference_matches_its_record_and_loads(ref):
     payload = torch.load(ref, map_location="cpu", weights_only=True)  # as init_from reads it
     assert payload["curve"] == record["curve"] and payload["steps"] == record["steps"]
     rule = make_reference.plateau([tuple(x) for x in record["curve"]], record["steps"], record["mode"])
-    assert rule == record["plateau"] and rule["converged"], rule
+    assert rule == record["plateau"], rule  # the record's verdict is the rule's, recomputed from its curve
+    assert rule["converged"] == (ref.stem not in NOT_ON_A_PLATEAU), (ref.stem, rule)
     # the pretraining preset it came from trains exactly the recorded number of steps
     pre = yaml.safe_load((ROOT / record["config"]).read_text())
     assert pre["trainer"]["max_steps"] == record["steps"]

@@ -204,7 +204,8 @@ def report_summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def claims(report: dict[str, Any], monitor: str, mode: str) -> list[dict[str, Any]]:
     """Per round, whether it is better than the starting reference and than the control on ``monitor``:
     only when the margin (difference of the means, in the better direction) exceeds ``CLAIM_STDS`` times
-    the standard deviation of that difference, √(std_a² + std_b²) of the two models' per-seed-set stds."""
+    the standard deviation of that difference, √(std_a² + std_b²) of the two models' per-seed-set stds.
+    Where both stds are 0 (a metric that is exact given the weights) nothing is claimed: ``no_spread``."""
     by_name = {m["model"]: m["metrics"][monitor] for m in report["models"] if monitor in m["metrics"]}
     out = []
     for name, mine in by_name.items():
@@ -217,8 +218,12 @@ def claims(report: dict[str, Any], monitor: str, mode: str) -> list[dict[str, An
             theirs = by_name[other]
             margin = theirs["mean"] - mine["mean"] if mode == "min" else mine["mean"] - theirs["mean"]
             two_std = CLAIM_STDS * math.hypot(mine["std"], theirs["std"])
-            entry[f"better_than_{other}"] = bool(margin > two_std)
-            entry[f"vs_{other}"] = {"margin": margin, "two_std": two_std}
+            # no spread at all (an exact metric of fixed weights): the seed sets measure no noise, so they
+            # decide nothing; the spread over training seeds must (scripts/seeds_table.py)
+            entry[f"better_than_{other}"] = bool(margin > two_std > 0)
+            entry[f"vs_{other}"] = {"margin": margin, "two_std": two_std} | (
+                {"no_spread": True} if two_std == 0 else {}
+            )
         out.append(entry)
     return out
 
@@ -282,7 +287,10 @@ def table(s: dict[str, Any]) -> str:
         text += _grid(["model"] + keys, rows)
         for c in s.get("claims", []):
             said = [
-                f"{'better' if c[f'better_than_{o}'] else 'not shown better'} than the {o} "
+                f"not decided against the {o} (margin {fmt(c[f'vs_{o}']['margin'])}; no spread over the seed "
+                "sets: an exact metric, compare training seeds)"
+                if c[f"vs_{o}"].get("no_spread")
+                else f"{'better' if c[f'better_than_{o}'] else 'not shown better'} than the {o} "
                 f"(margin {fmt(c[f'vs_{o}']['margin'])}, 2 std {fmt(c[f'vs_{o}']['two_std'])})"
                 for o in ("reference", "control")
                 if f"better_than_{o}" in c
