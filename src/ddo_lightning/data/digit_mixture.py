@@ -34,7 +34,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .toy2d import DrawnMixtureDataset
+from .toy2d import DrawnMixtureDataset, mixture_weights
 
 __all__ = ["LowRankGaussianMixture", "digit_mixture", "DigitMixtureDataset"]
 
@@ -73,10 +73,7 @@ class LowRankGaussianMixture:
         if not floor > 0:
             raise ValueError(f"floor must be > 0, got {floor}")
         self.floor = float(floor)
-        w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        if w.shape != (k,) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("weights must be [K], non-negative, with a positive sum")
-        self.weights = w / w.sum()
+        self.weights = mixture_weights(weights, k)
         self.image_shape = (d,) if image_shape is None else tuple(image_shape)
         if math.prod(self.image_shape) != d:
             raise ValueError(f"image_shape {self.image_shape} does not hold D = {d} values")

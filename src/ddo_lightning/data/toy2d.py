@@ -12,6 +12,15 @@ from torch.utils.data import Dataset
 from ..protocols import Samples
 
 
+def mixture_weights(weights: torch.Tensor | None, k: int) -> torch.Tensor:
+    """Mixture weights [k] in float64, normalised to sum 1 (None: equal); refused unless non-negative with a
+    positive sum."""
+    w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (k,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be [{k}], non-negative, with a positive sum")
+    return w / w.sum()
+
+
 class GaussianMixture:
     """p(x) = Σ_k w_k N(x; μ_k, s²I).
 
@@ -26,14 +35,7 @@ class GaussianMixture:
         if not std > 0:
             raise ValueError(f"std must be > 0, got {std}")
         self.std = float(std)
-        w = (
-            torch.ones(len(self.means), dtype=torch.float64)
-            if weights is None
-            else torch.as_tensor(weights, dtype=torch.float64)
-        )
-        if w.shape != (len(self.means),) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("weights must be [M], non-negative, with a positive sum")
-        self.weights = w / w.sum()
+        self.weights = mixture_weights(weights, len(self.means))
         self.sigma_data = float(self.data_std())  # lets the mixture stand in as an exact Denoiser
 
     @property
