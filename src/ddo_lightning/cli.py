@@ -3,7 +3,7 @@
     ddo fit --config configs/toy2d_pretrain.yaml     # MLE pretraining (model: MLEModule)
     ddo fit --config configs/toy2d.yaml              # DDO rounds (model: DDOModule + SelfPlay)
     ddo fit --config configs/toy2d.yaml --run_dir outputs/mine  # all outputs under one run directory
-    ddo validate --config configs/toy2d.yaml --ckpt_path outputs/toy2d/rounds/round-3.ckpt
+    ddo validate --config configs/toy2d.yaml --ckpt_path outputs/toy2d/rounds/round-2.ckpt
     ddo --help                                       # the commands and the presets, one line each
     ddo fit --help / --help-all / --print_config      # DDO's options first / everything / the config
     ddo fit --config configs/toy2d.yaml --selfplay.rounds 5 --selfplay.kimg_per_round 100
