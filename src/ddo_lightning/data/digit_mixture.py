@@ -34,12 +34,12 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .toy2d import DrawnMixtureDataset, mixture_weights
+from .toy2d import DrawnMixtureDataset, MixtureShape, mixture_weights
 
 __all__ = ["LowRankGaussianMixture", "digit_mixture", "DigitMixtureDataset"]
 
 
-class LowRankGaussianMixture:
+class LowRankGaussianMixture(MixtureShape):
     """p(x) = Σ_k w_k N(x; μ_k, U_k diag(λ_k) U_kᵀ + s0² I) in D dimensions, exact.
 
     means: [K, D]; bases: [K, D, r] with orthonormal columns per component; variances: [K, r] (≥ 0);
@@ -78,14 +78,6 @@ class LowRankGaussianMixture:
         if math.prod(self.image_shape) != d:
             raise ValueError(f"image_shape {self.image_shape} does not hold D = {d} values")
         self.sigma_data = float(self.data_std())  # lets the mixture stand in as an exact Denoiser
-
-    @property
-    def num_modes(self) -> int:
-        return len(self.means)
-
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
 
     @property
     def rank(self) -> int:

@@ -21,7 +21,22 @@ def mixture_weights(weights: torch.Tensor | None, k: int) -> torch.Tensor:
     return w / w.sum()
 
 
-class GaussianMixture:
+class MixtureShape:
+    """What the exact mixtures here share: ``means`` [M, D] and ``weights`` [M], float64."""
+
+    means: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def num_modes(self) -> int:
+        return len(self.means)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+
+class GaussianMixture(MixtureShape):
     """p(x) = Σ_k w_k N(x; μ_k, s²I).
 
     means: [M, D]; std: s (shared by all modes); weights: [M] (normalised here).
@@ -37,14 +52,6 @@ class GaussianMixture:
         self.std = float(std)
         self.weights = mixture_weights(weights, len(self.means))
         self.sigma_data = float(self.data_std())  # lets the mixture stand in as an exact Denoiser
-
-    @property
-    def num_modes(self) -> int:
-        return len(self.means)
-
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
 
     def data_std(self) -> torch.Tensor:
         """Overall standard deviation per coordinate, averaged over coordinates."""
