@@ -72,7 +72,7 @@ demo: install
 
 # The demos' shipped MLE references, remade from their pretraining presets (fixed seeds), each checked to be
 # on a plateau before it is written (scripts/make_reference.py; about 10 min on 2 CPU cores for the toys, an
-# hour for digitmix, whose 20,000 steps do not reach the plateau: written anyway, its record says so).
+# hour for digitmix, whose 60,000 steps do not reach the plateau: written anyway, its record says so).
 references: install
 	$(PY) scripts/make_reference.py --config configs/toy2d_pretrain.yaml --out references/toy2d_ring8.pt --monitor mmd --mode min --figure docs/reference_toy2d_ring8.png
 	$(PY) scripts/make_reference.py --config configs/toy2d_grid25_pretrain.yaml --out references/toy2d_grid25.pt --monitor mmd --mode min --figure docs/reference_toy2d_grid25.png
