@@ -78,7 +78,8 @@ references: install
 	$(PY) scripts/make_reference.py --config configs/toy2d_grid25_pretrain.yaml --out references/toy2d_grid25.pt --monitor mmd --mode min --figure docs/reference_toy2d_grid25.png
 	$(PY) scripts/make_reference.py --config configs/digitmix_pretrain.yaml --out references/digitmix.pt --monitor logp_w1 --mode min --figure docs/reference_digitmix.png --allow-unconverged
 
-# Digits: a small EDM UNet pretrained by MLE on the embedded 8x8 digits, then 3 DDO rounds (~20 min CPU).
+# Digits: a small EDM UNet pretrained by MLE on the embedded 8x8 digits, then 3 DDO rounds and the MLE control
+# (19.5 min on 2 idle CPU cores).
 demo-digits: install
 	@start=$$(date +%s); \
 	$(VENV)/bin/ddo fit --config configs/digits_pretrain.yaml && \
