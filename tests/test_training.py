@@ -634,3 +634,53 @@ def test_progress_bar_counts_rounds_and_kimg_not_epochs(tmp_path, toy_real, mle_
     assert "round 1/2 · kimg 0.128/0.256 · last energy_distance " in out
     assert f"round 2/2 · kimg 0.256/0.256 · last energy_distance {last:.4g}" in out
     assert "Epoch" not in out
+
+
+class _RecordLR(pl.Callback):
+    """The learning rate each optimizer step actually uses (read after the module has set it)."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_mle_lr_milestones_follow_the_image_count_across_a_resume(tmp_path, toy_real):
+    """Step decay by images seen: 64-image batches are 0.064 kimg per step, so milestones at 0.2 and 0.4 kimg
+    (gamma 0.5) give 1e-3 for steps 0-3 (0-0.192 kimg seen), 5e-4 for steps 4-6, 2.5e-4 from step 7. A run
+    checkpointed after 5 steps and resumed continues the schedule where it stood (the rate is a function of
+    the image count, not of scheduler state)."""
+    from ddo_lightning.training import MLEModule
+
+    def module():
+        pl.seed_everything(0)
+        return MLEModule(tiny_net(), lr=1e-3, lr_milestones_kimg=[0.2, 0.4], lr_gamma=0.5, ema_halflife_kimg=1)
+
+    expected = [1e-3] * 4 + [5e-4] * 3 + [2.5e-4] * 3
+    first, second = _RecordLR(), _RecordLR()
+    trainer = make_trainer(tmp_path, max_steps=5, callbacks=[first])
+    trainer.fit(module(), DDODataModule(toy_real, batch_size=64))
+    ckpt = str(tmp_path / "five.ckpt")
+    trainer.save_checkpoint(ckpt)
+    make_trainer(tmp_path, max_steps=10, callbacks=[second]).fit(
+        module(), DDODataModule(toy_real, batch_size=64), ckpt_path=ckpt
+    )
+    assert first.lrs + second.lrs == pytest.approx(expected, rel=1e-12)
+    assert module().lr_at(0.4) == pytest.approx(2.5e-4) and module().lr_at(0.399) == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(lr_milestones_kimg=[10, 5]), "positive and increasing"),
+        (dict(lr_milestones_kimg=[0, 5]), "positive and increasing"),
+        (dict(lr_milestones_kimg=[5], lr_gamma=0.0), r"lr_gamma must be in \(0, 1\]"),
+        (dict(lr_milestones_kimg=[5], lr_gamma=2.0), r"lr_gamma must be in \(0, 1\]"),
+    ],
+)
+def test_mle_lr_milestones_refuse_bad_values(kw, message):
+    from ddo_lightning.training import MLEModule
+
+    with pytest.raises(ValueError, match=message):
+        MLEModule(tiny_net(), **kw)

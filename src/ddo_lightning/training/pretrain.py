@@ -27,6 +27,12 @@ class MLEModule(DenoiserModule):
             P_std 1.2; the default) or ``TokenMLE`` (cross-entropy with label dropout).
         ema_sigma_rel: use EDM2's power-function EMA with this σ_rel (EDM2 DDO: 0.05) instead of the
             half-life EMA (``ema_halflife_kimg``/``ema_rampup_ratio`` are then unused).
+        lr_milestones_kimg: step decay of the learning rate: from each of these image counts (thousands of
+            images, increasing) on, the rate is multiplied by ``lr_gamma`` (the rule of torch's
+            ``MultiStepLR``, counted in images rather than epochs). The rate is a function of the image
+            count alone, set before every optimizer step, so a resumed run continues it exactly and a run
+            whose checkpoint predates the schedule can be continued with it. None: a constant rate.
+        lr_gamma: the factor applied at each milestone, in (0, 1].
         Other arguments: see :class:`DenoiserModule`.
     """
 
@@ -44,10 +50,18 @@ class MLEModule(DenoiserModule):
         eval_batch_size: int = 1000,
         seed: int = 0,
         ema_sigma_rel: float | None = None,
+        lr_milestones_kimg: list[float] | None = None,
+        lr_gamma: float = 0.1,
     ):
+        milestones = [float(m) for m in (lr_milestones_kimg or [])]
+        if any(m <= 0 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"lr_milestones_kimg must be positive and increasing, got {lr_milestones_kimg}")
+        if not 0 < lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be in (0, 1], got {lr_gamma}")
         super().__init__(
             lr, betas, ema_halflife_kimg, ema_rampup_ratio, sampler, evaluator, num_eval_samples, eval_batch_size, seed
         )
+        self.lr_milestones_kimg, self.lr_gamma = milestones, float(lr_gamma)
         self.save_config_hyperparameters(["network", "objective", "sampler", "evaluator"])
         self.net = network
         self.objective = objective if objective is not None else DenoisingScoreMatching()
@@ -56,6 +70,19 @@ class MLEModule(DenoiserModule):
 
     def trained_network(self) -> nn.Module:
         return self.net
+
+    def lr_at(self, kimg: float) -> float:
+        """The learning rate after ``kimg`` thousand images: ``lr · lr_gamma^(milestones reached)``."""
+        return self.lr * self.lr_gamma ** sum(kimg >= m for m in self.lr_milestones_kimg)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        if self.lr_milestones_kimg:
+            lr = self.lr_at(float(self.images_seen) / 1000)
+            for optimizer in self.trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            self.log("train/lr", lr)
+        super().optimizer_step(*args, **kwargs)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         out = self.objective(self.net, Samples(*batch), generator=self.step_generator(), shard=self.shard)
