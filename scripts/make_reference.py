@@ -93,7 +93,17 @@ def ema_weights(ckpt_path: str) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def write_figure(path: str, curve: list[tuple[int, float]], rule: dict, monitor: str, title: str) -> None:
+def write_figure(
+    path: str,
+    curve: list[tuple[int, float]],
+    rule: dict,
+    monitor: str,
+    title: str,
+    lr_steps: list[float] = (),
+    lr_gamma: float = 1.0,
+) -> None:
+    """The curve, the last quarter shaded, both bests as lines; ``lr_steps``: where the learning rate was
+    multiplied by ``lr_gamma`` (MLEModule's ``lr_milestones_kimg``, in steps), as vertical lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,6 +115,8 @@ def write_figure(path: str, curve: list[tuple[int, float]], rule: dict, monitor:
     ax.axvspan(rule["cut_step"], max(steps), color="0.9", zorder=0, label="last quarter")
     ax.axhline(rule["before"], color="C1", lw=0.8, ls="--", label=f"best before: {rule['before']:.4g}")
     ax.axhline(rule["last"], color="C2", lw=0.8, ls=":", label=f"best in last quarter: {rule['last']:.4g}")
+    for i, step in enumerate(lr_steps):
+        ax.axvline(step, color="0.5", lw=0.8, ls="-.", label=f"lr ×{lr_gamma:g}" if i == 0 else None)
     if all(v > 0 for v in values):
         ax.set_yscale("log")
     ax.set_xlabel("pretraining step")
@@ -145,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{rule['last']:.5g} after ({100 * rule['improvement']:+.2f}%, rule: < {100 * TOLERANCE:g}%)"
     )
     if a.figure:
-        write_figure(a.figure, curve, rule, a.monitor, os.path.basename(a.out))
+        batch = cli.datamodule.global_batch_size
+        lr_steps = [m * 1000 / batch for m in getattr(cli.model, "lr_milestones_kimg", [])]
+        lr_gamma = getattr(cli.model, "lr_gamma", 1.0)
+        write_figure(a.figure, curve, rule, a.monitor, os.path.basename(a.out), lr_steps, lr_gamma)
     if not rule["converged"] and not a.allow_unconverged:
         print("[reference] not on a plateau: nothing written (train longer, or --allow-unconverged)", file=sys.stderr)
         return 1

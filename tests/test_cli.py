@@ -718,6 +718,9 @@ def test_a_changed_config_is_refused_with_its_keys_unless_forced(tmp_path, monke
     capsys.readouterr()
     cli = run_cli(changed + ["--force_resume", "true"])
     assert cli.trainer.global_step == 4
+    # the new values are the ones that ran: not the checkpoint's stored arguments, not Adam's restored rate
+    assert cli.model.lr == 0.01 and cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.01
+    assert cli.datamodule.batch_size == 16
     out = capsys.readouterr().out
     assert "--force_resume with a changed config (data.init_args.batch_size, model.init_args.lr)" in out
     assert (run / "config.before-step-2.yaml").read_bytes() == before["config.yaml"][1]

@@ -149,6 +149,12 @@ class DDOCLI(LightningCLI):
 
             self.config[sub].ckpt_path = usable_checkpoint(path)
             check_checkpoint_kind(self.config[sub].ckpt_path, self.config[sub].get("model"))
+        if sub == "fit":
+            # LightningCLI would now overwrite the model's arguments with the ones stored in the checkpoint,
+            # silently undoing what --force_resume just allowed (and the harmless changes: evaluation sizes,
+            # init_from). For fit the config, already compared with the run's own, is what runs; the
+            # checkpoint gives the weights and the training state.
+            return
         super()._parse_ckpt_path()
 
     # ---- readable command line (cli_help.py, training/callbacks/progress.py) -----------------------

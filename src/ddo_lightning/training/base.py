@@ -259,6 +259,14 @@ class DenoiserModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.trained_network().parameters(), lr=self.lr, betas=self.betas)
 
+    def on_train_start(self) -> None:
+        """Adam's rate is the module's ``lr``. A resume restores the optimizer's state with the rate it had
+        then; a rate changed since (``--force_resume`` with a new ``model.init_args.lr``) would otherwise be
+        ignored. SelfPlay's ``on_train_start`` runs before this hook and sets ``lr`` to a search candidate's."""
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr
+
     def step_generator(self) -> torch.Generator:
         """Noise for this step, seeded by (seed, step): every rank draws the global batch's noise and
         keeps its rows (``shard``), so runs are reproducible, resume-safe and the same for any number of
