@@ -71,12 +71,12 @@ demo: install
 	echo "[demo] results in outputs/toy2d (summary.json, samples.png) in $$(( $$(date +%s) - start )) s; its MLE reference: references/toy2d_ring8.pt (make references)"
 
 # The demos' shipped MLE references, remade from their pretraining presets (fixed seeds), each checked to be
-# on a plateau before it is written (scripts/make_reference.py; about 10 min on 2 CPU cores for the toys, an
-# hour for digitmix, whose 60,000 steps do not reach the plateau: written anyway, its record says so).
+# on a plateau before it is written (scripts/make_reference.py; about 10 min on 2 CPU cores for the toys, about
+# two hours for digitmix's 110,000 steps).
 references: install
 	$(PY) scripts/make_reference.py --config configs/toy2d_pretrain.yaml --out references/toy2d_ring8.pt --monitor mmd --mode min --figure docs/reference_toy2d_ring8.png
 	$(PY) scripts/make_reference.py --config configs/toy2d_grid25_pretrain.yaml --out references/toy2d_grid25.pt --monitor mmd --mode min --figure docs/reference_toy2d_grid25.png
-	$(PY) scripts/make_reference.py --config configs/digitmix_pretrain.yaml --out references/digitmix.pt --monitor logp_w1 --mode min --figure docs/reference_digitmix.png --allow-unconverged
+	$(PY) scripts/make_reference.py --config configs/digitmix_pretrain.yaml --out references/digitmix.pt --monitor logp_w1 --mode min --figure docs/reference_digitmix.png
 
 # Digits: a small EDM UNet pretrained by MLE on the embedded 8x8 digits, then 3 DDO rounds and the MLE control
 # (19.5 min on 2 idle CPU cores).
