@@ -30,6 +30,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 
 import torch
 
@@ -99,7 +100,7 @@ def write_figure(
     rule: dict,
     monitor: str,
     title: str,
-    lr_steps: list[float] = (),
+    lr_steps: Sequence[float] = (),
     lr_gamma: float = 1.0,
 ) -> None:
     """The curve, the last quarter shaded, both bests as lines; ``lr_steps``: where the learning rate was

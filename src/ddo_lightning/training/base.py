@@ -259,13 +259,25 @@ class DenoiserModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.trained_network().parameters(), lr=self.lr, betas=self.betas)
 
-    def on_train_start(self) -> None:
-        """Adam's rate is the module's ``lr``. A resume restores the optimizer's state with the rate it had
-        then; a rate changed since (``--force_resume`` with a new ``model.init_args.lr``) would otherwise be
-        ignored. SelfPlay's ``on_train_start`` runs before this hook and sets ``lr`` to a search candidate's."""
+    def current_lr(self) -> float:
+        """The rate of the next optimizer step: ``lr`` (MLEModule's step decay overrides this)."""
+        return self.lr
+
+    def apply_lr(self) -> float:
+        """Write ``current_lr()`` into the optimizers' parameter groups (the one place the rate is set:
+        here at the start of training, SelfPlay for a search candidate, MLEModule before each step of a
+        decay); returns it."""
+        lr = self.current_lr()
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = self.lr
+                group["lr"] = lr
+        return lr
+
+    def on_train_start(self) -> None:
+        """A resume restores Adam's state with the rate it had then; a rate changed since (``--force_resume``
+        with a new ``model.init_args.lr``) is applied here. SelfPlay's ``on_train_start`` runs before this hook
+        and sets ``lr`` to a search candidate's."""
+        self.apply_lr()
 
     def step_generator(self) -> torch.Generator:
         """Noise for this step, seeded by (seed, step): every rank draws the global batch's noise and

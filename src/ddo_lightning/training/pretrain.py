@@ -75,13 +75,12 @@ class MLEModule(DenoiserModule):
         """The learning rate after ``kimg`` thousand images: ``lr · lr_gamma^(milestones reached)``."""
         return self.lr * self.lr_gamma ** sum(kimg >= m for m in self.lr_milestones_kimg)
 
+    def current_lr(self) -> float:
+        return self.lr_at(float(self.images_seen) / 1000)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        if self.lr_milestones_kimg:
-            lr = self.lr_at(float(self.images_seen) / 1000)
-            for optimizer in self.trainer.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            self.log("train/lr", lr)
+        if self.lr_milestones_kimg:  # the rate follows the image count
+            self.log("train/lr", self.apply_lr())
         super().optimizer_step(*args, **kwargs)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

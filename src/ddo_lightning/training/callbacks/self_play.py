@@ -483,14 +483,12 @@ class SelfPlay(pl.Callback):
         elif key != "model.objective.P_mean" and not value > 0:
             raise ValueError(f"{key.rsplit('.', 1)[-1]} must be > 0")
 
-    def _set(self, pl_module: Any, trainer: pl.Trainer, key: str, value: float) -> None:
+    def _set(self, pl_module: Any, key: str, value: float) -> None:
         if key.startswith("model.objective."):
             setattr(pl_module.objective, key.rsplit(".", 1)[-1], value)
         elif key == "model.lr":
             pl_module.lr = value
-            for opt in trainer.optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = value
+            pl_module.apply_lr()
         elif key == "model.ema_sigma_rel":
             pl_module.ema.sigma_rel, pl_module.ema.gamma = value, sigma_rel_to_gamma(value)
             pl_module.ema_sigma_rel = value
@@ -504,10 +502,10 @@ class SelfPlay(pl.Callback):
         cand = self.candidates[self.candidate]
         for key, value in self._baseline.items():
             if key not in cand:
-                self._set(pl_module, trainer, key, value)
+                self._set(pl_module, key, value)
         pl_module.start_round(self.round)  # the round's schedule (P_std) unless the candidate overrides it
         for key, value in cand.items():
-            self._set(pl_module, trainer, key, value)
+            self._set(pl_module, key, value)
         seed = search.candidate_seed(int(pl_module.seed), self.display_round, cand)
         pl_module.step_stream = (seed, self.candidate_start_step)
 
@@ -688,7 +686,7 @@ class SelfPlay(pl.Callback):
         (no candidate's overrides), the first round's P_std, the MLE objective, real batches only, the
         run's noise stream."""
         for key, value in self._baseline.items():
-            self._set(pl_module, trainer, key, value)
+            self._set(pl_module, key, value)
         objective = pl_module.objective
         if isinstance(objective, RoundAware):  # the first round's settings (P_std_schedule) for the control
             objective.start_round(self.start_round - 1)
